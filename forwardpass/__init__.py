@@ -1,0 +1,21 @@
+"""forwardpass: an LLM inference engine in Python."""
+from .errors import (
+    ChatTemplateError,
+    ContextLengthError,
+    ForwardpassError,
+    GGUFError,
+    ModelNotFoundError,
+    TokenizerError,
+    UnsupportedModelError,
+)
+
+__all__ = [
+    "ChatTemplateError",
+    "ContextLengthError",
+    "ForwardpassError",
+    "GGUFError",
+    "ModelNotFoundError",
+    "TokenizerError",
+    "UnsupportedModelError",
+]
+__version__ = "0.1.0"
