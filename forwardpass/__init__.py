@@ -8,8 +8,10 @@ from .errors import (
     TokenizerError,
     UnsupportedModelError,
 )
+from .llm import LLM
 
 __all__ = [
+    "LLM",
     "ChatTemplateError",
     "ContextLengthError",
     "ForwardpassError",

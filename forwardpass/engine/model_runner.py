@@ -1,0 +1,63 @@
+"""ModelRunner: owns the model and its KV cache pool; turns a scheduled batch into tensors and runs it.
+
+The scheduler (no torch) decides which tokens of which sequences run this step; the runner packs them into one
+flat batch (ids, positions, cache slots, block tables), runs the forward pass, and returns the logits of the
+positions that need sampling.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..models.attention import AttentionMetadata, KVCache
+from ..models.base import DecoderLM
+
+
+@dataclass
+class SeqChunk:
+    """`token_ids` of one sequence, starting at position `start`; its cache blocks are `block_table`."""
+
+    token_ids: list[int]
+    start: int
+    block_table: list[int]
+    all_logits: bool = False  # logits at every position (teacher forcing) instead of the last one only
+
+
+class ModelRunner:
+    def __init__(self, model: DecoderLM, num_blocks: int, block_size: int, kv_dtype: torch.dtype,
+                 device: str = "cpu") -> None:
+        c = model.config
+        self.model = model
+        self.device = torch.device(device)
+        self.block_size = block_size
+        self.cache = KVCache(c.n_layers, num_blocks, block_size, c.n_kv_heads, c.head_dim, kv_dtype, device)
+
+    @torch.inference_mode()
+    def run(self, chunks: list[SeqChunk]) -> torch.Tensor:
+        """Runs one step; returns float32 logits: for each chunk its last position, or all if `all_logits`."""
+        ids, positions, slots, rows = [], [], [], []
+        for chunk in chunks:
+            n = len(chunk.token_ids)
+            ids.extend(chunk.token_ids)
+            pos = range(chunk.start, chunk.start + n)
+            positions.extend(pos)
+            bs = self.block_size
+            slots.extend(chunk.block_table[p // bs] * bs + p % bs for p in pos)
+            first = len(ids) - n
+            rows.extend(range(first, len(ids)) if chunk.all_logits else [len(ids) - 1])
+        width = max(len(c.block_table) for c in chunks)
+        tables = torch.tensor([c.block_table + [0] * (width - len(c.block_table)) for c in chunks],
+                              dtype=torch.int64, device=self.device)
+        meta = AttentionMetadata(
+            query_lens=[len(c.token_ids) for c in chunks],
+            seq_lens=[c.start + len(c.token_ids) for c in chunks],
+            block_tables=tables,
+            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=self.device),
+        )
+        dev = self.device
+        hidden = self.model.forward(torch.tensor(ids, dtype=torch.int64, device=dev),
+                                    torch.tensor(positions, dtype=torch.int64, device=dev), meta, self.cache)
+        if len(rows) != hidden.shape[0]:
+            hidden = hidden.index_select(0, torch.tensor(rows, dtype=torch.int64, device=dev))
+        return self.model.compute_logits(hidden)

@@ -1,0 +1,100 @@
+"""Attention over a paged KV cache, for a flat batch of tokens from many sequences.
+
+The runner packs every scheduled token of every sequence into one flat batch of T tokens: sequence s
+contributes `query_lens[s]` tokens, the last ones of its `seq_lens[s]`-token context. Each new token's key and
+value are written to its cache slot (`slot_mapping`); each sequence then attends over the slots its block table
+names. Prefill chunks and decode tokens share this one path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class AttentionMetadata:
+    query_lens: list[int]  # (S,) tokens of each sequence in this step
+    seq_lens: list[int]  # (S,) context length of each sequence once this step's tokens are in
+    block_tables: torch.Tensor  # (S, max_blocks) int64 block ids (padding entries are never read)
+    slot_mapping: torch.Tensor  # (T,) int64 cache slot of each new token: block * block_size + offset
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.query_lens)
+
+
+class KVCache:
+    """One preallocated pool of `num_blocks` blocks per layer, each holding `block_size` tokens' keys and values."""
+
+    def __init__(self, n_layers: int, num_blocks: int, block_size: int, n_kv_heads: int, head_dim: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
+        self.num_blocks, self.block_size = num_blocks, block_size
+        slots = num_blocks * block_size
+        self.k = [torch.zeros(slots, n_kv_heads, head_dim, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.v = [torch.zeros(slots, n_kv_heads, head_dim, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.dtype = dtype
+
+    def write(self, layer: int, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v: (T, n_kv_heads, head_dim) for the T new tokens."""
+        self.k[layer].index_copy_(0, slot_mapping, k.to(self.dtype))
+        self.v[layer].index_copy_(0, slot_mapping, v.to(self.dtype))
+
+    def slots(self, block_table: torch.Tensor, seq_len: int) -> torch.Tensor:
+        """The cache slots of a sequence's first `seq_len` tokens: (seq_len,) int64."""
+        n_blocks = -(-seq_len // self.block_size)
+        offsets = torch.arange(self.block_size, device=block_table.device)
+        return (block_table[:n_blocks, None] * self.block_size + offsets).flatten()[:seq_len]
+
+    @property
+    def bytes_per_token(self) -> int:
+        k = self.k[0]
+        return 2 * len(self.k) * k.shape[1] * k.shape[2] * k.element_size()
+
+
+def attention(q: torch.Tensor, cache: KVCache, layer: int, meta: AttentionMetadata, scale: float,
+              window: int = 0) -> torch.Tensor:
+    """q: (T, n_heads, head_dim) for the batch's new tokens -> (T, n_heads, head_dim).
+
+    `window` > 0 limits each query to the keys less than `window` positions behind it (sliding window).
+    """
+    out = torch.empty_like(q)
+    start = 0
+    for s in range(meta.num_seqs):
+        n, seq_len = meta.query_lens[s], meta.seq_lens[s]
+        slots = cache.slots(meta.block_tables[s], seq_len)
+        k = cache.k[layer].index_select(0, slots)  # (L, n_kv, D)
+        v = cache.v[layer].index_select(0, slots)
+        out[start:start + n] = _sequence_attention(q[start:start + n], k, v, scale, window)
+        start += n
+    return out
+
+
+def _sequence_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                        window: int) -> torch.Tensor:
+    """One sequence: q (n, H, D) are the last n positions of the L-token context k, v (L, H_kv, D)."""
+    n, n_heads, head_dim = q.shape
+    ctx, n_kv = k.shape[0], k.shape[1]
+    group = n_heads // n_kv
+    qh = q.view(n, n_kv, group, head_dim).permute(1, 2, 0, 3).float()  # (H_kv, group, n, D)
+    kh = k.permute(1, 2, 0).float()  # (H_kv, D, L)
+    vh = v.permute(1, 0, 2).float()  # (H_kv, L, D)
+    scores = torch.matmul(qh.reshape(n_kv, group * n, head_dim), kh).view(n_kv, group, n, ctx) * scale
+    mask = causal_mask(n, ctx, window, q.device)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).view(n_kv, group * n, ctx)
+    out = torch.matmul(probs, vh).view(n_kv, group, n, head_dim)  # (H_kv, group, n, D)
+    return out.permute(2, 0, 1, 3).reshape(n, n_heads, head_dim).to(q.dtype)
+
+
+def causal_mask(n: int, ctx: int, window: int, device: torch.device) -> torch.Tensor | None:
+    """(n, ctx) bool, True where query i (at position ctx - n + i) may attend key j; None if all may."""
+    if n == 1 and (window <= 0 or ctx <= window):
+        return None
+    q_pos = torch.arange(ctx - n, ctx, device=device)[:, None]
+    k_pos = torch.arange(ctx, device=device)[None, :]
+    mask = k_pos <= q_pos
+    if window > 0:
+        mask &= q_pos - k_pos < window
+    return mask

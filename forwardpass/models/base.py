@@ -1,0 +1,93 @@
+"""DecoderLM: the shared skeleton of a decoder-only transformer over a paged KV cache.
+
+An architecture file subclasses it and says three things: how to read its hyperparameters from the GGUF
+metadata (`config_from_metadata`), which tensors a layer has (`load_layer`), and how a layer computes
+(`block`). Everything else (embedding, final norm, output head, the strict loader) lives here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from ..gguf.weights import QuantWeight, WeightStore
+from ..kernels import Linear, make_linear
+from .attention import AttentionMetadata, KVCache, attention
+from .config import ModelConfig
+from .layers import Rotary, rms_norm, softcap
+
+
+@dataclass
+class LoadOptions:
+    mode: str = "dequant"  # the Linear backend ("reference" = exact float32)
+    device: str = "cpu"
+
+
+class DecoderLM:
+    arch: ClassVar[str]
+    rope_neox: ClassVar[bool] = True  # rotate halves (NEOX) vs adjacent pairs (GGUF llama)
+
+    def __init__(self, config: ModelConfig, store: WeightStore, options: LoadOptions) -> None:
+        self.config = config
+        self.options = options
+        c = config
+        self.tok_embd = store.get("token_embd.weight", (c.vocab_size, c.d_model)).to(options.device)
+        freq_factors = store.optional("rope_freqs.weight", (c.rope_dims // 2,))
+        factors = freq_factors.dequantize() if freq_factors is not None else None
+        rotaries: dict[tuple[float, float], Rotary] = {}
+        self.rotary = [
+            rotaries.setdefault((base, scale), Rotary(c.rope_dims, base, self.rope_neox, scale, factors))
+            for base, scale in zip(c.rope_bases, c.rope_scales)
+        ]
+        self.layers = [self.load_layer(store, i) for i in range(c.n_layers)]
+        self.output_norm = self.norm(store, "output_norm.weight", c.d_model)
+        output = store.optional("output.weight", (c.vocab_size, c.d_model)) or self.tok_embd
+        self.lm_head = self.linear(output)
+        store.check_all_claimed()
+
+    # ---- what an architecture provides ----
+    @classmethod
+    def config_from_metadata(cls, metadata: dict[str, Any]) -> ModelConfig:
+        raise NotImplementedError
+
+    def load_layer(self, store: WeightStore, i: int) -> Any:
+        raise NotImplementedError
+
+    def block(self, i: int, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+              cache: KVCache) -> torch.Tensor:
+        raise NotImplementedError
+
+    # ---- helpers for architectures ----
+    def linear(self, weight: QuantWeight, bias: torch.Tensor | None = None) -> Linear:
+        return make_linear(weight, bias, mode=self.options.mode, device=self.options.device)
+
+    def norm(self, store: WeightStore, name: str, size: int) -> torch.Tensor:
+        return store.get_f32(name, (size,)).to(self.options.device)
+
+    def attend(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+               meta: AttentionMetadata, cache: KVCache) -> torch.Tensor:
+        """Rotate q and k, store k and v in the cache, attend. q: (T, H, D); k, v: (T, H_kv, D)."""
+        rotary = self.rotary[i]
+        q, k = rotary(q, positions), rotary(k, positions)
+        cache.write(i, meta.slot_mapping, k, v)
+        o = attention(q, cache, i, meta, self.config.scale, self.config.sliding_window[i])
+        return o.reshape(q.shape[0], -1)
+
+    # ---- the forward pass ----
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(T,) token ids -> (T, d_model) float32."""
+        x = self.tok_embd.dequantize_rows(input_ids)
+        return x * self.config.embed_scale if self.config.embed_scale != 1.0 else x
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+                cache: KVCache) -> torch.Tensor:
+        """(T,) ids at (T,) positions -> (T, d_model) final hidden states (after the output norm)."""
+        x = self.embed(input_ids)
+        for i in range(self.config.n_layers):
+            x = self.block(i, x, positions, meta, cache)
+        return rms_norm(x, self.output_norm, self.config.rms_eps)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(N, d_model) -> (N, vocab) float32."""
+        return softcap(self.lm_head(hidden).float(), self.config.final_logit_softcap)

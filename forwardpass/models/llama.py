@@ -1,0 +1,101 @@
+"""`llama`: Llama 2/3, Mistral, SmolLM2 and every GGUF that declares general.architecture = llama.
+
+Pre-norm blocks (RMSNorm), grouped-query attention with RoPE, SwiGLU feed-forward. The GGUF converter permutes
+the query and key rows so that RoPE rotates adjacent pairs. Subclasses add what qwen2 (q/k/v biases) and qwen3
+(per-head RMSNorm of q and k) change.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from ..gguf.weights import WeightStore
+from ..kernels import Linear
+from .attention import AttentionMetadata, KVCache
+from .base import DecoderLM
+from .config import MetadataView, ModelConfig, vocab_size_of
+from .layers import rms_norm, silu_mul
+
+
+@dataclass
+class LlamaLayer:
+    attn_norm: torch.Tensor
+    wq: Linear
+    wk: Linear
+    wv: Linear
+    wo: Linear
+    ffn_norm: torch.Tensor
+    w_gate: Linear
+    w_up: Linear
+    w_down: Linear
+    q_norm: torch.Tensor | None = None
+    k_norm: torch.Tensor | None = None
+
+
+class LlamaLM(DecoderLM):
+    arch: ClassVar[str] = "llama"
+    rope_neox: ClassVar[bool] = False
+    qkv_bias: ClassVar[bool] = False
+    qk_norm: ClassVar[bool] = False
+
+    @classmethod
+    def config_from_metadata(cls, metadata: dict[str, Any]) -> ModelConfig:
+        m = MetadataView(metadata, cls.arch)
+        n_layers, d_model, n_heads = m.int("block_count"), m.int("embedding_length"), m.int("attention.head_count")
+        head_dim = m.int("attention.key_length", d_model // n_heads)
+        scale = 1.0
+        if m.raw("rope.scaling.type") == "linear":
+            scale = m.float("rope.scaling.factor", 1.0)
+        return ModelConfig(
+            arch=cls.arch, n_layers=n_layers, d_model=d_model, n_ff=m.int("feed_forward_length"),
+            n_heads=n_heads, n_kv_heads=m.int("attention.head_count_kv", n_heads), head_dim=head_dim,
+            vocab_size=vocab_size_of(metadata, cls.arch), context_length=m.int("context_length"),
+            rms_eps=m.float("attention.layer_norm_rms_epsilon"),
+            rope_dims=m.int("rope.dimension_count", head_dim),
+            sliding_window=(0,) * n_layers,
+            rope_bases=(m.float("rope.freq_base", 10000.0),) * n_layers,
+            rope_scales=(scale,) * n_layers,
+        )
+
+    def load_layer(self, store: WeightStore, i: int) -> LlamaLayer:
+        c, p = self.config, f"blk.{i}."
+        q_out, kv_out = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+
+        def proj(name: str, out: int, inp: int) -> Linear:
+            has_bias = self.qkv_bias and name in ("attn_q", "attn_k", "attn_v")
+            bias = store.get_f32(p + name + ".bias", (out,)) if has_bias else None
+            return self.linear(store.get(p + name + ".weight", (out, inp)), bias)
+
+        layer = LlamaLayer(
+            attn_norm=self.norm(store, p + "attn_norm.weight", c.d_model),
+            wq=proj("attn_q", q_out, c.d_model), wk=proj("attn_k", kv_out, c.d_model),
+            wv=proj("attn_v", kv_out, c.d_model), wo=proj("attn_output", c.d_model, q_out),
+            ffn_norm=self.norm(store, p + "ffn_norm.weight", c.d_model),
+            w_gate=proj("ffn_gate", c.n_ff, c.d_model), w_up=proj("ffn_up", c.n_ff, c.d_model),
+            w_down=proj("ffn_down", c.d_model, c.n_ff),
+        )
+        if self.qk_norm:
+            layer.q_norm = self.norm(store, p + "attn_q_norm.weight", c.head_dim)
+            layer.k_norm = self.norm(store, p + "attn_k_norm.weight", c.head_dim)
+        return layer
+
+    def block(self, i: int, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+              cache: KVCache) -> torch.Tensor:
+        c, layer = self.config, self.layers[i]
+        h = rms_norm(x, layer.attn_norm, c.rms_eps)
+        x = x + layer.wo(self.attention(i, layer, h, positions, meta, cache))
+        h = rms_norm(x, layer.ffn_norm, c.rms_eps)
+        return x + layer.w_down(silu_mul(layer.w_gate(h), layer.w_up(h)))
+
+    def attention(self, i: int, layer: LlamaLayer, h: torch.Tensor, positions: torch.Tensor,
+                  meta: AttentionMetadata, cache: KVCache) -> torch.Tensor:
+        c, n = self.config, h.shape[0]
+        q = layer.wq(h).view(n, c.n_heads, c.head_dim)
+        k = layer.wk(h).view(n, c.n_kv_heads, c.head_dim)
+        v = layer.wv(h).view(n, c.n_kv_heads, c.head_dim)
+        if layer.q_norm is not None:
+            q = rms_norm(q, layer.q_norm, c.rms_eps)
+            k = rms_norm(k, layer.k_norm, c.rms_eps)
+        return self.attend(i, q, k, v, positions, meta, cache)

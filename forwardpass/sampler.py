@@ -1,0 +1,345 @@
+"""The batched token sampler: logits ``(B, V)`` plus per-row state -> one token per row.
+
+Every row carries its own ``SamplingParams``; the batch is processed with per-row parameter tensors, so rows
+with different settings share one set of kernels. The order (vLLM's and llama.cpp's) is: logit bias, penalties,
+min_tokens masking; then greedy rows take the argmax and the others go through temperature, top-k, top-p, min-p
+and a draw from their own ``torch.Generator``. A row's token therefore depends only on its logits, its params
+and its generator, never on what else is in the batch.
+
+The same code runs on CPU and CUDA tensors. The only device -> host sync is the single ``.tolist()`` at the end;
+small parameter tensors go host -> device through pinned memory so that they do not sync either.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from forwardpass.sampling import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+_NEG_INF = float("-inf")
+# Lower bound for the exponential draws: a draw of exactly 0 would make probs / q = 0/0 = NaN for masked tokens.
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def _to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A 1-D tensor on ``device`` without a device sync (a pageable host->CUDA copy synchronizes the stream)."""
+    tensor = torch.tensor(values, dtype=dtype)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+class SamplingState:
+    """The sampler's memory of one sequence: params, random generator, token history and penalty counts.
+
+    ``eos_token_ids`` (from the model) are masked together with ``params.stop_token_ids`` until
+    ``params.min_tokens`` tokens have been generated. Sample ``sample_index`` of an ``n > 1`` request is seeded
+    with ``params.seed + sample_index``; without a seed, a fresh random seed is drawn (kept in ``self.seed``).
+    Device tensors (generator, counts) are created on the first ``Sampler.sample`` call, which fixes the
+    vocabulary size and device. ``Sampler.sample`` appends each chosen token with ``append``.
+    """
+
+    def __init__(
+        self,
+        params: SamplingParams,
+        prompt_token_ids: Sequence[int] = (),
+        *,
+        eos_token_ids: Sequence[int] = (),
+        sample_index: int = 0,
+    ) -> None:
+        self.params = params
+        self.prompt_token_ids = list(prompt_token_ids)
+        self.output_token_ids: list[int] = []
+        eos = () if params.ignore_eos else tuple(eos_token_ids)
+        self._min_tokens_ids = tuple(dict.fromkeys(eos + params.stop_token_ids))  # dedup, keep order
+        base = params.seed if params.seed is not None else secrets.randbits(64)
+        self.seed = (base + sample_index) % 2**64
+        self.vocab_size: int | None = None
+        self.device: torch.device | None = None
+        self._generator: torch.Generator | None = None
+        self._seen: torch.Tensor | None = None  # (V,) bool: in prompt or output; repetition penalty
+        self._counts: torch.Tensor | None = None  # (V,) int32: occurrences in output; presence/frequency
+        self._n_synced = 0  # output tokens already folded into _seen/_counts
+        self._bias: tuple[torch.Tensor, torch.Tensor] | None = None  # (n,) int64 ids, (n,) float32 values
+        self._stop_ids: torch.Tensor | None = None  # (m,) int64, masked while below min_tokens
+
+    def append(self, token_id: int) -> None:
+        """Record a generated token (counted for penalties and ``min_tokens`` from the next step on)."""
+        if self.vocab_size is not None and not 0 <= token_id < self.vocab_size:
+            raise ValueError(f"token id {token_id} is out of vocabulary (vocab size {self.vocab_size})")
+        self.output_token_ids.append(token_id)
+
+    @property
+    def generator(self) -> torch.Generator:
+        """This row's random generator, on the device of the logits it samples from."""
+        if self._generator is None:
+            raise RuntimeError("SamplingState is not bound to a device yet (call Sampler.sample first)")
+        return self._generator
+
+    def bind(self, vocab_size: int, device: torch.device) -> None:
+        """Validate ids against the vocabulary and create the device tensors; a no-op once bound."""
+        if self.vocab_size is not None:
+            if (vocab_size, device) != (self.vocab_size, self.device):
+                raise ValueError(f"SamplingState bound to vocab {self.vocab_size} on {self.device}, "
+                                 f"now given vocab {vocab_size} on {device}")
+            return
+        params = self.params
+        params.verify_vocab(vocab_size)
+        for name, ids in (("prompt_token_ids", self.prompt_token_ids),
+                          ("output_token_ids", self.output_token_ids),
+                          ("eos_token_ids", self._min_tokens_ids)):
+            bad = [i for i in ids if not 0 <= i < vocab_size]
+            if bad:
+                raise ValueError(f"{name} has token id {bad[0]}, out of vocabulary (vocab size {vocab_size})")
+        self._generator = torch.Generator(device=device)
+        self._generator.manual_seed(self.seed)
+        if params.repetition_penalty != 1.0:
+            self._seen = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+            if self.prompt_token_ids:
+                self._seen[_to_device(self.prompt_token_ids, torch.int64, device)] = True
+        if params.presence_penalty != 0.0 or params.frequency_penalty != 0.0:
+            self._counts = torch.zeros(vocab_size, dtype=torch.int32, device=device)
+        if params.logit_bias:
+            self._bias = (_to_device(list(params.logit_bias), torch.int64, device),
+                          _to_device(list(params.logit_bias.values()), torch.float32, device))
+        if params.min_tokens > 0 and self._min_tokens_ids:
+            self._stop_ids = _to_device(list(self._min_tokens_ids), torch.int64, device)
+        self.vocab_size, self.device = vocab_size, device
+
+    def logit_bias(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``params.logit_bias`` as device tensors: (n,) int64 token ids and (n,) float32 biases."""
+        return self._bias
+
+    def banned_for_min_tokens(self) -> torch.Tensor | None:
+        """(m,) int64 EOS and stop token ids to mask this step, or None once ``min_tokens`` is reached."""
+        if self._stop_ids is None or len(self.output_token_ids) >= self.params.min_tokens:
+            return None
+        return self._stop_ids
+
+    def seen_mask(self) -> torch.Tensor:
+        """(V,) bool: tokens in the prompt or the output so far (repetition penalty only)."""
+        self._sync()
+        assert self._seen is not None, "seen_mask needs repetition_penalty != 1"
+        return self._seen
+
+    def output_counts(self) -> torch.Tensor:
+        """(V,) int32: how often each token occurs in the output so far (presence/frequency penalty only)."""
+        self._sync()
+        assert self._counts is not None, "output_counts needs a presence or frequency penalty"
+        return self._counts
+
+    def _sync(self) -> None:
+        """Fold tokens appended since the last call into the dense tensors: O(new tokens), not O(V)."""
+        new = self.output_token_ids[self._n_synced:]
+        self._n_synced = len(self.output_token_ids)
+        if not new:
+            return
+        if len(new) == 1:  # the common decode step: Python-int indexing launches kernels but copies nothing
+            if self._seen is not None:
+                self._seen[new[0]] = True
+            if self._counts is not None:
+                self._counts[new[0]] += 1
+            return
+        ids = _to_device(new, torch.int64, self.device)
+        if self._seen is not None:
+            self._seen[ids] = True
+        if self._counts is not None:
+            self._counts.index_put_((ids,), torch.ones_like(ids, dtype=torch.int32), accumulate=True)
+
+
+@dataclass
+class SamplerOutput:
+    """One sampler step for a batch of B rows.
+
+    ``logprobs`` and ``top_logprobs`` are None unless some row asked for logprobs; then ``logprobs[i]`` is the
+    chosen token's raw log-probability (None for rows that did not ask), and ``top_logprobs[i]`` lists
+    ``params.logprobs`` ``(token_id, logprob)`` pairs, most likely first (empty for rows that did not ask).
+    """
+
+    token_ids: list[int]
+    logprobs: list[float | None] | None = None
+    top_logprobs: list[list[tuple[int, float]]] | None = None
+
+
+class Sampler:
+    """Turns a batch of logits into one token per row; see the module docstring for the order of operations."""
+
+    def sample(self, logits: torch.Tensor, rows: Sequence[SamplingState]) -> SamplerOutput:
+        """Pick one token per row of ``logits`` (B, V), append it to that row's state, and return them.
+
+        ``logits`` is not modified. Raises ``ValueError`` on a shape mismatch or an out-of-vocabulary id.
+        """
+        raw = self.apply_logits_processors(logits, rows)  # binds rows, validates the shape
+        tokens = _choose_tokens(raw, rows)  # (B,) int64
+        logprobs = _log_softmax_if_needed(logits, rows)
+        out = _gather_output(tokens, logprobs, rows)
+        for state, token in zip(rows, out.token_ids):
+            state.append(token)
+        return out
+
+    def apply_logits_processors(self, logits: torch.Tensor, rows: Sequence[SamplingState]) -> torch.Tensor:
+        """Return a float32 copy of ``logits`` (B, V) after logit bias, penalties and min_tokens masking."""
+        if logits.dim() != 2 or logits.shape[0] != len(rows):
+            raise ValueError(f"logits must have shape (len(rows), vocab) = ({len(rows)}, V), "
+                             f"got {tuple(logits.shape)}")
+        vocab_size = logits.shape[1]
+        for state in rows:
+            state.bind(vocab_size, logits.device)
+        x = logits.to(torch.float32, copy=True)  # (B, V)
+        for i, state in enumerate(rows):
+            bias = state.logit_bias()
+            if bias is not None:
+                x[i].index_add_(0, *bias)
+        _apply_repetition_penalty(x, rows)
+        _apply_presence_frequency(x, rows)
+        for i, state in enumerate(rows):
+            banned = state.banned_for_min_tokens()
+            if banned is not None:
+                x[i].index_fill_(0, banned, _NEG_INF)
+        return x
+
+
+def _row_indices(wanted: list[bool], device: torch.device) -> torch.Tensor:
+    """(R,) int64: the batch positions where ``wanted`` is true."""
+    return _to_device([i for i, w in enumerate(wanted) if w], torch.int64, device)
+
+
+def _row_values(values: list[float], device: torch.device) -> torch.Tensor:
+    """A (R, 1) float32 column, to broadcast one parameter per row over the vocabulary."""
+    return _to_device(values, torch.float32, device).unsqueeze(1)
+
+
+def _apply_repetition_penalty(x: torch.Tensor, rows: Sequence[SamplingState]) -> None:
+    """In place on x (B, V): seen tokens' positive logits are divided by the penalty, negative ones multiplied."""
+    wanted = [s.params.repetition_penalty != 1.0 for s in rows]
+    if not any(wanted):
+        return
+    picked = [s for s, w in zip(rows, wanted) if w]
+    idx = _row_indices(wanted, x.device)
+    seen = torch.stack([s.seen_mask() for s in picked])  # (P, V) bool
+    penalty = _row_values([s.params.repetition_penalty for s in picked], x.device)  # (P, 1)
+    sub = x.index_select(0, idx)  # (P, V)
+    sub = torch.where(seen, torch.where(sub > 0, sub / penalty, sub * penalty), sub)
+    x.index_copy_(0, idx, sub)
+
+
+def _apply_presence_frequency(x: torch.Tensor, rows: Sequence[SamplingState]) -> None:
+    """In place on x (B, V): subtract frequency * count + presence * (count > 0), over output tokens."""
+    wanted = [s.params.presence_penalty != 0.0 or s.params.frequency_penalty != 0.0 for s in rows]
+    if not any(wanted):
+        return
+    picked = [s for s, w in zip(rows, wanted) if w]
+    idx = _row_indices(wanted, x.device)
+    counts = torch.stack([s.output_counts() for s in picked]).to(torch.float32)  # (P, V)
+    presence = _row_values([s.params.presence_penalty for s in picked], x.device)  # (P, 1)
+    frequency = _row_values([s.params.frequency_penalty for s in picked], x.device)  # (P, 1)
+    sub = x.index_select(0, idx) - (frequency * counts + presence * (counts > 0))
+    x.index_copy_(0, idx, sub)
+
+
+def apply_top_k(x: torch.Tensor, top_k: list[int]) -> torch.Tensor:
+    """Mask x (R, V) to -inf below each row's k-th largest value (ties with it are kept); k <= 0 = off."""
+    vocab = x.shape[1]
+    ks = [min(k, vocab) if k > 0 else 0 for k in top_k]
+    if not any(ks):
+        return x
+    top_vals = x.topk(max(ks), dim=-1).values  # (R, max_k), descending
+    kth = top_vals.gather(1, _to_device([max(k, 1) - 1 for k in ks], torch.int64, x.device).unsqueeze(1))
+    off = _to_device([k == 0 for k in ks], torch.bool, x.device).unsqueeze(1)  # (R, 1)
+    kth = kth.masked_fill(off, _NEG_INF)  # x < -inf never holds: disabled rows are left bit-identical
+    return x.masked_fill(x < kth, _NEG_INF)
+
+
+def apply_top_p(x: torch.Tensor, top_p: list[float]) -> torch.Tensor:
+    """Keep each row's smallest set of most likely tokens whose probability reaches p; p == 1 = off."""
+    if all(p >= 1.0 for p in top_p):
+        return x
+    sorted_x, order = x.sort(dim=-1, descending=True, stable=True)  # (R, V); stable: ties by token id
+    probs = sorted_x.softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs  # (R, V): probability of the tokens ranked above
+    p = _row_values(top_p, x.device)  # (R, 1)
+    # Rows with p == 1 are excluded explicitly: rounding in cumsum could otherwise drop their tail.
+    remove = (mass_before >= p) & (p < 1.0)
+    remove = torch.zeros_like(remove).scatter_(1, order, remove)  # back to vocabulary order
+    return x.masked_fill(remove, _NEG_INF)
+
+
+def apply_min_p(x: torch.Tensor, min_p: list[float]) -> torch.Tensor:
+    """Mask tokens whose probability is below min_p times the row's top probability; min_p 0 = off."""
+    if not any(min_p):
+        return x
+    probs = x.softmax(dim=-1)  # (R, V)
+    threshold = probs.amax(dim=-1, keepdim=True) * _row_values(min_p, x.device)  # (R, 1)
+    return x.masked_fill(probs < threshold, _NEG_INF)
+
+
+def _sample_random(x: torch.Tensor, rows: Sequence[SamplingState]) -> torch.Tensor:
+    """Temperature, top-k, top-p, min-p, then one draw per row from its own generator. x (R, V) -> (R,)."""
+    params = [s.params for s in rows]
+    if any(p.temperature != 1.0 for p in params):
+        x = x / _row_values([p.temperature for p in params], x.device)
+    x = apply_top_k(x, [p.top_k for p in params])
+    x = apply_top_p(x, [p.top_p for p in params])
+    x = apply_min_p(x, [p.min_p for p in params])
+    probs = x.softmax(dim=-1)  # (R, V)
+    # argmax(probs / q) with q ~ Exp(1) picks token i with probability probs[i] (the exponential race,
+    # equivalent to Gumbel-max). Each row's q comes from its own generator, so the draw is batch-invariant.
+    q = torch.empty_like(probs)
+    for i, state in enumerate(rows):
+        q[i].exponential_(generator=state.generator)
+    return (probs / q.clamp_min_(_TINY)).argmax(dim=-1)
+
+
+def _choose_tokens(x: torch.Tensor, rows: Sequence[SamplingState]) -> torch.Tensor:
+    """Greedy rows take the argmax (ties -> lowest id); the others are sampled. x (B, V) -> (B,) int64."""
+    greedy = [s.params.greedy for s in rows]
+    if all(greedy):
+        return x.argmax(dim=-1)
+    if not any(greedy):
+        return _sample_random(x, rows)
+    tokens = x.argmax(dim=-1)
+    random_idx = _row_indices([not g for g in greedy], x.device)
+    sampled = _sample_random(x.index_select(0, random_idx), [s for s, g in zip(rows, greedy) if not g])
+    return tokens.index_copy_(0, random_idx, sampled)
+
+
+def _log_softmax_if_needed(logits: torch.Tensor, rows: Sequence[SamplingState]) -> torch.Tensor | None:
+    """The model's raw log-probabilities (B, V), before any processing, if any row asked for logprobs."""
+    if all(s.params.logprobs is None for s in rows):
+        return None
+    return torch.log_softmax(logits.to(torch.float32), dim=-1)
+
+
+def _gather_output(
+    tokens: torch.Tensor, logprobs: torch.Tensor | None, rows: Sequence[SamplingState]
+) -> SamplerOutput:
+    """Bring tokens (B,) and the requested logprobs to the host in one transfer."""
+    batch = tokens.shape[0]
+    if logprobs is None:
+        return SamplerOutput(token_ids=tokens.tolist())
+    n_top = max(s.params.logprobs or 0 for s in rows)
+    chosen = logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1)  # (B,)
+    parts = [tokens.to(torch.float64), chosen.to(torch.float64)]
+    if n_top > 0:
+        top_vals, top_ids = logprobs.topk(n_top, dim=-1)  # (B, n_top) each, descending
+        parts += [top_ids.flatten().to(torch.float64), top_vals.flatten().to(torch.float64)]
+    # One float64 tensor, one .tolist(), one sync: token ids < 2**53 survive the round trip exactly.
+    flat = torch.cat(parts).tolist()
+    token_ids = [int(t) for t in flat[:batch]]
+    chosen_lp = flat[batch:2 * batch]
+    ids_flat = flat[2 * batch:2 * batch + batch * n_top]
+    vals_flat = flat[2 * batch + batch * n_top:]
+    out_lp: list[float | None] = []
+    out_top: list[list[tuple[int, float]]] = []
+    for i, state in enumerate(rows):
+        want = state.params.logprobs
+        out_lp.append(None if want is None else chosen_lp[i])
+        start = i * n_top
+        out_top.append([(int(ids_flat[start + j]), vals_flat[start + j]) for j in range(want or 0)])
+    return SamplerOutput(token_ids=token_ids, logprobs=out_lp, top_logprobs=out_top)

@@ -1,0 +1,2 @@
+RANGES = ""
+WHITESPACE = frozenset()
