@@ -4,21 +4,30 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterator, Sequence as Seq
+from typing import Union
 
 import psutil
 import torch
 
+from .engine.llm_engine import LLMEngine
 from .engine.model_runner import ModelRunner, SeqChunk
-from .errors import ContextLengthError
+from .engine.scheduler import SchedulerConfig
+from .engine.sequence import Sequence
+from .errors import ChatTemplateError, ContextLengthError
 from .gguf.reader import GGUFFile
 from .models.base import DecoderLM, LoadOptions
 from .models.registry import load_model
+from .outputs import GenerationStats, RequestOutput
 from .registry import resolve_model
+from .sampling import SamplingParams
+from .tokenizer import ChatTemplate, Tokenizer
 
 logger = logging.getLogger(__name__)
 
 BLOCK_SIZE = 16
 DEFAULT_MAX_CTX = 8192
+Prompt = Union[str, list[int]]
 
 
 def default_threads() -> int:
@@ -28,28 +37,35 @@ def default_threads() -> int:
 class LLM:
     """A loaded model, ready to run.
 
-    `model` is a path to a `.gguf` file or a short name (`forwardpass list` shows the cached ones).
-    `reference=True` computes every matmul in float32 on dequantized weights: slow and exact.
+    `model` is a path to a `.gguf` file or a short name (`forwardpass list` shows the cached ones; the default
+    model is pulled on first use). `reference=True` computes every matmul in float32 on dequantized weights:
+    slow and exact. `ctx` is the most tokens one sequence may hold (prompt and output), by default the model's
+    context length up to 8192; `kv_tokens` sizes the shared KV cache pool (default: max(ctx, 16384) tokens).
     """
 
     def __init__(self, model: str | None = None, *, reference: bool = False, threads: int | None = None,
-                 device: str = "cpu", ctx: int | None = None) -> None:
+                 device: str = "cpu", ctx: int | None = None, kv_tokens: int | None = None,
+                 max_num_seqs: int = 64, max_num_batched_tokens: int = 512,
+                 enable_prefix_caching: bool = True) -> None:
         t0 = time.perf_counter()
-        if threads is not None and threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive integer, got {threads!r}")
         torch.set_num_threads(threads or default_threads())
-        self.device = device
-        self.reference = reference
+        self.device, self.reference = device, reference
         self.path = resolve_model(model)
         self.gguf = GGUFFile(self.path)
         self.metadata = self.gguf.metadata
+        self.tokenizer = Tokenizer.from_gguf_metadata(self.metadata)
+        self.chat_template = ChatTemplate.from_metadata(self.metadata)
         options = LoadOptions(mode="reference" if reference else "dequant", device=device)
         self.model: DecoderLM = load_model(self.gguf, options)
         self.config = self.model.config
         self.ctx = self._context_size(ctx)
+        pool_tokens = max(self.ctx, kv_tokens if kv_tokens is not None else 16384)
         kv_dtype = torch.float32 if reference else torch.bfloat16
-        num_blocks = -(-self.ctx // BLOCK_SIZE)
-        self.runner = ModelRunner(self.model, num_blocks, BLOCK_SIZE, kv_dtype, device)
+        self.runner = ModelRunner(self.model, -(-pool_tokens // BLOCK_SIZE), BLOCK_SIZE, kv_dtype, device)
+        self.engine = LLMEngine(self.runner, self.tokenizer, self.ctx,
+                                SchedulerConfig(max_num_seqs, max_num_batched_tokens), enable_prefix_caching)
         self.load_s = time.perf_counter() - t0
         logger.info("loaded %s (%s) in %.2f s", self.path, self.config.arch, self.load_s)
 
@@ -57,29 +73,103 @@ class LLM:
         limit = self.config.context_length
         if ctx is None:
             return min(limit, DEFAULT_MAX_CTX)
-        if not isinstance(ctx, int) or isinstance(ctx, bool) or not 1 <= ctx <= limit:
-            raise ValueError(f"ctx must be an integer in 1..{limit} (the model's context length), got {ctx!r}")
+        if isinstance(ctx, bool) or not isinstance(ctx, int) or not 2 <= ctx <= limit:
+            raise ValueError(f"ctx must be an integer in 2..{limit} (the model's context length), got {ctx!r}")
         return ctx
 
     @property
     def vocab_size(self) -> int:
         return self.config.vocab_size
 
-    def check_token_ids(self, token_ids: list[int], field: str = "token_ids") -> None:
-        if not token_ids:
-            raise ValueError(f"{field} must not be empty")
-        for t in token_ids:
-            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.vocab_size:
-                raise ValueError(f"{field}: token id {t!r} is out of vocabulary (0..{self.vocab_size - 1})")
-
+    # ---- scoring ----
     def logits(self, token_ids: list[int]) -> torch.Tensor:
         """Teacher-forced next-token logits at every position, from an empty cache: (len, vocab) float32."""
         token_ids = list(token_ids)
-        self.check_token_ids(token_ids)
+        self._check_ids(token_ids)
         if len(token_ids) > self.ctx:
-            raise ContextLengthError(
-                f"{len(token_ids)} tokens do not fit in the context of {self.ctx} tokens",
-                n_prompt_tokens=len(token_ids), n_ctx=self.ctx)
-        blocks = list(range(-(-len(token_ids) // BLOCK_SIZE)))
-        logits = self.runner.run([SeqChunk(token_ids, 0, blocks, all_logits=True)])
-        return logits.cpu()
+            raise ContextLengthError(f"{len(token_ids)} tokens do not fit in the context of {self.ctx} tokens",
+                                     n_prompt_tokens=len(token_ids), n_ctx=self.ctx)
+        seq = Sequence(token_ids, len(token_ids), self.ctx)
+        blocks = self.engine.block_manager
+        if not blocks.ensure_slots(seq, len(token_ids)):
+            raise RuntimeError("the KV cache is busy; score when no generation is running")
+        try:
+            return self.runner.run([SeqChunk(token_ids, 0, seq.block_table, "all")]).cpu()
+        finally:
+            blocks.free_seq(seq)
+
+    # ---- generation ----
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        """Text -> ids as llama.cpp's completion does (BOS where the model uses one, special tokens parsed)."""
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt, add_bos=True, special=True)
+            if len(ids) >= 2 and ids[0] == ids[1] == self.tokenizer.bos_id:  # the text brought its own BOS
+                ids = ids[1:]
+        else:
+            ids = list(prompt)
+        self._check_ids(ids, "prompt")
+        return ids
+
+    def generate(self, prompts: Prompt | Seq[Prompt], params: SamplingParams | None = None) -> list[RequestOutput]:
+        """Generate for each prompt (a string or a list of token ids); all run together as one batch."""
+        params = params or SamplingParams()
+        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        requests = [self.engine.add_request(self.encode_prompt(p), params,
+                                            prompt=p if isinstance(p, str) else None) for p in prompts]
+        results: dict[str, RequestOutput] = {}
+        try:
+            while len(results) < len(requests):
+                for out in self.engine.step():
+                    if out.finished:
+                        results[out.request_id] = out
+        finally:
+            for r in requests:
+                self.engine.abort(r.request_id)  # no-op for finished ones; frees blocks after an exception
+        return [results[r.request_id] for r in requests]
+
+    def stream(self, prompt: Prompt, params: SamplingParams | None = None, *,
+               stats: GenerationStats | None = None) -> Iterator[str]:
+        """Yield the text of the first sample as it grows, one delta per step; fills `stats` at the end."""
+        params = params or SamplingParams()
+        ids = self.encode_prompt(prompt)
+        request = self.engine.add_request(ids, params, prompt=prompt if isinstance(prompt, str) else None)
+        sent = 0
+        try:
+            while not request.finished:
+                for out in self.engine.step():
+                    if out.request_id == request.request_id and len(out.text) > sent:
+                        delta, sent = out.text[sent:], len(out.text)
+                        yield delta
+        finally:
+            self.engine.abort(request.request_id)
+            if stats is not None:
+                self._fill_stats(stats, request)
+
+    @staticmethod
+    def _fill_stats(stats: GenerationStats, request) -> None:
+        end = request.finish_time or time.perf_counter()
+        stats.prompt_tokens = len(request.prompt_token_ids)
+        stats.cached_tokens = request.completions[0].seq.num_cached
+        stats.generated_tokens = len(request.completions[0].output.token_ids)
+        stats.ttft_s = (request.first_token_time or end) - request.arrival
+        stats.total_s = end - request.arrival
+
+    def chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs) -> list[int]:
+        """Render `messages` with the model's chat template and tokenize the result."""
+        if self.chat_template is None:
+            raise ChatTemplateError("this model has no chat template (tokenizer.chat_template); "
+                                    "use generate() for plain completion")
+        text = self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, **kwargs)
+        return self.encode_prompt(text)
+
+    def chat(self, messages: list[dict], params: SamplingParams | None = None) -> RequestOutput:
+        """Answer a conversation (a list of {"role", "content"} messages) using the chat template."""
+        return self.generate([self.chat_prompt(messages)], params)[0]
+
+    def _check_ids(self, ids: list[int], field: str = "token_ids") -> None:
+        if not ids:
+            raise ValueError(f"{field} must not be empty")
+        for t in ids:
+            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.vocab_size:
+                raise ValueError(f"{field}: token id {t!r} is out of vocabulary (0..{self.vocab_size - 1})")

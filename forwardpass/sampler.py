@@ -23,8 +23,11 @@ from forwardpass.sampling import SamplingParams
 logger = logging.getLogger(__name__)
 
 _NEG_INF = float("-inf")
-# Lower bound for the exponential draws: a draw of exactly 0 would make probs / q = 0/0 = NaN for masked tokens.
+# Lower bound for the uniform draws: keeps the exponential draws -log(u) finite, so probs / q > 0 for every
+# token with a non-zero probability.
 _TINY = torch.finfo(torch.float32).tiny
+# How many of the most likely tokens top-p looks at before it falls back to a full sort (CPU only).
+TOP_P_CANDIDATES = 256
 
 
 def _to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -256,18 +259,38 @@ def apply_top_k(x: torch.Tensor, top_k: list[int]) -> torch.Tensor:
     return x.masked_fill(x < kth, _NEG_INF)
 
 
+def _sorted_probs(probs: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Each row's probabilities in descending order, at least far enough to reach its top_p. (R, V) -> (R, K).
+
+    A full sort of a 50k-262k vocabulary costs more on CPU than a decode step, while the nucleus nearly always
+    lies within the few hundred most likely tokens; so on CPU we try a top-k first and sort only when some row
+    needs more (the check reads a value back, which on CPU is free but on CUDA would be a device sync).
+    """
+    vocab = probs.shape[1]
+    if probs.device.type == "cpu" and vocab > TOP_P_CANDIDATES:
+        top = probs.topk(TOP_P_CANDIDATES, dim=-1).values  # (R, K), descending
+        if bool(((top.cumsum(dim=-1)[:, -1:] >= p) | (p >= 1.0)).all()):
+            return top
+    return probs.sort(dim=-1, descending=True).values
+
+
 def apply_top_p(x: torch.Tensor, top_p: list[float]) -> torch.Tensor:
-    """Keep each row's smallest set of most likely tokens whose probability reaches p; p == 1 = off."""
+    """Keep each row's smallest set of most likely tokens whose probability reaches p; p == 1 = off.
+
+    Tokens tied in probability with the last one kept are kept too, so the result depends on the values only,
+    never on how a sort orders ties (the same rule as ``apply_top_k``).
+    """
     if all(p >= 1.0 for p in top_p):
         return x
-    sorted_x, order = x.sort(dim=-1, descending=True, stable=True)  # (R, V); stable: ties by token id
-    probs = sorted_x.softmax(dim=-1)
-    mass_before = probs.cumsum(dim=-1) - probs  # (R, V): probability of the tokens ranked above
     p = _row_values(top_p, x.device)  # (R, 1)
-    # Rows with p == 1 are excluded explicitly: rounding in cumsum could otherwise drop their tail.
-    remove = (mass_before >= p) & (p < 1.0)
-    remove = torch.zeros_like(remove).scatter_(1, order, remove)  # back to vocabulary order
-    return x.masked_fill(remove, _NEG_INF)
+    probs = x.softmax(dim=-1)  # (R, V)
+    sorted_probs = _sorted_probs(probs, p)  # (R, K), descending
+    # Tokens to keep: those whose preceding mass is below p (the first one always). Clamped because rounding
+    # may leave the total just below a p close to 1.
+    n_keep = ((sorted_probs.cumsum(dim=-1) < p).sum(dim=-1, keepdim=True) + 1).clamp_max_(sorted_probs.shape[1])
+    threshold = sorted_probs.gather(1, n_keep - 1)  # (R, 1): the smallest probability kept
+    # Rows with p == 1 are excluded explicitly, so they stay bit-identical whatever else is in the batch.
+    return x.masked_fill((probs < threshold) & (p < 1.0), _NEG_INF)
 
 
 def apply_min_p(x: torch.Tensor, min_p: list[float]) -> torch.Tensor:
@@ -290,10 +313,12 @@ def _sample_random(x: torch.Tensor, rows: Sequence[SamplingState]) -> torch.Tens
     probs = x.softmax(dim=-1)  # (R, V)
     # argmax(probs / q) with q ~ Exp(1) picks token i with probability probs[i] (the exponential race,
     # equivalent to Gumbel-max). Each row's q comes from its own generator, so the draw is batch-invariant.
-    q = torch.empty_like(probs)
+    # q = -log(u) from uniforms: several times cheaper on CPU than Tensor.exponential_.
+    u = torch.empty_like(probs)
     for i, state in enumerate(rows):
-        q[i].exponential_(generator=state.generator)
-    return (probs / q.clamp_min_(_TINY)).argmax(dim=-1)
+        u[i].uniform_(generator=state.generator)
+    q = u.clamp_min_(_TINY).log_().neg_()  # (R, V), in (0, 87.4]
+    return (probs / q).argmax(dim=-1)
 
 
 def _choose_tokens(x: torch.Tensor, rows: Sequence[SamplingState]) -> torch.Tensor:

@@ -118,8 +118,9 @@ def _kv_cases() -> dict[str, bytes]:
 def _tensor_cases() -> dict[str, bytes]:
     a = BASE_INFOS[0]
 
-    def with_b(*args: object, **kwargs: object) -> bytes:
-        return build(infos=[a, tinfo("b", *args, **kwargs)])  # type: ignore[arg-type]
+    def with_b(dims: list[int], ggml_type: int, offset: int, n_dims: int | None = None) -> bytes:
+        """The baseline file with tensor "b" replaced."""
+        return build(infos=[a, tinfo("b", dims, ggml_type, offset, n_dims)])
 
     max_type = max(int(t) for t in GGML_QUANT_SIZES)
     return {

@@ -14,7 +14,7 @@ import gguf
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as QT
-from hypothesis import HealthCheck, event, given, settings, strategies as st
+from hypothesis import event, given, settings, strategies as st
 
 from forwardpass.errors import GGUFError
 from forwardpass.gguf.reader import GGUFFile, TensorInfo
@@ -318,7 +318,7 @@ def tiny_bytes(tiny_path: Path) -> tuple[bytes, int]:
 
 @pytest.mark.fuzz
 @settings(max_examples=int(os.environ.get("FORWARDPASS_FUZZ_EXAMPLES", "200")), deadline=None,
-          derandomize=True, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+          derandomize=True, database=None)
 @given(draw=st.data())
 def test_fuzz_mutated_tiny_file(draw: st.DataObject, tiny_bytes: tuple[bytes, int],
                                 tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -331,8 +331,8 @@ def test_fuzz_mutated_tiny_file(draw: st.DataObject, tiny_bytes: tuple[bytes, in
     path.write_bytes(bytes(data))
     try:
         f = GGUFFile(path)
-    except GGUFError as e:
-        event(f"rejected: {str(e).split(': ', 1)[-1].split(' ')[0]}")  # rough buckets for --hypothesis-show-statistics
+    except GGUFError:
+        event("rejected")  # the accepted/rejected mix shows with --hypothesis-show-statistics
         return
     event("accepted")
     with f:

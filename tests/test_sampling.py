@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+import forwardpass.sampler as sampler_module
 from forwardpass.sampler import (
     Sampler,
     SamplingState,
@@ -106,19 +107,18 @@ def test_presence_and_frequency_penalty_exact() -> None:
     assert out.tolist() == [[1.0, 2.0 - 0.5 - 0.5, -2.0 - 0.25 - 0.5, 3.0]]
 
 
-def test_penalties_follow_appended_tokens_incrementally() -> None:
-    rows = states(SamplingParams(frequency_penalty=1.0, repetition_penalty=2.0))
+def test_penalties_follow_sampled_tokens() -> None:
+    """sample() records each token; the counts used next step include it (incremental, one token at a time)."""
+    rows = states(SamplingParams(temperature=0.0, frequency_penalty=1.0, repetition_penalty=2.0), prompt=(2,))
     sampler = Sampler()
-    logits = torch.tensor([[4.0, 0.0, 0.0]])
-    assert sampler.sample(logits, rows).token_ids == [0] or True  # draw is random; only the history matters
-    rows[0].output_token_ids[:] = [0]  # make the history known for the exact check below
-    rows[0]._n_synced = 0
-    rows[0]._seen.zero_()
-    rows[0]._counts.zero_()
+    logits = torch.tensor([[4.0, 3.5, 3.0]])
+    assert sampler.sample(logits, rows).token_ids == [0]
+    # token 0: 4 / 2 - 1 = 1; token 2 (prompt): 3 / 2 = 1.5, and no frequency penalty (not in the output).
+    assert sampler.apply_logits_processors(logits, rows).tolist() == [[1.0, 3.5, 1.5]]
+    assert sampler.sample(logits, rows).token_ids == [1]
+    rows[0].append(0)  # tokens appended by the caller count too; several at once take the bulk path
     rows[0].append(0)
-    out = sampler.apply_logits_processors(logits, rows)
-    # counts are (0: 2) since two appends were folded; seen: {0}. (4 / 2) - 2 * 1.0 = 0.
-    assert out.tolist() == [[0.0, 0.0, 0.0]]
+    assert sampler.apply_logits_processors(logits, rows).tolist() == [[4.0 / 2 - 3.0, 3.5 / 2 - 1.0, 1.5]]
 
 
 def test_logit_bias_exact_and_batched() -> None:
@@ -159,10 +159,24 @@ def test_top_k_top_p_min_p_filters() -> None:
     top_p = apply_top_p(x, [0.7, 1.0])
     assert torch.isinf(top_p).tolist() == [[False, False, True, True], [False] * 4]
     assert torch.equal(top_p[1], x[1])  # p == 1 leaves the row bit-identical
-    # min_p 0.2: threshold 0.2 * 0.5 = 0.1 drops 0.05; row 2: 0.5 * 0.4 = 0.2 keeps 0.2, drops 0.1.
-    min_p = apply_min_p(x, [0.2, 0.5])
-    assert min_p.tolist()[0][3] == inf and torch.isinf(min_p).sum() == 2
-    assert min_p[1, 0] == inf
+    # min_p 0.2: threshold 0.2 * 0.5 = 0.1 drops 0.05; row 2: 0.4 * 0.4 = 0.16 drops 0.1 only.
+    min_p = apply_min_p(x, [0.2, 0.4])
+    assert torch.isinf(min_p).tolist() == [[False, False, False, True], [True, False, False, False]]
+    assert min_p[0, 0] == x[0, 0] and min_p[1, 3] == x[1, 3]
+    assert apply_min_p(x, [0.0, 0.0]) is x
+
+
+def test_top_p_keeps_ties_and_its_cpu_shortcut_matches_the_full_sort(monkeypatch: pytest.MonkeyPatch) -> None:
+    tied = torch.log(torch.tensor([[0.4, 0.2, 0.2, 0.2]]))
+    assert torch.isinf(apply_top_p(tied, [0.5])).tolist() == [[False, False, False, False]]
+    x = torch.randn(6, 3000, generator=torch.Generator().manual_seed(4)) * 4
+    top_p = [0.5, 0.9, 1.0, 0.99, 0.3, 1e-6]
+    monkeypatch.setattr(sampler_module, "TOP_P_CANDIDATES", 10**6)  # full sort
+    full = apply_top_p(x, top_p)
+    monkeypatch.setattr(sampler_module, "TOP_P_CANDIDATES", 1000)  # candidates cover every row
+    assert torch.equal(apply_top_p(x[[0, 4, 5]], [0.5, 0.3, 1e-6]), full[[0, 4, 5]])
+    assert torch.equal(apply_top_p(x, top_p), full)  # row 3 needs more than 1000: falls back
+    assert torch.equal(full[2], x[2])
 
 
 # ---------------------------------------------------------------- token choice

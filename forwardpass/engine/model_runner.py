@@ -21,7 +21,7 @@ class SeqChunk:
     token_ids: list[int]
     start: int
     block_table: list[int]
-    all_logits: bool = False  # logits at every position (teacher forcing) instead of the last one only
+    logits: str = "last"  # which positions need logits: "last", "all" (teacher forcing) or "none"
 
 
 class ModelRunner:
@@ -35,7 +35,7 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(self, chunks: list[SeqChunk]) -> torch.Tensor:
-        """Runs one step; returns float32 logits: for each chunk its last position, or all if `all_logits`."""
+        """Runs one step; returns float32 logits (rows: each chunk's positions that asked for them, in order)."""
         ids, positions, slots, rows = [], [], [], []
         for chunk in chunks:
             n = len(chunk.token_ids)
@@ -45,7 +45,10 @@ class ModelRunner:
             bs = self.block_size
             slots.extend(chunk.block_table[p // bs] * bs + p % bs for p in pos)
             first = len(ids) - n
-            rows.extend(range(first, len(ids)) if chunk.all_logits else [len(ids) - 1])
+            if chunk.logits == "all":
+                rows.extend(range(first, len(ids)))
+            elif chunk.logits == "last":
+                rows.append(len(ids) - 1)
         width = max(len(c.block_table) for c in chunks)
         tables = torch.tensor([c.block_table + [0] * (width - len(c.block_table)) for c in chunks],
                               dtype=torch.int64, device=self.device)
@@ -58,6 +61,8 @@ class ModelRunner:
         dev = self.device
         hidden = self.model.forward(torch.tensor(ids, dtype=torch.int64, device=dev),
                                     torch.tensor(positions, dtype=torch.int64, device=dev), meta, self.cache)
+        if not rows:
+            return torch.empty(0, self.model.config.vocab_size, device=dev)
         if len(rows) != hidden.shape[0]:
             hidden = hidden.index_select(0, torch.tensor(rows, dtype=torch.int64, device=dev))
         return self.model.compute_logits(hidden)

@@ -353,8 +353,8 @@ def _read_string_array(cur: _Cursor, count: int, key: str) -> list[str]:
         pos += n
     cur.pos = pos
     if n_replaced:
-        logger.warning("%s: %d entries are not valid UTF-8; invalid bytes were replaced with U+FFFD",
-                       key, n_replaced)
+        logger.warning("%s: %d of %d strings are not valid UTF-8; their invalid bytes were replaced with U+FFFD",
+                       key, n_replaced, count)
     return out
 
 

@@ -1,0 +1,203 @@
+"""The `forwardpass` command: run, chat, pull, list, inspect."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from . import registry
+from .errors import ForwardpassError
+
+logger = logging.getLogger("forwardpass")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", "-t", type=int, default=None, help="CPU threads (default: physical cores)")
+    p.add_argument("--ctx", "-c", type=int, default=None, help="context size in tokens (default: model's, <= 8192)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--reference", action="store_true", help="exact float32 math on dequantized weights (slow)")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--temperature", "--temp", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    g.add_argument("--top-k", type=int, default=40, help="0 = disabled (default 40)")
+    g.add_argument("--top-p", type=float, default=0.95, help="default 0.95")
+    g.add_argument("--min-p", type=float, default=0.05, help="default 0.05")
+    g.add_argument("--repeat-penalty", type=float, default=1.0, help="repetition penalty (default 1.0 = off)")
+    g.add_argument("--presence-penalty", type=float, default=0.0)
+    g.add_argument("--frequency-penalty", type=float, default=0.0)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--max-tokens", "-n", type=int, default=None,
+                   help="most tokens to generate (default: until end of generation or the context is full)")
+    g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    g.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-generation tokens")
+
+
+def _sampling_params(args: argparse.Namespace):
+    from .sampling import SamplingParams
+
+    return SamplingParams(
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+        repetition_penalty=args.repeat_penalty, presence_penalty=args.presence_penalty,
+        frequency_penalty=args.frequency_penalty, seed=args.seed, max_tokens=args.max_tokens,
+        stop=args.stop, ignore_eos=args.ignore_eos)
+
+
+def _load(args: argparse.Namespace, model: str | None):
+    from .llm import LLM
+
+    return LLM(model, reference=args.reference, threads=args.threads, device=args.device, ctx=args.ctx)
+
+
+def _split_model_prompt(first: str | None, second: str | None) -> tuple[str | None, str | None]:
+    """`run PROMPT` or `run MODEL PROMPT`: a lone argument is the model only if it names one."""
+    if second is not None:
+        return first, second
+    if first is not None and (first in registry.MODELS or first.endswith(".gguf") or os.path.isfile(first)):
+        return first, None
+    return None, first
+
+
+def _print_stats(stats) -> None:
+    cached = f" ({stats.cached_tokens} cached)" if stats.cached_tokens else ""
+    sys.stderr.write(
+        f"\nprompt: {stats.prompt_tokens} tokens{cached}, {stats.prompt_tok_s:.1f} tok/s | "
+        f"first token: {stats.ttft_s * 1000:.0f} ms | "
+        f"generated: {stats.generated_tokens} tokens, {stats.decode_tok_s:.1f} tok/s\n")
+    sys.stderr.flush()
+
+
+def _stream_answer(llm, prompt, params) -> str:
+    from .outputs import GenerationStats
+
+    stats = GenerationStats()
+    parts = []
+    for delta in llm.stream(prompt, params, stats=stats):
+        parts.append(delta)
+        sys.stdout.write(delta)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    _print_stats(stats)
+    return "".join(parts)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    model, prompt = _split_model_prompt(args.model, args.prompt)
+    if prompt is None or prompt == "-":
+        prompt = sys.stdin.read()
+    llm = _load(args, model)
+    params = _sampling_params(args)
+    if llm.chat_template is not None and not args.raw:
+        messages = ([{"role": "system", "content": args.system}] if args.system else [])
+        prompt = llm.chat_prompt(messages + [{"role": "user", "content": prompt}])
+    _stream_answer(llm, prompt, params)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    llm = _load(args, args.model)
+    if llm.chat_template is None:
+        raise ForwardpassError(f"{os.path.basename(llm.path)} has no chat template: use `forwardpass run` "
+                               "for plain completion")
+    params = _sampling_params(args)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    history: list[dict] = []
+    sys.stderr.write("chat with the model; /clear forgets the conversation, /exit (or Ctrl-D) quits\n")
+    while True:
+        try:
+            line = input("> ")
+        except (EOFError, KeyboardInterrupt):
+            sys.stderr.write("\n")
+            return 0
+        if line.strip() in ("/exit", "/quit"):
+            return 0
+        if line.strip() == "/clear":
+            history = []
+            sys.stderr.write("(conversation cleared)\n")
+            continue
+        if not line.strip():
+            continue
+        history.append({"role": "user", "content": line})
+        answer = _stream_answer(llm, llm.chat_prompt(system + history), params)
+        history.append({"role": "assistant", "content": answer})
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    path = registry.pull(args.name)
+    print(path)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    cached = registry.list_cached()
+    known = {name: src for name, src in registry.MODELS.items()}
+    print(f"{'NAME':<26} {'SIZE':>9}  PATH")
+    for name, path, size in cached:
+        print(f"{name:<26} {size / 1e6:>7.1f}MB  {path}")
+    missing = [n for n in known if not registry.cached_path(n).is_file()]
+    if missing:
+        print(f"\nnot pulled yet: {', '.join(missing)} (forwardpass pull NAME)")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect_model import describe
+
+    print(describe(registry.resolve_model(args.model)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="forwardpass", description="Run GGUF language models.")
+    parser.add_argument("--verbose", "-v", action="store_true", help="log progress to stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="answer one prompt, streamed to stdout")
+    p.add_argument("model", nargs="?", help=f"path to a .gguf file or a model name (default {registry.DEFAULT_MODEL})")
+    p.add_argument("prompt", nargs="?", help="the prompt; '-' or none reads stdin")
+    p.add_argument("--raw", action="store_true", help="plain completion, without the chat template")
+    p.add_argument("--system", default=None, help="system message (chat models)")
+    _add_model_args(p)
+    _add_sampling_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("chat", help="interactive multi-turn chat")
+    p.add_argument("model", nargs="?", help="path or name (default %(default)s)", default=None)
+    p.add_argument("--system", default=None, help="system message")
+    _add_model_args(p)
+    _add_sampling_args(p)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("pull", help="download a model by name into the cache")
+    p.add_argument("name", choices=sorted(registry.MODELS))
+    p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser("list", help="cached models with sizes")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("inspect", help="metadata, tensor types, parameter count and size of a model")
+    p.add_argument("model", nargs="?", default=None)
+    p.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ForwardpassError, ValueError) as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("\ninterrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

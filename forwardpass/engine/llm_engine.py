@@ -1,0 +1,132 @@
+"""LLMEngine: requests in, tokens out. One step = schedule -> run -> update."""
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+
+from ..errors import ContextLengthError
+from ..outputs import RequestOutput
+from ..sampler import Sampler, SamplerOutput
+from ..sampling import SamplingParams
+from ..tokenizer import Tokenizer
+from .block_manager import BlockManager
+from .model_runner import ModelRunner, SeqChunk
+from .request import Completion, Request
+from .scheduler import Scheduler, SchedulerConfig
+from .sequence import Sequence, Status
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineStats:
+    running: int
+    waiting: int
+    kv_blocks_used: int
+    kv_blocks_total: int
+    prefix_cache_hit_rate: float
+    preemptions: int
+
+
+class LLMEngine:
+    def __init__(self, runner: ModelRunner, tokenizer: Tokenizer, ctx: int,
+                 scheduler_config: SchedulerConfig | None = None, enable_prefix_caching: bool = True) -> None:
+        self.runner = runner
+        self.tokenizer = tokenizer
+        self.ctx = ctx
+        self.block_manager = BlockManager(runner.cache.num_blocks, runner.cache.block_size, enable_prefix_caching)
+        if self.block_manager.blocks_for(ctx) > runner.cache.num_blocks:
+            raise ValueError(f"the KV cache ({runner.cache.num_blocks} blocks) cannot hold one full context of "
+                             f"{ctx} tokens; raise the KV memory or lower ctx")
+        self.scheduler = Scheduler(scheduler_config or SchedulerConfig(), self.block_manager)
+        self.sampler = Sampler()
+        self.requests: dict[str, Request] = {}
+        self._ids = itertools.count()
+
+    # ---- requests ----
+    def add_request(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str | None = None,
+                    prompt: str | None = None) -> Request:
+        n_prompt = len(prompt_token_ids)
+        if n_prompt >= self.ctx:
+            raise ContextLengthError(
+                f"the prompt has {n_prompt} tokens but the context holds {self.ctx}, and at least one token "
+                f"must be generated", n_prompt_tokens=n_prompt, n_ctx=self.ctx)
+        params.verify_vocab(self.runner.model.config.vocab_size)
+        request_id = request_id or f"req-{next(self._ids)}"
+        if request_id in self.requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        request = Request(request_id, list(prompt_token_ids), params, prompt=prompt)
+        for index in range(params.n):
+            seq = Sequence(list(prompt_token_ids), n_prompt, self.ctx)
+            seq.owner = Completion(index, seq, params, self.tokenizer, request)
+            request.completions.append(seq.owner)
+            self.scheduler.add(seq)
+        self.requests[request_id] = request
+        return request
+
+    def abort(self, request_id: str) -> None:
+        """Cancel a request wherever it is; its blocks return to the pool at once."""
+        request = self.requests.pop(request_id, None)
+        if request is None:
+            return
+        for completion in request.completions:
+            completion.abort()
+            self.scheduler.finish(completion.seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.requests)
+
+    # ---- the loop ----
+    def step(self) -> list[RequestOutput]:
+        """Run one batch; return the outputs of every request that changed (finished ones for the last time)."""
+        scheduled = self.scheduler.schedule()
+        if not scheduled:
+            return []
+        sampling = [seq for seq, n in scheduled if seq.num_computed + n == seq.num_tokens]
+        chunks = [SeqChunk(seq.token_ids[seq.num_computed:seq.num_computed + n], seq.num_computed,
+                           seq.block_table, "last" if seq.num_computed + n == seq.num_tokens else "none")
+                  for seq, n in scheduled]
+        logits = self.runner.run(chunks)
+        completions = [seq.owner for seq in sampling]
+        sampled = self.sampler.sample(logits, [c.state for c in completions]) if sampling else None
+        return self._update(scheduled, completions, sampled)
+
+    def _update(self, scheduled: list[tuple[Sequence, int]], completions: list[Completion],
+                sampled: SamplerOutput | None) -> list[RequestOutput]:
+        now = time.perf_counter()
+        for seq, n in scheduled:
+            seq.num_computed += n
+            self.block_manager.on_computed(seq)
+        changed: dict[str, Request] = {}
+        for i, completion in enumerate(completions):
+            seq, request = completion.seq, completion.request
+            token = sampled.token_ids[i]
+            seq.token_ids.append(token)
+            logprob = sampled.logprobs[i] if sampled.logprobs is not None else None
+            top = sampled.top_logprobs[i] if sampled.top_logprobs is not None else None
+            completion.add_token(token, logprob, top)
+            if request.first_token_time is None:
+                request.first_token_time = now
+            if completion.output.finished:
+                self.scheduler.finish(seq)
+            changed[request.request_id] = request
+        outputs = []
+        for request in changed.values():
+            if request.finished:
+                request.finish_time = now
+                self.requests.pop(request.request_id, None)
+            outputs.append(request.snapshot())
+        return outputs
+
+    def stats(self) -> EngineStats:
+        bm = self.block_manager
+        return EngineStats(
+            running=len(self.scheduler.running), waiting=len(self.scheduler.waiting),
+            kv_blocks_used=bm.num_used, kv_blocks_total=bm.num_blocks,
+            prefix_cache_hit_rate=bm.prefix_hits / bm.prefix_queries if bm.prefix_queries else 0.0,
+            preemptions=self.scheduler.num_preemptions)
+
+
+__all__ = ["LLMEngine", "EngineStats", "Status"]
