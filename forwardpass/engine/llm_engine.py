@@ -46,14 +46,25 @@ class LLMEngine:
         self._ids = itertools.count()
 
     # ---- requests ----
-    def add_request(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str | None = None,
-                    prompt: str | None = None) -> Request:
+    def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Raise `ContextLengthError` or `ValueError` if the request can never run."""
         n_prompt = len(prompt_token_ids)
+        if n_prompt == 0:
+            raise ValueError("the prompt must contain at least one token")
         if n_prompt >= self.ctx:
             raise ContextLengthError(
                 f"the prompt has {n_prompt} tokens but the context holds {self.ctx}, and at least one token "
                 f"must be generated", n_prompt_tokens=n_prompt, n_ctx=self.ctx)
-        params.verify_vocab(self.runner.model.config.vocab_size)
+        vocab = self.runner.model.config.vocab_size
+        for t in prompt_token_ids:
+            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab:
+                raise ValueError(f"prompt: token id {t!r} is out of vocabulary (0..{vocab - 1})")
+        params.verify_vocab(vocab)
+
+    def add_request(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str | None = None,
+                    prompt: str | None = None) -> Request:
+        self.validate(prompt_token_ids, params)
+        n_prompt = len(prompt_token_ids)
         request_id = request_id or f"req-{next(self._ids)}"
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
