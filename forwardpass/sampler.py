@@ -6,8 +6,9 @@ min_tokens masking; then greedy rows take the argmax and the others go through t
 and a draw from their own ``torch.Generator``. A row's token therefore depends only on its logits, its params
 and its generator, never on what else is in the batch.
 
-The same code runs on CPU and CUDA tensors. The only device -> host sync is the single ``.tolist()`` at the end;
-small parameter tensors go host -> device through pinned memory so that they do not sync either.
+The same code runs on CPU and CUDA tensors. On CUDA the only device -> host sync is the single ``.tolist()`` at
+the end; small parameter tensors go host -> device through pinned memory so that they do not sync either. (On
+CPU, top-p also reads one flag back to avoid a full sort, which costs nothing there.)
 """
 from __future__ import annotations
 
@@ -17,17 +18,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from forwardpass.sampling import SamplingParams
 
 logger = logging.getLogger(__name__)
 
 _NEG_INF = float("-inf")
-# Lower bound for the uniform draws: keeps the exponential draws -log(u) finite, so probs / q > 0 for every
-# token with a non-zero probability.
-_TINY = torch.finfo(torch.float32).tiny
-# How many of the most likely tokens top-p looks at before it falls back to a full sort (CPU only).
-TOP_P_CANDIDATES = 256
+# Tokens per block in the two-level inverse-CDF draw.
+_DRAW_BLOCK = 256
+# How many of the most likely tokens top-p looks at, in turn, before it falls back to a full sort (CPU only).
+TOP_P_CANDIDATES = (256, 4096)
 
 
 def _to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -114,6 +115,7 @@ class SamplingState:
         if params.min_tokens > 0 and self._min_tokens_ids:
             self._stop_ids = _to_device(list(self._min_tokens_ids), torch.int64, device)
         self.vocab_size, self.device = vocab_size, device
+        logger.debug("sampling state bound: seed=%d vocab=%d device=%s", self.seed, vocab_size, device)
 
     def logit_bias(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``params.logit_bias`` as device tensors: (n,) int64 token ids and (n,) float32 biases."""
@@ -228,7 +230,9 @@ def _apply_repetition_penalty(x: torch.Tensor, rows: Sequence[SamplingState]) ->
     seen = torch.stack([s.seen_mask() for s in picked])  # (P, V) bool
     penalty = _row_values([s.params.repetition_penalty for s in picked], x.device)  # (P, 1)
     sub = x.index_select(0, idx)  # (P, V)
-    sub = torch.where(seen, torch.where(sub > 0, sub / penalty, sub * penalty), sub)
+    # x / penalty where x > 0, x * penalty elsewhere; clamps instead of a nested where (3x faster on CPU) give
+    # the same bits, since adding the other branch's exact zero changes nothing.
+    sub = torch.where(seen, sub.clamp_min(0.0) / penalty + sub.clamp_max(0.0) * penalty, sub)
     x.index_copy_(0, idx, sub)
 
 
@@ -263,14 +267,17 @@ def _sorted_probs(probs: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """Each row's probabilities in descending order, at least far enough to reach its top_p. (R, V) -> (R, K).
 
     A full sort of a 50k-262k vocabulary costs more on CPU than a decode step, while the nucleus nearly always
-    lies within the few hundred most likely tokens; so on CPU we try a top-k first and sort only when some row
-    needs more (the check reads a value back, which on CPU is free but on CUDA would be a device sync).
+    lies within the few hundred most likely tokens; so on CPU we try top-k candidates first and sort only when
+    some row needs more (the check reads a value back: free on CPU, a device sync on CUDA, where sorting is fast).
     """
     vocab = probs.shape[1]
-    if probs.device.type == "cpu" and vocab > TOP_P_CANDIDATES:
-        top = probs.topk(TOP_P_CANDIDATES, dim=-1).values  # (R, K), descending
-        if bool(((top.cumsum(dim=-1)[:, -1:] >= p) | (p >= 1.0)).all()):
-            return top
+    if probs.device.type == "cpu":
+        for k in TOP_P_CANDIDATES:
+            if k >= vocab:
+                break
+            top = probs.topk(k, dim=-1).values  # (R, k), descending
+            if bool(((top.cumsum(dim=-1)[:, -1:] >= p) | (p >= 1.0)).all()):
+                return top
     return probs.sort(dim=-1, descending=True).values
 
 
@@ -310,15 +317,38 @@ def _sample_random(x: torch.Tensor, rows: Sequence[SamplingState]) -> torch.Tens
     x = apply_top_k(x, [p.top_k for p in params])
     x = apply_top_p(x, [p.top_p for p in params])
     x = apply_min_p(x, [p.min_p for p in params])
-    probs = x.softmax(dim=-1)  # (R, V)
-    # argmax(probs / q) with q ~ Exp(1) picks token i with probability probs[i] (the exponential race,
-    # equivalent to Gumbel-max). Each row's q comes from its own generator, so the draw is batch-invariant.
-    # q = -log(u) from uniforms: several times cheaper on CPU than Tensor.exponential_.
-    u = torch.empty_like(probs)
+    return _draw(x.softmax(dim=-1), rows)
+
+
+def _draw(probs: torch.Tensor, rows: Sequence[SamplingState]) -> torch.Tensor:
+    """Inverse-CDF sampling, two uniform numbers per row from that row's generator. (R, V) -> (R,) int64.
+
+    The draw depends only on the row's probabilities and its generator, so it is batch-invariant, and two numbers
+    per row (not one per token, as in the exponential race) make it several times cheaper on CPU. It runs in two
+    levels, a block of 256 tokens and then a token in it, because a float32 CDF over the whole vocabulary would
+    resolve probabilities only to about 6e-8 (its ulp near 1); within a block, they are resolved relative to the
+    block's mass. (A float64 CDF would do too, but float64 cumsum is about 8x slower on CPU.)
+    """
+    n_rows, vocab = probs.shape
+    u = torch.empty(n_rows, 2, dtype=torch.float32, device=probs.device)  # (R, 2)
     for i, state in enumerate(rows):
         u[i].uniform_(generator=state.generator)
-    q = u.clamp_min_(_TINY).log_().neg_()  # (R, V), in (0, 87.4]
-    return (probs / q).argmax(dim=-1)
+    if vocab % _DRAW_BLOCK:  # zero-probability padding (vocabularies are usually multiples of 256 already)
+        probs = F.pad(probs, (0, -vocab % _DRAW_BLOCK))
+    blocks = probs.view(n_rows, -1, _DRAW_BLOCK)  # (R, nb, 256)
+    block = _inverse_cdf(blocks.sum(dim=-1).cumsum(dim=-1), u[:, :1])  # (R, 1)
+    inner = blocks.gather(1, block.unsqueeze(-1).expand(-1, -1, _DRAW_BLOCK)).squeeze(1)  # (R, 256)
+    token = _inverse_cdf(inner.cumsum(dim=-1), u[:, 1:])  # (R, 1)
+    return (block * _DRAW_BLOCK + token).squeeze(1)
+
+
+def _inverse_cdf(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Index i with probability (cdf[i] - cdf[i-1]) / cdf[-1], for u uniform in [0, 1). (R, N), (R, 1) -> (R, 1).
+
+    1 - u is in (0, 1], so the target is in (0, total]: the first entry >= target always exists and belongs to
+    an entry of non-zero mass (a zero-mass entry repeats its predecessor's cdf value, which would be found first).
+    """
+    return torch.searchsorted(cdf, (1.0 - u) * cdf[:, -1:])
 
 
 def _choose_tokens(x: torch.Tensor, rows: Sequence[SamplingState]) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """SamplingParams validation and the batched Sampler: exact processing, reproducibility, distributions."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -19,7 +20,9 @@ from forwardpass.sampling import SamplingParams
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def states(*params: SamplingParams, prompt: tuple[int, ...] = (), eos: tuple[int, ...] = ()) -> list[SamplingState]:
+def states(
+    *params: SamplingParams, prompt: tuple[int, ...] = (), eos: tuple[int, ...] = ()
+) -> list[SamplingState]:
     return [SamplingState(p, prompt, eos_token_ids=eos) for p in params]
 
 
@@ -67,6 +70,15 @@ def test_valid_params_are_normalized() -> None:
     assert p.logit_bias == {3: 100.0, 4: -100.0, 5: 0.5}
     assert SamplingParams().stop == () and SamplingParams(stop=["a", "b"]).stop == ("a", "b")
     assert SamplingParams(n=128, temperature=0.0).n == 128  # n > 1 at temperature 0 is allowed here
+
+
+def test_params_are_frozen_and_replace_revalidates() -> None:
+    p = SamplingParams(stop=["x"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.temperature = 0.5  # type: ignore[misc]
+    assert dataclasses.replace(p, temperature=0.5).stop == ("x",)
+    with pytest.raises(ValueError, match="top_p"):
+        dataclasses.replace(p, top_p=2.0)
 
 
 def test_greedy_property() -> None:
@@ -169,13 +181,16 @@ def test_top_k_top_p_min_p_filters() -> None:
 def test_top_p_keeps_ties_and_its_cpu_shortcut_matches_the_full_sort(monkeypatch: pytest.MonkeyPatch) -> None:
     tied = torch.log(torch.tensor([[0.4, 0.2, 0.2, 0.2]]))
     assert torch.isinf(apply_top_p(tied, [0.5])).tolist() == [[False, False, False, False]]
-    x = torch.randn(6, 3000, generator=torch.Generator().manual_seed(4)) * 4
-    top_p = [0.5, 0.9, 1.0, 0.99, 0.3, 1e-6]
-    monkeypatch.setattr(sampler_module, "TOP_P_CANDIDATES", 10**6)  # full sort
+    x = torch.randn(6, 3000, generator=torch.Generator().manual_seed(4)) * 1.5
+    top_p = [0.5, 0.9, 1.0, 0.99, 0.3, 1e-6]  # nucleus sizes: 213, 1239, -, 2401, 83, 1
+    monkeypatch.setattr(sampler_module, "TOP_P_CANDIDATES", ())  # always the full sort
     full = apply_top_p(x, top_p)
-    monkeypatch.setattr(sampler_module, "TOP_P_CANDIDATES", 1000)  # candidates cover every row
-    assert torch.equal(apply_top_p(x[[0, 4, 5]], [0.5, 0.3, 1e-6]), full[[0, 4, 5]])
-    assert torch.equal(apply_top_p(x, top_p), full)  # row 3 needs more than 1000: falls back
+    assert (~torch.isinf(full)).sum(-1).tolist() == [213, 1239, 3000, 2401, 83, 1]
+    monkeypatch.setattr(sampler_module, "TOP_P_CANDIDATES", (1000,))
+    assert torch.equal(apply_top_p(x[[0, 4, 5]], [0.5, 0.3, 1e-6]), full[[0, 4, 5]])  # 1000 candidates suffice
+    assert torch.equal(apply_top_p(x, top_p), full)  # rows 1 and 3 need more: falls back to the sort
+    monkeypatch.setattr(sampler_module, "TOP_P_CANDIDATES", (100, 1500))
+    assert torch.equal(apply_top_p(x[:2], top_p[:2]), full[:2])  # the second stage suffices
     assert torch.equal(full[2], x[2])
 
 
@@ -235,8 +250,8 @@ def _run(rows: list[SamplingState], row_of_interest: int, steps: int, seed: int)
     others = torch.Generator().manual_seed(seed + 1000)
     tokens = []
     for _ in range(steps):
-        logits = torch.randn(len(rows), 64, generator=others) * 3
-        logits[row_of_interest] = torch.randn(64, generator=ours) * 3
+        logits = torch.randn(len(rows), 300, generator=others) * 3  # 300: two blocks of the draw
+        logits[row_of_interest] = torch.randn(300, generator=ours) * 3
         tokens.append(sampler.sample(logits, rows).token_ids[row_of_interest])
     return tokens
 
@@ -255,7 +270,8 @@ def test_seeded_row_is_independent_of_batch(ours: SamplingParams) -> None:
         SamplingParams(presence_penalty=1.0, frequency_penalty=-0.5, logit_bias={0: 50.0}, min_tokens=10),
     ]
     batch = [SamplingState(p, (4, 5)) for p in neighbours[:2]]
-    batch += [SamplingState(ours, (1, 2, 3))] + [SamplingState(p, (6,), eos_token_ids=(0,)) for p in neighbours[2:]]
+    batch.append(SamplingState(ours, (1, 2, 3)))
+    batch += [SamplingState(p, (6,), eos_token_ids=(0,)) for p in neighbours[2:]]
     in_batch = _run(batch, 2, steps=50, seed=0)
     assert in_batch == alone
     assert len(set(alone)) > 5  # really sampled, not stuck on one token
@@ -288,6 +304,25 @@ def test_empirical_distribution_matches_softmax(temperature: float) -> None:
     assert chi2 < 18.47, (chi2, counts / n, expected)  # 4 degrees of freedom, p = 0.001
 
 
+def test_empirical_distribution_across_draw_blocks() -> None:
+    """Tokens in different 256-token blocks of the two-level draw, and one tiny-probability token, keep their
+    probabilities; masked tokens never come out."""
+    vocab = 1000
+    tokens = torch.tensor([3, 255, 256, 300, 511, 999])
+    row = torch.full((vocab,), -math.inf)
+    row[tokens] = torch.tensor([0.0, 1.0, -0.5, 0.5, 2.0, 1.5])
+    expected = torch.softmax(row[tokens], -1)
+    rows = states(*(SamplingParams(seed=s) for s in range(1000)))
+    logits = row.expand(len(rows), vocab).contiguous()
+    sampler = Sampler()
+    drawn = torch.cat([torch.tensor(sampler.sample(logits, rows).token_ids) for _ in range(20)])
+    assert set(drawn.tolist()) <= set(tokens.tolist())
+    counts = torch.stack([(drawn == t).sum() for t in tokens]).float()
+    n = counts.sum()
+    chi2 = float(((counts - n * expected) ** 2 / (n * expected)).sum())
+    assert chi2 < 20.52, (chi2, counts / n, expected)  # 5 degrees of freedom, p = 0.001
+
+
 # ---------------------------------------------------------------- logprobs
 
 
@@ -312,19 +347,26 @@ def test_logprobs_are_raw_and_top_logprobs_sorted(device: str) -> None:
         assert value == pytest.approx(float(reference[0, token]), abs=1e-5)
 
 
+def test_half_precision_logits_and_empty_batch() -> None:
+    logits = torch.tensor([[0.0, 2.0, 1.0]], dtype=torch.bfloat16)
+    out = Sampler().sample(logits, states(SamplingParams(temperature=0.0, logprobs=1)))
+    assert out.token_ids == [1] and out.top_logprobs is not None and out.top_logprobs[0][0][0] == 1
+    assert Sampler().sample(torch.zeros(0, 3), []).token_ids == []
+
+
 def test_no_logprobs_requested() -> None:
     out = Sampler().sample(torch.zeros(2, 3), states(SamplingParams(), SamplingParams(temperature=0)))
     assert out.logprobs is None and out.top_logprobs is None and len(out.token_ids) == 2
 
 
-def test_large_batch_and_vocab_smoke() -> None:
-    """64 rows of a 262,144-token vocabulary with every feature on: runs, and picks in-vocab tokens."""
+def test_large_vocab_smoke() -> None:
+    """A 262,144-token vocabulary with every feature on, greedy and sampled rows mixed: in-vocab tokens."""
     vocab = 262_144
     params = [SamplingParams(seed=i, top_k=40 if i % 2 else 0, top_p=0.9 if i % 3 else 1.0, min_p=0.05,
                              repetition_penalty=1.1, presence_penalty=0.2, logprobs=2 if i % 4 == 0 else None,
-                             temperature=0.0 if i % 5 == 0 else 0.8) for i in range(64)]
+                             temperature=0.0 if i % 5 == 0 else 0.8) for i in range(8)]
     rows = [SamplingState(p, list(range(i, 2000, 7))) for i, p in enumerate(params)]
-    logits = torch.randn(64, vocab, generator=torch.Generator().manual_seed(0))
+    logits = torch.randn(8, vocab, generator=torch.Generator().manual_seed(0)) * 4
     sampler = Sampler()
     for _ in range(2):
         out = sampler.sample(logits, rows)
