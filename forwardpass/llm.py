@@ -55,10 +55,10 @@ class LLM:
         self.path = resolve_model(model)
         self.gguf = GGUFFile(self.path)
         self.metadata = self.gguf.metadata
-        self.tokenizer = Tokenizer.from_gguf_metadata(self.metadata)
-        self.chat_template = ChatTemplate.from_metadata(self.metadata)
         options = LoadOptions(mode="reference" if reference else "dequant", device=device)
         self.model: DecoderLM = load_model(self.gguf, options)
+        self.tokenizer = Tokenizer.from_gguf_metadata(self.metadata)
+        self.chat_template = ChatTemplate.from_metadata(self.metadata)
         self.config = self.model.config
         self.ctx = self._context_size(ctx)
         pool_tokens = max(self.ctx, kv_tokens if kv_tokens is not None else 16384)

@@ -96,7 +96,9 @@ REAL_PROMPT = ("The history of the printing press begins in the fifteenth centur
                "wine. Within fifty years, presses had spread to more than two hundred cities across Europe, and "
                "the cost of books fell so far that reading, once the privilege of clergy and nobles, became part "
                "of everyday life for merchants and craftsmen. Historians still argue about how much the press "
-               "changed religion, science and politics, but few doubt that it changed them.")
+               "changed religion, science and politics, but few doubt that it changed them. Printers became "
+               "publishers, editors and booksellers at once; they standardized spelling, invented title pages "
+               "and page numbers, and argued with censors in a dozen languages.")
 
 
 @pytest.mark.slow

@@ -28,14 +28,14 @@ def _byte_tokens() -> list[str]:
 
 
 def tokenizer_metadata(w: gguf.GGUFWriter) -> None:
-    tokens = SPECIALS + _byte_tokens()
+    tokens = SPECIALS + _byte_tokens() + ["Ġt", "he", "Ġthe"]
     tokens += [f"tok{i}" for i in range(VOCAB - len(tokens))]
     types = [3] * len(SPECIALS) + [1] * (VOCAB - len(SPECIALS))
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
     w.add_token_types(types)
-    w.add_token_merges([])
+    w.add_token_merges(["Ġ t", "h e", "Ġt he"])
     w.add_bos_token_id(1)
     w.add_eos_token_id(1)
     w.add_add_bos_token(False)
