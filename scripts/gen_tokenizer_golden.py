@@ -271,7 +271,10 @@ def golden_for(path: Path, corpus: list[str]) -> dict:
         "add_bos": bool(llama_cpp.llama_vocab_get_add_bos(vocab)),
         "eog_ids": [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)],
         "non_normal_attrs": {str(t): a for t, a in attrs.items() if a != 4},  # 4: LLAMA_TOKEN_ATTR_NORMAL
-        "pieces_sha256": {"special": pieces_digest(vocab, n_vocab, True), "plain": pieces_digest(vocab, n_vocab, False)},
+        "pieces_sha256": {
+            "special": pieces_digest(vocab, n_vocab, True),
+            "plain": pieces_digest(vocab, n_vocab, False),
+        },
         "cases": cases,
     }
 

@@ -141,7 +141,8 @@ def _regenerate(cpp_path: str) -> str:
         "from the llama.cpp vendored by llama-cpp-python 0.3.36. RANGES: 'start:flags' in hex; a range ends\n"
         'where the next starts.\n"""\n'
         f"RANGES = (\n" + "".join(f'    "{chunk},"\n' for chunk in _chunks(ranges)) + ")\n"
-        f"WHITESPACE = frozenset({{{', '.join(hex(c) for c in ws)}}})\n"
+        "WHITESPACE = frozenset({\n" + "".join(f"    {', '.join(hex(c) for c in ws[i:i + 12])},\n"
+                                         for i in range(0, len(ws), 12)) + "})\n"
     )
 
 
