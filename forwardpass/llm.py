@@ -5,7 +5,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence as Seq
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import psutil
 import torch
@@ -22,6 +22,9 @@ from .outputs import GenerationStats, RequestOutput
 from .registry import resolve_model
 from .sampling import SamplingParams
 from .tokenizer import ChatTemplate, Tokenizer
+
+if TYPE_CHECKING:
+    from .engine.async_engine import AsyncEngine
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +157,16 @@ class LLM:
         stats.generated_tokens = len(request.completions[0].output.token_ids)
         stats.ttft_s = (request.first_token_time or end) - request.arrival
         stats.total_s = end - request.arrival
+
+    def start_async(self) -> "AsyncEngine":
+        """Run the engine loop in a background thread and return its thread-safe front (used by the server).
+
+        While it runs, drive generation through it only (not through `generate`/`stream`)."""
+        from .engine.async_engine import AsyncEngine
+
+        engine = AsyncEngine(self.engine)
+        engine.start()
+        return engine
 
     def chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs) -> list[int]:
         """Render `messages` with the model's chat template and tokenize the result."""
