@@ -151,6 +151,32 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from .bench import format_table, run_bench
+
+    result = run_bench(args.model, threads=args.threads, prompt_tokens=args.prompt_tokens,
+                       gen_tokens=args.gen_tokens, repeat=args.repeat, batch=args.batch, device=args.device,
+                       reference=args.reference)
+    print(json.dumps(result) if args.json else format_table(result))
+    return 0
+
+
+def cmd_perplexity(args: argparse.Namespace) -> int:
+    from .perplexity import perplexity
+
+    with open(args.file, encoding="utf-8") as f:
+        text = f.read()
+    llm = _load(args, args.model)
+    result = perplexity(llm, text, args.ctx or 512,
+                        on_chunk=lambda i, ppl: sys.stderr.write(f"[{i}]{ppl:.4f},") or sys.stderr.flush())
+    sys.stderr.write("\n")
+    print(f"Final estimate: PPL = {result.ppl:.4f} +/- {result.stderr:.5f} "
+          f"({result.chunks} chunks, {result.tokens_scored} tokens scored)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forwardpass", description="Run GGUF language models.")
     parser.add_argument("--verbose", "-v", action="store_true", help="log progress to stderr")
@@ -171,6 +197,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_sampling_args(p)
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("bench", help="prompt and generation speed, llama-bench style")
+    p.add_argument("model", nargs="?", default=None)
+    p.add_argument("--threads", "-t", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--reference", action="store_true")
+    p.add_argument("--prompt-tokens", "-p", type=int, default=512)
+    p.add_argument("--gen-tokens", "-n", type=int, default=128)
+    p.add_argument("--repeat", "-r", type=int, default=3)
+    p.add_argument("--batch", "-b", type=int, default=1, help="sequences decoding together")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("perplexity", help="perplexity of a text file, llama-perplexity's method")
+    p.add_argument("model", nargs="?", default=None)
+    p.add_argument("--file", "-f", required=True, help="a UTF-8 text file")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_perplexity)
 
     p = sub.add_parser("pull", help="download a model by name into the cache")
     p.add_argument("name", choices=sorted(registry.MODELS))

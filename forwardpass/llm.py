@@ -85,8 +85,10 @@ class LLM:
         return self.config.vocab_size
 
     # ---- scoring ----
-    def logits(self, token_ids: list[int]) -> torch.Tensor:
-        """Teacher-forced next-token logits at every position, from an empty cache: (len, vocab) float32."""
+    def logits(self, token_ids: list[int], *, first: int = 0) -> torch.Tensor:
+        """Teacher-forced next-token logits at every position, from an empty cache: (len, vocab) float32.
+
+        `first` skips the logits of the first positions (they are still computed into the cache)."""
         token_ids = list(token_ids)
         self._check_ids(token_ids)
         if len(token_ids) > self.ctx:
@@ -97,7 +99,7 @@ class LLM:
         if not blocks.ensure_slots(seq, len(token_ids)):
             raise RuntimeError("the KV cache is busy; score when no generation is running")
         try:
-            return self.runner.run([SeqChunk(token_ids, 0, seq.block_table, "all")]).cpu()
+            return self.runner.run([SeqChunk(token_ids, 0, seq.block_table, "all", first)]).cpu()
         finally:
             blocks.free_seq(seq)
 

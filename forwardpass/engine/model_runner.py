@@ -22,6 +22,7 @@ class SeqChunk:
     start: int
     block_table: list[int]
     logits: str = "last"  # which positions need logits: "last", "all" (teacher forcing) or "none"
+    logits_from: int = 0  # with "all": skip the chunk's first positions
 
 
 class ModelRunner:
@@ -46,7 +47,7 @@ class ModelRunner:
             slots.extend(chunk.block_table[p // bs] * bs + p % bs for p in pos)
             first = len(ids) - n
             if chunk.logits == "all":
-                rows.extend(range(first, len(ids)))
+                rows.extend(range(first + chunk.logits_from, len(ids)))
             elif chunk.logits == "last":
                 rows.append(len(ids) - 1)
         width = max(len(c.block_table) for c in chunks)

@@ -1,0 +1,101 @@
+"""`forwardpass bench`: llama-bench style figures for one model.
+
+pp: tokens/s to process a prompt of `prompt_tokens` tokens from an empty cache, in one batch.
+tg: tokens/s decoding `gen_tokens` tokens one step at a time after a 1-token prompt (greedy argmax, no sampler),
+    summed over `batch` sequences decoding together.
+Each figure is the median of `repeat` runs after a warm-up run, like llama-bench.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import time
+
+import psutil
+import torch
+
+from .engine.model_runner import SeqChunk
+from .engine.sequence import Sequence
+from .llm import LLM
+
+TEXT = "The quick brown fox jumps over the lazy dog. "
+
+
+def _prompt(llm: LLM, n: int) -> list[int]:
+    ids = llm.tokenizer.encode(TEXT * (n // 4 + 8))[:n]
+    if len(ids) < n:
+        raise ValueError(f"could not build a {n}-token prompt")
+    return ids
+
+
+def _time_prefill(llm: LLM, prompt: list[int]) -> float:
+    seq = Sequence(list(prompt), len(prompt), llm.ctx)
+    bm = llm.engine.block_manager
+    assert bm.ensure_slots(seq, len(prompt)), "KV cache too small for the prompt"
+    try:
+        t0 = time.perf_counter()
+        logits = llm.runner.run([SeqChunk(prompt, 0, seq.block_table, "last")])
+        int(logits.argmax(-1)[0])  # the first token: includes any device sync
+        return time.perf_counter() - t0
+    finally:
+        bm.free_seq(seq)
+
+
+def _time_decode(llm: LLM, prompt: list[int], gen_tokens: int, batch: int) -> float:
+    bm = llm.engine.block_manager
+    seqs = [Sequence([prompt[b % len(prompt)]], 1, llm.ctx) for b in range(batch)]
+    try:
+        for s in seqs:
+            assert bm.ensure_slots(s, 1 + gen_tokens), "KV cache too small for this batch"
+        llm.runner.run([SeqChunk(s.token_ids, 0, s.block_table, "last") for s in seqs])
+        t0 = time.perf_counter()
+        for i in range(gen_tokens):
+            chunks = [SeqChunk([prompt[(1 + i + b) % len(prompt)]], 1 + i, s.block_table, "last")
+                      for b, s in enumerate(seqs)]
+            next_ids = llm.runner.run(chunks).argmax(-1)
+        next_ids.tolist()
+        return time.perf_counter() - t0
+    finally:
+        for s in seqs:
+            bm.free_seq(s)
+
+
+def run_bench(model: str | None, *, threads: int | None = None, prompt_tokens: int = 512,
+              gen_tokens: int = 128, repeat: int = 3, batch: int = 1, device: str = "cpu",
+              reference: bool = False) -> dict:
+    t0 = time.perf_counter()
+    llm = LLM(model, threads=threads, device=device, reference=reference,
+              kv_tokens=max(batch * (gen_tokens + 16), prompt_tokens + 16))
+    load_s = time.perf_counter() - t0
+    rss_loaded = psutil.Process().memory_info().rss / 2**20
+    prompt = _prompt(llm, prompt_tokens)
+    pp_s = [_time_prefill(llm, prompt) for _ in range(repeat + 1)][1:]
+    tg_s = [_time_decode(llm, prompt, gen_tokens, batch) for _ in range(repeat + 1)][1:]
+    tg_tok_s = batch * gen_tokens / statistics.median(tg_s)
+    size = os.path.getsize(llm.path)
+    return {
+        "engine": "forwardpass",
+        "model": os.path.basename(llm.path),
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "prompt_tokens": prompt_tokens,
+        "gen_tokens": gen_tokens,
+        "batch": batch,
+        "pp_tok_s": round(prompt_tokens / statistics.median(pp_s), 1),
+        "tg_tok_s": round(tg_tok_s, 1),
+        "ttft_ms": round(1000 * statistics.median(pp_s), 1),
+        "load_s": round(load_s, 2),
+        "rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "rss_after_load_mb": round(rss_loaded, 1),
+        "file_mb": round(size / 2**20, 1),
+        "decode_gb_s": round(size * tg_tok_s / batch / 1e9, 1),
+    }
+
+
+def format_table(r: dict) -> str:
+    rows = [("model", r["model"]), ("threads", r["threads"]), ("batch", r["batch"]),
+            (f"pp{r['prompt_tokens']} tok/s", r["pp_tok_s"]), (f"tg{r['gen_tokens']} tok/s", r["tg_tok_s"]),
+            ("ttft ms", r["ttft_ms"]), ("load s", r["load_s"]), ("peak rss MB", r["rss_mb"]),
+            ("file MB", r["file_mb"]), ("decode GB/s (weights)", r["decode_gb_s"])]
+    return "\n".join(f"{k:<24}{v}" for k, v in rows)
