@@ -6,6 +6,8 @@ import logging
 import time
 from dataclasses import dataclass
 
+import torch
+
 from ..errors import ContextLengthError
 from ..outputs import RequestOutput
 from ..sampler import Sampler, SamplerOutput
@@ -73,7 +75,9 @@ class LLMEngine:
             seq = Sequence(list(prompt_token_ids), n_prompt, self.ctx)
             seq.owner = Completion(index, seq, params, self.tokenizer, request)
             request.completions.append(seq.owner)
-            self.scheduler.add(seq)
+        # n > 1: only the first sample computes the prompt; the others fork from it (sharing its blocks)
+        self.scheduler.add(request.completions[0].seq)
+        request.unforked = [c.seq for c in request.completions[1:]]
         self.requests[request_id] = request
         return request
 
@@ -84,7 +88,8 @@ class LLMEngine:
             return
         for completion in request.completions:
             completion.abort()
-            self.scheduler.finish(completion.seq)
+            if completion.seq.status is not Status.FINISHED:
+                self.scheduler.finish(completion.seq)
 
     def has_unfinished(self) -> bool:
         return bool(self.requests)
@@ -100,16 +105,40 @@ class LLMEngine:
                            seq.block_table, "last" if seq.num_computed + n == seq.num_tokens else "none")
                   for seq, n in scheduled]
         logits = self.runner.run(chunks)
-        completions = [seq.owner for seq in sampling]
-        sampled = self.sampler.sample(logits, [c.state for c in completions]) if sampling else None
-        return self._update(scheduled, completions, sampled)
-
-    def _update(self, scheduled: list[tuple[Sequence, int]], completions: list[Completion],
-                sampled: SamplerOutput | None) -> list[RequestOutput]:
-        now = time.perf_counter()
         for seq, n in scheduled:
             seq.num_computed += n
             self.block_manager.on_computed(seq)
+        completions, rows = [], []
+        for row, seq in enumerate(sampling):
+            for s in [seq, *self._fork_siblings(seq)]:
+                completions.append(s.owner)
+                rows.append(row)
+        if len(rows) != len(sampling):  # forked samples draw from their parent's logits
+            logits = logits[torch.tensor(rows, device=logits.device)]
+        sampled = self.sampler.sample(logits, [c.state for c in completions]) if completions else None
+        return self._update(completions, sampled)
+
+    def _fork_siblings(self, seq: Sequence) -> list[Sequence]:
+        """When the first sample of an n > 1 request has its prompt computed, its siblings fork from it:
+        full blocks are shared, the partial last block is copied (copy-on-write at the divergence)."""
+        request = seq.owner.request
+        if not request.unforked or seq is not request.completions[0].seq:
+            return []
+        forked = []
+        for child in request.unforked:
+            copy = self.block_manager.fork(seq, child)
+            if copy is None:  # no free block for the copy: the child computes its prompt (prefix-cached)
+                self.scheduler.add(child)
+                continue
+            if copy:
+                self.runner.cache.copy_block(*copy)
+            self.scheduler.add_running(child)
+            forked.append(child)
+        request.unforked = []
+        return forked
+
+    def _update(self, completions: list[Completion], sampled: SamplerOutput | None) -> list[RequestOutput]:
+        now = time.perf_counter()
         changed: dict[str, Request] = {}
         for i, completion in enumerate(completions):
             seq, request = completion.seq, completion.request

@@ -39,6 +39,11 @@ class Scheduler:
         seq.status = Status.WAITING
         self.waiting.append(seq)
 
+    def add_running(self, seq: Sequence) -> None:
+        """A sequence that already holds its blocks (a fork) joins the running batch directly."""
+        seq.status = Status.RUNNING
+        self.running.append(seq)
+
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
@@ -90,5 +95,6 @@ class Scheduler:
             self.running.remove(seq)
         elif seq.status is Status.WAITING and seq in self.waiting:
             self.waiting.remove(seq)
-        self.blocks.free_seq(seq)
+        if seq.block_table:
+            self.blocks.free_seq(seq)
         seq.status = Status.FINISHED

@@ -40,6 +40,13 @@ class KVCache:
         self.k[layer].index_copy_(0, slot_mapping, k.to(self.dtype))
         self.v[layer].index_copy_(0, slot_mapping, v.to(self.dtype))
 
+    def copy_block(self, src: int, dst: int) -> None:
+        """Copy one block's keys and values in every layer (copy-on-write of a shared partial block)."""
+        bs = self.block_size
+        for layer in range(len(self.k)):
+            self.k[layer][dst * bs:(dst + 1) * bs] = self.k[layer][src * bs:(src + 1) * bs]
+            self.v[layer][dst * bs:(dst + 1) * bs] = self.v[layer][src * bs:(src + 1) * bs]
+
     def slots(self, block_table: torch.Tensor, seq_len: int) -> torch.Tensor:
         """The cache slots of a sequence's first `seq_len` tokens: (seq_len,) int64."""
         n_blocks = -(-seq_len // self.block_size)

@@ -1,0 +1,93 @@
+"""The engine: batching, prefix caching, chunked prefill, forking, preemption and aborts keep outputs exact."""
+from __future__ import annotations
+
+import pytest
+
+from forwardpass import LLM, SamplingParams
+from tiny_models import write_tiny_model
+
+PROMPTS = [[4 + (i * 7 + j * 3) % 300 for j in range(5 + 9 * i)] for i in range(8)]
+SHARED = [4 + (j * 11) % 300 for j in range(40)]  # a 40-token "system prompt"
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory) -> str:
+    return str(write_tiny_model(tmp_path_factory.mktemp("engine") / "qwen3.gguf", "qwen3", seed=5))
+
+
+def greedy(n: int = 20) -> SamplingParams:
+    return SamplingParams(temperature=0, max_tokens=n, ignore_eos=True)
+
+
+def outputs(llm: LLM, prompts, params) -> list[list[int]]:
+    return [o.token_ids for o in llm.generate(prompts, params)]
+
+
+@pytest.fixture(scope="module")
+def solo(tiny_path) -> list[list[int]]:
+    llm = LLM(tiny_path, ctx=256, enable_prefix_caching=False)
+    return [outputs(llm, [p], greedy())[0] for p in PROMPTS]
+
+
+@pytest.mark.parametrize("chunk", [16, 256])
+def test_batched_and_chunked_equal_solo(tiny_path, solo, chunk):
+    llm = LLM(tiny_path, ctx=256, max_num_batched_tokens=chunk)
+    assert outputs(llm, PROMPTS, greedy()) == solo
+    assert llm.engine.block_manager.num_used == 0
+
+
+def test_prefix_cache_hit_equals_miss(tiny_path):
+    prompts = [SHARED + p for p in PROMPTS[:4]]
+    cold = LLM(tiny_path, ctx=256, enable_prefix_caching=False)
+    expected = [outputs(cold, [p], greedy())[0] for p in prompts]
+    warm = LLM(tiny_path, ctx=256)
+    outputs(warm, [SHARED + [7]], greedy(2))  # leaves SHARED's full blocks in the cache
+    result = warm.generate(prompts, greedy())
+    assert [o.token_ids for o in result] == expected
+    assert all(o.num_cached_tokens == 32 for o in result)  # two full 16-token blocks reused
+    assert warm.engine.stats().prefix_cache_hit_rate > 0
+
+
+def test_n_samples_share_prompt_blocks(tiny_path):
+    llm = LLM(tiny_path, ctx=256)
+    engine = llm.engine
+    request = engine.add_request(SHARED, SamplingParams(n=4, temperature=1.0, seed=3, max_tokens=8,
+                                                        ignore_eos=True))
+    engine.step()  # computes the prompt once, then forks
+    seqs = [c.seq for c in request.completions]
+    assert all(s.block_table[:2] == seqs[0].block_table[:2] for s in seqs)
+    assert all(engine.block_manager.ref_counts[b] == 4 for b in seqs[0].block_table[:2])
+    assert len({s.block_table[2] for s in seqs}) == 4  # the partial block was copied per sample
+    while engine.has_unfinished():
+        engine.step()
+    first = [c.output.token_ids for c in request.completions]
+    again = llm.generate([SHARED], SamplingParams(n=4, temperature=1.0, seed=3, max_tokens=8, ignore_eos=True))
+    assert [o.token_ids for o in again[0].outputs] == first
+    # forking reproduces what each sample would be computed alone (same prompt KV, same generator)
+    single = llm.generate([SHARED], SamplingParams(n=1, temperature=1.0, seed=3, max_tokens=8, ignore_eos=True))
+    assert single[0].token_ids == first[0]
+    assert engine.block_manager.num_used == 0
+
+
+def test_preemption_keeps_outputs_identical(tiny_path, solo):
+    llm = LLM(tiny_path, ctx=128, kv_tokens=128)  # 8 blocks for 8 sequences that need up to 6 each
+    assert outputs(llm, PROMPTS, greedy()) == solo
+    assert llm.engine.scheduler.num_preemptions > 0
+    assert llm.engine.block_manager.num_used == 0
+
+
+def test_pool_is_all_free_after_completions_aborts_and_preemptions(tiny_path):
+    llm = LLM(tiny_path, ctx=128, kv_tokens=128)
+    engine = llm.engine
+    reqs = [engine.add_request(p, greedy(30)) for p in PROMPTS]
+    for step in range(12):
+        engine.step()
+        if step == 3:
+            engine.abort(reqs[1].request_id)  # mid-decode or mid-prefill
+            engine.abort(reqs[7].request_id)  # possibly still queued
+    engine.abort(reqs[2].request_id)
+    while engine.has_unfinished():
+        engine.step()
+    stats = engine.stats()
+    assert stats.kv_blocks_used == 0 and stats.running == 0 and stats.waiting == 0
+    assert engine.block_manager.num_free == engine.block_manager.num_blocks
