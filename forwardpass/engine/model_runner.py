@@ -50,15 +50,10 @@ class ModelRunner:
                 rows.extend(range(first + chunk.logits_from, len(ids)))
             elif chunk.logits == "last":
                 rows.append(len(ids) - 1)
-        width = max(len(c.block_table) for c in chunks)
-        tables = torch.tensor([c.block_table + [0] * (width - len(c.block_table)) for c in chunks],
-                              dtype=torch.int64, device=self.device)
-        meta = AttentionMetadata(
-            query_lens=[len(c.token_ids) for c in chunks],
-            seq_lens=[c.start + len(c.token_ids) for c in chunks],
-            block_tables=tables,
-            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=self.device),
-        )
+        meta = AttentionMetadata.build(
+            query_lens=[len(c.token_ids) for c in chunks], seq_lens=[c.start + len(c.token_ids) for c in chunks],
+            block_tables=[c.block_table for c in chunks], slot_mapping=slots, block_size=self.block_size,
+            device=self.device)
         dev = self.device
         hidden = self.model.forward(torch.tensor(ids, dtype=torch.int64, device=dev),
                                     torch.tensor(positions, dtype=torch.int64, device=dev), meta, self.cache)

@@ -7,7 +7,7 @@ names. Prefill chunks and decode tokens share this one path.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -18,10 +18,50 @@ class AttentionMetadata:
     seq_lens: list[int]  # (S,) context length of each sequence once this step's tokens are in
     block_tables: torch.Tensor  # (S, max_blocks) int64 block ids (padding entries are never read)
     slot_mapping: torch.Tensor  # (T,) int64 cache slot of each new token: block * block_size + offset
+    # Sequences with one new token (decoding) attend together in one batched matmul; the rest one by one.
+    decode: list[int] = field(default_factory=list)  # indices of the one-token sequences
+    decode_rows: torch.Tensor | None = None  # (B,) their token's row in the flat batch
+    decode_slots: torch.Tensor | None = None  # (B, L_max) cache slots of their contexts, padded
+    decode_lens: torch.Tensor | None = None  # (B,) their context lengths
+    _masks: dict[int, torch.Tensor] = field(default_factory=dict)
 
     @property
     def num_seqs(self) -> int:
         return len(self.query_lens)
+
+    @classmethod
+    def build(cls, query_lens: list[int], seq_lens: list[int], block_tables: list[list[int]],
+              slot_mapping: list[int], block_size: int, device: torch.device) -> "AttentionMetadata":
+        width = max(len(t) for t in block_tables)
+        tables = torch.tensor([t + [0] * (width - len(t)) for t in block_tables], dtype=torch.int64, device=device)
+        meta = cls(query_lens, seq_lens, tables, torch.tensor(slot_mapping, dtype=torch.int64, device=device))
+        meta.decode = [s for s, n in enumerate(query_lens) if n == 1]
+        if len(meta.decode) > 1:
+            starts = [0]
+            for n in query_lens:
+                starts.append(starts[-1] + n)
+            meta.decode_rows = torch.tensor([starts[s] for s in meta.decode], device=device)
+            lens = [seq_lens[s] for s in meta.decode]
+            n_blocks = -(-max(lens) // block_size)
+            offsets = torch.arange(block_size, device=device)
+            blocks = tables[meta.decode, :n_blocks]  # (B, n_blocks)
+            meta.decode_slots = (blocks[:, :, None] * block_size + offsets).flatten(1)[:, :max(lens)]
+            meta.decode_lens = torch.tensor(lens, device=device)
+        else:
+            meta.decode = []
+        return meta
+
+    def decode_mask(self, window: int) -> torch.Tensor:
+        """(B, L_max) bool: which padded context slots each decoding sequence may attend."""
+        if window not in self._masks:
+            assert self.decode_slots is not None and self.decode_lens is not None
+            pos = torch.arange(self.decode_slots.shape[1], device=self.decode_slots.device)[None, :]
+            last = self.decode_lens[:, None] - 1
+            mask = pos <= last
+            if window > 0:
+                mask &= last - pos < window
+            self._masks[window] = mask
+        return self._masks[window]
 
 
 class KVCache:
@@ -66,15 +106,39 @@ def attention(q: torch.Tensor, cache: KVCache, layer: int, meta: AttentionMetada
     `window` > 0 limits each query to the keys less than `window` positions behind it (sliding window).
     """
     out = torch.empty_like(q)
+    batched = set(meta.decode)
     start = 0
     for s in range(meta.num_seqs):
         n, seq_len = meta.query_lens[s], meta.seq_lens[s]
-        slots = cache.slots(meta.block_tables[s], seq_len)
-        k = cache.k[layer].index_select(0, slots)  # (L, n_kv, D)
-        v = cache.v[layer].index_select(0, slots)
-        out[start:start + n] = _sequence_attention(q[start:start + n], k, v, scale, window)
+        if s not in batched:
+            slots = cache.slots(meta.block_tables[s], seq_len)
+            k = cache.k[layer].index_select(0, slots)  # (L, n_kv, D)
+            v = cache.v[layer].index_select(0, slots)
+            out[start:start + n] = _sequence_attention(q[start:start + n], k, v, scale, window)
         start += n
+    if batched:
+        rows = meta.decode_rows
+        out[rows] = _decode_attention(q[rows], cache, layer, meta, scale, window)
     return out
+
+
+def _decode_attention(q: torch.Tensor, cache: KVCache, layer: int, meta: AttentionMetadata, scale: float,
+                      window: int) -> torch.Tensor:
+    """B decoding sequences at once: q (B, H, D) over their padded contexts -> (B, H, D)."""
+    b, n_heads, head_dim = q.shape
+    slots = meta.decode_slots  # (B, L)
+    ctx = slots.shape[1]
+    k = cache.k[layer][slots]  # (B, L, H_kv, D)
+    v = cache.v[layer][slots]
+    n_kv = k.shape[2]
+    group = n_heads // n_kv
+    qh = q.view(b, n_kv, group, head_dim).float()  # (B, H_kv, group, D)
+    kh = k.permute(0, 2, 3, 1).float()  # (B, H_kv, D, L)
+    scores = torch.matmul(qh, kh) * scale  # (B, H_kv, group, L)
+    mask = meta.decode_mask(window)[:, None, None, :]
+    probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    out = torch.matmul(probs, v.permute(0, 2, 1, 3).float())  # (B, H_kv, group, D)
+    return out.reshape(b, n_heads, head_dim).to(q.dtype)
 
 
 def _sequence_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
