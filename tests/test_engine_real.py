@@ -1,0 +1,33 @@
+"""Deterministic batching on the real models: a request's greedy tokens never depend on what runs beside it."""
+from __future__ import annotations
+
+import pytest
+
+from forwardpass import LLM, SamplingParams
+
+TOPICS = ["the ocean", "a robot", "the moon", "coffee", "a library", "winter", "trains", "the desert",
+          "music", "a city at night", "bees", "mathematics", "a lighthouse", "rain", "chess", "volcanoes"]
+SYSTEM = ("You are a careful assistant. Answer in plain English, in two or three sentences, without lists. "
+          "Prefer concrete facts to opinions, and say so when you are unsure. ")
+
+
+def greedy(n: int = 24) -> SamplingParams:
+    return SamplingParams(temperature=0, max_tokens=n, ignore_eos=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["smollm2", "gemma3"])
+def test_sixteen_prompts_batched_equal_alone(request, model):
+    path = request.getfixturevalue(f"{model}_path")
+    llm = LLM(path, ctx=1024, enable_prefix_caching=False)
+    prompts = [llm.encode_prompt(f"{SYSTEM}Tell me something about {t}.") for t in TOPICS]
+    alone = [llm.generate([p], greedy())[0].token_ids for p in prompts]
+    together = [o.token_ids for o in llm.generate(prompts, greedy())]
+    assert together == alone
+    for chunk in (16, 256):
+        chunked = LLM(path, ctx=1024, max_num_batched_tokens=chunk)
+        chunked.generate([llm.encode_prompt(SYSTEM + "Hello.")], greedy(2))  # caches the shared prefix
+        outs = chunked.generate(prompts, greedy())
+        assert [o.token_ids for o in outs] == alone, f"chunk size {chunk}"
+        assert all(o.num_cached_tokens > 0 for o in outs)
+        assert chunked.engine.block_manager.num_used == 0
