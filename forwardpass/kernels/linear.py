@@ -3,6 +3,9 @@
 Backends are picked per weight at load by `make_linear`:
 - "reference": the weight dequantized to float32 once; exact math, the yardstick for every faster path.
 - "dequant": the weight kept in GGUF bytes and dequantized on each call (any type, any device; slow).
+- "fast" (`fast_linear` says which backend per type and device): decode-sized calls read the quantized weight
+  directly, through our C kernels on the file's bytes (exact, float32) or torch's int4/int8 kernels on a
+  repacked copy (bf16 activations); prefill-sized calls run a bf16 GEMM on a weight dequantized just in time.
 """
 from __future__ import annotations
 
@@ -11,6 +14,10 @@ from typing import Protocol
 import torch
 
 from ..gguf.weights import QuantWeight
+from .int4 import Int4Linear, Int4PackLinear
+from .int8 import Int8Linear, Int8PackLinear
+from .native import NativeLinear, native_supports
+from .repack import FLOAT_TYPES, INT4_GROUPERS, to_bf16, to_int4_groups, to_int8_rows
 
 
 class Linear(Protocol):
@@ -23,7 +30,7 @@ class Linear(Protocol):
 
 
 class DenseLinear:
-    """A dense weight in `dtype`; with float32 this is the exact reference path."""
+    """A dense weight in its dtype: float32 is the exact reference path, bf16 the fast path of float weights."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         self.weight = weight  # (out, in)
@@ -49,13 +56,43 @@ class DequantLinear:
         return y if self.bias is None else y + self.bias
 
 
+def fast_linear(weight: QuantWeight, bias: torch.Tensor | None = None) -> Linear:
+    """The fast backend for `weight` (already on its device), first match wins (scripts/bench_linear.py measures
+    the choices):
+
+    1. F32, F16, BF16: a dense bf16 copy.
+    2. Q4_0, Q4_1, Q4_K on CPU, N % 16 == 0: `Int4PackLinear`, torch's int4 kernel on an exact repacking (up to
+       bf16 scales); it decodes ~1.5x faster than our C kernel for these types. Its prefill path dequantizes the
+       file's bytes with the C kernel where available.
+    3. a type in `native.KERNELS` (Q4_*, Q5_0, Q5_1, Q8_0, Q6_K) on a CPU with AVX-512 and a C compiler:
+       `NativeLinear`, exact, straight from the file's bytes (no copy).
+    4. other Q4_0, Q4_1, Q4_K: `Int4Linear` (any device).
+    5. every other type: int8 per row (`Int8PackLinear` on CPU, `Int8Linear` elsewhere), a requantization whose
+       error is at most half an int8 step of the row's max |w|.
+    """
+    cpu = weight.raw.device.type == "cpu"
+    if weight.ggml_type in FLOAT_TYPES:
+        return DenseLinear(to_bf16(weight), bias)
+    if cpu and weight.ggml_type in INT4_GROUPERS and weight.shape[0] % 16 == 0:
+        prefill = NativeLinear(weight).dense if native_supports(weight) else None  # reads the file's bytes
+        return Int4PackLinear(to_int4_groups(weight), bias, prefill)
+    if native_supports(weight):
+        return NativeLinear(weight, bias)
+    if weight.ggml_type in INT4_GROUPERS:
+        return Int4Linear(to_int4_groups(weight), bias)
+    rows = to_int8_rows(weight)
+    return Int8PackLinear(rows, bias) if cpu else Int8Linear(rows, bias)
+
+
 def make_linear(weight: QuantWeight, bias: torch.Tensor | None = None, *, mode: str = "dequant",
                 device: torch.device | str = "cpu") -> Linear:
-    """The fastest exact-enough `Linear` for this weight under `mode` ("reference" or "dequant")."""
+    """A `Linear` for this weight under `mode`: "reference" (exact float32), "dequant" or "fast"."""
     if bias is not None:
         bias = bias.to(device)
     if mode == "reference":
         return DenseLinear(weight.to(device).dequantize(), bias)
     if mode == "dequant":
         return DequantLinear(weight.to(device), bias)
+    if mode == "fast":
+        return fast_linear(weight.to(device), bias)
     raise ValueError(f"unknown linear mode {mode!r}")

@@ -1,0 +1,57 @@
+"""Linears over `Int8Rows` (int8 codes, one bf16 scale per output row).
+
+- `Int8Linear`: any device. Each call converts the codes to bf16 (exact: |q| <= 127 fits bf16's 8-bit
+  significand) and runs one bf16 GEMM, scaling the output columns afterwards: ``x @ (q s)^T = (x @ q^T) s``.
+- `Int8PackLinear`: CPU. Few tokens (decode) go through `torch.ops.aten._weight_int8pack_mm`, which reads the
+  int8 codes directly (the least memory traffic torch offers for 8-bit weights); many tokens (prefill) take the
+  bf16 GEMM path above, which is compute-bound and several times faster there.
+"""
+from __future__ import annotations
+
+import torch
+
+from .repack import Int8Rows
+
+DENSE_CHUNK_BYTES = 8 << 20  # largest bf16 copy of the weight made at once: cache-sized (a 335 MB head in bf16)
+
+
+class Int8Linear:
+    """y = (x @ q^T) * scale (+ bias), via a just-in-time bf16 copy of the codes. x: (T, K) -> (T, N) bf16."""
+
+    def __init__(self, rows: Int8Rows, bias: torch.Tensor | None = None) -> None:
+        self.q = rows.q  # (N, K) int8
+        self.scale = rows.scale.to(torch.bfloat16)  # (N,), exact: repack chose bf16 scales
+        self.bias = bias
+        self.out_features, self.in_features = rows.q.shape
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dense(x.to(torch.bfloat16))
+        return y if self.bias is None else y + self.bias
+
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (T, K) bf16 -> (T, N) bf16, in row chunks so the bf16 weight copy stays under DENSE_CHUNK_BYTES."""
+        n, k = self.q.shape
+        step = max(1, DENSE_CHUNK_BYTES // (2 * k))
+        if step >= n:
+            return torch.matmul(x, self.q.to(torch.bfloat16).t()) * self.scale
+        y = torch.empty(x.shape[0], n, dtype=torch.bfloat16, device=x.device)
+        for start in range(0, n, step):
+            w = self.q[start:start + step].to(torch.bfloat16)  # (rows, K)
+            y[:, start:start + step] = torch.matmul(x, w.t())
+        return y.mul_(self.scale)
+
+
+class Int8PackLinear(Int8Linear):
+    """CPU: `_weight_int8pack_mm` below `dense_min_tokens` tokens, the bf16 GEMM path from there on."""
+
+    # Crossover measured with scripts/bench_linear.py (2 threads, AVX512-BF16): the int8 kernel (~110-140
+    # GFLOP/s) is faster below ~8 tokens; from there the bf16 GEMM wins (converting the codes to bf16 is cheap).
+    dense_min_tokens = 8
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(torch.bfloat16).contiguous()
+        if x.shape[0] >= self.dense_min_tokens:
+            y = self.dense(x)
+        else:
+            y = torch.ops.aten._weight_int8pack_mm(x, self.q, self.scale)  # (T, N) bf16
+        return y if self.bias is None else y + self.bias

@@ -1,0 +1,162 @@
+"""GGUF blocks -> the two layouts the fast matmuls consume, converted once at load, a few rows at a time.
+
+- `Int4Groups`: 4-bit codes with one (scale, zero) per 32 weights along a row, in the form torch's int4 kernels
+  use: ``w = (q - 8) * scale + zero``. Q4_0, Q4_1 and Q4_K map onto it exactly (up to the bf16 rounding of
+  scale and zero that the kernels apply):
+    Q4_0 ``d * (q - 8)``          -> scale = d,       zero = 0
+    Q4_1 ``d * q + m``            -> scale = d,       zero = m + 8 d
+    Q4_K ``(d sc) * q - dmin mn`` -> scale = d sc,    zero = 8 d sc - dmin mn   (per 32-weight sub-block)
+- `Int8Rows`: int8 codes with one scale per output row (``w = q * scale``), for the other types where the
+  native kernels (`native.py`) are unavailable. This is a requantization: exact only for rows whose blocks share
+  a scale, otherwise adding a rounding error of at most half a step (``max|w| / 254``): 0.8-1.9 % relative on
+  the real models' Q5_0 / Q6_K / Q8_0 tensors (on Gemma 3's head alone a KL of 2e-3, 40 % of llama.cpp's).
+
+Conversions run over chunks of rows so that the float32 intermediates stay small (about `CHUNK_BYTES`), whatever
+the size of the tensor (Gemma 3's 262k-row output head).
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from gguf import GGMLQuantizationType as T
+
+from ..gguf.dequant import DEQUANTIZERS, _f16, _k_scale_min, _nibbles, block_info
+from ..gguf.weights import QuantWeight
+
+GROUP = 32  # weights per (scale, zero) group in the int4 form; the kernels' qGroupSize
+CHUNK_BYTES = 16 << 20  # float32 working set per conversion chunk
+
+
+@dataclass
+class Int4Groups:
+    """``w[n, k] = (q[n, k] - 8) * scale[n, k // 32] + zero[n, k // 32]``."""
+
+    q: torch.Tensor  # (N, K) uint8 in 0..15
+    scale: torch.Tensor  # (N, K // 32) float32
+    zero: torch.Tensor  # (N, K // 32) float32
+
+    def dequantize(self) -> torch.Tensor:
+        """(N, K) float32, with scale and zero rounded to bf16 as the kernels see them."""
+        n, k = self.q.shape
+        s, z = (t.to(torch.bfloat16).float().unsqueeze(-1) for t in (self.scale, self.zero))
+        return ((self.q.float().view(n, k // GROUP, GROUP) - 8) * s + z).view(n, k)
+
+
+@dataclass
+class Int8Rows:
+    """``w[n, k] = q[n, k] * scale[n]``; every scale is a bf16 value, so kernels taking bf16 scales are exact."""
+
+    q: torch.Tensor  # (N, K) int8 in -127..127
+    scale: torch.Tensor  # (N,) float32
+
+    def dequantize(self) -> torch.Tensor:
+        return self.q.float() * self.scale.unsqueeze(1)
+
+
+# ---- int4 groups: one function per exactly-mapped type, (n_blocks, type_size) uint8 -> codes, scale, zero ----
+
+def _q4_0_groups(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    d, qs = torch.split(blocks, [2, 16], dim=1)
+    scale = _f16(d)  # (n, 1)
+    return _nibbles(qs, 16), scale, torch.zeros_like(scale)
+
+
+def _q4_1_groups(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    d, m, qs = torch.split(blocks, [2, 2, 16], dim=1)
+    scale = _f16(d)
+    return _nibbles(qs, 16), scale, _f16(m) + 8 * scale
+
+
+def _q4_k_groups(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    d, dmin, scales, qs = torch.split(blocks, [2, 2, 12, 128], dim=1)
+    sc, mn = _k_scale_min(scales)  # (n, 8) each: one per 32-weight sub-block
+    scale = _f16(d) * sc.float()
+    return _nibbles(qs, 32), scale, 8 * scale - _f16(dmin) * mn.float()
+
+
+INT4_GROUPERS: dict[int, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {
+    T.Q4_0: _q4_0_groups,
+    T.Q4_1: _q4_1_groups,
+    T.Q4_K: _q4_k_groups,
+}
+
+FLOAT_TYPES = (T.F32, T.F16, T.BF16)
+
+
+def _row_chunks(weight: QuantWeight, floats_per_row: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first row, raw rows) chunks of whole 64-row blocks, each about `CHUNK_BYTES` once expanded."""
+    rows = weight.raw.shape[0]
+    step = max(64, CHUNK_BYTES // (4 * floats_per_row) // 64 * 64)
+    for start in range(0, rows, step):
+        yield start, weight.raw[start:start + step]
+
+
+def to_int4_groups(weight: QuantWeight) -> Int4Groups:
+    """Q4_0 / Q4_1 / Q4_K -> `Int4Groups`, exactly (before the kernels' bf16 rounding of scale and zero)."""
+    grouper = INT4_GROUPERS[weight.ggml_type]
+    n, k = weight.shape
+    _, type_size = block_info(weight.ggml_type)
+    q = torch.empty(n, k, dtype=torch.uint8, device=weight.raw.device)
+    scale = torch.empty(n, k // GROUP, device=weight.raw.device)
+    zero = torch.empty_like(scale)
+    for start, raw in _row_chunks(weight, k):
+        rows = raw.shape[0]
+        codes, s, z = grouper(raw.reshape(-1, type_size))
+        q[start:start + rows] = codes.view(rows, k)
+        scale[start:start + rows] = s.reshape(rows, -1)
+        zero[start:start + rows] = z.reshape(rows, -1)
+    return Int4Groups(q, scale, zero)
+
+
+def _bf16_at_least(x: torch.Tensor) -> torch.Tensor:
+    """The smallest bf16 value >= x (x >= 0), as float32: a scale that both is exact in bf16 and keeps |q| <= 127."""
+    y = x.to(torch.bfloat16)
+    y = torch.where(y.float() < x, torch.nextafter(y, torch.full_like(y, float("inf"))), y)
+    return y.float()
+
+
+def to_int8_rows(weight: QuantWeight) -> Int8Rows:
+    """Any type -> `Int8Rows`: each row dequantized exactly, then rounded to 255 levels of its own max |w|."""
+    n, k = weight.shape
+    block_size, type_size = block_info(weight.ggml_type)
+    dequant = DEQUANTIZERS[weight.ggml_type]
+    q = torch.empty(n, k, dtype=torch.int8, device=weight.raw.device)
+    scale = torch.empty(n, device=weight.raw.device)
+    for start, raw in _row_chunks(weight, k):
+        rows = raw.shape[0]
+        w = dequant(raw.reshape(-1, type_size)).view(rows, k)  # (rows, K) float32, exact
+        s = _bf16_at_least(w.abs().amax(dim=1) / 127)
+        s = torch.where(s > 0, s, torch.ones_like(s))  # all-zero rows: any scale works
+        q[start:start + rows] = torch.round(w / s.unsqueeze(1)).clamp_(-127, 127).to(torch.int8)
+        scale[start:start + rows] = s
+    return Int8Rows(q, scale)
+
+
+def to_bf16(weight: QuantWeight) -> torch.Tensor:
+    """F32 / F16 / BF16 matrices -> (N, K) bf16 (exact for BF16; float formats have no codes to keep)."""
+    return weight.dequantize(torch.bfloat16)
+
+
+def concat_rows(weights: list[QuantWeight], name: str) -> QuantWeight:
+    """One weight whose rows are those of `weights` in order (same type and row length): fused projections
+    (q|k|v, gate|up) run as one matmul, and the caller splits the output columns. Copies the bytes."""
+    first = weights[0]
+    if any(w.ggml_type != first.ggml_type or w.shape[1:] != first.shape[1:] for w in weights):
+        raise ValueError(f"cannot fuse {[w.name for w in weights]}: types or row lengths differ")
+    rows = sum(w.shape[0] for w in weights)
+    return QuantWeight(name, first.ggml_type, (rows, *first.shape[1:]), torch.cat([w.raw for w in weights]))
+
+
+def release_heap() -> None:
+    """Give freed heap memory back to the OS (glibc only; a no-op elsewhere). Call once after loading: the repack
+    temporaries leave ~200 MB of freed but still-mapped heap behind on SmolLM2, counted in RSS."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return
+    trim = getattr(ctypes.CDLL(libc_name), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
