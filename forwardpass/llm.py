@@ -16,6 +16,7 @@ from .engine.scheduler import SchedulerConfig
 from .engine.sequence import Sequence
 from .errors import ChatTemplateError, ContextLengthError
 from .gguf.reader import GGUFFile
+from .kernels import release_heap
 from .models.base import DecoderLM, LoadOptions
 from .models.registry import load_model
 from .outputs import GenerationStats, RequestOutput
@@ -58,8 +59,9 @@ class LLM:
         self.path = resolve_model(model)
         self.gguf = GGUFFile(self.path)
         self.metadata = self.gguf.metadata
-        options = LoadOptions(mode="reference" if reference else "dequant", device=device)
+        options = LoadOptions(mode="reference" if reference else "fast", device=device)
         self.model: DecoderLM = load_model(self.gguf, options)
+        release_heap()  # load-time repacking leaves freed heap behind; give it back to the OS
         self.tokenizer = Tokenizer.from_gguf_metadata(self.metadata)
         self.chat_template = ChatTemplate.from_metadata(self.metadata)
         self.config = self.model.config

@@ -121,7 +121,7 @@ class AsyncEngine:
             try:
                 kind, arg = self._commands.get_nowait()
             except queue.Empty:
-                return
+                break
             if kind == "add":
                 request_id, prompt_ids, params, sink = arg
                 try:

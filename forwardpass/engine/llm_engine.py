@@ -102,7 +102,8 @@ class LLMEngine:
             return []
         sampling = [seq for seq, n in scheduled if seq.num_computed + n == seq.num_tokens]
         chunks = [SeqChunk(seq.token_ids[seq.num_computed:seq.num_computed + n], seq.num_computed,
-                           seq.block_table, "last" if seq.num_computed + n == seq.num_tokens else "none")
+                           seq.block_table, "last" if seq.num_computed + n == seq.num_tokens else "none",
+                           prompt_len=seq.num_prompt_tokens)
                   for seq, n in scheduled]
         logits = self.runner.run(chunks)
         for seq, n in scheduled:

@@ -1,17 +1,25 @@
 """ModelRunner: owns the model and its KV cache pool; turns a scheduled batch into tensors and runs it.
 
-The scheduler (no torch) decides which tokens of which sequences run this step; the runner packs them into one
-flat batch (ids, positions, cache slots, block tables), runs the forward pass, and returns the logits of the
+The scheduler (no torch) decides which tokens of which sequences run this step; the runner packs them into flat
+batches (ids, positions, cache slots, block tables), runs the forward pass, and returns the logits of the
 positions that need sampling.
+
+Deterministic batching: a token's result must not depend on what else is in the batch. Every kernel we use
+computes a row the same way whatever the other rows, but fast kernels differ between prompt processing (a
+GEMM) and decoding (a bandwidth-bound kernel); choosing by batch size would make a token's math depend on its
+neighbours. So each step runs at most two passes, by role: prompt tokens (any chunk size) through the prefill
+kernels, generated tokens (decoding, or recomputed after a preemption) one row each through the decode kernels.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from ..models.attention import AttentionMetadata, KVCache
 from ..models.base import DecoderLM
+
+ALL_PROMPT = 1 << 62
 
 
 @dataclass
@@ -23,6 +31,7 @@ class SeqChunk:
     block_table: list[int]
     logits: str = "last"  # which positions need logits: "last", "all" (teacher forcing) or "none"
     logits_from: int = 0  # with "all": skip the chunk's first positions
+    prompt_len: int = ALL_PROMPT  # positions from here on are generated tokens (decode role)
 
 
 class ModelRunner:
@@ -37,23 +46,59 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, chunks: list[SeqChunk]) -> torch.Tensor:
         """Runs one step; returns float32 logits (rows: each chunk's positions that asked for them, in order)."""
+        prompt_parts: list[tuple[int, SeqChunk]] = []
+        generated: list[tuple[int, SeqChunk]] = []
+        for i, chunk in enumerate(chunks):
+            split = min(max(chunk.prompt_len - chunk.start, 0), len(chunk.token_ids))
+            if split == len(chunk.token_ids):
+                prompt_parts.append((i, chunk))
+                continue
+            if split > 0:
+                prompt_parts.append((i, replace(chunk, token_ids=chunk.token_ids[:split], logits="none")))
+            for j in range(split, len(chunk.token_ids)):  # each generated token is its own decode row
+                last = j == len(chunk.token_ids) - 1
+                wants = chunk.logits == "all" or (chunk.logits == "last" and last)
+                generated.append((i, SeqChunk([chunk.token_ids[j]], chunk.start + j, chunk.block_table,
+                                              "last" if wants else "none")))
+        results: dict[int, list[torch.Tensor]] = {}
+        for parts, prefill in ((prompt_parts, True), (generated, False)):
+            if parts:
+                logits = self._forward([c for _, c in parts], prefill)
+                row = 0
+                for i, c in parts:
+                    n = self._logit_rows(c)
+                    if n:
+                        results.setdefault(i, []).append(logits[row:row + n])
+                    row += n
+        pieces = [t for i in range(len(chunks)) for t in results.get(i, [])]
+        if not pieces:
+            return torch.empty(0, self.model.config.vocab_size, device=self.device)
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+    @staticmethod
+    def _logit_rows(chunk: SeqChunk) -> int:
+        if chunk.logits == "all":
+            return len(chunk.token_ids) - chunk.logits_from
+        return 1 if chunk.logits == "last" else 0
+
+    def _forward(self, chunks: list[SeqChunk], prefill: bool) -> torch.Tensor:
         ids, positions, slots, rows = [], [], [], []
+        bs = self.block_size
         for chunk in chunks:
             n = len(chunk.token_ids)
+            first = len(ids)
             ids.extend(chunk.token_ids)
             pos = range(chunk.start, chunk.start + n)
             positions.extend(pos)
-            bs = self.block_size
             slots.extend(chunk.block_table[p // bs] * bs + p % bs for p in pos)
-            first = len(ids) - n
             if chunk.logits == "all":
                 rows.extend(range(first + chunk.logits_from, len(ids)))
             elif chunk.logits == "last":
                 rows.append(len(ids) - 1)
         meta = AttentionMetadata.build(
             query_lens=[len(c.token_ids) for c in chunks], seq_lens=[c.start + len(c.token_ids) for c in chunks],
-            block_tables=[c.block_table for c in chunks], slot_mapping=slots, block_size=self.block_size,
-            device=self.device)
+            block_tables=[c.block_table for c in chunks], slot_mapping=slots, block_size=bs,
+            device=self.device, prefill=prefill)
         dev = self.device
         hidden = self.model.forward(torch.tensor(ids, dtype=torch.int64, device=dev),
                                     torch.tensor(positions, dtype=torch.int64, device=dev), meta, self.cache)
@@ -61,4 +106,4 @@ class ModelRunner:
             return torch.empty(0, self.model.config.vocab_size, device=dev)
         if len(rows) != hidden.shape[0]:
             hidden = hidden.index_select(0, torch.tensor(rows, dtype=torch.int64, device=dev))
-        return self.model.compute_logits(hidden)
+        return self.model.compute_logits(hidden, prefill)

@@ -52,7 +52,7 @@ class Int4Linear:
         w = q.view(n, k // GROUP, GROUP).mul_(s.unsqueeze(-1)).add_(z8.unsqueeze(-1))
         return w.view(n, k).to(torch.bfloat16)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, prefill: bool | None = None) -> torch.Tensor:
         y = torch.matmul(x.to(torch.bfloat16), self.weight().t())
         return y if self.bias is None else y + self.bias
 
@@ -122,9 +122,10 @@ class Int4PackLinear:
         s, z8 = _affine_f32(self.scale_zero[..., 0], self.scale_zero[..., 1])  # (K / 32, N) each
         return q.mul_(s.unsqueeze(1)).add_(z8.unsqueeze(1)).view(k, n).to(torch.bfloat16)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, prefill: bool | None = None) -> torch.Tensor:
         x = x.to(torch.bfloat16).contiguous()
-        if x.shape[0] >= self.dense_min_tokens:
+        can_dense = self.prefill is not None or _cpu_layout_known()
+        if (x.shape[0] >= self.dense_min_tokens) if prefill is None else (prefill and can_dense):
             y = self.prefill(x) if self.prefill is not None else torch.matmul(x, self.weight_t())
         else:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, GROUP, self.scale_zero)  # (T, N) bf16

@@ -24,7 +24,7 @@ class Int8Linear:
         self.bias = bias
         self.out_features, self.in_features = rows.q.shape
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, prefill: bool | None = None) -> torch.Tensor:
         y = self.dense(x.to(torch.bfloat16))
         return y if self.bias is None else y + self.bias
 
@@ -48,9 +48,9 @@ class Int8PackLinear(Int8Linear):
     # GFLOP/s) is faster below ~8 tokens; from there the bf16 GEMM wins (converting the codes to bf16 is cheap).
     dense_min_tokens = 8
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, prefill: bool | None = None) -> torch.Tensor:
         x = x.to(torch.bfloat16).contiguous()
-        if x.shape[0] >= self.dense_min_tokens:
+        if (x.shape[0] >= self.dense_min_tokens) if prefill is None else prefill:
             y = self.dense(x)
         else:
             y = torch.ops.aten._weight_int8pack_mm(x, self.q, self.scale)  # (T, N) bf16

@@ -24,8 +24,12 @@ class Linear(Protocol):
     in_features: int
     out_features: int
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (T, in_features) -> (T, out_features)."""
+    def __call__(self, x: torch.Tensor, prefill: bool | None = None) -> torch.Tensor:
+        """x: (T, in_features) -> (T, out_features).
+
+        `prefill` picks the kernel by the rows' role instead of by T: True for prompt tokens (a GEMM path), False
+        for generated tokens (a decode kernel). Each kernel computes a row the same way whatever the other rows,
+        so a token's result never depends on what else is in the batch. None: the fastest kernel for this T."""
         ...
 
 
@@ -37,7 +41,7 @@ class DenseLinear:
         self.bias = bias
         self.out_features, self.in_features = weight.shape
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, prefill: bool | None = None) -> torch.Tensor:
         y = torch.matmul(x.to(self.weight.dtype), self.weight.t())
         return y if self.bias is None else y + self.bias
 
@@ -50,7 +54,7 @@ class DequantLinear:
         self.bias = bias
         self.out_features, self.in_features = weight.shape
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, prefill: bool | None = None) -> torch.Tensor:
         w = self.weight.dequantize()
         y = torch.matmul(x.float(), w.t())
         return y if self.bias is None else y + self.bias

@@ -159,8 +159,8 @@ class NativeLinear:
         self.bias = bias
         self.out_features, self.in_features = weight.shape
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] >= self.dense_min_tokens:
+    def __call__(self, x: torch.Tensor, prefill: bool | None = None) -> torch.Tensor:
+        if (x.shape[0] >= self.dense_min_tokens) if prefill is None else prefill:
             y = self.dense(x.to(torch.bfloat16))
         else:
             y = _matmul(self.matmul, self.weight, x.float().contiguous())

@@ -23,6 +23,7 @@ class AttentionMetadata:
     decode_rows: torch.Tensor | None = None  # (B,) their token's row in the flat batch
     decode_slots: torch.Tensor | None = None  # (B, L_max) cache slots of their contexts, padded
     decode_lens: torch.Tensor | None = None  # (B,) their context lengths
+    prefill: bool | None = None  # the rows' role (prompt or generated tokens), passed to every Linear
     _masks: dict[int, torch.Tensor] = field(default_factory=dict)
 
     @property
@@ -31,12 +32,16 @@ class AttentionMetadata:
 
     @classmethod
     def build(cls, query_lens: list[int], seq_lens: list[int], block_tables: list[list[int]],
-              slot_mapping: list[int], block_size: int, device: torch.device) -> "AttentionMetadata":
+              slot_mapping: list[int], block_size: int, device: torch.device,
+              prefill: bool | None = None) -> "AttentionMetadata":
+        """`prefill=False` (generated tokens): every row attends through the batched decode path, even alone,
+        so a token's attention is computed the same way whatever else is in the batch."""
         width = max(len(t) for t in block_tables)
         tables = torch.tensor([t + [0] * (width - len(t)) for t in block_tables], dtype=torch.int64, device=device)
-        meta = cls(query_lens, seq_lens, tables, torch.tensor(slot_mapping, dtype=torch.int64, device=device))
-        meta.decode = [s for s, n in enumerate(query_lens) if n == 1]
-        if len(meta.decode) > 1:
+        meta = cls(query_lens, seq_lens, tables, torch.tensor(slot_mapping, dtype=torch.int64, device=device),
+                   prefill=prefill)
+        meta.decode = [] if prefill else [s for s, n in enumerate(query_lens) if n == 1]
+        if len(meta.decode) > 1 or (meta.decode and prefill is False):
             starts = [0]
             for n in query_lens:
                 starts.append(starts[-1] + n)

@@ -12,10 +12,22 @@ from typing import Any, ClassVar
 import torch
 
 from ..gguf.weights import QuantWeight, WeightStore
-from ..kernels import Linear, make_linear
+from ..kernels import Linear, concat_rows, make_linear
 from .attention import AttentionMetadata, KVCache, attention
 from .config import ModelConfig
 from .layers import Rotary, rms_norm, softcap
+
+
+class MultiLinear:
+    """Several projections of one input (q|k|v, gate|up): one fused matmul when the weights share a type."""
+
+    def __init__(self, linears: list[Linear], sizes: list[int]) -> None:
+        self.linears, self.sizes = linears, sizes
+
+    def __call__(self, x: torch.Tensor, prefill: bool | None = None) -> list[torch.Tensor]:
+        if len(self.linears) == 1:
+            return list(self.linears[0](x, prefill).split(self.sizes, dim=-1))
+        return [linear(x, prefill) for linear in self.linears]
 
 
 @dataclass
@@ -62,6 +74,14 @@ class DecoderLM:
     def linear(self, weight: QuantWeight, bias: torch.Tensor | None = None) -> Linear:
         return make_linear(weight, bias, mode=self.options.mode, device=self.options.device)
 
+    def multi_linear(self, weights: list[QuantWeight], biases: list[torch.Tensor] | None = None) -> MultiLinear:
+        sizes = [w.shape[0] for w in weights]
+        if len({w.ggml_type for w in weights}) == 1:
+            fused = concat_rows(weights, "+".join(w.name for w in weights))
+            bias = torch.cat(biases) if biases else None
+            return MultiLinear([self.linear(fused, bias)], sizes)
+        return MultiLinear([self.linear(w, b) for w, b in zip(weights, biases or [None] * len(weights))], sizes)
+
     def norm(self, store: WeightStore, name: str, size: int) -> torch.Tensor:
         return store.get_f32(name, (size,)).to(self.options.device)
 
@@ -88,6 +108,6 @@ class DecoderLM:
             x = self.block(i, x, positions, meta, cache)
         return rms_norm(x, self.output_norm, self.config.rms_eps)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def compute_logits(self, hidden: torch.Tensor, prefill: bool | None = None) -> torch.Tensor:
         """(N, d_model) -> (N, vocab) float32."""
-        return softcap(self.lm_head(hidden).float(), self.config.final_logit_softcap)
+        return softcap(self.lm_head(hidden, prefill).float(), self.config.final_logit_softcap)

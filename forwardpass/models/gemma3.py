@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from ..errors import GGUFError
-from ..gguf.weights import WeightStore
+from ..gguf.weights import QuantWeight, WeightStore
 from ..kernels import Linear
 from .attention import AttentionMetadata, KVCache
-from .base import DecoderLM
+from .base import DecoderLM, MultiLinear
 from .config import MetadataView, ModelConfig, vocab_size_of
 from .layers import gelu_tanh_mul, rms_norm
 
@@ -30,16 +30,13 @@ LOCAL_ROPE_BASE = 10_000.0
 @dataclass
 class Gemma3Layer:
     attn_norm: torch.Tensor
-    wq: Linear
-    wk: Linear
-    wv: Linear
+    wqkv: MultiLinear  # -> q, k, v
     wo: Linear
     q_norm: torch.Tensor
     k_norm: torch.Tensor
     post_attn_norm: torch.Tensor
     ffn_norm: torch.Tensor
-    w_gate: Linear
-    w_up: Linear
+    w_gate_up: MultiLinear  # -> gate, up
     w_down: Linear
     post_ffn_norm: torch.Tensor
 
@@ -89,31 +86,33 @@ class Gemma3LM(DecoderLM):
         c, p = self.config, f"blk.{i}."
         q_out, kv_out = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
 
-        def proj(name: str, out: int, inp: int) -> Linear:
-            return self.linear(store.get(p + name + ".weight", (out, inp)))
+        def weight(name: str, out: int, inp: int) -> QuantWeight:
+            return store.get(p + name + ".weight", (out, inp))
 
         def norm(name: str, size: int = c.d_model) -> torch.Tensor:
             return self.norm(store, p + name + ".weight", size)
 
         return Gemma3Layer(
             attn_norm=norm("attn_norm"),
-            wq=proj("attn_q", q_out, c.d_model), wk=proj("attn_k", kv_out, c.d_model),
-            wv=proj("attn_v", kv_out, c.d_model), wo=proj("attn_output", c.d_model, q_out),
+            wqkv=self.multi_linear([weight("attn_q", q_out, c.d_model), weight("attn_k", kv_out, c.d_model),
+                                    weight("attn_v", kv_out, c.d_model)]),
+            wo=self.linear(weight("attn_output", c.d_model, q_out)),
             q_norm=norm("attn_q_norm", c.head_dim), k_norm=norm("attn_k_norm", c.head_dim),
             post_attn_norm=norm("post_attention_norm"), ffn_norm=norm("ffn_norm"),
-            w_gate=proj("ffn_gate", c.n_ff, c.d_model), w_up=proj("ffn_up", c.n_ff, c.d_model),
-            w_down=proj("ffn_down", c.d_model, c.n_ff), post_ffn_norm=norm("post_ffw_norm"),
+            w_gate_up=self.multi_linear([weight("ffn_gate", c.n_ff, c.d_model), weight("ffn_up", c.n_ff, c.d_model)]),
+            w_down=self.linear(weight("ffn_down", c.d_model, c.n_ff)), post_ffn_norm=norm("post_ffw_norm"),
         )
 
     def block(self, i: int, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
               cache: KVCache) -> torch.Tensor:
         c, layer, n = self.config, self.layers[i], x.shape[0]
         h = rms_norm(x, layer.attn_norm, c.rms_eps)
-        q = rms_norm(layer.wq(h).view(n, c.n_heads, c.head_dim), layer.q_norm, c.rms_eps)
-        k = rms_norm(layer.wk(h).view(n, c.n_kv_heads, c.head_dim), layer.k_norm, c.rms_eps)
-        v = layer.wv(h).view(n, c.n_kv_heads, c.head_dim)
-        a = layer.wo(self.attend(i, q, k, v, positions, meta, cache))
+        q, k, v = layer.wqkv(h, meta.prefill)
+        q = rms_norm(q.reshape(n, c.n_heads, c.head_dim), layer.q_norm, c.rms_eps)
+        k = rms_norm(k.reshape(n, c.n_kv_heads, c.head_dim), layer.k_norm, c.rms_eps)
+        v = v.reshape(n, c.n_kv_heads, c.head_dim)
+        a = layer.wo(self.attend(i, q, k, v, positions, meta, cache), meta.prefill)
         x = x + rms_norm(a, layer.post_attn_norm, c.rms_eps)
         h = rms_norm(x, layer.ffn_norm, c.rms_eps)
-        f = layer.w_down(gelu_tanh_mul(layer.w_gate(h), layer.w_up(h)))
+        f = layer.w_down(gelu_tanh_mul(*layer.w_gate_up(h, meta.prefill)), meta.prefill)
         return x + rms_norm(f, layer.post_ffn_norm, c.rms_eps)

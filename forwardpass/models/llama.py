@@ -11,10 +11,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..gguf.weights import WeightStore
+from ..gguf.weights import QuantWeight, WeightStore
 from ..kernels import Linear
 from .attention import AttentionMetadata, KVCache
-from .base import DecoderLM
+from .base import DecoderLM, MultiLinear
 from .config import MetadataView, ModelConfig, vocab_size_of
 from .layers import rms_norm, silu_mul
 
@@ -22,13 +22,10 @@ from .layers import rms_norm, silu_mul
 @dataclass
 class LlamaLayer:
     attn_norm: torch.Tensor
-    wq: Linear
-    wk: Linear
-    wv: Linear
+    wqkv: MultiLinear  # -> q, k, v
     wo: Linear
     ffn_norm: torch.Tensor
-    w_gate: Linear
-    w_up: Linear
+    w_gate_up: MultiLinear  # -> gate, up
     w_down: Linear
     q_norm: torch.Tensor | None = None
     k_norm: torch.Tensor | None = None
@@ -63,18 +60,18 @@ class LlamaLM(DecoderLM):
         c, p = self.config, f"blk.{i}."
         q_out, kv_out = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
 
-        def proj(name: str, out: int, inp: int) -> Linear:
-            has_bias = self.qkv_bias and name in ("attn_q", "attn_k", "attn_v")
-            bias = store.get_f32(p + name + ".bias", (out,)) if has_bias else None
-            return self.linear(store.get(p + name + ".weight", (out, inp)), bias)
+        def weight(name: str, out: int, inp: int) -> QuantWeight:
+            return store.get(p + name + ".weight", (out, inp))
 
+        qkv = [("attn_q", q_out), ("attn_k", kv_out), ("attn_v", kv_out)]
+        biases = [store.get_f32(p + n + ".bias", (out,)) for n, out in qkv] if self.qkv_bias else None
         layer = LlamaLayer(
             attn_norm=self.norm(store, p + "attn_norm.weight", c.d_model),
-            wq=proj("attn_q", q_out, c.d_model), wk=proj("attn_k", kv_out, c.d_model),
-            wv=proj("attn_v", kv_out, c.d_model), wo=proj("attn_output", c.d_model, q_out),
+            wqkv=self.multi_linear([weight(n, out, c.d_model) for n, out in qkv], biases),
+            wo=self.linear(weight("attn_output", c.d_model, q_out)),
             ffn_norm=self.norm(store, p + "ffn_norm.weight", c.d_model),
-            w_gate=proj("ffn_gate", c.n_ff, c.d_model), w_up=proj("ffn_up", c.n_ff, c.d_model),
-            w_down=proj("ffn_down", c.d_model, c.n_ff),
+            w_gate_up=self.multi_linear([weight("ffn_gate", c.n_ff, c.d_model), weight("ffn_up", c.n_ff, c.d_model)]),
+            w_down=self.linear(weight("ffn_down", c.d_model, c.n_ff)),
         )
         if self.qk_norm:
             layer.q_norm = self.norm(store, p + "attn_q_norm.weight", c.head_dim)
@@ -85,16 +82,17 @@ class LlamaLM(DecoderLM):
               cache: KVCache) -> torch.Tensor:
         c, layer = self.config, self.layers[i]
         h = rms_norm(x, layer.attn_norm, c.rms_eps)
-        x = x + layer.wo(self.attention(i, layer, h, positions, meta, cache))
+        x = x + layer.wo(self.attention(i, layer, h, positions, meta, cache), meta.prefill)
         h = rms_norm(x, layer.ffn_norm, c.rms_eps)
-        return x + layer.w_down(silu_mul(layer.w_gate(h), layer.w_up(h)))
+        return x + layer.w_down(silu_mul(*layer.w_gate_up(h, meta.prefill)), meta.prefill)
 
     def attention(self, i: int, layer: LlamaLayer, h: torch.Tensor, positions: torch.Tensor,
                   meta: AttentionMetadata, cache: KVCache) -> torch.Tensor:
         c, n = self.config, h.shape[0]
-        q = layer.wq(h).view(n, c.n_heads, c.head_dim)
-        k = layer.wk(h).view(n, c.n_kv_heads, c.head_dim)
-        v = layer.wv(h).view(n, c.n_kv_heads, c.head_dim)
+        q, k, v = layer.wqkv(h, meta.prefill)
+        q = q.reshape(n, c.n_heads, c.head_dim)
+        k = k.reshape(n, c.n_kv_heads, c.head_dim)
+        v = v.reshape(n, c.n_kv_heads, c.head_dim)
         if layer.q_norm is not None:
             q = rms_norm(q, layer.q_norm, c.rms_eps)
             k = rms_norm(k, layer.k_norm, c.rms_eps)
