@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from . import registry
 from .errors import ForwardpassError
+from .server.cli import add_server_commands
 
 logger = logging.getLogger("forwardpass")
 
@@ -226,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="metadata, tensor types, parameter count and size of a model")
     p.add_argument("model", nargs="?", default=None)
     p.set_defaults(func=cmd_inspect)
+    add_server_commands(sub)
     return parser
 
 

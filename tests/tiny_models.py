@@ -85,8 +85,9 @@ class TensorMaker:
         self.w.add_tensor(name, (mean + self.rng.standard_normal(n) * std).astype(np.float32))
 
 
-def write_tiny_model(path: Path, arch: str, seed: int = 0) -> Path:
-    """Writes a tiny `arch` model to `path`: width 256, a few layers, several quant types."""
+def write_tiny_model(path: Path, arch: str, seed: int = 0, chat_template: str | None = None) -> Path:
+    """Writes a tiny `arch` model to `path`: width 256, a few layers, several quant types (and
+    `tokenizer.chat_template` when `chat_template` is given)."""
     d, ff, heads, kv_heads = 256, 512, 4, 2
     head_dim = 256 if arch == "gemma3" else d // heads
     n_layers = 6 if arch == "gemma3" else 3
@@ -109,6 +110,8 @@ def write_tiny_model(path: Path, arch: str, seed: int = 0) -> Path:
     if arch == "gemma3":
         w.add_sliding_window(8)  # small, so a 24-token prompt exercises the window on the local layers
     tokenizer_metadata(w)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
     t = TensorMaker(w, seed)
     t.matrix("token_embd.weight", VOCAB, d, std=0.5 if arch != "gemma3" else 0.05)
     for i in range(n_layers):

@@ -86,18 +86,56 @@ def _bind(lib: ctypes.CDLL) -> dict[int, tuple[ctypes._CFuncPtr, ctypes._CFuncPt
 
 
 @functools.lru_cache(maxsize=None)
-def native_kernels() -> dict[int, tuple[ctypes._CFuncPtr, ctypes._CFuncPtr]]:
-    """ggml type -> (matmul, dequant) C functions; empty when native kernels are unavailable or disabled."""
+def _library() -> ctypes.CDLL | None:
+    """The compiled kernels, or None when unavailable (not x86-64 with AVX-512, no compiler) or disabled."""
     if os.environ.get("FORWARDPASS_NATIVE", "1") == "0":
-        return {}
+        return None
     if platform.machine() not in ("x86_64", "AMD64") or not set(NEEDED_CPU_FLAGS) <= _cpu_flags():
-        return {}
+        return None
     try:
-        kernels = _bind(ctypes.CDLL(str(_build())))
+        return ctypes.CDLL(str(_build()))
     except (OSError, RuntimeError, subprocess.CalledProcessError) as e:
         logger.info("native kernels unavailable (%s); using torch's", e)
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def native_kernels() -> dict[int, tuple[ctypes._CFuncPtr, ctypes._CFuncPtr]]:
+    """ggml type -> (matmul, dequant) C functions; empty when native kernels are unavailable or disabled."""
+    lib = _library()
+    if lib is None:
         return {}
-    return {t: fns for t, fns in kernels.items() if _self_test(t, fns)}
+    return {t: fns for t, fns in _bind(lib).items() if _self_test(t, fns)}
+
+
+@functools.lru_cache(maxsize=None)
+def _attention_fn() -> ctypes._CFuncPtr | None:
+    lib = _library()
+    if lib is None:
+        return None
+    fn = lib.decode_attention
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    fn.argtypes = [ptr, ptr, ptr, ptr, i64, ptr, i64, i64, i64, i64, ctypes.c_float, i64, ptr, i64]
+    fn.restype = None
+    return fn
+
+
+def native_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, ctx: torch.Tensor,
+                            lens: torch.Tensor, scale: float, window: int) -> torch.Tensor | None:
+    """Single-query attention rows over a bf16 paged cache, each row computed alone in a fixed order.
+
+    q: (R, H, D); k_cache, v_cache: (slots, H_kv, D) bf16; ctx: (R, L) int64 slots; lens: (R,) int64.
+    Returns (R, H, D) float32, or None when the native kernel cannot run here (the caller falls back)."""
+    fn = _attention_fn()
+    if fn is None or k_cache.dtype != torch.bfloat16 or q.device.type != "cpu":
+        return None
+    rows, heads, dim = q.shape
+    q = q.float().contiguous()
+    ctx, lens = ctx.contiguous(), lens.contiguous()
+    out = torch.empty(rows, heads, dim)
+    fn(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), ctx.data_ptr(), ctx.shape[1], lens.data_ptr(), rows,
+       heads, k_cache.shape[1], dim, scale, window, out.data_ptr(), torch.get_num_threads())
+    return out
 
 
 def _self_test(ggml_type: int, fns: tuple[ctypes._CFuncPtr, ctypes._CFuncPtr]) -> bool:

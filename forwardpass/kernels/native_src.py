@@ -215,3 +215,49 @@ KERNELS: dict[int, tuple[str, tuple[int, ...]]] = {
     T.Q4_K: ("q4_k", (0, 2)),
     T.Q6_K: ("q6_k", (208,)),
 }
+
+# Attention of single query rows over the paged KV cache (bf16), one row at a time in a fixed order: a row's
+# result depends only on its own query and context, never on the other rows or the batch's padding, which is
+# what deterministic batching needs (torch's batched matmuls pick kernels by shape, so their rounding varies).
+ATTENTION_SOURCE = r"""
+#include <math.h>
+#include <stdlib.h>
+
+static inline float bf16_to_f32(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
+
+/* q: (R, H, D) float32; k, v: (slots, Hkv, D) bf16; ctx: (R, ctx_stride) int64 slots of each row's context,
+   whose first lens[r] entries are valid; window > 0 keeps the last `window` positions. out: (R, H, D). */
+void decode_attention(const float* q, const uint16_t* k, const uint16_t* v, const int64_t* ctx, int64_t ctx_stride,
+                      const int64_t* lens, int64_t rows, int64_t heads, int64_t kv_heads, int64_t dim, float scale,
+                      int64_t window, float* out, int64_t n_threads) {
+    const int64_t group = heads / kv_heads;
+    #pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1)
+    for (int64_t rh = 0; rh < rows * heads; rh++) {
+        const int64_t r = rh / heads, h = rh % heads, kvh = h / group, len = lens[r];
+        const int64_t start = (window > 0 && len > window) ? len - window : 0;
+        const float* qv = q + rh * dim;
+        float* o = out + rh * dim;
+        float* s = (float*)malloc(sizeof(float) * (size_t)(len - start));
+        float mx = -INFINITY;
+        for (int64_t j = start; j < len; j++) {
+            const uint16_t* kp = k + (ctx[r * ctx_stride + j] * kv_heads + kvh) * dim;
+            float acc = 0.f;
+            for (int64_t d = 0; d < dim; d++) acc += qv[d] * bf16_to_f32(kp[d]);
+            s[j - start] = acc * scale;
+            if (s[j - start] > mx) mx = s[j - start];
+        }
+        float sum = 0.f;
+        for (int64_t j = 0; j < len - start; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
+        for (int64_t d = 0; d < dim; d++) o[d] = 0.f;
+        for (int64_t j = start; j < len; j++) {
+            const uint16_t* vp = v + (ctx[r * ctx_stride + j] * kv_heads + kvh) * dim;
+            const float p = s[j - start];
+            for (int64_t d = 0; d < dim; d++) o[d] += p * bf16_to_f32(vp[d]);
+        }
+        const float inv = 1.f / sum;
+        for (int64_t d = 0; d < dim; d++) o[d] *= inv;
+        free(s);
+    }
+}
+"""
+SOURCE += ATTENTION_SOURCE

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..kernels.native import native_decode_attention
+
 
 @dataclass
 class AttentionMetadata:
@@ -130,6 +132,10 @@ def attention(q: torch.Tensor, cache: KVCache, layer: int, meta: AttentionMetada
 def _decode_attention(q: torch.Tensor, cache: KVCache, layer: int, meta: AttentionMetadata, scale: float,
                       window: int) -> torch.Tensor:
     """B decoding sequences at once: q (B, H, D) over their padded contexts -> (B, H, D)."""
+    native = native_decode_attention(q, cache.k[layer], cache.v[layer], meta.decode_slots, meta.decode_lens,
+                                     scale, window)
+    if native is not None:
+        return native.to(q.dtype)
     b, n_heads, head_dim = q.shape
     slots = meta.decode_slots  # (B, L)
     ctx = slots.shape[1]

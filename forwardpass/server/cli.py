@@ -1,0 +1,97 @@
+"""`forwardpass serve` and `forwardpass bench-serve`: their arguments, registered on the main parser."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from .config import DEFAULT_MAX_BODY, ServerConfig
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _concurrency_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"concurrency levels must be positive, got {text!r}")
+    return values
+
+
+def add_server_commands(sub: argparse._SubParsersAction) -> None:
+    """Add `serve` and `bench-serve` to the `forwardpass` subcommands."""
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with a web chat page")
+    p.add_argument("model", nargs="?", default=None, help="path to a .gguf file or a model name")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument("--api-key", action="append", default=None,
+                   help="require 'Authorization: Bearer KEY' (repeatable; also $FORWARDPASS_API_KEY)")
+    p.add_argument("--ctx", "-c", type=_positive_int, default=None, help="context size per sequence in tokens")
+    p.add_argument("--max-num-seqs", type=_positive_int, default=32, help="sequences decoded together (default 32)")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="sequences allowed to wait beyond the running ones; more get 503 (default 64)")
+    p.add_argument("--threads", "-t", type=_positive_int, default=None, help="CPU threads (default: physical cores)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--kv-tokens", type=_positive_int, default=None, help="KV cache pool size in tokens")
+    p.add_argument("--cors-origin", action="append", default=None,
+                   help="allow browser calls from this origin (repeatable; default: none)")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="seconds in-flight requests may take to finish after SIGTERM (default 30)")
+    p.add_argument("--stall-timeout", type=float, default=30.0,
+                   help="/health turns 503 when the engine has work but no step finished for this long (default 30)")
+    p.add_argument("--max-body-bytes", type=_positive_int, default=DEFAULT_MAX_BODY,
+                   help="largest request body (default 2 MiB)")
+    p.add_argument("--root-path", default="", help="ASGI root_path when served behind a path-prefixing proxy")
+    p.add_argument("--served-model-name", default=None, help="the model name clients use (default: from the file)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("bench-serve", help="load-test an OpenAI-compatible server (TTFT, ITL, tok/s)")
+    p.add_argument("--url", default="http://127.0.0.1:8080", help="server base URL")
+    p.add_argument("--concurrency", type=_concurrency_list, default=[1, 8, 32], help="e.g. 1,8,32")
+    p.add_argument("--requests", type=_positive_int, default=None,
+                   help="requests per concurrency level (default: 4 x concurrency, at least 8)")
+    p.add_argument("--max-tokens", type=_positive_int, default=64, help="output tokens per request (default 64)")
+    p.add_argument("--prompt-tokens", type=_positive_int, default=128, help="prompt length (default 128)")
+    p.add_argument("--api-key", default=None, help="API key (default $FORWARDPASS_API_KEY)")
+    p.add_argument("--endpoint", choices=["completions", "chat"], default="completions")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--model", default="default", help="model field sent in requests")
+    p.add_argument("--warmup", type=int, default=2, help="requests sent before measuring (default 2)")
+    p.add_argument("--timeout", type=float, default=600.0, help="per-request timeout in seconds")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=cmd_bench_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .runner import run_server
+
+    logging.getLogger("forwardpass").setLevel(logging.INFO)
+    logging.getLogger("uvicorn.error").setLevel(logging.INFO)
+    keys = list(args.api_key or [])
+    if os.environ.get("FORWARDPASS_API_KEY"):
+        keys.append(os.environ["FORWARDPASS_API_KEY"])
+    config = ServerConfig(
+        model=args.model, host=args.host, port=args.port, api_keys=tuple(keys), ctx=args.ctx,
+        max_num_seqs=args.max_num_seqs, max_queue=args.max_queue, threads=args.threads, device=args.device,
+        cors_origins=tuple(args.cors_origin or ()), shutdown_timeout=args.shutdown_timeout,
+        stall_timeout=args.stall_timeout, max_body_bytes=args.max_body_bytes, root_path=args.root_path,
+        served_model_name=args.served_model_name, kv_tokens=args.kv_tokens)
+    return run_server(config)
+
+
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    from .bench_serve import BenchConfig, main as bench_main
+
+    key = args.api_key or os.environ.get("FORWARDPASS_API_KEY")
+    config = BenchConfig(url=args.url, concurrency=args.concurrency, requests=args.requests,
+                         max_tokens=args.max_tokens, prompt_tokens=args.prompt_tokens, api_key=key,
+                         endpoint=args.endpoint, temperature=args.temperature, model=args.model,
+                         warmup=args.warmup, timeout=args.timeout)
+    return bench_main(config, as_json=args.json)

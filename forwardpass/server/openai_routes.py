@@ -1,0 +1,186 @@
+"""POST /v1/chat/completions and /v1/completions: validate, admit, tokenize off the event loop, generate.
+
+Context rules (RELIABILITY C1-C4): a prompt that leaves no room for one token is a 400
+``context_length_exceeded`` carrying ``n_prompt_tokens`` and ``n_ctx``, decided before any SSE byte; so is
+an explicit ``max_tokens`` that does not fit; without ``max_tokens`` the output is capped by the context
+(``finish_reason: "length"``).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..engine.async_engine import EngineDeadError
+from ..errors import ChatTemplateError, ContextLengthError, TokenizerError
+from ..outputs import RequestOutput
+from . import responses as R
+from .errors import APIError, invalid, short_repr
+from .generation import ClientDisconnected, RequestGroup, collect, release_once
+from .jsonbody import parse_json_object
+from .protocol import ChatRequest, CompletionRequest, GenerationRequest, parse_chat_request, \
+    parse_completion_request
+from .sse import SSEResponse
+from .state import ServerState
+from .streaming import StreamInfo, chat_events, completion_events
+
+logger = logging.getLogger(__name__)
+
+INLINE_PARSE_BYTES = 64 * 1024  # larger bodies are parsed in a worker thread
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    body = await request.body()
+    if len(body) > INLINE_PARSE_BYTES:
+        return await run_in_threadpool(parse_json_object, body)
+    return parse_json_object(body)
+
+
+def check_model(name: str | None, state: ServerState) -> None:
+    if name is not None and name not in (state.model_name, "default"):
+        raise APIError(404, f"the model {short_repr(name)} does not exist (this server serves "
+                            f"{state.model_name!r}, also reachable as 'default')", param="model",
+                       code="model_not_found")
+
+
+def context_error(message: str, n_prompt: int, n_ctx: int, param: str) -> APIError:
+    return APIError(400, message, param=param, code="context_length_exceeded",
+                    extra={"n_prompt_tokens": n_prompt, "n_ctx": n_ctx})
+
+
+def check_context(n_prompt: int, max_tokens: int | None, n_ctx: int, param: str) -> None:
+    if n_prompt >= n_ctx:
+        raise context_error(f"the prompt has {n_prompt} tokens but the model's context holds {n_ctx} tokens, "
+                            f"with room for at least one generated token", n_prompt, n_ctx, param)
+    if max_tokens is not None and n_prompt + max_tokens > n_ctx:
+        raise context_error(f"the prompt has {n_prompt} tokens and max_tokens is {max_tokens}: "
+                            f"{n_prompt + max_tokens} tokens exceed the model's context of {n_ctx} tokens",
+                            n_prompt, n_ctx, "max_tokens")
+
+
+async def _tokenize(fn: Callable[[], list[list[int]]]) -> list[list[int]]:
+    try:
+        return await run_in_threadpool(fn)
+    except ChatTemplateError as e:
+        logger.warning("chat template failed: %r", str(e))
+        raise APIError(500, f"the model's chat template failed: {e}", type="server_error",
+                       code="chat_template_error") from None
+    except (TokenizerError, ValueError) as e:
+        raise invalid(str(e)[:300]) from None
+
+
+StreamFn = Callable[[RequestGroup, list[list[int]]], AsyncIterator[bytes]]
+BodyFn = Callable[[list[RequestOutput], list[list[int]]], dict[str, Any]]
+
+
+async def generate(request: Request, req: GenerationRequest, rid: str, n_prompts: int,
+                   tokenize: Callable[[], list[list[int]]], param: str, stream_fn: StreamFn,
+                   body_fn: BodyFn) -> Response:
+    """Admission, tokenization, context checks, then a streamed or a whole answer."""
+    state: ServerState = request.app.state.server
+    n_seqs = req.params.n * n_prompts
+    state.admit(n_seqs)
+    release = release_once(lambda: state.release(n_seqs))
+    group: RequestGroup | None = None
+    streaming = False
+    try:
+        prompts = await _tokenize(tokenize)
+        assert state.limits is not None and state.engine is not None
+        for ids in prompts:
+            check_context(len(ids), req.params.max_tokens, state.limits.n_ctx, param)
+        group = RequestGroup(state.engine, request.app.state.metrics, rid, prompts, req.params)
+        state.groups.add(group)
+        group.start()  # raises for what only the engine checks (e.g. logit_bias ids against the vocabulary)
+        logger.info("%s: %d prompt(s) of %s tokens, n=%d, stream=%s, user=%r", rid, len(prompts),
+                    [len(p) for p in prompts], req.params.n, req.stream, req.user)
+        if req.stream:
+            streaming = True
+            return SSEResponse(stream_fn(group, prompts), on_close=_closer(state, group, release))
+        outputs = await collect(group, request.receive)
+        return JSONResponse(body_fn(outputs, prompts))
+    except ClientDisconnected:
+        logger.info("%s: client disconnected; request aborted", rid)
+        return Response(status_code=499)
+    except EngineDeadError as e:
+        raise APIError(500, f"generation failed: {e}", type="server_error", code="engine_error") from None
+    except ContextLengthError as e:
+        raise context_error(str(e), e.n_prompt_tokens, e.n_ctx, param) from None
+    except ValueError as e:
+        raise invalid(str(e)[:300]) from None
+    finally:
+        if not streaming:
+            _closer(state, group, release)()
+
+
+def _closer(state: ServerState, group: RequestGroup | None, release: Callable[[], None]) -> Callable[[], None]:
+    def close() -> None:
+        if group is not None:
+            group.abort()
+            state.groups.discard(group)
+        release()
+    return close
+
+
+def _logprob_formatter(request: Request, wanted: bool) -> R.LogprobFormatter | None:
+    return R.LogprobFormatter(request.app.state.server.llm.tokenizer) if wanted else None
+
+
+async def chat_completions(request: Request) -> Response:
+    state: ServerState = request.app.state.server
+    state.check_accepting()
+    req: ChatRequest = parse_chat_request(await read_json(request), state.limits)  # type: ignore[arg-type]
+    check_model(req.model, state)
+    llm = state.llm
+    assert llm is not None
+    if llm.chat_template is None:
+        raise invalid("this model has no chat template; use /v1/completions", "messages")
+    rid, created = R.new_id("chatcmpl"), int(time.time())
+    fmt = _logprob_formatter(request, req.logprobs)
+
+    def stream_fn(group: RequestGroup, prompts: list[list[int]]) -> AsyncIterator[bytes]:
+        info = StreamInfo(rid, created, state.model_name, req.include_usage, fmt, len(prompts[0]))
+        return chat_events(group, info)
+
+    def body_fn(outputs: list[RequestOutput], prompts: list[list[int]]) -> dict[str, Any]:
+        return R.chat_response(rid, created, state.model_name, outputs[0].outputs, len(prompts[0]), fmt)
+
+    return await generate(request, req, rid, 1, lambda: [llm.chat_prompt(req.messages, **req.template_kwargs)],
+                          "messages", stream_fn, body_fn)
+
+
+async def completions(request: Request) -> Response:
+    state: ServerState = request.app.state.server
+    state.check_accepting()
+    req: CompletionRequest = parse_completion_request(await read_json(request), state.limits)  # type: ignore
+    check_model(req.model, state)
+    llm = state.llm
+    assert llm is not None
+    rid, created = R.new_id("cmpl"), int(time.time())
+    fmt = _logprob_formatter(request, req.logprobs is not None)
+    n = req.params.n
+
+    def echo(i: int) -> str:
+        p = req.prompts[i]
+        return p if isinstance(p, str) else llm.tokenizer.decode(p)
+
+    def stream_fn(group: RequestGroup, prompts: list[list[int]]) -> AsyncIterator[bytes]:
+        info = StreamInfo(rid, created, state.model_name, req.include_usage, fmt, sum(map(len, prompts)))
+        return completion_events(group, info, echo if req.echo else None)
+
+    def body_fn(outputs: list[RequestOutput], prompts: list[list[int]]) -> dict[str, Any]:
+        choices = []
+        for i, out in enumerate(outputs):
+            prefix = echo(i) if req.echo else ""
+            for o in out.outputs:
+                lp = fmt.legacy(o.logprobs or [], len(prefix)) if fmt is not None else None
+                choices.append(R.completion_choice(i * n + o.index, prefix + o.text, o.finish_reason, lp))
+        used = R.usage(sum(map(len, prompts)), sum(len(o.token_ids) for out in outputs for o in out.outputs))
+        return R.completion_body(rid, created, state.model_name, choices, used)
+
+    return await generate(request, req, rid, len(req.prompts), lambda: [llm.encode_prompt(p) for p in req.prompts],
+                          "prompt", stream_fn, body_fn)

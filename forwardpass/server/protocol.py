@@ -1,0 +1,234 @@
+"""The OpenAI request bodies, validated at the edge into dataclasses; JSON goes no further than this module.
+
+Unknown fields are ignored, as OpenAI-compatible servers do. Known fields we cannot honour (tools,
+``response_format`` other than text, ``suffix``, a request-supplied ``chat_template``) are refused with a
+400 rather than silently dropped.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Union
+
+from ..sampling import SamplingParams
+from . import fields
+from .errors import invalid, short_repr
+from .jsonbody import json_type
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+MAX_MESSAGES = 4096
+MAX_PROMPTS = 64  # prompts in one batched completions request
+MAX_N = 16
+MAX_TOP_LOGPROBS = 20
+MAX_USER_CHARS = 1024
+# chat_template_kwargs a request may pass to the template (X8): switches that templates document, nothing
+# that changes how the prompt is framed (add_generation_prompt) or what the renderer returns (tokenize).
+TEMPLATE_KWARGS = frozenset({"enable_thinking", "thinking", "reasoning_effort"})
+MAX_TEMPLATE_VALUE_CHARS = 64
+
+Prompt = Union[str, list[int]]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What validation needs to know about the served model."""
+
+    vocab_size: int
+    n_ctx: int
+
+
+@dataclass
+class GenerationRequest:
+    """The fields chat and completions share."""
+
+    model: str | None
+    params: SamplingParams  # params.max_tokens is the client's explicit limit, or None
+    stream: bool
+    include_usage: bool
+    user: str | None
+
+
+@dataclass
+class ChatRequest(GenerationRequest):
+    messages: list[dict[str, Any]]
+    template_kwargs: dict[str, Any]
+    logprobs: bool
+    top_logprobs: int
+
+
+@dataclass
+class CompletionRequest(GenerationRequest):
+    prompts: list[Prompt]
+    echo: bool
+    logprobs: int | None
+
+
+def _common(body: dict[str, Any], limits: Limits, max_tokens_keys: tuple[str, ...],
+            logprobs: int | None) -> dict[str, Any]:
+    """Parse the shared fields into keyword arguments of ``GenerationRequest``."""
+    max_tokens = None
+    for key in max_tokens_keys:
+        max_tokens = fields.integer(body, key, None, 1, limits.n_ctx - 1)
+        if max_tokens is not None:
+            break
+    n = fields.integer(body, "n", 1, 1, MAX_N)
+    temperature = fields.number(body, "temperature", 1.0, 0.0, 2.0)
+    seed = fields.integer(body, "seed", None, -(2**63), 2**64 - 1)
+    params = SamplingParams(
+        n=n, temperature=temperature,
+        top_p=fields.number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
+        top_k=fields.integer(body, "top_k", 0, -1),
+        min_p=fields.number(body, "min_p", 0.0, 0.0, 1.0),
+        presence_penalty=fields.number(body, "presence_penalty", 0.0, -2.0, 2.0),
+        frequency_penalty=fields.number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+        repetition_penalty=fields.number(body, "repetition_penalty", 1.0, 0.0, 10.0, lo_open=True),
+        logit_bias=fields.logit_bias(body, limits.vocab_size), seed=seed, stop=fields.stop(body),
+        max_tokens=max_tokens, ignore_eos=fields.boolean(body, "ignore_eos", False), logprobs=logprobs)
+    if n > 1 and params.greedy:
+        raise invalid("n > 1 needs sampling: with temperature 0 (or top_k 1) every choice would be the same", "n")
+    stream = fields.boolean(body, "stream", False)
+    options = fields.obj(body, "stream_options") or {}
+    include_usage = fields.boolean(options, "include_usage", False) if stream else False
+    return dict(model=fields.string(body, "model", 256), params=params, stream=stream,
+                include_usage=include_usage, user=fields.string(body, "user", MAX_USER_CHARS))
+
+
+# ---- chat ----
+def _content_text(content: Any, i: int, role: str) -> str:
+    """A message's content as text: a string, or a list of text parts (OpenAI's content-part form)."""
+    if isinstance(content, str):
+        return content
+    if content is None and role == "assistant":
+        return ""
+    if not isinstance(content, list):
+        raise invalid(f"messages[{i}].content must be a string or a list of content parts, "
+                      f"got {json_type(content)} {short_repr(content)}", "messages")
+    texts = []
+    for part in content:
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise invalid(f"messages[{i}].content parts must be objects with a type, got {short_repr(part)}",
+                          "messages")
+        if part["type"] != "text":
+            raise invalid(f"messages[{i}]: content parts of type {short_repr(part['type'])} are not supported "
+                          "(text only)", "messages")
+        if not isinstance(part.get("text"), str):
+            raise invalid(f"messages[{i}]: a text part needs a string 'text'", "messages")
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+def parse_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """``messages`` as a list of {"role", "content"[, "name"]} dicts with text content."""
+    value = body.get("messages")
+    if value is None:
+        raise invalid("messages is required", "messages")
+    if not isinstance(value, list):
+        raise invalid(f"messages must be an array of messages, got {json_type(value)}", "messages")
+    if not value:
+        raise invalid("messages must not be empty", "messages")
+    if len(value) > MAX_MESSAGES:
+        raise invalid(f"messages may hold at most {MAX_MESSAGES} messages, got {len(value)}", "messages")
+    out = []
+    for i, message in enumerate(value):
+        if not isinstance(message, dict):
+            raise invalid(f"messages[{i}] must be an object, got {json_type(message)} {short_repr(message)}",
+                          "messages")
+        role = message.get("role")
+        if not isinstance(role, str) or role not in ROLES:
+            raise invalid(f"messages[{i}].role must be one of {sorted(ROLES)}, got {short_repr(role)}", "messages")
+        item: dict[str, Any] = {"role": role, "content": _content_text(message.get("content"), i, role)}
+        name = message.get("name")
+        if name is not None:
+            if not isinstance(name, str) or len(name) > 256:
+                raise invalid(f"messages[{i}].name must be a string of at most 256 characters", "messages")
+            item["name"] = name
+        out.append(item)
+    return out
+
+
+def _template_kwargs(body: dict[str, Any]) -> dict[str, Any]:
+    if body.get("chat_template") is not None:
+        raise invalid("a request-supplied chat_template is not allowed; the model's own template is used",
+                      "chat_template")
+    value = fields.obj(body, "chat_template_kwargs") or {}
+    for key, item in value.items():
+        if key not in TEMPLATE_KWARGS:
+            raise invalid(f"chat_template_kwargs key {short_repr(key)} is not allowed "
+                          f"(allowed: {', '.join(sorted(TEMPLATE_KWARGS))})", "chat_template_kwargs")
+        if isinstance(item, str) and len(item) > MAX_TEMPLATE_VALUE_CHARS or \
+                not isinstance(item, (bool, int, float, str)) or isinstance(item, float) and not math.isfinite(item):
+            raise invalid(f"chat_template_kwargs[{key!r}] must be a boolean, a number or a short string",
+                          "chat_template_kwargs")
+    return dict(value)
+
+
+def _refuse_unsupported_chat(body: dict[str, Any]) -> None:
+    fmt = body.get("response_format")
+    if fmt is not None:
+        if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
+            raise invalid("response_format must be an object with a string 'type'", "response_format")
+        if fmt["type"] != "text":
+            raise invalid(f"response_format type {short_repr(fmt['type'])} is not supported yet", "response_format")
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list) or not all(
+                isinstance(t, dict) and isinstance(t.get("function"), dict)
+                and isinstance(t["function"].get("name"), str) for t in tools):
+            raise invalid("tools must be a list of {\"type\": \"function\", \"function\": {\"name\", ...}}", "tools")
+        if tools:
+            raise invalid("tool calling is not supported yet", "tools")
+
+
+def parse_chat_request(body: dict[str, Any], limits: Limits) -> ChatRequest:
+    """Validate a /v1/chat/completions body."""
+    messages = parse_messages(body)
+    _refuse_unsupported_chat(body)
+    logprobs = fields.boolean(body, "logprobs", False)
+    top = fields.integer(body, "top_logprobs", None, 0, MAX_TOP_LOGPROBS)
+    if top is not None and not logprobs and top > 0:
+        raise invalid("top_logprobs needs logprobs set to true", "top_logprobs")
+    common = _common(body, limits, ("max_completion_tokens", "max_tokens"), (top or 0) if logprobs else None)
+    return ChatRequest(**common, messages=messages, template_kwargs=_template_kwargs(body), logprobs=logprobs,
+                       top_logprobs=top or 0)
+
+
+# ---- completions ----
+def parse_prompts(body: dict[str, Any], vocab_size: int) -> list[Prompt]:
+    """``prompt``: a string, a list of token ids, a list of strings, or a list of token-id lists."""
+    value = body.get("prompt")
+    if value is None:
+        raise invalid("prompt is required", "prompt")
+    if isinstance(value, str):
+        items: list[Any] = [value]
+    elif isinstance(value, list) and value and all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+        items = [value]
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise invalid(f"prompt must be a string or an array, got {json_type(value)}", "prompt")
+    if not items:
+        raise invalid("prompt must not be empty", "prompt")
+    if len(items) > MAX_PROMPTS:
+        raise invalid(f"prompt may hold at most {MAX_PROMPTS} prompts, got {len(items)}", "prompt")
+    for item in items:
+        if isinstance(item, str):
+            if not item:
+                raise invalid("prompt must not be empty", "prompt")
+        elif isinstance(item, list):
+            fields.token_ids(item, "prompt", vocab_size)
+        else:
+            raise invalid(f"prompt items must be strings or token id lists, got {short_repr(item)}", "prompt")
+    return items
+
+
+def parse_completion_request(body: dict[str, Any], limits: Limits) -> CompletionRequest:
+    """Validate a /v1/completions body."""
+    prompts = parse_prompts(body, limits.vocab_size)
+    if body.get("suffix"):
+        raise invalid("suffix is not supported", "suffix")
+    logprobs = fields.integer(body, "logprobs", None, 0, MAX_TOP_LOGPROBS)
+    echo = fields.boolean(body, "echo", False)
+    if echo and logprobs is not None:
+        raise invalid("echo together with logprobs is not supported (no prompt logprobs)", "echo")
+    common = _common(body, limits, ("max_tokens",), logprobs)
+    return CompletionRequest(**common, prompts=prompts, echo=echo, logprobs=logprobs)

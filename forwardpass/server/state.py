@@ -1,0 +1,122 @@
+"""The server's live state: model loading, health, admission and shutdown.
+
+The model loads in a background thread after the socket is up, so ``/health`` can answer 503 "Loading model"
+meanwhile. Admission counts sequences (a request with ``n=2`` is two): at most ``max_num_seqs`` run and
+``max_queue`` wait; beyond that a request is refused at once with 503 and ``Retry-After``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from . import faults
+from .config import ServerConfig
+from .errors import APIError, unavailable
+from .protocol import Limits
+
+if TYPE_CHECKING:
+    from ..engine.async_engine import AsyncEngine
+    from ..llm import LLM
+    from .generation import RequestGroup
+
+logger = logging.getLogger(__name__)
+
+
+class ServerState:
+    """Shared by every request: the model once loaded, the engine, and the counters admission needs."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.model_name = config.model_name
+        self.created = int(time.time())
+        self.llm: LLM | None = None
+        self.engine: AsyncEngine | None = None
+        self.limits: Limits | None = None
+        self.load_error: BaseException | None = None
+        self.draining = False
+        self.dead = False
+        self.active_seqs = 0  # admitted sequences not yet finished (running or waiting)
+        self.active_requests = 0
+        self.request_exit: Callable[[int], None] = lambda code: None  # set by the runner
+        self._ready = threading.Event()
+        self.fault = faults.from_env()
+        self.groups: set[RequestGroup] = set()  # live requests, so a forced shutdown can abort them
+
+    # ---- loading (background thread) ----
+    def start_loading(self, loop: asyncio.AbstractEventLoop) -> None:
+        threading.Thread(target=self._load, args=(loop,), name="forwardpass-load", daemon=True).start()
+
+    def _load(self, loop: asyncio.AbstractEventLoop) -> None:
+        from ..llm import LLM
+
+        try:
+            faults.delay_load(self.fault)
+            c = self.config
+            llm = LLM(c.model, threads=c.threads, device=c.device, ctx=c.ctx, max_num_seqs=c.max_num_seqs,
+                      kv_tokens=c.kv_tokens)
+            engine = llm.start_async()
+            if self.fault is not None:
+                engine.step_hook = faults.step_hook(self.fault)
+        except Exception as e:  # noqa: BLE001 - any load failure ends the server with one clear line
+            self.load_error = e
+            logger.error("cannot load model %r: %s", self.config.model, e)
+            loop.call_soon_threadsafe(self.request_exit, 1)
+            return
+        self.llm, self.engine = llm, engine
+        self.limits = Limits(vocab_size=llm.vocab_size, n_ctx=llm.ctx)
+        self._ready.set()
+        logger.info("model %r ready (context %d tokens, %d max sequences)", self.model_name, llm.ctx,
+                    self.config.max_num_seqs)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    # ---- health ----
+    def health_problem(self) -> str | None:
+        """Why the server cannot take work now, or None when it is healthy."""
+        if self.dead or (self.engine is not None and not self.engine.alive):
+            return "Engine is dead"
+        if not self.ready:
+            return "Loading model"
+        if self.draining:
+            return "Shutting down"
+        engine = self.engine
+        assert engine is not None
+        if engine.busy and time.monotonic() - engine.last_step_time > self.config.stall_timeout:
+            return "Engine stalled"
+        return None
+
+    def check_accepting(self) -> None:
+        """Raise 503 unless new generation requests can be taken."""
+        problem = self.health_problem()
+        if problem == "Loading model":
+            raise APIError(503, "Loading model", type="unavailable_error", code=503, headers={"Retry-After": "1"})
+        if problem is not None:
+            raise unavailable(problem, retry_after=5)
+
+    # ---- admission ----
+    def admit(self, n_seqs: int) -> None:
+        """Reserve room for ``n_seqs`` sequences or raise 503 (queue full) at once."""
+        capacity = self.config.max_num_seqs + self.config.max_queue
+        if n_seqs > capacity:
+            raise APIError(400, f"this request needs {n_seqs} sequences but the server holds at most {capacity}",
+                           param="n")
+        if self.active_seqs + n_seqs > capacity:
+            raise unavailable(f"the server is busy: {self.active_seqs} sequences running or queued "
+                              f"(limit {capacity}); retry later", retry_after=1, code="queue_full")
+        self.active_seqs += n_seqs
+        self.active_requests += 1
+
+    def release(self, n_seqs: int) -> None:
+        self.active_seqs -= n_seqs
+        self.active_requests -= 1
+
+    def abort_all(self) -> None:
+        """Abort every in-flight request (their clients see finish_reason "abort")."""
+        for group in list(self.groups):
+            group.abort()

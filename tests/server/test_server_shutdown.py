@@ -1,0 +1,83 @@
+"""RELIABILITY §7 (G1-G3): SIGTERM drains in-flight requests, refuses new ones, and exits 0; a zero timeout aborts;
+a second signal exits at once."""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import httpx
+import psutil
+
+from server_helpers import assert_error
+
+
+def _start_requests(s, n: int, max_tokens: int) -> tuple[list[threading.Thread], list]:
+    results: list = [None] * n
+
+    def one(i: int) -> None:
+        try:
+            results[i] = httpx.post(s.url + "/v1/completions", timeout=60,
+                                    json={"prompt": f"drain {i}", "max_tokens": max_tokens, "ignore_eos": True})
+        except httpx.HTTPError as e:
+            results[i] = e
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 10
+    while s.metrics()["forwardpass_server_requests_active"] < n:
+        assert time.monotonic() < deadline, "requests never became active"
+        time.sleep(0.01)
+    return threads, results
+
+
+def test_sigterm_drains_in_flight_requests(make_server):
+    """G1: in-flight requests complete, new ones get 503, /health is 503 right away, exit code 0, no children."""
+    s = make_server("--shutdown-timeout", "30")
+    threads, results = _start_requests(s, 10, 120)
+    assert psutil.Process(s.proc.pid).children(recursive=True) == []
+    s.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    health = s.get("/health")
+    assert health.status_code == 503 and health.json()["error"]["message"] == "Shutting down"
+    assert_error(s.post("/v1/completions", json={"prompt": "late"}), 503, "unavailable_error")
+    for t in threads:
+        t.join(30)
+    for r in results:
+        assert isinstance(r, httpx.Response) and r.status_code == 200, r
+        choice = r.json()["choices"][0]
+        assert choice["finish_reason"] == "length" and r.json()["usage"]["completion_tokens"] == 120
+    assert s.proc.wait(timeout=10) == 0
+
+
+def test_zero_shutdown_timeout_aborts(make_server):
+    """G2: --shutdown-timeout 0 -> in-flight requests end with finish_reason "abort" (or a closed connection) and
+    the process exits in < 4 s."""
+    s = make_server("--shutdown-timeout", "0")
+    threads, results = _start_requests(s, 4, 230)
+    t0 = time.perf_counter()
+    s.proc.send_signal(signal.SIGTERM)
+    assert s.proc.wait(timeout=4) == 0
+    assert time.perf_counter() - t0 < 4
+    for t in threads:
+        t.join(5)
+    for r in results:
+        if isinstance(r, httpx.Response):
+            assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == "abort"
+        else:
+            assert isinstance(r, httpx.HTTPError)
+
+
+def test_second_signal_exits_at_once(make_server):
+    """G3: a second SIGINT during the drain exits immediately."""
+    s = make_server("--shutdown-timeout", "30")
+    threads, _ = _start_requests(s, 2, 230)
+    s.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.1)
+    t0 = time.perf_counter()
+    s.proc.send_signal(signal.SIGINT)
+    assert s.proc.wait(timeout=2) != 0
+    assert time.perf_counter() - t0 < 1
+    for t in threads:
+        t.join(5)

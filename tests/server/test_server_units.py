@@ -1,0 +1,69 @@
+"""Unit tests of the server's pure parts: body parsing, field validation, SSE encoding, Host parsing."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from forwardpass.server.errors import APIError, short_repr
+from forwardpass.server.jsonbody import parse_json_object
+from forwardpass.server.protocol import Limits, parse_chat_request, parse_completion_request
+from forwardpass.server.security import GuardMiddleware, is_loopback
+from forwardpass.server.sse import event
+
+LIMITS = Limits(vocab_size=384, n_ctx=256)
+
+
+def test_surrogates_are_replaced_everywhere():
+    body = parse_json_object(b'{"a": ["\\ud800x", {"\\udfff": "ok \\ud83d"}], "b": "\\ud83d\\ude00"}')
+    assert body == {"a": ["\ufffdx", {"\ufffd": "ok \ufffd"}], "b": "\U0001F600"}
+
+
+@pytest.mark.parametrize("raw", [b"\xff", b"[1]", b"", b"  ", b"{" * 200 + b"}" * 200, b'{"a": 1' + b"0" * 5000 + b"}"])
+def test_bad_bodies(raw):
+    with pytest.raises(APIError) as e:
+        parse_json_object(raw)
+    assert e.value.status == 400
+
+
+def test_short_repr_bounds_messages():
+    assert len(short_repr("x" * 10_000)) <= 80
+    assert short_repr(list(range(1000))) == "<list of 1000 items>"
+    assert short_repr(10 ** 5000).startswith("<int")
+
+
+def test_chat_request_defaults_and_max_tokens_alias():
+    req = parse_chat_request({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"},
+                                                                          {"type": "text", "text": "b"}]}],
+                              "max_completion_tokens": 7, "max_tokens": 9}, LIMITS)
+    assert req.messages == [{"role": "user", "content": "ab"}]
+    assert req.params.max_tokens == 7 and req.params.temperature == 1.0 and req.params.n == 1
+    assert not req.stream and not req.include_usage and req.params.logprobs is None
+
+
+def test_logprobs_map_to_sampling_params():
+    chat = parse_chat_request({"messages": [{"role": "user", "content": "a"}], "logprobs": True,
+                               "top_logprobs": 3, "stream": True, "stream_options": {"include_usage": True}}, LIMITS)
+    assert chat.params.logprobs == 3 and chat.include_usage
+    comp = parse_completion_request({"prompt": [[1, 2], [3]], "logprobs": 0, "logit_bias": {"7": -500}}, LIMITS)
+    assert comp.prompts == [[1, 2], [3]] and comp.params.logprobs == 0 and comp.params.logit_bias == {7: -100.0}
+
+
+def test_event_escapes_unicode_line_breaks():
+    """One SSE event is one line for every client, also those splitting like str.splitlines()."""
+    raw = event({"text": "a\u2028b\x85c\u2029d\x1ce\n"})
+    payload = raw.decode("utf-8")
+    assert payload.endswith("\n\n") and len(payload[:-2].splitlines()) == 1
+    assert json.loads(payload[6:])["text"] == "a\u2028b\x85c\u2029d\x1ce\n"
+
+
+@pytest.mark.parametrize("host,name", [(b"localhost:8080", "localhost"), (b"[::1]:80", "[::1]"),
+                                       (b"127.0.0.1", "127.0.0.1"), (b"Evil.Example:1", "evil.example"),
+                                       (b"::1", "::1")])
+def test_host_names(host, name):
+    assert GuardMiddleware._hostname(host) == name
+
+
+def test_loopback_detection():
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and is_loopback("127.0.0.2")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2") and not is_loopback("example.com")

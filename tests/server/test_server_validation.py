@@ -1,0 +1,198 @@
+"""RELIABILITY §1 (validation, V1-V20) and §2 (context, C1-C5): every bad request is a 4xx in OpenAI's error shape,
+never a 500 or a traceback."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import pytest
+
+from server_helpers import N_CTX, assert_error, chat_body
+
+CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
+
+
+def post_raw(server, path: str, raw: bytes) -> httpx.Response:
+    return server.post(path, content=raw, headers={"Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize("raw", [b'{"model":"m","messages":', b"[]", b"null", b"123", b'"x"', b"", b"{",
+                                 b'{"messages": [{"role":"user","content":"\xff\xfe"}]}'])
+def test_malformed_bodies_are_400(server, raw):
+    """V1 truncated JSON, V2 non-object bodies, V4 invalid UTF-8."""
+    assert_error(post_raw(server, CHAT, raw), 400, "invalid_request_error")
+
+
+@pytest.mark.parametrize("messages", ["missing", "str", [123], [{}], [{"role": 123}],
+                                      [{"role": "user", "content": 123}], [{"role": "wizard", "content": "x"}],
+                                      [{"role": "user", "content": [{"type": "image_url"}]}], []])
+def test_bad_messages(server, messages):
+    """V3 and V15 (`messages: []`)."""
+    body = {"model": "default"} if messages == "missing" else {"messages": messages}
+    assert_error(server.post(CHAT, json=body), 400, "invalid_request_error", "messages")
+
+
+def test_lone_surrogate_is_replaced(server):
+    """V5: "\\ud800" in content -> 200 (U+FFFD substituted), no crash."""
+    raw = b'{"messages":[{"role":"user","content":"hi \\ud800 there"}],"max_tokens":2}'
+    assert post_raw(server, CHAT, raw).status_code == 200
+
+
+BAD_FIELDS = [
+    ("temperature", -1), ("temperature", 2.5), ("temperature", "hot"), ("temperature", True),
+    ("top_p", 0), ("top_p", -0.1), ("top_p", 1.5),
+    ("top_k", -2), ("top_k", 1.5), ("min_p", 1.5),
+    ("n", 0), ("n", 10**9),
+    ("max_tokens", 0), ("max_tokens", -5), ("max_tokens", 10**12), ("max_tokens", "a"),
+    ("stop", ["a", "b", "c", "d", "e"]), ("stop", ""), ("stop", "x" * 10_000), ("stop", [1]),
+    ("logit_bias", {"abc": 1}), ("logit_bias", {"99999999": 1}), ("logit_bias", {"5": "x"}), ("logit_bias", [1]),
+    ("presence_penalty", 3), ("frequency_penalty", -2.5), ("repetition_penalty", 0), ("seed", 1.5),
+    ("ignore_eos", "yes"), ("stream", "yes"), ("model", 5), ("user", 5),
+]
+
+
+@pytest.mark.parametrize("field,value", BAD_FIELDS, ids=[f"{f}={str(v)[:20]}" for f, v in BAD_FIELDS])
+def test_bad_sampling_fields(server, field, value):
+    """V6-V10, V12, V13: 400 naming the field, on both endpoints."""
+    assert_error(server.post(CHAT, json=chat_body(**{field: value})), 400, "invalid_request_error", field)
+    assert_error(server.post(COMPLETIONS, json={"prompt": "hi", field: value}), 400, "invalid_request_error", field)
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_refused(server, constant):
+    """V6: non-finite numbers never reach the sampler."""
+    raw = ('{"messages":[{"role":"user","content":"x"}],"temperature":%s}' % constant).encode()
+    assert_error(post_raw(server, CHAT, raw), 400, "invalid_request_error", "temperature")
+
+
+@pytest.mark.parametrize("field,value", [("top_p", 1.0), ("top_k", 0), ("top_k", -1), ("min_p", 0.5),
+                                         ("logit_bias", {"5": 1e9}), ("temperature", 0), ("stop", ["a", "b"])])
+def test_valid_edge_values(server, field, value):
+    """V7 top_p 1.0, V8 top_k 0/-1 disable, V13 a huge bias is clamped."""
+    assert server.post(CHAT, json=chat_body(max_tokens=2, **{field: value})).status_code == 200
+
+
+def test_n_is_checked_fast_and_needs_sampling(server):
+    """V9: n=10^9 is refused at once with no allocation; n>1 at temperature 0 is refused."""
+    t0 = time.perf_counter()
+    assert_error(server.post(CHAT, json=chat_body(n=10**9)), 400, param="n")
+    assert time.perf_counter() - t0 < 0.1
+    assert_error(server.post(CHAT, json=chat_body(n=2, temperature=0)), 400, param="n")
+
+
+def test_logprob_limits(server):
+    """V11: top_logprobs 21 (chat) and logprobs 1000 (completions) -> 400."""
+    assert_error(server.post(CHAT, json=chat_body(logprobs=True, top_logprobs=21)), 400, param="top_logprobs")
+    assert_error(server.post(COMPLETIONS, json={"prompt": "x", "logprobs": 1000}), 400, param="logprobs")
+    assert_error(server.post(CHAT, json=chat_body(top_logprobs=2)), 400, param="top_logprobs")
+
+
+@pytest.mark.parametrize("prompt", [[999999], [-1], [1, 2, "x"], "", [], [""], [[]], 5, [{"a": 1}]])
+def test_bad_prompts(server, prompt):
+    """V14 out-of-vocabulary ids, V15 empty prompts."""
+    err = assert_error(server.post(COMPLETIONS, json={"prompt": prompt}), 400, "invalid_request_error", "prompt")
+    if prompt in ([999999], [-1]):
+        assert "out of vocabulary" in err["message"]
+
+
+@pytest.mark.parametrize("field,value", [("response_format", "json"), ("response_format", {"type": 5}),
+                                         ("response_format", {"type": "json_schema"}), ("tools", "x"),
+                                         ("tools", [{"type": "function", "function": {"name": "f",
+                                                                                      "parameters": {"pattern": 5}}}])])
+def test_unsupported_or_malformed_features(server, field, value):
+    """V17: malformed response_format/tools -> 400 (and features we lack are refused, not ignored)."""
+    assert_error(server.post(CHAT, json=chat_body(**{field: value})), 400, "invalid_request_error", field)
+
+
+def test_many_invalid_items_give_a_small_error(server):
+    """V18: 10,000 invalid items -> 400 with a body of at most 4 KiB."""
+    for body in (chat_body() | {"messages": [123] * 10_000},
+                 chat_body(logit_bias={f"x{i}": 1 for i in range(1000)}),
+                 {"prompt": [[-1] * 10_000]}):
+        r = server.post(CHAT if "messages" in body else COMPLETIONS, json=body)
+        assert_error(r, 400)
+        assert len(r.content) <= 4096
+
+
+def test_deep_nesting_and_huge_integers(server):
+    """V19: JSON nested 100k deep and a 10^6-digit integer -> 400 quickly."""
+    for raw in (b"[" * 100_000 + b"]" * 100_000, b'{"messages": ' + b"[" * 100_000,
+                b'{"max_tokens": 1' + b"0" * 1_000_000 + b"}"):
+        t0 = time.perf_counter()
+        assert_error(post_raw(server, CHAT, raw), 400, "invalid_request_error")
+        assert time.perf_counter() - t0 < 2.0
+
+
+@pytest.mark.parametrize("model", ["nope", "../../etc/passwd", "/abs/path.gguf", "file:///etc/passwd"])
+def test_unknown_model_is_404(server, model):
+    """V20 and X11: 404 model_not_found; a path-like name is just an unknown name (no file access)."""
+    assert_error(server.post(CHAT, json=chat_body() | {"model": model}), 404, code="model_not_found", param="model")
+    assert_error(server.post(COMPLETIONS, json={"prompt": "x", "model": model}), 404, code="model_not_found")
+
+
+def test_unknown_fields_are_ignored_and_model_names_accepted(server):
+    """V20: unknown extra fields are ignored; `model` may be the served name, "default", or omitted."""
+    for extra in ({"model": "tiny-chat", "frobnicate": {"x": [1]}}, {"model": "default"}, {}):
+        body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 2, **extra}
+        assert server.post(CHAT, json=body).status_code == 200
+
+
+# ---- context (C1-C5) ----
+def _context_error(r: httpx.Response, n_prompt: int | None) -> None:
+    err = assert_error(r, 400, "invalid_request_error", code="context_length_exceeded")
+    assert err["n_ctx"] == N_CTX and str(N_CTX) in err["message"]
+    if n_prompt is not None:
+        assert err["n_prompt_tokens"] == n_prompt and str(n_prompt) in err["message"]
+    else:
+        assert err["n_prompt_tokens"] > N_CTX
+
+
+def test_prompt_longer_than_context(server):
+    """C1: non-streaming -> 400 context_length_exceeded with n_prompt_tokens and n_ctx."""
+    _context_error(server.post(COMPLETIONS, json={"prompt": [10] * 300}), 300)
+    _context_error(server.post(CHAT, json=chat_body("word " * 400)), None)
+
+
+def test_prompt_longer_than_context_streaming(server):
+    """C2: with stream=true the 400 comes before any SSE byte."""
+    for path, body in ((COMPLETIONS, {"prompt": [10] * 300}), (CHAT, chat_body("word " * 400))):
+        r = server.post(path, json=body | {"stream": True})
+        assert r.headers["content-type"].startswith("application/json") and not r.text.startswith("data:")
+        _context_error(r, 300 if path == COMPLETIONS else None)
+
+
+def test_max_tokens_and_context(server):
+    """C3: explicit max_tokens past the context -> 400; omitted -> capped, finish_reason length."""
+    _context_error(server.post(COMPLETIONS, json={"prompt": [10] * 200, "max_tokens": 100}), 200)
+    r = server.post(COMPLETIONS, json={"prompt": [10] * 200, "ignore_eos": True, "temperature": 0}).json()
+    assert r["choices"][0]["finish_reason"] == "length" and r["usage"]["completion_tokens"] == N_CTX - 200
+
+
+def test_prompt_of_context_minus_one(server):
+    """C4: n_ctx - 1 prompt tokens -> 200 with exactly one token and `length`."""
+    r = server.post(COMPLETIONS, json={"prompt": [10] * (N_CTX - 1), "ignore_eos": True}).json()
+    assert r["usage"]["completion_tokens"] == 1 and r["choices"][0]["finish_reason"] == "length"
+
+
+def test_huge_prompt_is_413_and_health_stays_fast(server):
+    """C5: a 3 MiB prompt -> 413 before tokenization, while /health keeps answering fast."""
+    results = {}
+
+    def big() -> None:
+        body = json.dumps({"prompt": "x" * (3 << 20)}).encode()
+        results["r"] = post_raw(server, COMPLETIONS, body)
+
+    thread = threading.Thread(target=big)
+    thread.start()
+    latencies = []
+    with httpx.Client(base_url=server.url) as c:
+        while thread.is_alive() or len(latencies) < 20:
+            t0 = time.perf_counter()
+            assert c.get("/health").status_code == 200
+            latencies.append(time.perf_counter() - t0)
+    thread.join()
+    assert_error(results["r"], 413, code="request_too_large")
+    latencies.sort()
+    assert latencies[len(latencies) // 2] < 0.05 and latencies[-1] < 0.5, latencies
