@@ -113,28 +113,29 @@ def _attention_fn() -> ctypes._CFuncPtr | None:
     lib = _library()
     if lib is None:
         return None
-    fn = lib.decode_attention
+    fn = lib.paged_attention
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    fn.argtypes = [ptr, ptr, ptr, ptr, i64, ptr, i64, i64, i64, i64, ctypes.c_float, i64, ptr, i64]
+    fn.argtypes = [ptr, ptr, ptr, ptr, i64, ptr, ptr, i64, i64, i64, i64, ctypes.c_float, i64, ptr, i64]
     fn.restype = None
     return fn
 
 
-def native_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, ctx: torch.Tensor,
-                            lens: torch.Tensor, scale: float, window: int) -> torch.Tensor | None:
-    """Single-query attention rows over a bf16 paged cache, each row computed alone in a fixed order.
+def native_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, ctx: torch.Tensor,
+                           seq: torch.Tensor, lens: torch.Tensor, scale: float, window: int) -> torch.Tensor | None:
+    """Attention of query rows over a bf16 paged cache, each row computed alone in a fixed order, so its result
+    never depends on the other rows: row r attends the first lens[r] slots of ctx[seq[r]].
 
-    q: (R, H, D); k_cache, v_cache: (slots, H_kv, D) bf16; ctx: (R, L) int64 slots; lens: (R,) int64.
+    q: (R, H, D); k_cache, v_cache: (slots, H_kv, D) bf16; ctx: (S, L) int64; seq, lens: (R,) int64.
     Returns (R, H, D) float32, or None when the native kernel cannot run here (the caller falls back)."""
     fn = _attention_fn()
     if fn is None or k_cache.dtype != torch.bfloat16 or q.device.type != "cpu":
         return None
     rows, heads, dim = q.shape
     q = q.float().contiguous()
-    ctx, lens = ctx.contiguous(), lens.contiguous()
+    ctx, seq, lens = ctx.contiguous(), seq.contiguous(), lens.contiguous()
     out = torch.empty(rows, heads, dim)
-    fn(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), ctx.data_ptr(), ctx.shape[1], lens.data_ptr(), rows,
-       heads, k_cache.shape[1], dim, scale, window, out.data_ptr(), torch.get_num_threads())
+    fn(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), ctx.data_ptr(), ctx.shape[1], seq.data_ptr(),
+       lens.data_ptr(), rows, heads, k_cache.shape[1], dim, scale, window, out.data_ptr(), torch.get_num_threads())
     return out
 
 

@@ -224,36 +224,58 @@ ATTENTION_SOURCE = r"""
 #include <stdlib.h>
 
 static inline float bf16_to_f32(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
+/* 16 bf16 values -> 16 floats */
+static inline __m512 bf16x16(const uint16_t* p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
 
-/* q: (R, H, D) float32; k, v: (slots, Hkv, D) bf16; ctx: (R, ctx_stride) int64 slots of each row's context,
-   whose first lens[r] entries are valid; window > 0 keeps the last `window` positions. out: (R, H, D). */
-void decode_attention(const float* q, const uint16_t* k, const uint16_t* v, const int64_t* ctx, int64_t ctx_stride,
-                      const int64_t* lens, int64_t rows, int64_t heads, int64_t kv_heads, int64_t dim, float scale,
-                      int64_t window, float* out, int64_t n_threads) {
+/* dot(q, k) over dim features, in a fixed order (16 lanes, then a fixed tree) */
+static inline float dot_bf16(const float* q, const uint16_t* k, int64_t dim) {
+    if (dim % 16 == 0) {
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t d = 0; d < dim; d += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), bf16x16(k + d), acc);
+        return _mm512_reduce_add_ps(acc);
+    }
+    float acc = 0.f;
+    for (int64_t d = 0; d < dim; d++) acc += q[d] * bf16_to_f32(k[d]);
+    return acc;
+}
+
+/* o += p * v over dim features */
+static inline void axpy_bf16(float* o, float p, const uint16_t* v, int64_t dim) {
+    if (dim % 16 == 0) {
+        const __m512 pv = _mm512_set1_ps(p);
+        for (int64_t d = 0; d < dim; d += 16)
+            _mm512_storeu_ps(o + d, _mm512_fmadd_ps(pv, bf16x16(v + d), _mm512_loadu_ps(o + d)));
+        return;
+    }
+    for (int64_t d = 0; d < dim; d++) o[d] += p * bf16_to_f32(v[d]);
+}
+
+/* Each of R query rows attends over its own context: the first lens[r] slots of row seq[r] of ctx (S, ctx_stride),
+   the last `window` of them if window > 0. q: (R, H, D) float32; k, v: (slots, Hkv, D) bf16; out: (R, H, D). */
+void paged_attention(const float* q, const uint16_t* k, const uint16_t* v, const int64_t* ctx, int64_t ctx_stride,
+                     const int64_t* seq, const int64_t* lens, int64_t rows, int64_t heads, int64_t kv_heads,
+                     int64_t dim, float scale, int64_t window, float* out, int64_t n_threads) {
     const int64_t group = heads / kv_heads;
-    #pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1)
+    #pragma omp parallel for num_threads(n_threads) schedule(dynamic, 4)
     for (int64_t rh = 0; rh < rows * heads; rh++) {
         const int64_t r = rh / heads, h = rh % heads, kvh = h / group, len = lens[r];
         const int64_t start = (window > 0 && len > window) ? len - window : 0;
+        const int64_t* slots = ctx + seq[r] * ctx_stride;
         const float* qv = q + rh * dim;
         float* o = out + rh * dim;
-        float* s = (float*)malloc(sizeof(float) * (size_t)(len - start));
+        float* s = (float*)malloc(sizeof(float) * (size_t)(len - start + 1));
         float mx = -INFINITY;
         for (int64_t j = start; j < len; j++) {
-            const uint16_t* kp = k + (ctx[r * ctx_stride + j] * kv_heads + kvh) * dim;
-            float acc = 0.f;
-            for (int64_t d = 0; d < dim; d++) acc += qv[d] * bf16_to_f32(kp[d]);
-            s[j - start] = acc * scale;
-            if (s[j - start] > mx) mx = s[j - start];
+            const float x = dot_bf16(qv, k + (slots[j] * kv_heads + kvh) * dim, dim) * scale;
+            s[j - start] = x;
+            if (x > mx) mx = x;
         }
         float sum = 0.f;
         for (int64_t j = 0; j < len - start; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
         for (int64_t d = 0; d < dim; d++) o[d] = 0.f;
-        for (int64_t j = start; j < len; j++) {
-            const uint16_t* vp = v + (ctx[r * ctx_stride + j] * kv_heads + kvh) * dim;
-            const float p = s[j - start];
-            for (int64_t d = 0; d < dim; d++) o[d] += p * bf16_to_f32(vp[d]);
-        }
+        for (int64_t j = start; j < len; j++) axpy_bf16(o, s[j - start], v + (slots[j] * kv_heads + kvh) * dim, dim);
         const float inv = 1.f / sum;
         for (int64_t d = 0; d < dim; d++) o[d] *= inv;
         free(s);

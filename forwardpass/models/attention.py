@@ -7,11 +7,12 @@ names. Prefill chunks and decode tokens share this one path.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from ..kernels.native import native_decode_attention
+from ..kernels.native import native_paged_attention
 
 
 @dataclass
@@ -26,7 +27,12 @@ class AttentionMetadata:
     decode_slots: torch.Tensor | None = None  # (B, L_max) cache slots of their contexts, padded
     decode_lens: torch.Tensor | None = None  # (B,) their context lengths
     prefill: bool | None = None  # the rows' role (prompt or generated tokens), passed to every Linear
+    # Per query row, for the native kernel: its sequence and how many context tokens it sees.
+    ctx_slots: torch.Tensor | None = None  # (S, L_max) cache slots of each sequence's context, padded
+    row_seq: torch.Tensor | None = None  # (T,)
+    row_lens: torch.Tensor | None = None  # (T,)
     _masks: dict[int, torch.Tensor] = field(default_factory=dict)
+    _shared: dict[object, torch.Tensor] = field(default_factory=dict)
 
     @property
     def num_seqs(self) -> int:
@@ -42,6 +48,16 @@ class AttentionMetadata:
         tables = torch.tensor([t + [0] * (width - len(t)) for t in block_tables], dtype=torch.int64, device=device)
         meta = cls(query_lens, seq_lens, tables, torch.tensor(slot_mapping, dtype=torch.int64, device=device),
                    prefill=prefill)
+        longest = max(seq_lens)
+        offsets = torch.arange(block_size, device=device)
+        meta.ctx_slots = (tables[:, :-(-longest // block_size), None] * block_size + offsets).flatten(1)[:, :longest]
+        row_seq, row_lens = [], []
+        for s, (n, length) in enumerate(zip(query_lens, seq_lens)):
+            row_seq.extend([s] * n)
+            row_lens.extend(range(length - n + 1, length + 1))
+        meta.row_seq = torch.tensor(row_seq, dtype=torch.int64, device=device)
+        meta.row_lens = torch.tensor(row_lens, dtype=torch.int64, device=device)
+        # the torch fallback batches the one-token sequences (all of them for generated tokens)
         meta.decode = [] if prefill else [s for s, n in enumerate(query_lens) if n == 1]
         if len(meta.decode) > 1 or (meta.decode and prefill is False):
             starts = [0]
@@ -49,14 +65,17 @@ class AttentionMetadata:
                 starts.append(starts[-1] + n)
             meta.decode_rows = torch.tensor([starts[s] for s in meta.decode], device=device)
             lens = [seq_lens[s] for s in meta.decode]
-            n_blocks = -(-max(lens) // block_size)
-            offsets = torch.arange(block_size, device=device)
-            blocks = tables[meta.decode, :n_blocks]  # (B, n_blocks)
-            meta.decode_slots = (blocks[:, :, None] * block_size + offsets).flatten(1)[:, :max(lens)]
+            meta.decode_slots = meta.ctx_slots[meta.decode, :max(lens)]
             meta.decode_lens = torch.tensor(lens, device=device)
         else:
             meta.decode = []
         return meta
+
+    def cached(self, key: object, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """A per-step tensor shared by every layer (e.g. RoPE factors), made on first use."""
+        if key not in self._shared:
+            self._shared[key] = make()
+        return self._shared[key]
 
     def decode_mask(self, window: int) -> torch.Tensor:
         """(B, L_max) bool: which padded context slots each decoding sequence may attend."""
@@ -112,6 +131,10 @@ def attention(q: torch.Tensor, cache: KVCache, layer: int, meta: AttentionMetada
 
     `window` > 0 limits each query to the keys less than `window` positions behind it (sliding window).
     """
+    native = native_paged_attention(q, cache.k[layer], cache.v[layer], meta.ctx_slots, meta.row_seq,
+                                    meta.row_lens, scale, window)
+    if native is not None:  # every row alone, in a fixed order: batch-invariant by construction
+        return native
     out = torch.empty_like(q)
     batched = set(meta.decode)
     start = 0
@@ -132,10 +155,6 @@ def attention(q: torch.Tensor, cache: KVCache, layer: int, meta: AttentionMetada
 def _decode_attention(q: torch.Tensor, cache: KVCache, layer: int, meta: AttentionMetadata, scale: float,
                       window: int) -> torch.Tensor:
     """B decoding sequences at once: q (B, H, D) over their padded contexts -> (B, H, D)."""
-    native = native_decode_attention(q, cache.k[layer], cache.v[layer], meta.decode_slots, meta.decode_lens,
-                                     scale, window)
-    if native is not None:
-        return native.to(q.dtype)
     b, n_heads, head_dim = q.shape
     slots = meta.decode_slots  # (B, L)
     ctx = slots.shape[1]

@@ -89,7 +89,8 @@ class DecoderLM:
                meta: AttentionMetadata, cache: KVCache) -> torch.Tensor:
         """Rotate q and k, store k and v in the cache, attend. q: (T, H, D); k, v: (T, H_kv, D)."""
         rotary = self.rotary[i]
-        q, k = rotary(q, positions), rotary(k, positions)
+        factors = meta.cached(("rope", id(rotary)), lambda: rotary.factors(positions))
+        q, k = rotary(q, factors), rotary(k, factors)
         cache.write(i, meta.slot_mapping, k, v)
         o = attention(q, cache, i, meta, self.config.scale, self.config.sliding_window[i])
         return o.reshape(q.shape[0], -1)

@@ -8,10 +8,9 @@ import torch.nn.functional as F
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """x * rsqrt(mean(x^2) + eps) * weight, computed in float32. x: (..., d)."""
+    """x * rsqrt(mean(x^2) + eps) * weight, computed in float32. x: (..., d) -> float32."""
     x32 = x.float()
-    out = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return (out * weight).to(x.dtype)
+    return x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps) * weight
 
 
 @lru_cache(maxsize=16)
@@ -21,7 +20,12 @@ def _inv_freq(base: float, dims: int) -> torch.Tensor:
 
 
 class Rotary:
-    """Rotary position embedding over the first `dims` features of each head, cos/sin cached per position."""
+    """Rotary position embedding over the first `dims` features of each head.
+
+    out = x * cos + rotate(x) * sin, with cos and sin repeated over each feature pair; the tables for a step's
+    positions are made once (`factors`) and shared by q, k and every layer with this base. Plain multiplies and
+    adds (never a fused complex multiply, whose vector and scalar paths round differently), so a token's result
+    is the same whatever else is in the batch."""
 
     def __init__(self, dims: int, base: float, neox: bool, scale: float = 1.0,
                  freq_factors: torch.Tensor | None = None) -> None:
@@ -32,29 +36,33 @@ class Rotary:
         self.inv_freq = inv
         self._cos = self._sin = torch.empty(0)
 
-    def _tables(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._cos.shape[0] < n or self._cos.device != device:
+    def factors(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T,) positions -> cos, sin: (T, 1, dims) float32, laid out like the features they rotate."""
+        n = int(positions.max()) + 1 if positions.numel() else 1
+        if self._cos.shape[0] < n or self._cos.device != positions.device:
             size = max(n, 2 * self._cos.shape[0], 256)
-            pos = torch.arange(size, dtype=torch.float64) / self.scale
-            angles = torch.outer(pos, self.inv_freq)  # (size, dims / 2)
-            self._cos = angles.cos().float().to(device)
-            self._sin = angles.sin().float().to(device)
-        return self._cos, self._sin
+            angles = torch.outer(torch.arange(size, dtype=torch.float64) / self.scale, self.inv_freq)
+            if self.neox:  # halves: feature i pairs with i + dims/2
+                angles = torch.cat((angles, angles), dim=-1)
+            else:  # adjacent pairs: GGUF llama weights are permuted for this form
+                angles = angles.repeat_interleave(2, dim=-1)
+            self._cos = angles.cos().float().to(positions.device)
+            self._sin = angles.sin().float().to(positions.device)
+        return self._cos[positions].unsqueeze(1), self._sin[positions].unsqueeze(1)
 
-    def __call__(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """x: (T, heads, head_dim); positions: (T,) -> rotated x, same shape and dtype."""
-        cos_t, sin_t = self._tables(int(positions.max()) + 1 if positions.numel() else 1, x.device)
-        cos = cos_t[positions].unsqueeze(1)  # (T, 1, dims / 2)
-        sin = sin_t[positions].unsqueeze(1)
-        rot, rest = x[..., : self.dims].float(), x[..., self.dims:]
-        if self.neox:  # halves: (x0..x_{d/2-1}) pairs with (x_{d/2}..)
-            x1, x2 = rot.chunk(2, dim=-1)
-            out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-        else:  # adjacent pairs (x0, x1), (x2, x3), ...: GGUF llama weights are permuted for this form
-            x1, x2 = rot[..., 0::2], rot[..., 1::2]
-            out = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
-        out = out.to(x.dtype)
-        return torch.cat((out, rest), dim=-1) if rest.shape[-1] else out
+    def __call__(self, x: torch.Tensor, factors: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """x: (T, heads, head_dim) -> rotated, float32."""
+        cos, sin = factors
+        rot = x[..., : self.dims].float()
+        if self.neox:
+            half = self.dims // 2
+            turned = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
+        else:
+            turned = torch.stack((-rot[..., 1::2], rot[..., 0::2]), dim=-1).flatten(-2)
+        out = rot * cos + turned * sin
+        if self.dims == x.shape[-1]:
+            return out
+        return torch.cat((out, x[..., self.dims:].float()), dim=-1)
 
 
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
