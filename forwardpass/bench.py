@@ -51,8 +51,8 @@ def _time_decode(llm: LLM, prompt: list[int], gen_tokens: int, batch: int) -> fl
         llm.runner.run([SeqChunk(s.token_ids, 0, s.block_table, "last") for s in seqs])
         t0 = time.perf_counter()
         for i in range(gen_tokens):
-            chunks = [SeqChunk([prompt[(1 + i + b) % len(prompt)]], 1 + i, s.block_table, "last")
-                      for b, s in enumerate(seqs)]
+            chunks = [SeqChunk([prompt[(1 + i + b) % len(prompt)]], 1 + i, s.block_table, "last", prompt_len=1)
+                      for b, s in enumerate(seqs)]  # generated tokens: the decode kernels
             next_ids = llm.runner.run(chunks).argmax(-1)
         next_ids.tolist()
         return time.perf_counter() - t0
