@@ -54,7 +54,8 @@ class ModelRunner:
                 prompt_parts.append((i, chunk))
                 continue
             if split > 0:
-                prompt_parts.append((i, replace(chunk, token_ids=chunk.token_ids[:split], logits="none")))
+                keep = "all" if chunk.logits == "all" else "none"
+                prompt_parts.append((i, replace(chunk, token_ids=chunk.token_ids[:split], logits=keep)))
             for j in range(split, len(chunk.token_ids)):  # each generated token is its own decode row
                 last = j == len(chunk.token_ids) - 1
                 wants = chunk.logits == "all" or (chunk.logits == "last" and last)

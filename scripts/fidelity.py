@@ -1,0 +1,61 @@
+"""Fidelity of the fast path: KL(exact || fast) and top-1 agreement against the exact float32 reference, next to
+llama.cpp's on the same token ids (its logits from scripts/llamacpp_reference.py, run in its own environment).
+
+    python scripts/fidelity.py MODEL [--llamacpp-python /path/to/venv/bin/python] [--tokens 128]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import torch
+
+from forwardpass import LLM
+
+TEXT = ("The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
+        "movable metal type, oil-based inks and a wooden press adapted from those used to make wine. Within fifty "
+        "years, presses had spread to more than two hundred cities across Europe, and the cost of books fell so "
+        "far that reading, once the privilege of clergy and nobles, became part of everyday life for merchants "
+        "and craftsmen. Historians still argue about how much the press changed religion, science and politics, "
+        "but few doubt that it changed them. Printers became publishers, editors and booksellers at once; they "
+        "standardized spelling, invented title pages and page numbers, and argued with censors in a dozen "
+        "languages.")
+
+
+def compare(exact: torch.Tensor, other: torch.Tensor) -> dict:
+    p = torch.log_softmax(exact.double(), -1)
+    q = torch.log_softmax(other.double(), -1)
+    kl = (p.exp() * (p - q)).sum(-1)
+    return {"mean_kl": float(kl.mean()), "top1": float((exact.argmax(-1) == other.argmax(-1)).double().mean())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--llamacpp-python", default=None)
+    args = ap.parse_args()
+    exact_llm = LLM(args.model, reference=True)
+    ids = exact_llm.tokenizer.encode(TEXT, add_bos=True)[: args.tokens]
+    exact = exact_llm.logits(ids)
+    path = exact_llm.path
+    del exact_llm
+    fast = LLM(path).logits(ids)
+    result = {"model": os.path.basename(path), "tokens": len(ids), "forwardpass": compare(exact, fast)}
+    if args.llamacpp_python:
+        with tempfile.TemporaryDirectory() as tmp:
+            ids_file, out = os.path.join(tmp, "ids.json"), os.path.join(tmp, "logits.npy")
+            json.dump(ids, open(ids_file, "w"))
+            script = os.path.join(os.path.dirname(__file__), "llamacpp_reference.py")
+            subprocess.run([args.llamacpp_python, script, path, "logits", "--ids", ids_file, "--out", out], check=True)
+            result["llama.cpp"] = compare(exact, torch.from_numpy(np.load(out)))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
