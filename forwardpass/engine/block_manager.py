@@ -107,24 +107,23 @@ class BlockManager:
                 self.cached[h] = block
                 self.block_hash[block], self.block_tokens[block] = h, tokens
 
-    def fork(self, parent: Sequence, child: Sequence) -> tuple[int, int] | None | tuple[()]:
-        """Give `child` the parent's computed tokens: full blocks shared, the partial last block copied.
+    def can_fork(self, parent: Sequence) -> bool:
+        """Whether a fork of `parent` can get a block for its copy of the partial last block."""
+        return parent.num_computed % self.block_size == 0 or bool(self.free)
 
-        Returns the (source, destination) block whose contents the caller must copy, `()` if there is none,
-        or None if no block is free for the copy (nothing changed then)."""
-        bs = self.block_size
-        full, partial = divmod(parent.num_computed, bs)
-        if partial and not self.free:
-            return None
+    def fork(self, parent: Sequence, child: Sequence) -> list[tuple[int, int]]:
+        """Give `child` the parent's computed tokens: full blocks shared, the partial last block copied
+        (check `can_fork` first). Returns the (source, destination) blocks whose contents the caller copies."""
+        full, partial = divmod(parent.num_computed, self.block_size)
         child.block_table = list(parent.block_table[:full])
         child.block_hashes = list(parent.block_hashes[:full])
         for block in child.block_table:
             self.ref_counts[block] += 1
         child.num_computed = child.num_cached = parent.num_computed
         if not partial:
-            return ()
-        assert self.ensure_slots(child, parent.num_computed)
-        return parent.block_table[full], child.block_table[-1]
+            return []
+        assert self.ensure_slots(child, parent.num_computed), "fork without a free block: call can_fork first"
+        return [(parent.block_table[full], child.block_table[-1])]
 
     def free_seq(self, seq: Sequence) -> None:
         """Return a sequence's blocks; blocks nobody else uses become free (hash kept for later reuse)."""

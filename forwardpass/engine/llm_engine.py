@@ -127,12 +127,11 @@ class LLMEngine:
             return []
         forked = []
         for child in request.unforked:
-            copy = self.block_manager.fork(seq, child)
-            if copy is None:  # no free block for the copy: the child computes its prompt (prefix-cached)
+            if not self.block_manager.can_fork(seq):  # no block for the copy: compute the prompt (prefix-cached)
                 self.scheduler.add(child)
                 continue
-            if copy:
-                self.runner.cache.copy_block(*copy)
+            for src, dst in self.block_manager.fork(seq, child):
+                self.runner.cache.copy_block(src, dst)
             self.scheduler.add_running(child)
             forked.append(child)
         request.unforked = []
