@@ -60,6 +60,10 @@ class DequantLinear:
         return y if self.bias is None else y + self.bias
 
 
+# torch >= 2.6 has the CPU int4 kernel; older releases take the other backends
+_HAS_INT4_CPU = hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
+
+
 def fast_linear(weight: QuantWeight, bias: torch.Tensor | None = None) -> Linear:
     """The fast backend for `weight` (already on its device), first match wins (scripts/bench_linear.py measures
     the choices):
@@ -77,7 +81,7 @@ def fast_linear(weight: QuantWeight, bias: torch.Tensor | None = None) -> Linear
     cpu = weight.raw.device.type == "cpu"
     if weight.ggml_type in FLOAT_TYPES:
         return DenseLinear(to_bf16(weight), bias)
-    if cpu and weight.ggml_type in INT4_GROUPERS and weight.shape[0] % 16 == 0:
+    if cpu and weight.ggml_type in INT4_GROUPERS and weight.shape[0] % 16 == 0 and _HAS_INT4_CPU:
         prefill = NativeLinear(weight).dense if native_supports(weight) else None  # reads the file's bytes
         return Int4PackLinear(to_int4_groups(weight), bias, prefill)
     if native_supports(weight):
