@@ -35,6 +35,9 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help="most tokens to generate (default: until end of generation or the context is full)")
     g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     g.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-generation tokens")
+    g.add_argument("--min-tokens", type=int, default=0, help="generate at least this many tokens")
+    g.add_argument("--logit-bias", action="append", default=None, metavar="TOKEN=BIAS",
+                   help="add BIAS (-100..100) to a token id's logit (repeatable)")
 
 
 def _sampling_params(args: argparse.Namespace):
@@ -44,7 +47,23 @@ def _sampling_params(args: argparse.Namespace):
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
         repetition_penalty=args.repeat_penalty, presence_penalty=args.presence_penalty,
         frequency_penalty=args.frequency_penalty, seed=args.seed, max_tokens=args.max_tokens,
-        stop=args.stop, ignore_eos=args.ignore_eos)
+        stop=args.stop, ignore_eos=args.ignore_eos, min_tokens=args.min_tokens,
+        logit_bias=_parse_logit_bias(args.logit_bias))
+
+
+def _parse_logit_bias(items: list[str] | None) -> dict[int, float] | None:
+    if not items:
+        return None
+    bias = {}
+    for item in items:
+        token, sep, value = item.partition("=")
+        try:
+            bias[int(token)] = float(value)
+        except ValueError:
+            raise ValueError(f"--logit-bias expects TOKEN=BIAS (e.g. 13=-100), got {item!r}") from None
+        if not sep:
+            raise ValueError(f"--logit-bias expects TOKEN=BIAS (e.g. 13=-100), got {item!r}")
+    return bias
 
 
 def _load(args: argparse.Namespace, model: str | None):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import gguf
 import numpy as np
 import torch
 
@@ -57,7 +58,11 @@ class WeightStore:
         if tuple(info.shape) != tuple(shape):
             raise GGUFError(f"tensor {name!r} has shape {tuple(info.shape)}, expected {tuple(shape)}")
         if info.ggml_type not in DEQUANTIZERS:
-            raise UnsupportedModelError(f"tensor {name!r} uses an unsupported type (ggml type {info.ggml_type})")
+            try:
+                type_name = gguf.GGMLQuantizationType(info.ggml_type).name
+            except ValueError:
+                type_name = f"ggml type {info.ggml_type}"
+            raise UnsupportedModelError(f"tensor {name!r} uses the unsupported type {type_name}")
         self.claimed.add(name)
         data = np.asarray(self.gguf.tensor_bytes(name))
         raw = torch.from_numpy(data)
