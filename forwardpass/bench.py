@@ -16,7 +16,6 @@ import psutil
 import torch
 
 from .engine.model_runner import SeqChunk
-from .engine.sequence import Sequence
 from .llm import LLM
 
 TEXT = "The quick brown fox jumps over the lazy dog. "
@@ -30,35 +29,23 @@ def _prompt(llm: LLM, n: int) -> list[int]:
 
 
 def _time_prefill(llm: LLM, prompt: list[int]) -> float:
-    seq = Sequence(list(prompt), len(prompt), llm.ctx)
-    bm = llm.engine.block_manager
-    assert bm.ensure_slots(seq, len(prompt)), "KV cache too small for the prompt"
-    try:
+    with llm.engine.scratch_blocks(len(prompt)) as (table,):
         t0 = time.perf_counter()
-        logits = llm.runner.run([SeqChunk(prompt, 0, seq.block_table, "last")])
+        logits = llm.runner.run([SeqChunk(prompt, 0, table, "last")])
         int(logits.argmax(-1)[0])  # the first token: includes any device sync
         return time.perf_counter() - t0
-    finally:
-        bm.free_seq(seq)
 
 
 def _time_decode(llm: LLM, prompt: list[int], gen_tokens: int, batch: int) -> float:
-    bm = llm.engine.block_manager
-    seqs = [Sequence([prompt[b % len(prompt)]], 1, llm.ctx) for b in range(batch)]
-    try:
-        for s in seqs:
-            assert bm.ensure_slots(s, 1 + gen_tokens), "KV cache too small for this batch"
-        llm.runner.run([SeqChunk(s.token_ids, 0, s.block_table, "last") for s in seqs])
+    with llm.engine.scratch_blocks(1 + gen_tokens, batch) as tables:
+        llm.runner.run([SeqChunk([prompt[b % len(prompt)]], 0, t, "last") for b, t in enumerate(tables)])
         t0 = time.perf_counter()
         for i in range(gen_tokens):
-            chunks = [SeqChunk([prompt[(1 + i + b) % len(prompt)]], 1 + i, s.block_table, "last", prompt_len=1)
-                      for b, s in enumerate(seqs)]  # generated tokens: the decode kernels
+            chunks = [SeqChunk([prompt[(1 + i + b) % len(prompt)]], 1 + i, t, "last", prompt_len=1)
+                      for b, t in enumerate(tables)]  # generated tokens: the decode kernels
             next_ids = llm.runner.run(chunks).argmax(-1)
         next_ids.tolist()
         return time.perf_counter() - t0
-    finally:
-        for s in seqs:
-            bm.free_seq(s)
 
 
 def run_bench(model: str | None, *, threads: int | None = None, prompt_tokens: int = 512,

@@ -13,7 +13,6 @@ import torch
 from .engine.llm_engine import LLMEngine
 from .engine.model_runner import ModelRunner, SeqChunk
 from .engine.scheduler import SchedulerConfig
-from .engine.sequence import Sequence
 from .errors import ChatTemplateError, ContextLengthError
 from .gguf.reader import GGUFFile
 from .kernels import release_heap
@@ -96,14 +95,8 @@ class LLM:
         if len(token_ids) > self.ctx:
             raise ContextLengthError(f"{len(token_ids)} tokens do not fit in the context of {self.ctx} tokens",
                                      n_prompt_tokens=len(token_ids), n_ctx=self.ctx)
-        seq = Sequence(token_ids, len(token_ids), self.ctx)
-        blocks = self.engine.block_manager
-        if not blocks.ensure_slots(seq, len(token_ids)):
-            raise RuntimeError("the KV cache is busy; score when no generation is running")
-        try:
-            return self.runner.run([SeqChunk(token_ids, 0, seq.block_table, "all", first)]).cpu()
-        finally:
-            blocks.free_seq(seq)
+        with self.engine.scratch_blocks(len(token_ids)) as (table,):
+            return self.runner.run([SeqChunk(token_ids, 0, table, "all", first)]).cpu()
 
     # ---- generation ----
     def encode_prompt(self, prompt: Prompt) -> list[int]:

@@ -35,12 +35,6 @@ def test_fast_path_kl_against_exact(request, model):
 def decode_logits(llm: LLM, ids: list[int]) -> torch.Tensor:
     """Teacher-forced logits with every token after the first through the generated-token (decode) kernels."""
     from forwardpass.engine.model_runner import SeqChunk
-    from forwardpass.engine.sequence import Sequence
 
-    seq = Sequence(list(ids), 1, llm.ctx)
-    bm = llm.engine.block_manager
-    assert bm.ensure_slots(seq, len(ids))
-    try:
-        return llm.runner.run([SeqChunk(ids, 0, seq.block_table, "all", prompt_len=1)]).cpu()
-    finally:
-        bm.free_seq(seq)
+    with llm.engine.scratch_blocks(len(ids)) as (table,):
+        return llm.runner.run([SeqChunk(ids, 0, table, "all", prompt_len=1)]).cpu()

@@ -1,9 +1,11 @@
 """LLMEngine: requests in, tokens out. One step = schedule -> run -> update."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -90,6 +92,21 @@ class LLMEngine:
             completion.abort()
             if completion.seq.status is not Status.FINISHED:
                 self.scheduler.finish(completion.seq)
+
+    @contextlib.contextmanager
+    def scratch_blocks(self, num_tokens: int, count: int = 1) -> Iterator[list[list[int]]]:
+        """Block tables for `count` sequences of up to `num_tokens` tokens outside the scheduler (scoring,
+        benchmarks); the blocks return to the pool on exit."""
+        seqs = [Sequence([], 0, self.ctx) for _ in range(count)]
+        try:
+            for seq in seqs:
+                if not self.block_manager.ensure_slots(seq, num_tokens):
+                    raise RuntimeError(f"the KV cache has no room for {count} x {num_tokens} tokens now")
+            yield [seq.block_table for seq in seqs]
+        finally:
+            for seq in seqs:
+                if seq.block_table:
+                    self.block_manager.free_seq(seq)
 
     def has_unfinished(self) -> bool:
         return bool(self.requests)

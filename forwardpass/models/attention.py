@@ -57,18 +57,9 @@ class AttentionMetadata:
             row_lens.extend(range(length - n + 1, length + 1))
         meta.row_seq = torch.tensor(row_seq, dtype=torch.int64, device=device)
         meta.row_lens = torch.tensor(row_lens, dtype=torch.int64, device=device)
-        # the torch fallback batches the one-token sequences (all of them for generated tokens)
         meta.decode = [] if prefill else [s for s, n in enumerate(query_lens) if n == 1]
-        if len(meta.decode) > 1 or (meta.decode and prefill is False):
-            starts = [0]
-            for n in query_lens:
-                starts.append(starts[-1] + n)
-            meta.decode_rows = torch.tensor([starts[s] for s in meta.decode], device=device)
-            lens = [seq_lens[s] for s in meta.decode]
-            meta.decode_slots = meta.ctx_slots[meta.decode, :max(lens)]
-            meta.decode_lens = torch.tensor(lens, device=device)
-        else:
-            meta.decode = []
+        if len(meta.decode) == 1 and prefill is None:
+            meta.decode = []  # a lone decoding sequence takes the per-sequence path
         return meta
 
     def cached(self, key: object, make: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -76,6 +67,20 @@ class AttentionMetadata:
         if key not in self._shared:
             self._shared[key] = make()
         return self._shared[key]
+
+    def _build_decode_batch(self) -> None:
+        """The torch fallback attends all one-token sequences (`decode`) in one padded batch; built on first use,
+        since the native kernel needs none of it."""
+        if self.decode_rows is not None:
+            return
+        starts = [0]
+        for n in self.query_lens:
+            starts.append(starts[-1] + n)
+        device = self.slot_mapping.device
+        self.decode_rows = torch.tensor([starts[s] for s in self.decode], device=device)
+        lens = [self.seq_lens[s] for s in self.decode]
+        self.decode_slots = self.ctx_slots[self.decode, :max(lens)]
+        self.decode_lens = torch.tensor(lens, device=device)
 
     def decode_mask(self, window: int) -> torch.Tensor:
         """(B, L_max) bool: which padded context slots each decoding sequence may attend."""
@@ -147,6 +152,7 @@ def attention(q: torch.Tensor, cache: KVCache, layer: int, meta: AttentionMetada
             out[start:start + n] = _sequence_attention(q[start:start + n], k, v, scale, window)
         start += n
     if batched:
+        meta._build_decode_batch()
         rows = meta.decode_rows
         out[rows] = _decode_attention(q[rows], cache, layer, meta, scale, window)
     return out
