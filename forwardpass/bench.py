@@ -61,6 +61,8 @@ def run_bench(model: str | None, *, threads: int | None = None, prompt_tokens: i
     tg_s = [_time_decode(llm, prompt, gen_tokens, batch) for _ in range(repeat + 1)][1:]
     tg_tok_s = batch * gen_tokens / statistics.median(tg_s)
     size = os.path.getsize(llm.path)
+    cache = llm.runner.cache
+    kv_bytes = sum(t.numel() * t.element_size() for t in cache.k + cache.v)
     return {
         "engine": "forwardpass",
         "model": os.path.basename(llm.path),
@@ -76,6 +78,8 @@ def run_bench(model: str | None, *, threads: int | None = None, prompt_tokens: i
         "rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "rss_after_load_mb": round(rss_loaded, 1),
         "file_mb": round(size / 2**20, 1),
+        "kv_mb": round(kv_bytes / 2**20, 1),
+        "rss_budget_mb": round((size + kv_bytes) / 2**20 + 400, 1),  # the budget: file + 400 MB + KV
         "decode_gb_s": round(size * tg_tok_s / batch / 1e9, 1),
     }
 

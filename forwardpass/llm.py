@@ -61,6 +61,7 @@ class LLM:
         options = LoadOptions(mode="reference" if reference else "fast", device=device)
         self.model: DecoderLM = load_model(self.gguf, options)
         release_heap()  # load-time repacking leaves freed heap behind; give it back to the OS
+        self.gguf.release_pages()  # the repacked weights replace the file's bytes, which are read only on demand
         self.tokenizer = Tokenizer.from_gguf_metadata(self.metadata)
         self.chat_template = ChatTemplate.from_metadata(self.metadata)
         self.config = self.model.config

@@ -34,6 +34,14 @@ def compare(exact: torch.Tensor, other: torch.Tensor) -> dict:
     return {"mean_kl": float(kl.mean()), "top1": float((exact.argmax(-1) == other.argmax(-1)).double().mean())}
 
 
+def decode_logits(llm: LLM, ids: list[int]) -> torch.Tensor:
+    """Teacher-forced logits with every token after the first through the generated-token (decode) kernels."""
+    from forwardpass.engine.model_runner import SeqChunk
+
+    with llm.engine.scratch_blocks(len(ids)) as (table,):
+        return llm.runner.run([SeqChunk(ids, 0, table, "all", prompt_len=1)]).cpu()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -45,8 +53,10 @@ def main() -> None:
     exact = exact_llm.logits(ids)
     path = exact_llm.path
     del exact_llm
-    fast = LLM(path).logits(ids)
-    result = {"model": os.path.basename(path), "tokens": len(ids), "forwardpass": compare(exact, fast)}
+    fast_llm = LLM(path)
+    fast = fast_llm.logits(ids)
+    result = {"model": os.path.basename(path), "tokens": len(ids), "forwardpass": compare(exact, fast),
+              "forwardpass_decode": compare(exact, decode_logits(fast_llm, ids))}
     if args.llamacpp_python:
         with tempfile.TemporaryDirectory() as tmp:
             ids_file, out = os.path.join(tmp, "ids.json"), os.path.join(tmp, "logits.npy")

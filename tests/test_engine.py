@@ -10,9 +10,11 @@ PROMPTS = [[4 + (i * 7 + j * 3) % 300 for j in range(5 + 9 * i)] for i in range(
 SHARED = [4 + (j * 11) % 300 for j in range(40)]  # a 40-token "system prompt"
 
 
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory) -> str:
-    return str(write_tiny_model(tmp_path_factory.mktemp("engine") / "qwen3.gguf", "qwen3", seed=5))
+@pytest.fixture(scope="module", params=["mixed-types", "tile-types"])
+def tiny_path(tmp_path_factory, request) -> str:
+    """Mixed quant types decode through the PyTorch layers; tile types through the native decode step."""
+    tiles = request.param == "tile-types"
+    return str(write_tiny_model(tmp_path_factory.mktemp("engine") / "qwen3.gguf", "qwen3", seed=5, tile_types=tiles))
 
 
 def greedy(n: int = 20) -> SamplingParams:

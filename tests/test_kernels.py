@@ -29,6 +29,8 @@ from forwardpass.kernels.int4 import Int4Linear, Int4PackLinear, _cpu_layout_kno
 from forwardpass.kernels.int8 import Int8Linear, Int8PackLinear
 from forwardpass.kernels.native import NativeLinear, native_kernels
 from forwardpass.kernels.repack import INT4_GROUPERS, concat_rows, release_heap, to_int4_groups, to_int8_rows
+from forwardpass.kernels.tiles import TILE_TYPES, tiles_available
+from forwardpass.models import base as base_module
 from forwardpass.models.base import LoadOptions
 from forwardpass.models.registry import load_model
 from tiny_models import write_tiny_model
@@ -44,13 +46,19 @@ def seeded() -> None:
     torch.manual_seed(0)  # fixed inputs: the bounds hold with margin, and a failure reproduces
 
 
-@pytest.fixture(params=["native", "torch"])
+@pytest.fixture(params=["tiles", "native", "torch"])
 def backend(request, monkeypatch) -> str:
-    """On CPU both the native kernels (where this machine builds them) and the torch fallbacks must be right."""
+    """On CPU the tile kernels, the float native kernels (where this machine builds them) and the torch
+    fallbacks must all be right."""
+    if request.param != "tiles":
+        monkeypatch.setattr(linear_module, "tile_supports", lambda weight: False)
+        monkeypatch.setattr(base_module, "tile_supports", lambda weight: False)
     if request.param == "torch":
         monkeypatch.setattr(linear_module, "native_supports", lambda weight: False)
-    elif not native_kernels():
+    elif request.param == "native" and not native_kernels():
         pytest.skip("native kernels unavailable (no AVX-512 or no C compiler)")
+    elif request.param == "tiles" and not tiles_available():
+        pytest.skip("tile kernels unavailable (no AVX-512 VNNI or no C compiler)")
     return request.param
 
 
@@ -77,9 +85,12 @@ def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     return ((y.float() - ref).norm() / ref.norm()).item()
 
 
-def repacked_weight(weight: QuantWeight, native: bool) -> torch.Tensor:
+def repacked_weight(weight: QuantWeight, backend: str) -> torch.Tensor:
     """(N, K) float32: the weight the fast path's decode kernels compute with, before activation rounding (exact
-    for the native kernels; bf16-rounded scales for int4; requantized for int8)."""
+    for the tile and native kernels; bf16-rounded scales for int4; requantized for int8)."""
+    if backend == "tiles" and weight.ggml_type in TILE_TYPES:
+        return weight.dequantize()  # the tiles hold the GGUF weights exactly
+    native = backend != "torch"
     if weight.ggml_type in INT4_GROUPERS:  # torch's int4 kernel decodes these, also where native kernels exist
         return to_int4_groups(weight).dequantize()
     if native and weight.ggml_type in native_kernels():
@@ -92,20 +103,21 @@ def repacked_weight(weight: QuantWeight, native: bool) -> torch.Tensor:
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
 def test_fast_matches_reference(qtype, device, backend):
-    if device != "cpu" and backend == "native":
+    if device != "cpu" and backend != "torch":
         pytest.skip("native kernels are CPU-only")
     weight = random_weight(qtype, 128, 512)
     fast = make_linear(weight, mode="fast", device=device)
     exact = weight.dequantize().to(device)  # (N, K) float32
-    native = device == "cpu" and backend == "native"
-    repacked = repacked_weight(weight, native).to(device)
+    native = device == "cpu" and backend != "torch"
+    repacked = repacked_weight(weight, backend if device == "cpu" else "torch").to(device)
     gen = torch.Generator().manual_seed(1)
     for t in (1, 7, 64, 200):  # 200 tokens: past every backend's prefill threshold
         x = torch.randn(t, 512, generator=gen).to(device)
         y = fast(x)
         assert y.shape == (t, 128) and y.dtype in (torch.float32, torch.bfloat16)
         assert rel_err(y, x @ repacked.t()) <= 1e-2, f"T={t}: kernel disagrees with its own weight"
-        exact_mapping = qtype in EXACT_TYPES or (native and qtype in native_kernels())
+        exact_mapping = (qtype in EXACT_TYPES or (native and qtype in native_kernels())
+                         or (device == "cpu" and backend == "tiles" and qtype in TILE_TYPES))
         assert rel_err(y, x @ exact.t()) <= (1e-2 if exact_mapping else 3e-2), f"T={t}"
 
 
@@ -166,6 +178,7 @@ def test_bias_is_added(qtype, device, backend):
 
 def test_odd_shapes_fall_back_cleanly(monkeypatch):
     monkeypatch.setattr(linear_module, "native_supports", lambda weight: False)
+    monkeypatch.setattr(linear_module, "tile_supports", lambda weight: False)
     # N % 16 != 0: the CPU int4 kernel cannot pack it; the generic int4 path takes it
     weight = random_weight(T.Q4_0, 200, 256)
     fast = make_linear(weight, mode="fast")
@@ -193,6 +206,7 @@ def test_int4_cpu_layout_round_trips():
 
 def test_int8_dense_path_in_chunks(monkeypatch):
     monkeypatch.setattr(linear_module, "native_supports", lambda weight: False)
+    monkeypatch.setattr(linear_module, "tile_supports", lambda weight: False)
     weight = random_weight(T.Q6_K, 300, 256)
     fast = make_linear(weight, mode="fast")
     x = torch.randn(40, 256)

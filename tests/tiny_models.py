@@ -47,12 +47,16 @@ class TensorMaker:
     CYCLE = [T.Q8_0, T.Q4_K, T.Q4_0, T.Q6_K, T.Q5_1, T.Q4_1, T.Q5_K, T.Q5_0, T.F16, T.Q3_K, T.Q2_K, T.BF16,
              T.IQ4_NL, T.IQ4_XS]
 
-    def __init__(self, w: gguf.GGUFWriter, seed: int) -> None:
+    # the types the CPU tile kernels (and so the native decode step) take
+    TILE_CYCLE = [T.Q8_0, T.Q4_K, T.Q4_0, T.Q6_K, T.Q5_1, T.Q4_1, T.Q5_0]
+
+    def __init__(self, w: gguf.GGUFWriter, seed: int, cycle: list[T] | None = None) -> None:
         self.w, self.rng, self.i = w, np.random.default_rng(seed), 0
+        self.cycle = cycle or self.CYCLE
 
     def matrix(self, name: str, rows: int, cols: int, std: float = 0.05, qtype: T | None = None) -> None:
         if qtype is None:
-            qtype = self.CYCLE[self.i % len(self.CYCLE)]
+            qtype = self.cycle[self.i % len(self.cycle)]
             self.i += 1
         block, size = gguf.GGML_QUANT_SIZES[qtype]
         if cols % block:
@@ -85,9 +89,10 @@ class TensorMaker:
         self.w.add_tensor(name, (mean + self.rng.standard_normal(n) * std).astype(np.float32))
 
 
-def write_tiny_model(path: Path, arch: str, seed: int = 0, chat_template: str | None = None) -> Path:
-    """Writes a tiny `arch` model to `path`: width 256, a few layers, several quant types (and
-    `tokenizer.chat_template` when `chat_template` is given)."""
+def write_tiny_model(path: Path, arch: str, seed: int = 0, chat_template: str | None = None,
+                     tile_types: bool = False) -> Path:
+    """Writes a tiny `arch` model to `path`: width 256, a few layers, several quant types (only those of the CPU
+    tile kernels with `tile_types`), and `tokenizer.chat_template` when `chat_template` is given."""
     d, ff, heads, kv_heads = 256, 512, 4, 2
     head_dim = 256 if arch == "gemma3" else d // heads
     n_layers = 6 if arch == "gemma3" else 3
@@ -112,7 +117,7 @@ def write_tiny_model(path: Path, arch: str, seed: int = 0, chat_template: str | 
     tokenizer_metadata(w)
     if chat_template is not None:
         w.add_chat_template(chat_template)
-    t = TensorMaker(w, seed)
+    t = TensorMaker(w, seed, TensorMaker.TILE_CYCLE if tile_types else None)
     t.matrix("token_embd.weight", VOCAB, d, std=0.5 if arch != "gemma3" else 0.05)
     for i in range(n_layers):
         p = f"blk.{i}."

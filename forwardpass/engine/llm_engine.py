@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -24,6 +25,15 @@ from .sequence import Sequence, Status
 logger = logging.getLogger(__name__)
 
 
+class SeqProgress(NamedTuple):
+    """One sequence of the running batch, as the server's /slots shows it."""
+
+    request_id: str
+    num_prompt_tokens: int
+    num_computed: int  # tokens in the KV cache: below num_prompt_tokens while the prompt is being prefilled
+    num_output_tokens: int
+
+
 @dataclass
 class EngineStats:
     running: int
@@ -32,6 +42,7 @@ class EngineStats:
     kv_blocks_total: int
     prefix_cache_hit_rate: float
     preemptions: int
+    running_seqs: tuple[SeqProgress, ...] = ()  # the running batch, oldest first
 
 
 class LLMEngine:
@@ -183,7 +194,10 @@ class LLMEngine:
             running=len(self.scheduler.running), waiting=len(self.scheduler.waiting),
             kv_blocks_used=bm.num_used, kv_blocks_total=bm.num_blocks,
             prefix_cache_hit_rate=bm.prefix_hits / bm.prefix_queries if bm.prefix_queries else 0.0,
-            preemptions=self.scheduler.num_preemptions)
+            preemptions=self.scheduler.num_preemptions,
+            running_seqs=tuple(SeqProgress(s.owner.request.request_id if s.owner is not None else "",
+                                           s.num_prompt_tokens, s.num_computed, s.num_output_tokens)
+                               for s in self.scheduler.running))
 
 
-__all__ = ["LLMEngine", "EngineStats", "Status"]
+__all__ = ["LLMEngine", "EngineStats", "SeqProgress", "Status"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import mmap
 import os
 import stat
 import struct
@@ -175,6 +176,32 @@ class GGUFFile:
         if self._mm is None:
             raise GGUFError(f"{self.path}: file is closed")
         return self._mm[info.offset:info.offset + info.nbytes].view(np.ndarray)
+
+    def release_pages(self) -> None:
+        """Drop the mapping's resident pages from this process (they are read from the file again on the next
+        access). Call once the loader has repacked what it needs: the file's bytes then stop counting in RSS."""
+        raw = getattr(self._mm, "_mmap", None)
+        if raw is not None and hasattr(mmap, "MADV_DONTNEED"):
+            try:
+                raw.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError):
+                pass  # only memory accounting is lost
+
+    def release_range(self, address: int, nbytes: int) -> None:
+        """`release_pages` for the whole pages inside [address, address + nbytes), if they lie in the mapping."""
+        raw = getattr(self._mm, "_mmap", None)
+        if raw is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        base = self._mm.ctypes.data
+        if not (base <= address and address + nbytes <= base + self._mm.size):
+            return  # not the file's bytes (a copy): never drop anonymous memory, that would zero it
+        page = mmap.PAGESIZE
+        lo, hi = -(-(address - base) // page) * page, (address - base + nbytes) // page * page
+        if hi > lo:
+            try:
+                raw.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            except (OSError, ValueError):
+                pass
 
     def close(self) -> None:
         """Drop this object's reference to the mapping. Views from `tensor_bytes` keep it alive while they live

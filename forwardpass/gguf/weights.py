@@ -69,6 +69,11 @@ class WeightStore:
         rows = shape[0] if len(shape) > 1 else 1
         return QuantWeight(name, info.ggml_type, tuple(shape), raw.view(rows, -1))
 
+    def release(self, raw: torch.Tensor) -> None:
+        """The caller has copied these file bytes (repacked them): drop their pages from RSS."""
+        if raw.device.type == "cpu" and raw.is_contiguous():
+            self.gguf.release_range(raw.data_ptr(), raw.numel() * raw.element_size())
+
     def get_f32(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         """A small tensor (norm weight, bias) dequantized to float32 at load."""
         return self.get(name, shape).dequantize()

@@ -9,7 +9,7 @@ Backends are picked per weight at load by `make_linear`:
 """
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 
@@ -18,6 +18,7 @@ from .int4 import Int4Linear, Int4PackLinear
 from .int8 import Int8Linear, Int8PackLinear
 from .native import NativeLinear, native_supports
 from .repack import FLOAT_TYPES, INT4_GROUPERS, to_bf16, to_int4_groups, to_int8_rows
+from .tiles import TileLinear, tile_supports
 
 
 class Linear(Protocol):
@@ -64,7 +65,8 @@ class DequantLinear:
 _HAS_INT4_CPU = hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
 
 
-def fast_linear(weight: QuantWeight, bias: torch.Tensor | None = None) -> Linear:
+def fast_linear(weight: QuantWeight, bias: torch.Tensor | None = None,
+                release: Callable[[torch.Tensor], None] | None = None) -> Linear:
     """The fast backend for `weight` (already on its device), first match wins (scripts/bench_linear.py measures
     the choices):
 
@@ -81,6 +83,8 @@ def fast_linear(weight: QuantWeight, bias: torch.Tensor | None = None) -> Linear
     cpu = weight.raw.device.type == "cpu"
     if weight.ggml_type in FLOAT_TYPES:
         return DenseLinear(to_bf16(weight), bias)
+    if tile_supports(weight):
+        return TileLinear([weight], bias, release)
     if cpu and weight.ggml_type in INT4_GROUPERS and weight.shape[0] % 16 == 0 and _HAS_INT4_CPU:
         prefill = NativeLinear(weight).dense if native_supports(weight) else None  # reads the file's bytes
         return Int4PackLinear(to_int4_groups(weight), bias, prefill)
@@ -93,7 +97,7 @@ def fast_linear(weight: QuantWeight, bias: torch.Tensor | None = None) -> Linear
 
 
 def make_linear(weight: QuantWeight, bias: torch.Tensor | None = None, *, mode: str = "dequant",
-                device: torch.device | str = "cpu") -> Linear:
+                device: torch.device | str = "cpu", release: Callable[[torch.Tensor], None] | None = None) -> Linear:
     """A `Linear` for this weight under `mode`: "reference" (exact float32), "dequant" or "fast"."""
     if bias is not None:
         bias = bias.to(device)
@@ -102,5 +106,5 @@ def make_linear(weight: QuantWeight, bias: torch.Tensor | None = None, *, mode: 
     if mode == "dequant":
         return DequantLinear(weight.to(device), bias)
     if mode == "fast":
-        return fast_linear(weight.to(device), bias)
+        return fast_linear(weight.to(device), bias, release)
     raise ValueError(f"unknown linear mode {mode!r}")

@@ -27,11 +27,15 @@ import torch
 
 from ..gguf.dequant import block_info
 from ..gguf.weights import QuantWeight
-from .native_src import KERNELS, SOURCE
+from .native_src import KERNELS, SOURCE as KERNEL_SOURCE
+from .decoder_src import DECODER_SOURCE
+from .tiles_src import TILE_SOURCE
+
+SOURCE = KERNEL_SOURCE + TILE_SOURCE + DECODER_SOURCE
 
 logger = logging.getLogger(__name__)
 
-CFLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+CFLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
 NEEDED_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "f16c")
 DENSE_CHUNK_BYTES = 8 << 20  # float32 rows dequantized at once on the prefill path: cache-sized chunks (the
 # 262k-row Gemma 3 head ran 2-3x faster at T = 16-64 with 4-8 MB chunks than with 32 MB; every layer fits one)

@@ -13,6 +13,7 @@ import torch
 
 from ..gguf.weights import QuantWeight, WeightStore
 from ..kernels import Linear, concat_rows, make_linear
+from ..kernels.tiles import TileLinear, tile_supports
 from .attention import AttentionMetadata, KVCache, attention
 from .config import ModelConfig
 from .layers import Rotary, rms_norm, softcap
@@ -43,6 +44,7 @@ class DecoderLM:
     def __init__(self, config: ModelConfig, store: WeightStore, options: LoadOptions) -> None:
         self.config = config
         self.options = options
+        self._store: WeightStore | None = store  # while loading: repacked file bytes are released through it
         c = config
         self.tok_embd = store.get("token_embd.weight", (c.vocab_size, c.d_model)).to(options.device)
         freq_factors = store.optional("rope_freqs.weight", (c.rope_dims // 2,))
@@ -57,6 +59,9 @@ class DecoderLM:
         output = store.optional("output.weight", (c.vocab_size, c.d_model)) or self.tok_embd
         self.lm_head = self.linear(output)
         store.check_all_claimed()
+        self._store = None
+        from .native_decoder import NativeDecoder  # noqa: PLC0415 (imports this module's types)
+        self.native_decoder = NativeDecoder.build(self)
 
     # ---- what an architecture provides ----
     @classmethod
@@ -70,15 +75,23 @@ class DecoderLM:
               cache: KVCache) -> torch.Tensor:
         raise NotImplementedError
 
+    def decoder_layer(self, i: int) -> Any:
+        """Layer i as a `native_decoder.LayerSpec`, for the native CPU decode step; None opts out."""
+        return None
+
     # ---- helpers for architectures ----
     def linear(self, weight: QuantWeight, bias: torch.Tensor | None = None) -> Linear:
-        return make_linear(weight, bias, mode=self.options.mode, device=self.options.device)
+        release = self._store.release if self._store is not None else None
+        return make_linear(weight, bias, mode=self.options.mode, device=self.options.device, release=release)
 
     def multi_linear(self, weights: list[QuantWeight], biases: list[torch.Tensor] | None = None) -> MultiLinear:
         sizes = [w.shape[0] for w in weights]
         if len({w.ggml_type for w in weights}) == 1:
+            bias = torch.cat(biases).to(self.options.device) if biases else None
+            if self.options.mode == "fast" and all(tile_supports(w.to(self.options.device)) for w in weights):
+                release = self._store.release if self._store is not None else None
+                return MultiLinear([TileLinear(weights, bias, release)], sizes)  # rows stacked as tiles: no byte copy
             fused = concat_rows(weights, "+".join(w.name for w in weights))
-            bias = torch.cat(biases) if biases else None
             return MultiLinear([self.linear(fused, bias)], sizes)
         return MultiLinear([self.linear(w, b) for w, b in zip(weights, biases or [None] * len(weights))], sizes)
 
@@ -105,8 +118,11 @@ class DecoderLM:
                 cache: KVCache) -> torch.Tensor:
         """(T,) ids at (T,) positions -> (T, d_model) final hidden states (after the output norm)."""
         x = self.embed(input_ids)
-        for i in range(self.config.n_layers):
-            x = self.block(i, x, positions, meta, cache)
+        if meta.prefill is False and self.native_decoder is not None and self.native_decoder.accepts(cache):
+            x = self.native_decoder.step(x, positions, meta, cache)
+        else:
+            for i in range(self.config.n_layers):
+                x = self.block(i, x, positions, meta, cache)
         return rms_norm(x, self.output_norm, self.config.rms_eps)
 
     def compute_logits(self, hidden: torch.Tensor, prefill: bool | None = None) -> torch.Tensor:

@@ -22,6 +22,7 @@ from .attention import AttentionMetadata, KVCache
 from .base import DecoderLM, MultiLinear
 from .config import MetadataView, ModelConfig, vocab_size_of
 from .layers import gelu_tanh_mul, rms_norm
+from .native_decoder import LayerSpec
 
 SWA_PERIOD = 6  # llama.cpp's and transformers' default: every sixth layer is global
 LOCAL_ROPE_BASE = 10_000.0
@@ -102,6 +103,13 @@ class Gemma3LM(DecoderLM):
             w_gate_up=self.multi_linear([weight("ffn_gate", c.n_ff, c.d_model), weight("ffn_up", c.n_ff, c.d_model)]),
             w_down=self.linear(weight("ffn_down", c.d_model, c.n_ff)), post_ffn_norm=norm("post_ffw_norm"),
         )
+
+    def decoder_layer(self, i: int) -> LayerSpec:
+        layer = self.layers[i]
+        return LayerSpec(attn_norm=layer.attn_norm, qkv=layer.wqkv, o=layer.wo, ffn_norm=layer.ffn_norm,
+                         gate_up=layer.w_gate_up, down=layer.w_down, act="gelu_tanh", q_norm=layer.q_norm,
+                         k_norm=layer.k_norm, post_attn_norm=layer.post_attn_norm,
+                         post_ffn_norm=layer.post_ffn_norm)
 
     def block(self, i: int, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
               cache: KVCache) -> torch.Tensor:

@@ -17,6 +17,7 @@ from .attention import AttentionMetadata, KVCache
 from .base import DecoderLM, MultiLinear
 from .config import MetadataView, ModelConfig, vocab_size_of
 from .layers import rms_norm, silu_mul
+from .native_decoder import LayerSpec
 
 
 @dataclass
@@ -77,6 +78,12 @@ class LlamaLM(DecoderLM):
             layer.q_norm = self.norm(store, p + "attn_q_norm.weight", c.head_dim)
             layer.k_norm = self.norm(store, p + "attn_k_norm.weight", c.head_dim)
         return layer
+
+    def decoder_layer(self, i: int) -> LayerSpec:
+        layer = self.layers[i]
+        return LayerSpec(attn_norm=layer.attn_norm, qkv=layer.wqkv, o=layer.wo, ffn_norm=layer.ffn_norm,
+                         gate_up=layer.w_gate_up, down=layer.w_down, act="silu", q_norm=layer.q_norm,
+                         k_norm=layer.k_norm)
 
     def block(self, i: int, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
               cache: KVCache) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """The ASGI app: routes, error handlers and middleware. ``create_app(config, state)`` builds it.
 
 Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET /metrics,
-POST /tokenize, POST /detokenize, and the web chat page (GET /, /chat.js, /chat.css).
+GET /slots, POST /tokenize, POST /detokenize, and the web chat page (GET /, /chat.js, /chat.css).
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from .metrics import CONTENT_TYPE, ServerMetrics
 from .openai_routes import chat_completions, completions, read_json
 from .protocol import parse_messages
 from .security import AuthMiddleware, BodyLimitMiddleware, GuardMiddleware, is_loopback
+from .slots import describe as describe_slots
 from .config import ServerConfig
 from .state import ServerState
 
@@ -78,6 +79,7 @@ def create_app(config: ServerConfig, state: ServerState | None = None) -> FastAP
     app.add_api_route("/v1/models", models, methods=["GET"])
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/metrics", metrics, methods=["GET"])
+    app.add_api_route("/slots", slots, methods=["GET"])
     app.add_api_route("/tokenize", tokenize, methods=["POST"])
     app.add_api_route("/detokenize", detokenize, methods=["POST"])
     for path, name in (("/", "index.html"), ("/chat.js", "chat.js"), ("/chat.css", "chat.css")):
@@ -115,6 +117,18 @@ async def models(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+async def slots(request: Request) -> Response:
+    """The engine's slots (``max_num_seqs``), each idle or processing a sequence; see ``slots.py``."""
+    state = _ready_state(request)
+    assert state.engine is not None and state.limits is not None
+    table = describe_slots(state.slots.update(state.engine.stats().running_seqs), state.limits.n_ctx)
+    fail = request.query_params.get("fail_on_no_slot", "")
+    if fail not in ("", "0", "false") and all(slot["is_processing"] for slot in table):
+        raise APIError(503, "no slot available", type="unavailable_error", code="no_slot_available",
+                       headers={"Retry-After": "1"})
+    return JSONResponse(table)
 
 
 def _ready_state(request: Request) -> ServerState:

@@ -37,6 +37,11 @@ def add_server_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-num-seqs", type=_positive_int, default=32, help="sequences decoded together (default 32)")
     p.add_argument("--max-queue", type=int, default=64,
                    help="sequences allowed to wait beyond the running ones; more get 503 (default 64)")
+    p.add_argument("--max-num-batched-tokens", type=_positive_int, default=512,
+                   help="tokens computed per engine step, so also the prefill chunk size (default 512)")
+    p.add_argument("--queue-timeout", type=float, default=0.0,
+                   help="seconds a request may wait for a free slot; then it gets 503 and leaves the queue "
+                        "(default 0: no limit)")
     p.add_argument("--threads", "-t", type=_positive_int, default=None, help="CPU threads (default: physical cores)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--kv-tokens", type=_positive_int, default=None, help="KV cache pool size in tokens")
@@ -82,7 +87,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_num_seqs=args.max_num_seqs, max_queue=args.max_queue, threads=args.threads, device=args.device,
         cors_origins=tuple(args.cors_origin or ()), shutdown_timeout=args.shutdown_timeout,
         stall_timeout=args.stall_timeout, max_body_bytes=args.max_body_bytes, root_path=args.root_path,
-        served_model_name=args.served_model_name, kv_tokens=args.kv_tokens)
+        served_model_name=args.served_model_name, kv_tokens=args.kv_tokens,
+        max_num_batched_tokens=args.max_num_batched_tokens, queue_timeout=args.queue_timeout)
     return run_server(config)
 
 

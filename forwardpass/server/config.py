@@ -29,16 +29,19 @@ class ServerConfig:
     root_path: str = ""
     served_model_name: str | None = None
     kv_tokens: int | None = None
+    max_num_batched_tokens: int = 512  # tokens one engine step computes: the prefill chunk size
+    queue_timeout: float = 0.0  # seconds a request may wait for a slot before a 503; 0 = wait forever
 
     def __post_init__(self) -> None:
         checks = {"port": (self.port, 0, 65535), "max_num_seqs": (self.max_num_seqs, 1, 1 << 16),
+                  "max_num_batched_tokens": (self.max_num_batched_tokens, 1, 1 << 20),
                   "max_queue": (self.max_queue, 0, 1 << 20), "max_body_bytes": (self.max_body_bytes, 1024, 1 << 31)}
         for name, (value, lo, hi) in checks.items():
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 raise ValueError(f"{name} must be an integer in {lo}..{hi}, got {value!r}")
-        for name in ("shutdown_timeout", "stall_timeout"):
+        for name in ("shutdown_timeout", "stall_timeout", "queue_timeout"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
                 raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
         if any(not key for key in self.api_keys):
             raise ValueError("an API key must not be empty")

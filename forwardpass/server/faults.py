@@ -4,7 +4,9 @@ Values (one at a time):
 
 * ``crash_after_steps:N`` - the engine thread raises after N steps (RELIABILITY Q6);
 * ``stall_after_steps:N`` - the engine thread hangs after N steps while work is pending (Q5);
-* ``slow_load:S`` - model loading takes S more seconds (Q7).
+* ``slow_load:S`` - model loading takes S more seconds (Q7);
+* ``slow_steps:S`` - every engine step takes S more seconds, so that tests can watch a prefill or a queue
+  at work on a tiny model (A4, A5, Q1, Q3).
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ def from_env() -> Fault | None:
     if not spec:
         return None
     kind, _, value = spec.partition(":")
-    if kind not in ("crash_after_steps", "stall_after_steps", "slow_load"):
+    if kind not in ("crash_after_steps", "stall_after_steps", "slow_load", "slow_steps"):
         raise ValueError(f"{ENV_VAR}={spec!r}: unknown fault {kind!r}")
     fault = Fault(kind, float(value or 0))
     logger.warning("test fault injection enabled: %s=%r", ENV_VAR, spec)
@@ -45,6 +47,8 @@ def from_env() -> Fault | None:
 
 def step_hook(fault: Fault) -> Callable[[], None] | None:
     """The AsyncEngine.step_hook that injects ``fault``, or None if it is not an engine fault."""
+    if fault.kind == "slow_steps":
+        return lambda: time.sleep(fault.value)
     if fault.kind not in ("crash_after_steps", "stall_after_steps"):
         return None
     steps = 0

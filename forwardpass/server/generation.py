@@ -4,6 +4,10 @@ The engine thread hands each update to ``RequestGroup`` through ``call_soon_thre
 cumulative snapshots, so the group keeps only the latest one per prompt: a slow client never makes outputs
 pile up in memory. ``abort()`` cancels whatever is unfinished (its KV blocks are freed before the engine's
 next step) and wakes the consumer, which then sees ``finish_reason == "abort"``.
+
+Queue timeout (RELIABILITY Q3): ``expire_if_queued()``, called when ``--queue-timeout`` runs out, removes the
+request from the engine's queue and fails it with ``QueueTimeout`` (a 503) unless it has started: some output
+arrived, or the engine's last published running batch holds it (its prefill is under way).
 """
 from __future__ import annotations
 
@@ -23,6 +27,10 @@ from .metrics import ServerMetrics
 logger = logging.getLogger(__name__)
 
 
+class QueueTimeout(Exception):
+    """The request waited longer than ``--queue-timeout`` for a slot and was removed from the queue."""
+
+
 class RequestGroup:
     """The engine requests of one HTTP request: one per prompt, each with ``params.n`` samples."""
 
@@ -37,6 +45,7 @@ class RequestGroup:
         self.error: BaseException | None = None
         self.aborted = False
         self._changed = asyncio.Event()
+        self._first = asyncio.Event()  # set by the first output, an error, or an abort
         self._loop = asyncio.get_running_loop()
         self._submitted = 0
         self.arrival = time.perf_counter()
@@ -61,6 +70,21 @@ class RequestGroup:
                 self.engine.abort(self.ids[i])
         self.aborted = True
         self._changed.set()
+        self._first.set()
+
+    def expire_if_queued(self, timeout: float) -> None:
+        """The queue timeout ran out: fail with ``QueueTimeout`` unless the request has started."""
+        if self.finished or any(out is not None for out in self.latest):
+            return
+        running = {seq.request_id for seq in self.engine.stats().running_seqs}
+        if running.intersection(self.ids):
+            return
+        for request_id in self.ids[: self._submitted]:
+            self.engine.abort(request_id)
+        self.error = QueueTimeout(f"no slot became free within the queue timeout of {timeout:g} s; retry later")
+        self.metrics.queue_timeouts.inc()
+        self._changed.set()
+        self._first.set()
 
     @property
     def finished(self) -> bool:
@@ -83,6 +107,7 @@ class RequestGroup:
             self._record(self.latest[index], out)
             self.latest[index] = out
         self._changed.set()
+        self._first.set()
         if self.finished:
             self._record_end()
 
@@ -118,6 +143,10 @@ class RequestGroup:
         if self.error is not None:
             raise self.error
         return self.snapshot()
+
+    async def wait_first(self) -> None:
+        """Return once the first output, an error or an abort has arrived."""
+        await self._first.wait()
 
     def snapshot(self) -> list[RequestOutput]:
         """The latest output of every prompt; after an abort, unfinished samples read ``abort``."""
@@ -170,6 +199,24 @@ async def collect(group: RequestGroup, receive: Receive) -> list[RequestOutput]:
         for task in (work, watcher):
             if not task.done():
                 task.cancel()
+
+
+async def wait_started(group: RequestGroup, receive: Receive) -> None:
+    """Wait for the first output of a request (raising its error, such as ``QueueTimeout``), watching for a
+    disconnect meanwhile (which aborts it and raises ``ClientDisconnected``)."""
+    first = asyncio.ensure_future(group.wait_first())
+    watcher = asyncio.ensure_future(until_disconnected(receive))
+    try:
+        done, _ = await asyncio.wait({first, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if first not in done:
+            group.abort()
+            raise ClientDisconnected()
+    finally:
+        for task in (first, watcher):
+            if not task.done():
+                task.cancel()
+    if group.error is not None:
+        raise group.error
 
 
 def release_once(callback: Callable[[], None]) -> Callable[[], None]:

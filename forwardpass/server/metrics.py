@@ -48,6 +48,8 @@ class EngineCollector(Collector):
         yield gauge("model_ready", "1 once the model is loaded", 1.0 if self.state.ready else 0.0)
         yield CounterMetricFamily("forwardpass_preemptions", "Sequences preempted for lack of KV blocks",
                                   value=stats.preemptions if stats else 0)
+        yield CounterMetricFamily("forwardpass_engine_steps", "Engine steps run (one prefill chunk or decode "
+                                  "token per running sequence each)", value=self.state.engine_steps)
 
 
 class ServerMetrics:
@@ -64,6 +66,8 @@ class ServerMetrics:
                              buckets=_E2E_BUCKETS, registry=r)
         self.prompt_tokens = Counter("forwardpass_prompt_tokens", "Prompt tokens submitted", registry=r)
         self.generation_tokens = Counter("forwardpass_generation_tokens", "Tokens generated", registry=r)
+        self.queue_timeouts = Counter("forwardpass_queue_timeouts", "Requests refused (503) after waiting longer "
+                                      "than --queue-timeout for a slot", registry=r)
         r.register(EngineCollector(state))
         ProcessCollector(registry=r)
 

@@ -3,10 +3,15 @@
 Context rules (RELIABILITY C1-C4): a prompt that leaves no room for one token is a 400
 ``context_length_exceeded`` carrying ``n_prompt_tokens`` and ``n_ctx``, decided before any SSE byte; so is
 an explicit ``max_tokens`` that does not fit; without ``max_tokens`` the output is capped by the context
-(``finish_reason: "length"``).
+(``finish_reason: "length"``). With ``truncate_prompt_tokens`` (C6) the prompt is cut to its last tokens first.
+
+Queue timeout (Q3): with ``--queue-timeout``, a request that has not started when it runs out is removed from
+the engine's queue and answered 503 ``queue_timeout`` with ``Retry-After``. A stream then sends its headers
+only once the first output is there, so that a queue timeout can still be a plain 503.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -20,8 +25,8 @@ from ..engine.async_engine import EngineDeadError
 from ..errors import ChatTemplateError, ContextLengthError, TokenizerError
 from ..outputs import RequestOutput
 from . import responses as R
-from .errors import APIError, invalid, short_repr
-from .generation import ClientDisconnected, RequestGroup, collect, release_once
+from .errors import APIError, invalid, short_repr, unavailable
+from .generation import ClientDisconnected, QueueTimeout, RequestGroup, collect, release_once, wait_started
 from .jsonbody import parse_json_object
 from .protocol import ChatRequest, CompletionRequest, GenerationRequest, parse_chat_request, \
     parse_completion_request
@@ -74,8 +79,19 @@ async def _tokenize(fn: Callable[[], list[list[int]]]) -> list[list[int]]:
         raise invalid(str(e)[:300]) from None
 
 
-StreamFn = Callable[[RequestGroup, list[list[int]]], AsyncIterator[bytes]]
-BodyFn = Callable[[list[RequestOutput], list[list[int]]], dict[str, Any]]
+def truncate_prompts(prompts: list[list[int]], keep: int, max_tokens: int | None,
+                     n_ctx: int) -> tuple[list[list[int]], list[bool]]:
+    """Keep the last ``keep`` tokens of each prompt (-1: as many as leave room for ``max_tokens``, or for one
+    token); also say which prompts lost tokens."""
+    if keep == -1:
+        keep = n_ctx - (max_tokens or 1)
+    return [ids[-keep:] for ids in prompts], [len(ids) > keep for ids in prompts]
+
+
+# (group, prompts as run, which prompts were truncated) -> SSE bytes
+StreamFn = Callable[[RequestGroup, list[list[int]], list[bool]], AsyncIterator[bytes]]
+# (outputs, prompts as run, which prompts were truncated) -> the response body
+BodyFn = Callable[[list[RequestOutput], list[list[int]], list[bool]], dict[str, Any]]
 
 
 async def generate(request: Request, req: GenerationRequest, rid: str, n_prompts: int,
@@ -87,25 +103,42 @@ async def generate(request: Request, req: GenerationRequest, rid: str, n_prompts
     state.admit(n_seqs)
     release = release_once(lambda: state.release(n_seqs))
     group: RequestGroup | None = None
+    timer: asyncio.TimerHandle | None = None
     streaming = False
     try:
         prompts = await _tokenize(tokenize)
         assert state.limits is not None and state.engine is not None
+        truncated = [False] * len(prompts)
+        if req.truncate_prompt_tokens is not None:
+            prompts, truncated = truncate_prompts(prompts, req.truncate_prompt_tokens, req.params.max_tokens,
+                                                  state.limits.n_ctx)
         for ids in prompts:
             check_context(len(ids), req.params.max_tokens, state.limits.n_ctx, param)
         group = RequestGroup(state.engine, request.app.state.metrics, rid, prompts, req.params)
         state.groups.add(group)
         group.start()  # raises for what only the engine checks (e.g. logit_bias ids against the vocabulary)
-        logger.info("%s: %d prompt(s) of %s tokens, n=%d, stream=%s, user=%r", rid, len(prompts),
-                    [len(p) for p in prompts], req.params.n, req.stream, req.user)
+        logger.info("%s: %d prompt(s) of %s tokens%s, n=%d, stream=%s, user=%r", rid, len(prompts),
+                    [len(p) for p in prompts], " (truncated)" if any(truncated) else "", req.params.n,
+                    req.stream, req.user)
+        queue_timeout = state.config.queue_timeout
+        if queue_timeout > 0:
+            timer = asyncio.get_running_loop().call_later(queue_timeout, group.expire_if_queued, queue_timeout)
         if req.stream:
+            if timer is not None:
+                await wait_started(group, request.receive)
             streaming = True
-            return SSEResponse(stream_fn(group, prompts), on_close=_closer(state, group, release))
+            return SSEResponse(stream_fn(group, prompts, truncated), on_close=_closer(state, group, release, timer))
         outputs = await collect(group, request.receive)
-        return JSONResponse(body_fn(outputs, prompts))
+        body = body_fn(outputs, prompts, truncated)
+        if req.truncate_prompt_tokens is not None:
+            body["truncated"] = any(truncated)
+        return JSONResponse(body)
     except ClientDisconnected:
         logger.info("%s: client disconnected; request aborted", rid)
         return Response(status_code=499)
+    except QueueTimeout as e:
+        logger.info("%s: queue timeout", rid)
+        raise unavailable(str(e), retry_after=1, code="queue_timeout") from None
     except EngineDeadError as e:
         raise APIError(500, f"generation failed: {e}", type="server_error", code="engine_error") from None
     except ContextLengthError as e:
@@ -114,16 +147,24 @@ async def generate(request: Request, req: GenerationRequest, rid: str, n_prompts
         raise invalid(str(e)[:300]) from None
     finally:
         if not streaming:
-            _closer(state, group, release)()
+            _closer(state, group, release, timer)()
 
 
-def _closer(state: ServerState, group: RequestGroup | None, release: Callable[[], None]) -> Callable[[], None]:
+def _closer(state: ServerState, group: RequestGroup | None, release: Callable[[], None],
+            timer: asyncio.TimerHandle | None) -> Callable[[], None]:
     def close() -> None:
+        if timer is not None:
+            timer.cancel()
         if group is not None:
             group.abort()
             state.groups.discard(group)
         release()
     return close
+
+
+def _truncated(req: GenerationRequest, truncated: list[bool]) -> bool | None:
+    """The ``truncated`` flag responses carry: only when truncation was asked for."""
+    return any(truncated) if req.truncate_prompt_tokens is not None else None
 
 
 def _logprob_formatter(request: Request, wanted: bool) -> R.LogprobFormatter | None:
@@ -142,12 +183,14 @@ async def chat_completions(request: Request) -> Response:
     rid, created = R.new_id("chatcmpl"), int(time.time())
     fmt = _logprob_formatter(request, req.logprobs)
 
-    def stream_fn(group: RequestGroup, prompts: list[list[int]]) -> AsyncIterator[bytes]:
-        info = StreamInfo(rid, created, state.model_name, req.include_usage, fmt, len(prompts[0]))
+    def stream_fn(group: RequestGroup, prompts: list[list[int]], truncated: list[bool]) -> AsyncIterator[bytes]:
+        info = StreamInfo(rid, created, state.model_name, req.include_usage, fmt, len(prompts[0]),
+                          _truncated(req, truncated))
         return chat_events(group, info)
 
-    def body_fn(outputs: list[RequestOutput], prompts: list[list[int]]) -> dict[str, Any]:
-        return R.chat_response(rid, created, state.model_name, outputs[0].outputs, len(prompts[0]), fmt)
+    def body_fn(outputs: list[RequestOutput], prompts: list[list[int]], truncated: list[bool]) -> dict[str, Any]:
+        return R.chat_response(rid, created, state.model_name, outputs[0].outputs, len(prompts[0]), fmt,
+                               outputs[0].num_cached_tokens)
 
     return await generate(request, req, rid, 1, lambda: [llm.chat_prompt(req.messages, **req.template_kwargs)],
                           "messages", stream_fn, body_fn)
@@ -164,22 +207,27 @@ async def completions(request: Request) -> Response:
     fmt = _logprob_formatter(request, req.logprobs is not None)
     n = req.params.n
 
-    def echo(i: int) -> str:
-        p = req.prompts[i]
-        return p if isinstance(p, str) else llm.tokenizer.decode(p)
+    def echoer(prompts: list[list[int]], truncated: list[bool]) -> Callable[[int], str]:
+        def echo(i: int) -> str:  # the prompt as given, or what was kept of it
+            p = req.prompts[i]
+            return p if isinstance(p, str) and not truncated[i] else llm.tokenizer.decode(prompts[i])
+        return echo
 
-    def stream_fn(group: RequestGroup, prompts: list[list[int]]) -> AsyncIterator[bytes]:
-        info = StreamInfo(rid, created, state.model_name, req.include_usage, fmt, sum(map(len, prompts)))
-        return completion_events(group, info, echo if req.echo else None)
+    def stream_fn(group: RequestGroup, prompts: list[list[int]], truncated: list[bool]) -> AsyncIterator[bytes]:
+        info = StreamInfo(rid, created, state.model_name, req.include_usage, fmt, sum(map(len, prompts)),
+                          _truncated(req, truncated))
+        return completion_events(group, info, echoer(prompts, truncated) if req.echo else None)
 
-    def body_fn(outputs: list[RequestOutput], prompts: list[list[int]]) -> dict[str, Any]:
+    def body_fn(outputs: list[RequestOutput], prompts: list[list[int]], truncated: list[bool]) -> dict[str, Any]:
+        echo = echoer(prompts, truncated)
         choices = []
         for i, out in enumerate(outputs):
             prefix = echo(i) if req.echo else ""
             for o in out.outputs:
                 lp = fmt.legacy(o.logprobs or [], len(prefix)) if fmt is not None else None
                 choices.append(R.completion_choice(i * n + o.index, prefix + o.text, o.finish_reason, lp))
-        used = R.usage(sum(map(len, prompts)), sum(len(o.token_ids) for out in outputs for o in out.outputs))
+        used = R.usage(sum(map(len, prompts)), sum(len(o.token_ids) for out in outputs for o in out.outputs),
+                       sum(out.num_cached_tokens for out in outputs))
         return R.completion_body(rid, created, state.model_name, choices, used)
 
     return await generate(request, req, rid, len(req.prompts), lambda: [llm.encode_prompt(p) for p in req.prompts],

@@ -3,6 +3,16 @@
 Unknown fields are ignored, as OpenAI-compatible servers do. Known fields we cannot honour (tools,
 ``response_format`` other than text, ``suffix``, a request-supplied ``chat_template``) are refused with a
 400 rather than silently dropped.
+
+Context fields beyond OpenAI's:
+
+* ``truncate_prompt_tokens`` (vLLM's field; RELIABILITY C6): keep only the last N prompt tokens (after the chat
+  template), or with -1 as many as fit next to ``max_tokens`` (or 1 token when it is omitted). Off by default:
+  an over-long prompt is a 400 ``context_length_exceeded``. When given, the response carries
+  ``"truncated": true|false`` and ``usage.prompt_tokens`` counts the kept tokens.
+* ``n_keep`` / ``n_discard`` (llama.cpp's context-shift fields; V16): forwardpass does no context shift, so
+  valid values (``n_keep`` -1..n_ctx, -1 meaning "all", and ``n_discard`` 0..n_ctx) are accepted and have no
+  effect; anything else is a 400 naming the field.
 """
 from __future__ import annotations
 
@@ -46,6 +56,7 @@ class GenerationRequest:
     stream: bool
     include_usage: bool
     user: str | None
+    truncate_prompt_tokens: int | None  # keep the last N prompt tokens; -1: as many as fit; None: never truncate
 
 
 @dataclass
@@ -86,11 +97,30 @@ def _common(body: dict[str, Any], limits: Limits, max_tokens_keys: tuple[str, ..
         max_tokens=max_tokens, ignore_eos=fields.boolean(body, "ignore_eos", False), logprobs=logprobs)
     if n > 1 and params.greedy:
         raise invalid("n > 1 needs sampling: with temperature 0 (or top_k 1) every choice would be the same", "n")
+    truncate = fields.integer(body, "truncate_prompt_tokens", None, -1, limits.n_ctx - 1)
+    if truncate == 0:
+        raise invalid("truncate_prompt_tokens must be -1 (as many as fit) or a number of tokens from 1 to "
+                      f"{limits.n_ctx - 1}, got 0", "truncate_prompt_tokens")
+    _context_shift_fields(body, limits)
     stream = fields.boolean(body, "stream", False)
     options = fields.obj(body, "stream_options") or {}
     include_usage = fields.boolean(options, "include_usage", False) if stream else False
     return dict(model=fields.string(body, "model", 256), params=params, stream=stream,
-                include_usage=include_usage, user=fields.string(body, "user", MAX_USER_CHARS))
+                include_usage=include_usage, user=fields.string(body, "user", MAX_USER_CHARS),
+                truncate_prompt_tokens=truncate)
+
+
+def _context_shift_fields(body: dict[str, Any], limits: Limits) -> None:
+    """llama.cpp's ``n_keep`` and ``n_discard``: validated (a negative or oversized value once meant memory
+    corruption in llama.cpp, CVE-2026-21869), then ignored, as there is no context shift here."""
+    for name, lo in (("n_keep", -1), ("n_discard", 0)):
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= limits.n_ctx:
+            raise invalid(f"{name} must be an integer from {lo} to the context size {limits.n_ctx}, got "
+                          f"{short_repr(value)} (forwardpass does no context shift; valid values are ignored)",
+                          name)
 
 
 # ---- chat ----

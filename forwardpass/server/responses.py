@@ -18,9 +18,14 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> dict[str, Any]:
+    """OpenAI's usage object; ``prompt_tokens_details.cached_tokens`` counts prompt tokens read from the prefix
+    cache (when known)."""
+    out: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                           "total_tokens": prompt_tokens + completion_tokens}
+    if cached_tokens is not None:
+        out["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+    return out
 
 
 def _logprob(value: float) -> float:
@@ -65,12 +70,12 @@ class LogprobFormatter:
 
 
 def chat_response(rid: str, created: int, model: str, outputs: list[CompletionOutput], prompt_tokens: int,
-                  fmt: LogprobFormatter | None) -> dict[str, Any]:
+                  fmt: LogprobFormatter | None, cached_tokens: int | None = None) -> dict[str, Any]:
     choices = [{"index": o.index, "message": {"role": "assistant", "content": o.text},
                 "logprobs": fmt.chat(o.logprobs or []) if fmt is not None else None,
                 "finish_reason": o.finish_reason} for o in outputs]
     return {"id": rid, "object": "chat.completion", "created": created, "model": model, "choices": choices,
-            "usage": usage(prompt_tokens, sum(len(o.token_ids) for o in outputs))}
+            "usage": usage(prompt_tokens, sum(len(o.token_ids) for o in outputs), cached_tokens)}
 
 
 def chat_chunk(rid: str, created: int, model: str, index: int, delta: dict[str, Any],
@@ -85,7 +90,7 @@ def completion_choice(index: int, text: str, finish_reason: str | None,
 
 
 def completion_body(rid: str, created: int, model: str, choices: list[dict[str, Any]],
-                    usage_: dict[str, int] | None) -> dict[str, Any]:
+                    usage_: dict[str, Any] | None) -> dict[str, Any]:
     body: dict[str, Any] = {"id": rid, "object": "text_completion", "created": created, "model": model,
                             "choices": choices}
     if usage_ is not None:
@@ -93,6 +98,6 @@ def completion_body(rid: str, created: int, model: str, choices: list[dict[str, 
     return body
 
 
-def usage_chunk(rid: str, created: int, model: str, obj: str, usage_: dict[str, int]) -> dict[str, Any]:
+def usage_chunk(rid: str, created: int, model: str, obj: str, usage_: dict[str, Any]) -> dict[str, Any]:
     """The final chunk of a stream with ``stream_options.include_usage``: no choices, the usage."""
     return {"id": rid, "object": obj, "created": created, "model": model, "choices": [], "usage": usage_}

@@ -17,6 +17,7 @@ from . import faults
 from .config import ServerConfig
 from .errors import APIError, unavailable
 from .protocol import Limits
+from .slots import SlotTable
 
 if TYPE_CHECKING:
     from ..engine.async_engine import AsyncEngine
@@ -45,6 +46,8 @@ class ServerState:
         self._ready = threading.Event()
         self.fault = faults.from_env()
         self.groups: set[RequestGroup] = set()  # live requests, so a forced shutdown can abort them
+        self.slots = SlotTable(config.max_num_seqs)
+        self.engine_steps = 0  # engine steps run (counted in the engine thread, read by /metrics)
 
     # ---- loading (background thread) ----
     def start_loading(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -57,10 +60,9 @@ class ServerState:
             faults.delay_load(self.fault)
             c = self.config
             llm = LLM(c.model, threads=c.threads, device=c.device, ctx=c.ctx, max_num_seqs=c.max_num_seqs,
-                      kv_tokens=c.kv_tokens)
+                      kv_tokens=c.kv_tokens, max_num_batched_tokens=c.max_num_batched_tokens)
             engine = llm.start_async()
-            if self.fault is not None:
-                engine.step_hook = faults.step_hook(self.fault)
+            engine.step_hook = self._step_hook(faults.step_hook(self.fault) if self.fault is not None else None)
         except Exception as e:  # noqa: BLE001 - any load failure ends the server with one clear line
             self.load_error = e
             logger.error("cannot load model %r: %s", self.config.model, e)
@@ -71,6 +73,14 @@ class ServerState:
         self._ready.set()
         logger.info("model %r ready (context %d tokens, %d max sequences)", self.model_name, llm.ctx,
                     self.config.max_num_seqs)
+
+    def _step_hook(self, fault_hook: Callable[[], None] | None) -> Callable[[], None]:
+        """Runs in the engine thread before every step: counts steps, then the test fault (if any)."""
+        def hook() -> None:
+            self.engine_steps += 1
+            if fault_hook is not None:
+                fault_hook()
+        return hook
 
     @property
     def ready(self) -> bool:

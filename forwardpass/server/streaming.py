@@ -1,7 +1,8 @@
 """The SSE event sequences of streamed chat and text completions.
 
 Every sample (prompt i, choice k) has a cursor over its cumulative output: each update sends only the new text
-(and the logprobs of the new tokens), then one chunk with the finish reason. Engine failures become an error
+(and the logprobs of the new tokens), then one chunk with the finish reason. When truncation was asked for,
+the finish chunks and the usage chunk carry ``"truncated"``. Engine failures become an error
 event (the HTTP status was sent long ago), and the stream still ends with ``data: [DONE]``.
 """
 from __future__ import annotations
@@ -29,6 +30,13 @@ class StreamInfo:
     include_usage: bool
     fmt: R.LogprobFormatter | None  # set when logprobs were asked for
     prompt_tokens: int
+    truncated: bool | None = None  # reported when the request asked for truncate_prompt_tokens
+
+    def final(self, chunk: dict[str, Any]) -> bytes:
+        """A finish or usage chunk, with ``truncated`` when it is to be reported."""
+        if self.truncated is not None:
+            chunk["truncated"] = self.truncated
+        return event(chunk)
 
 
 @dataclass
@@ -58,6 +66,10 @@ async def _follow(group: RequestGroup) -> AsyncIterator[list[tuple[int, Completi
             return
 
 
+def _cached_tokens(group: RequestGroup) -> int:
+    return sum(out.num_cached_tokens for out in group.latest if out is not None)
+
+
 def _new_tokens(o: CompletionOutput, c: _Cursor) -> tuple[str, list]:
     text, logprobs = o.text[c.chars:], (o.logprobs or [])[c.tokens:]
     c.chars, c.tokens = len(o.text), len(o.token_ids)
@@ -82,10 +94,10 @@ async def chat_events(group: RequestGroup, info: StreamInfo) -> AsyncIterator[by
                 if o.finished:
                     c.finished = True
                     completion_tokens += len(o.token_ids)
-                    yield chunk(o.index, {}, o.finish_reason)
+                    yield info.final(R.chat_chunk(info.rid, info.created, info.model, o.index, {}, o.finish_reason))
         if info.include_usage:
-            yield event(R.usage_chunk(info.rid, info.created, info.model, "chat.completion.chunk",
-                                      R.usage(info.prompt_tokens, completion_tokens)))
+            yield info.final(R.usage_chunk(info.rid, info.created, info.model, "chat.completion.chunk",
+                                           R.usage(info.prompt_tokens, completion_tokens, _cached_tokens(group))))
     except Exception as e:  # noqa: BLE001 - the client hears about it in-band
         yield _error_event(e)
     yield DONE
@@ -97,8 +109,9 @@ async def completion_events(group: RequestGroup, info: StreamInfo,
     n = group.params.n
 
     def chunk(index: int, text: str, finish: str | None, lp: dict[str, Any] | None) -> bytes:
-        choice = R.completion_choice(index, text, finish, lp)
-        return event(R.completion_body(info.rid, info.created, info.model, [choice], None))
+        body = R.completion_body(info.rid, info.created, info.model, [R.completion_choice(index, text, finish, lp)],
+                                 None)
+        return info.final(body) if finish is not None else event(body)
 
     completion_tokens = 0
     offsets: dict[int, int] = {}
@@ -123,8 +136,8 @@ async def completion_events(group: RequestGroup, info: StreamInfo,
                     completion_tokens += len(o.token_ids)
                     yield chunk(index, "", o.finish_reason, None)
         if info.include_usage:
-            yield event(R.usage_chunk(info.rid, info.created, info.model, "text_completion",
-                                      R.usage(info.prompt_tokens, completion_tokens)))
+            yield info.final(R.usage_chunk(info.rid, info.created, info.model, "text_completion",
+                                           R.usage(info.prompt_tokens, completion_tokens, _cached_tokens(group))))
     except Exception as e:  # noqa: BLE001
         yield _error_event(e)
     yield DONE

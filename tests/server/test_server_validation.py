@@ -1,5 +1,5 @@
-"""RELIABILITY §1 (validation, V1-V20) and §2 (context, C1-C5): every bad request is a 4xx in OpenAI's error shape,
-never a 500 or a traceback."""
+"""RELIABILITY §1 (validation, V1-V20) and §2 (context, C1-C6): every bad request is a 4xx in OpenAI's error shape,
+never a 500 or a traceback; opt-in prompt truncation (C6) reports what it kept."""
 from __future__ import annotations
 
 import json
@@ -196,3 +196,80 @@ def test_huge_prompt_is_413_and_health_stays_fast(server):
     assert_error(results["r"], 413, code="request_too_large")
     latencies.sort()
     assert latencies[len(latencies) // 2] < 0.05 and latencies[-1] < 0.5, latencies
+
+
+# ---- V16: llama.cpp's context-shift fields (validated, then ignored: there is no context shift) ----
+BAD_SHIFT = [("n_keep", -2), ("n_keep", -(2**63)), ("n_keep", N_CTX + 1), ("n_keep", 10**12), ("n_keep", 1.5),
+             ("n_keep", "all"), ("n_keep", True), ("n_discard", -1), ("n_discard", -(2**31)),
+             ("n_discard", N_CTX + 1), ("n_discard", 10**30), ("n_discard", "1")]
+
+
+@pytest.mark.parametrize("field,value", BAD_SHIFT, ids=[f"{f}={str(v)[:20]}" for f, v in BAD_SHIFT])
+def test_bad_context_shift_fields(server, field, value):
+    """V16: n_keep / n_discard negative (n_keep -1 means "all") or beyond the context -> 400 naming the field."""
+    for path, body in ((CHAT, chat_body()), (COMPLETIONS, {"prompt": "hi"})):
+        r = server.post(path, json=body | {field: value, "max_tokens": 2})
+        err = assert_error(r, 400, "invalid_request_error", field)
+        assert str(N_CTX) in err["message"]
+
+
+def test_valid_context_shift_fields_are_ignored(server):
+    """V16: in-range values are accepted and change nothing (same greedy text as without them)."""
+    body = {"prompt": "the cat", "max_tokens": 8, "temperature": 0, "ignore_eos": True}
+    plain = server.post(COMPLETIONS, json=body).json()["choices"][0]["text"]
+    for extra in ({"n_keep": -1}, {"n_keep": 0, "n_discard": 0}, {"n_keep": N_CTX, "n_discard": N_CTX},
+                  {"n_keep": 4, "n_discard": 16}):
+        r = server.post(COMPLETIONS, json=body | extra)
+        assert r.status_code == 200, (extra, r.text)
+        assert r.json()["choices"][0]["text"] == plain
+
+
+# ---- C6: opt-in truncation (vLLM's truncate_prompt_tokens: keep the last N tokens) ----
+def test_truncation_is_off_by_default(server):
+    """C6: without truncate_prompt_tokens an over-long prompt stays a 400 context_length_exceeded."""
+    _context_error(server.post(COMPLETIONS, json={"prompt": [10] * 300}), 300)
+
+
+def test_truncate_prompt_tokens_completions(server):
+    """C6: usage.prompt_tokens is the kept count, `truncated: true` is reported, and the kept tokens are the last N
+    (same greedy text as sending those N tokens alone)."""
+    prompt = [(7 * i) % 300 + 4 for i in range(300)]
+    body = {"max_tokens": 8, "temperature": 0, "ignore_eos": True}
+    r = server.post(COMPLETIONS, json=body | {"prompt": prompt, "truncate_prompt_tokens": 100})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["truncated"] is True and out["usage"]["prompt_tokens"] == 100
+    alone = server.post(COMPLETIONS, json=body | {"prompt": prompt[-100:]}).json()
+    assert out["choices"][0]["text"] == alone["choices"][0]["text"] and "truncated" not in alone
+    # a prompt already short enough is not cut, and says so
+    short = server.post(COMPLETIONS, json=body | {"prompt": prompt[:50], "truncate_prompt_tokens": 100}).json()
+    assert short["truncated"] is False and short["usage"]["prompt_tokens"] == 50
+    # -1: as many as fit next to max_tokens
+    fit = server.post(COMPLETIONS, json=body | {"prompt": prompt, "truncate_prompt_tokens": -1}).json()
+    assert fit["truncated"] is True and fit["usage"]["prompt_tokens"] == N_CTX - 8
+    # echo shows what was kept
+    echo = server.post(COMPLETIONS, json=body | {"prompt": "abcdefghij" * 40, "truncate_prompt_tokens": 20,
+                                                 "echo": True}).json()
+    assert echo["choices"][0]["text"].startswith("abcdefghij" * 2) and echo["usage"]["prompt_tokens"] == 20
+
+
+def test_truncate_prompt_tokens_chat_and_stream(server):
+    """C6 on chat, streamed and not: the usage chunk counts the kept tokens and carries `truncated: true`."""
+    body = chat_body("word " * 400, max_tokens=4, truncate_prompt_tokens=64)
+    r = server.post(CHAT, json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["truncated"] is True and r.json()["usage"]["prompt_tokens"] == 64
+    r = server.post(CHAT, json=body | {"stream": True, "stream_options": {"include_usage": True}})
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+    assert events[-1]["usage"]["prompt_tokens"] == 64 and events[-1]["truncated"] is True
+    assert any(e["choices"] and e["choices"][0]["finish_reason"] and e["truncated"] is True for e in events)
+
+
+def test_truncation_still_needs_room_for_max_tokens(server):
+    """C6: the kept prompt plus an explicit max_tokens must fit the context; bad values name the field."""
+    r = server.post(COMPLETIONS, json={"prompt": [10] * 300, "truncate_prompt_tokens": 200, "max_tokens": 100})
+    err = assert_error(r, 400, "invalid_request_error", "max_tokens", code="context_length_exceeded")
+    assert err["n_prompt_tokens"] == 200
+    for value in (0, -2, N_CTX, 10**9, 1.5, "10", True):
+        r = server.post(COMPLETIONS, json={"prompt": [10] * 300, "truncate_prompt_tokens": value})
+        assert_error(r, 400, "invalid_request_error", "truncate_prompt_tokens")

@@ -1,0 +1,207 @@
+"""C source of the native decode step: every layer of a decoder-only transformer for B generated tokens, in one
+call and one OpenMP parallel region (threads meet at a barrier between phases instead of waking per op).
+
+Decoding is bound by reading the weights once per step; in eager PyTorch the ~60 small ops a layer takes
+(norms, RoPE, cache writes, dtype casts) cost more than the matmuls on a small model. Here a layer is:
+
+  h = rmsnorm(x) * attn_norm                      quantized to int8 once, shared by q, k and v
+  q, k, v = tiles(h) (+ bias)                     per head: rmsnorm (q_norm, k_norm), RoPE; k, v -> bf16 cache
+  o = attention(q, paged cache)                   each (token, head) alone, in a fixed order
+  f = tiles(o);  x += post_attn_norm ? rmsnorm(f) * post_attn_norm : f
+  h = rmsnorm(x) * ffn_norm;  g, u = tiles(h);  a = act(g) * u
+  f = tiles(a);  x += post_ffn_norm ? rmsnorm(f) * post_ffn_norm : f
+
+which covers llama, qwen2 (biases), qwen3 (q/k norms) and gemma3 (sandwich norms, GELU, sliding windows). The
+architecture files describe their layers with `models/native_decoder.py`'s spec; the PyTorch code in each
+architecture file stays the definition (prompt tokens and CUDA run it) and the tests hold the two together.
+Each token is computed alone (its own norm, quantization, dot products and attention), so its result never
+depends on the other tokens of the step.
+"""
+
+DECODER_SOURCE = r"""
+#include <omp.h>
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")
+
+typedef struct {
+    const float *attn_norm, *q_norm, *k_norm, *post_attn_norm, *ffn_norm, *post_ffn_norm, *qkv_bias;
+    const tmat_t* qkv[3]; int64_t n_qkv;
+    const tmat_t* o;
+    const tmat_t* gu[2]; int64_t n_gu;
+    const tmat_t* down;
+    uint16_t *kc, *vc;          /* this layer's bf16 cache: (slots, n_kv, head_dim) */
+    int64_t window, rope;       /* sliding window (0: none); index of its RoPE table */
+} dlayer_t;
+
+typedef struct {
+    int64_t n_layers, d_model, n_ff, n_heads, n_kv, head_dim, rope_dims, neox, act;  /* act 0: SiLU, 1: GELU-tanh */
+    float eps, scale;
+    const dlayer_t* layers;
+} dmodel_t;
+
+static inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
+
+/* out = x * rsqrt(mean(x^2) + eps) * w over n features (n % 16 == 0 on the vector path) */
+static void rmsnorm_row(const float* x, const float* w, float* out, int64_t n, float eps) {
+    float ss;
+    int64_t i = 0;
+    if (n % 16 == 0) {
+        __m512 acc = _mm512_setzero_ps();
+        for (; i < n; i += 16) { const __m512 v = _mm512_loadu_ps(x + i); acc = _mm512_fmadd_ps(v, v, acc); }
+        ss = hsum(acc);
+    } else {
+        ss = 0.f;
+        for (; i < n; i++) ss += x[i] * x[i];
+    }
+    const float r = 1.0f / sqrtf(ss / (float)n + eps);
+    for (i = 0; i < n; i++) out[i] = x[i] * r * w[i];
+}
+
+static inline uint16_t to_bf16(float f) {  /* round to nearest even, as torch's .to(bfloat16) */
+    uint32_t u; memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* RoPE in place on one head: cos, sin laid out per feature (as `Rotary.factors`) */
+static void rope_head(float* x, const float* c, const float* s, int64_t dims, int64_t neox) {
+    if (neox) {
+        const int64_t half = dims / 2;
+        for (int64_t i = 0; i < half; i++) {
+            const float a = x[i], b = x[i + half];
+            x[i] = a * c[i] - b * s[i];
+            x[i + half] = b * c[i + half] + a * s[i + half];
+        }
+    } else {
+        for (int64_t i = 0; i < dims; i += 2) {
+            const float a = x[i], b = x[i + 1];
+            x[i] = a * c[i] - b * s[i];
+            x[i + 1] = b * c[i + 1] + a * s[i + 1];
+        }
+    }
+}
+
+static void attend_row_head(const float* qv, const uint16_t* k, const uint16_t* v, const int64_t* slots, int64_t len,
+                            int64_t kv_heads, int64_t kvh, int64_t dim, float scale, int64_t window, float* s,
+                            float* o) {
+    const int64_t start = (window > 0 && len > window) ? len - window : 0;
+    float mx = -INFINITY;
+    for (int64_t j = start; j < len; j++) {
+        const float x = dot_bf16(qv, k + (slots[j] * kv_heads + kvh) * dim, dim) * scale;
+        s[j - start] = x;
+        if (x > mx) mx = x;
+    }
+    float sum = 0.f;
+    for (int64_t j = 0; j < len - start; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
+    for (int64_t d = 0; d < dim; d++) o[d] = 0.f;
+    for (int64_t j = start; j < len; j++) axpy_bf16(o, s[j - start], v + (slots[j] * kv_heads + kvh) * dim, dim);
+    const float inv = 1.f / sum;
+    for (int64_t d = 0; d < dim; d++) o[d] *= inv;
+}
+
+static inline float act_fn(float g, int64_t act) {
+    if (act == 0) return g / (1.0f + expf(-g));
+    const float c = 0.7978845608028654f;  /* sqrt(2 / pi) */
+    return 0.5f * g * (1.0f + tanhf(c * (g + 0.044715f * g * g * g)));
+}
+
+/* x: (B, d_model) float32 hidden states of B tokens, updated in place through every layer.
+   rope: (n_rope, B, 2, rope_dims) cos/sin; slots: (B,) cache slot of each token; ctx: (B, ctx_stride) cache slots
+   of each token's context; lens: (B,) context length including the token. */
+void decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, const int64_t* slots,
+                  const int64_t* ctx, int64_t ctx_stride, const int64_t* lens, int64_t nthreads) {
+    const int64_t D = M->d_model, F = M->n_ff, H = M->n_heads, KV = M->n_kv, HD = M->head_dim;
+    const int64_t QO = H * HD, NQKV = QO + 2 * KV * HD, KMAX = (F > QO ? F : QO) > D ? (F > QO ? F : QO) : D;
+    int64_t lmax = 1;
+    for (int64_t r = 0; r < B; r++) if (lens[r] > lmax) lmax = lens[r];
+    float* h = (float*)malloc(sizeof(float) * B * D);
+    float* f = (float*)malloc(sizeof(float) * B * D);
+    float* qkv = (float*)malloc(sizeof(float) * B * NQKV);
+    float* att = (float*)malloc(sizeof(float) * B * QO);
+    float* gu = (float*)malloc(sizeof(float) * B * 2 * F);
+    float* a = (float*)malloc(sizeof(float) * B * F);
+    qact_t qa = {(int8_t*)malloc(B * KMAX), (float*)malloc(sizeof(float) * B * KMAX / 32),
+                 (float*)malloc(sizeof(float) * B * KMAX / 32), (int32_t*)malloc(sizeof(int32_t) * B * KMAX / 16), D};
+    float* scores = (float*)malloc(sizeof(float) * nthreads * (lmax + 1));
+    #pragma omp parallel num_threads(nthreads)
+    {
+        float* s = scores + (int64_t)omp_get_thread_num() * (lmax + 1);
+        qact_t qD = qa, qQ = qa, qF = qa;  /* one buffer, read as K = d_model, q_out or n_ff columns */
+        qD.k = D; qQ.k = QO; qF.k = F;
+        for (int64_t l = 0; l < M->n_layers; l++) {
+            const dlayer_t* L = M->layers + l;
+            #pragma omp for schedule(static)
+            for (int64_t r = 0; r < B; r++) {
+                rmsnorm_row(x + r * D, L->attn_norm, h + r * D, D, M->eps);
+                quantize_row(h + r * D, r, &qD);
+            }
+            tile_matmul_multi(L->qkv, (int)L->n_qkv, &qD, B, qkv, NQKV);
+            #pragma omp for schedule(static)
+            for (int64_t u = 0; u < B * (H + KV); u++) {
+                const int64_t r = u / (H + KV), hh = u % (H + KV);
+                float* row = qkv + r * NQKV;
+                const float* cs = rope + ((L->rope * B + r) * 2) * M->rope_dims;
+                const float* sn = cs + M->rope_dims;
+                if (hh < H) {
+                    float* q = row + hh * HD;
+                    if (L->qkv_bias) for (int64_t i = 0; i < HD; i++) q[i] += L->qkv_bias[hh * HD + i];
+                    if (L->q_norm) rmsnorm_row(q, L->q_norm, q, HD, M->eps);
+                    rope_head(q, cs, sn, M->rope_dims, M->neox);
+                } else {
+                    const int64_t j = hh - H;
+                    float* k = row + QO + j * HD;
+                    float* v = row + QO + KV * HD + j * HD;
+                    if (L->qkv_bias)
+                        for (int64_t i = 0; i < HD; i++) {
+                            k[i] += L->qkv_bias[QO + j * HD + i];
+                            v[i] += L->qkv_bias[QO + KV * HD + j * HD + i];
+                        }
+                    if (L->k_norm) rmsnorm_row(k, L->k_norm, k, HD, M->eps);
+                    rope_head(k, cs, sn, M->rope_dims, M->neox);
+                    uint16_t* kd = L->kc + (slots[r] * KV + j) * HD;
+                    uint16_t* vd = L->vc + (slots[r] * KV + j) * HD;
+                    for (int64_t i = 0; i < HD; i++) { kd[i] = to_bf16(k[i]); vd[i] = to_bf16(v[i]); }
+                }
+            }
+            #pragma omp for schedule(dynamic, 1)
+            for (int64_t u = 0; u < B * H; u++) {
+                const int64_t r = u / H, hh = u % H;
+                attend_row_head(qkv + r * NQKV + hh * HD, L->kc, L->vc, ctx + r * ctx_stride, lens[r], KV,
+                                hh / (H / KV), HD, M->scale, L->window, s, att + r * QO + hh * HD);
+            }
+            #pragma omp for schedule(static)
+            for (int64_t r = 0; r < B; r++) quantize_row(att + r * QO, r, &qQ);
+            tile_matmul_multi(&L->o, 1, &qQ, B, f, D);
+            #pragma omp for schedule(static)
+            for (int64_t r = 0; r < B; r++) {
+                float* fr = f + r * D;
+                float* xr = x + r * D;
+                if (L->post_attn_norm) rmsnorm_row(fr, L->post_attn_norm, fr, D, M->eps);
+                for (int64_t i = 0; i < D; i++) xr[i] += fr[i];
+                rmsnorm_row(xr, L->ffn_norm, h + r * D, D, M->eps);
+                quantize_row(h + r * D, r, &qD);
+            }
+            tile_matmul_multi(L->gu, (int)L->n_gu, &qD, B, gu, 2 * F);
+            #pragma omp for schedule(static)
+            for (int64_t r = 0; r < B; r++) {
+                const float* g = gu + r * 2 * F;
+                float* ar = a + r * F;
+                for (int64_t i = 0; i < F; i++) ar[i] = act_fn(g[i], M->act) * g[F + i];
+                quantize_row(ar, r, &qF);
+            }
+            tile_matmul_multi(&L->down, 1, &qF, B, f, D);
+            #pragma omp for schedule(static)
+            for (int64_t r = 0; r < B; r++) {
+                float* fr = f + r * D;
+                float* xr = x + r * D;
+                if (L->post_ffn_norm) rmsnorm_row(fr, L->post_ffn_norm, fr, D, M->eps);
+                for (int64_t i = 0; i < D; i++) xr[i] += fr[i];
+            }
+        }
+    }
+    free(h); free(f); free(qkv); free(att); free(gu); free(a);
+    free(qa.q); free(qa.dx); free(qa.sx); free(qa.s16); free(scores);
+}
+#pragma GCC pop_options
+"""

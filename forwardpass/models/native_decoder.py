@@ -1,0 +1,168 @@
+"""The CPU decode step in one native call (`kernels/decoder_src.py`), for models whose weights are all tiles.
+
+An architecture opts in by describing each layer as a `LayerSpec` (`DecoderLM.decoder_layer`): which norms,
+projections and activation it has. The PyTorch `block` of the architecture file stays the definition: prompt
+tokens and every other device run it, and tests check that this step gives the same logits within the int8
+activation rounding.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..kernels.native import _library
+from ..kernels.tiles import TileLinear, TileMatrix, TMat, tiles_available
+from .attention import AttentionMetadata, KVCache
+
+if TYPE_CHECKING:
+    from .base import DecoderLM, MultiLinear
+
+ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}
+
+
+@dataclass
+class LayerSpec:
+    attn_norm: torch.Tensor
+    qkv: "MultiLinear"  # -> q, k, v
+    o: object  # Linear
+    ffn_norm: torch.Tensor
+    gate_up: "MultiLinear"  # -> gate, up
+    down: object  # Linear
+    act: str = "silu"
+    q_norm: torch.Tensor | None = None
+    k_norm: torch.Tensor | None = None
+    post_attn_norm: torch.Tensor | None = None
+    post_ffn_norm: torch.Tensor | None = None
+
+
+_P = ctypes.POINTER(TMat)
+
+
+class DLayer(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_void_p) for n in ("attn_norm", "q_norm", "k_norm", "post_attn_norm", "ffn_norm",
+                                                 "post_ffn_norm", "qkv_bias")] + [
+        ("qkv", _P * 3), ("n_qkv", ctypes.c_int64), ("o", _P), ("gu", _P * 2), ("n_gu", ctypes.c_int64),
+        ("down", _P), ("kc", ctypes.c_void_p), ("vc", ctypes.c_void_p), ("window", ctypes.c_int64),
+        ("rope", ctypes.c_int64)]
+
+
+class DModel(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_int64) for n in ("n_layers", "d_model", "n_ff", "n_heads", "n_kv", "head_dim",
+                                               "rope_dims", "neox", "act")] + [
+        ("eps", ctypes.c_float), ("scale", ctypes.c_float), ("layers", ctypes.POINTER(DLayer))]
+
+
+@functools.lru_cache(maxsize=None)
+def _step_fn() -> ctypes._CFuncPtr | None:
+    lib = _library()
+    if lib is None or not tiles_available():
+        return None
+    fn = lib.decoder_step
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    fn.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, i64, ptr, i64]
+    fn.restype = None
+    return fn
+
+
+def _tiles(linear: object) -> tuple[list[TileMatrix], list[torch.Tensor | None]] | None:
+    """The tile matrices (and biases) behind a Linear or MultiLinear, or None if any part is not tiled."""
+    linears = getattr(linear, "linears", [linear])
+    if not all(isinstance(lin, TileLinear) for lin in linears):
+        return None
+    return [lin.tiles for lin in linears], [lin.bias for lin in linears]
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+class NativeDecoder:
+    def __init__(self, model: "DecoderLM", specs: list[LayerSpec]) -> None:
+        c = model.config
+        self.config = c
+        self.rotaries = list({id(r): r for r in model.rotary}.values())
+        rope_index = {id(r): i for i, r in enumerate(self.rotaries)}
+        self._keep: list[object] = []  # tensors the C structs point into
+        self.layers = (DLayer * c.n_layers)()
+        act = {ACTIVATIONS[s.act] for s in specs}
+        if len(act) != 1:
+            raise ValueError("layers with different activations")
+        for i, spec in enumerate(specs):
+            qkv, qkv_biases = _tiles(spec.qkv)
+            gu, gu_biases = _tiles(spec.gate_up)
+            (o,), (o_bias,) = _tiles(spec.o)
+            (down,), (down_bias,) = _tiles(spec.down)
+            if any(b is not None for b in gu_biases + [o_bias, down_bias]):
+                raise ValueError("biases outside q, k, v are not supported by the native step")
+            bias = None
+            if any(b is not None for b in qkv_biases):
+                bias = torch.cat([b if b is not None else torch.zeros(m.n) for b, m in zip(qkv_biases, qkv)]).float()
+            norms = [spec.attn_norm, spec.q_norm, spec.k_norm, spec.post_attn_norm, spec.ffn_norm,
+                     spec.post_ffn_norm, bias]
+            norms = [None if t is None else t.float().contiguous() for t in norms]
+            self._keep += norms + qkv + gu + [o, down]
+            layer = self.layers[i]
+            (layer.attn_norm, layer.q_norm, layer.k_norm, layer.post_attn_norm, layer.ffn_norm, layer.post_ffn_norm,
+             layer.qkv_bias) = [_ptr(t) for t in norms]
+            for j, m in enumerate(qkv):
+                layer.qkv[j] = ctypes.pointer(m.struct)
+            layer.n_qkv = len(qkv)
+            for j, m in enumerate(gu):
+                layer.gu[j] = ctypes.pointer(m.struct)
+            layer.n_gu = len(gu)
+            layer.o, layer.down = ctypes.pointer(o.struct), ctypes.pointer(down.struct)
+            layer.window = c.sliding_window[i]
+            layer.rope = rope_index[id(model.rotary[i])]
+        self.model = DModel(c.n_layers, c.d_model, c.n_ff, c.n_heads, c.n_kv_heads, c.head_dim, c.rope_dims,
+                            int(model.rope_neox), act.pop(), c.rms_eps, c.scale, self.layers)
+        self._bound: KVCache | None = None
+
+    @classmethod
+    def build(cls, model: "DecoderLM") -> "NativeDecoder | None":
+        """A native step for `model`, or None where it cannot run (not CPU fast mode, no kernels, a layer the
+        architecture does not describe, a weight that is not tiled, a shape the kernel does not handle)."""
+        c = model.config
+        if model.options.mode != "fast" or torch.device(model.options.device).type != "cpu" or _step_fn() is None:
+            return None
+        if c.d_model % 32 or c.n_ff % 32 or (c.n_heads * c.head_dim) % 32 or c.head_dim % 16:
+            return None
+        specs = [model.decoder_layer(i) for i in range(c.n_layers)]
+        if any(s is None for s in specs):
+            return None
+        for s in specs:
+            if any(_tiles(lin) is None for lin in (s.qkv, s.o, s.gate_up, s.down)):
+                return None
+        try:
+            return cls(model, specs)
+        except ValueError:
+            return None
+
+    def accepts(self, cache: KVCache) -> bool:
+        return cache.dtype == torch.bfloat16 and cache.k[0].device.type == "cpu"
+
+    def _bind(self, cache: KVCache) -> None:
+        for i in range(self.config.n_layers):
+            self.layers[i].kc, self.layers[i].vc = cache.k[i].data_ptr(), cache.v[i].data_ptr()
+        self._bound = cache
+
+    def step(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, cache: KVCache) -> torch.Tensor:
+        """x: (B, d_model) float32 embeddings of B generated tokens, one per row of `meta` -> final hidden
+        states before the output norm (in place)."""
+        if cache is not self._bound:
+            self._bind(cache)
+        x = x.float().contiguous()
+        tables = []
+        for r in self.rotaries:
+            cos, sin = meta.cached(("rope", id(r)), lambda r=r: r.factors(positions))
+            tables.append(torch.stack((cos[:, 0], sin[:, 0]), dim=1))  # (B, 2, dims)
+        rope = torch.stack(tables).contiguous()
+        ctx = meta.ctx_slots if meta.ctx_slots.shape[0] == x.shape[0] else meta.ctx_slots[meta.row_seq]
+        ctx = ctx.contiguous()
+        lens, slots = meta.row_lens.contiguous(), meta.slot_mapping.contiguous()
+        _step_fn()(ctypes.byref(self.model), x.data_ptr(), x.shape[0], rope.data_ptr(), slots.data_ptr(),
+                   ctx.data_ptr(), ctx.shape[1], lens.data_ptr(), torch.get_num_threads())
+        return x

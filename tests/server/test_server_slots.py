@@ -1,0 +1,126 @@
+"""RELIABILITY §5 Q1 (the slots/requests matrix and GET /slots) and Q3 (queue timeout).
+
+Engine steps are slowed a little (test fault ``slow_steps``) so that requests on the tiny model run long enough to
+be watched; nothing is timed against the slowdown except where the spec names a bound."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+
+from server_helpers import API_KEY, assert_error, chat_body
+
+SLOW = {"FORWARDPASS_TEST_FAULT": "slow_steps:0.01"}
+MATRIX = {1: [3], 2: [2, 4], 4: [2, 6]}  # slots -> request counts: (1,3), (2,2), (2,4), (4,2), (4,6)
+
+
+def _busy(server) -> list[dict]:
+    r = server.get("/slots", headers=server.auth_headers)
+    assert r.status_code == 200, r.text
+    return [s for s in r.json() if s["is_processing"]]
+
+
+@pytest.mark.parametrize("slots", sorted(MATRIX))
+def test_slots_matrix(make_server, slots):
+    """Q1: every request is 200; while they run /slots lists `slots` slots and min(slots, requests) busy, and never
+    more."""
+    server = make_server("--max-num-seqs", str(slots), "--max-queue", "16", env=SLOW)
+    table = server.get("/slots").json()
+    assert [s["id"] for s in table] == list(range(slots)) and not any(s["is_processing"] for s in table)
+    assert all(s["n_ctx"] == 256 and s["id_task"] is None for s in table)
+
+    async def run(requests: int) -> tuple[list[httpx.Response], list[int]]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as c:
+            body = {"prompt": "slot", "max_tokens": 30, "ignore_eos": True, "temperature": 0}
+            tasks = [asyncio.ensure_future(c.post("/v1/completions", json=body)) for _ in range(requests)]
+            seen = []
+            while not all(t.done() for t in tasks):
+                table = (await c.get("/slots")).json()
+                assert len(table) == slots
+                seen.append(sum(s["is_processing"] for s in table))
+                await asyncio.sleep(0.01)
+            return [t.result() for t in tasks], seen
+
+    for requests in MATRIX[slots]:
+        responses, seen = asyncio.run(run(requests))
+        assert [r.status_code for r in responses] == [200] * requests
+        assert all(r.json()["usage"]["completion_tokens"] == 30 for r in responses)
+        assert max(seen) == min(slots, requests), seen
+        server.wait_idle()
+        assert _busy(server) == []
+
+
+def test_slots_show_progress_and_are_stable(make_server):
+    """Q1: a busy slot names its request (the response id) and its progress; it keeps its number while it runs;
+    `?fail_on_no_slot=1` is 503 when all slots are busy."""
+    server = make_server("--max-num-seqs", "1", "--max-queue", "4", env=SLOW)
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        body = chat_body(stream=True, max_tokens=60, ignore_eos=True)
+        with c.stream("POST", "/v1/chat/completions", json=body) as r:
+            lines = r.iter_lines()  # kept: a dropped iterator would close the stream
+            rid = json.loads(next(lines)[6:])["id"]
+            deadline = time.monotonic() + 10
+            while not (busy := _busy(server)) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert busy and busy[0]["id"] == 0 and busy[0]["id_task"] == f"{rid}-0", busy
+            assert busy[0]["n_prompt_tokens"] > 0 and busy[0]["n_prompt_tokens_processed"] <= busy[0]["n_prompt_tokens"]
+            assert_error(server.get("/slots?fail_on_no_slot=1"), 503, "unavailable_error", code="no_slot_available")
+            later = _busy(server)
+            assert later and later[0]["id"] == 0 and later[0]["id_task"] == f"{rid}-0"
+            assert later[0]["n_decoded"] >= busy[0]["n_decoded"]
+            for _ in lines:
+                pass
+    server.wait_idle()
+    assert server.get("/slots?fail_on_no_slot=1").status_code == 200
+
+
+def test_slots_needs_the_key(auth_server):
+    """/slots is protected like every route but /health."""
+    assert_error(auth_server.get("/slots"), 401, "authentication_error")
+    r = auth_server.get("/slots", headers={"Authorization": f"Bearer {API_KEY}"})
+    assert r.status_code == 200 and isinstance(r.json(), list)
+
+
+def test_queue_timeout(make_server):
+    """Q3: with the only slot held by a long request, waiting requests (plain and streamed) get 503 queue_timeout
+    with Retry-After when --queue-timeout runs out, and leave the engine's queue; the long request, running for
+    longer than the timeout, is not touched, and the server keeps serving."""
+    server = make_server("--max-num-seqs", "1", "--max-queue", "8", "--queue-timeout", "1", env=SLOW)
+    long = {"prompt": "hold the slot", "max_tokens": 200, "ignore_eos": True, "temperature": 0}
+    short = {"prompt": "waiting", "max_tokens": 5}
+
+    async def run() -> tuple[httpx.Response, list[tuple[httpx.Response, float]], dict]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as c:
+            blocker = asyncio.ensure_future(c.post("/v1/completions", json=long))
+            while not _busy(server):
+                await asyncio.sleep(0.01)
+
+            async def timed(body: dict) -> tuple[httpx.Response, float]:
+                t0 = time.perf_counter()
+                r = await c.post("/v1/completions", json=body)
+                return r, time.perf_counter() - t0
+
+            waiting = await asyncio.gather(timed(short), timed(short | {"stream": True}),
+                                           timed(short | {"n": 2, "temperature": 1}))
+            deadline = time.monotonic() + 2  # the engine drops them at its next step
+            while (after := server.metrics())["forwardpass_requests_waiting"] and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert not blocker.done()
+            return await blocker, waiting, after
+
+    blocker, waiting, after = asyncio.run(run())
+    for r, elapsed in waiting:
+        err = assert_error(r, 503, "unavailable_error", code="queue_timeout")
+        assert "queue timeout" in err["message"] and r.headers["retry-after"] == "1"
+        assert 0.9 < elapsed < 30, elapsed  # answered when the timeout ran out, not at once nor never
+    assert after["forwardpass_requests_waiting"] == 0 and after["forwardpass_requests_running"] == 1
+    assert after["forwardpass_queue_timeouts_total"] == 3
+    assert blocker.status_code == 200 and blocker.json()["usage"]["completion_tokens"] == 200
+    m = server.wait_idle()
+    assert m["forwardpass_server_requests_active"] == 0 and m["forwardpass_kv_blocks_used"] == 0
+    assert server.post("/v1/completions", json=short).status_code == 200
+    r = server.post("/v1/completions", json=short | {"stream": True})
+    assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]")
