@@ -107,4 +107,8 @@ class ModelRunner:
             return torch.empty(0, self.model.config.vocab_size, device=dev)
         if len(rows) != hidden.shape[0]:
             hidden = hidden.index_select(0, torch.tensor(rows, dtype=torch.int64, device=dev))
-        return self.model.compute_logits(hidden, prefill)
+        # The head's GEMM only for teacher forcing (scoring many positions): a prompt's last position is one row,
+        # and dequantizing a whole head for it (Gemma 3's has 262k rows) costs more than the prompt's layers.
+        # Decode kernels compute each row alone, so a generated token's logits never depend on the batch.
+        scoring = prefill and any(c.logits == "all" for c in chunks)
+        return self.model.compute_logits(hidden, scoring)

@@ -24,7 +24,7 @@ from .native import _cpu_flags, _library
 
 ROWS = 16  # rows per tile
 COLS = 32  # columns per tile
-DENSE_CHUNK_BYTES = 8 << 20  # float32 rows dequantized at once on the prefill path
+DENSE_CHUNK_BYTES = 4 << 20  # bf16 rows dequantized at once on the prefill path (cache-sized chunks)
 SM_D, SM_DM, SM_K4, SM_K6 = 0, 1, 2, 3
 
 # ggml type -> (code bits, scale mode, offset constant of mode D)
@@ -54,7 +54,7 @@ def _tile_fns() -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr] | None:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     matmul, dequant = lib.tile_matmul, lib.tile_dequant
     matmul.argtypes = [ptr, i64, ptr, i64, ptr, ptr, ptr, ptr, ptr, i64, i64]
-    dequant.argtypes = [ptr, i64, i64, ptr, i64]
+    dequant.argtypes = [ptr, i64, i64, ptr, i64, i64]
     matmul.restype = dequant.restype = None
     return matmul, dequant
 
@@ -179,14 +179,18 @@ class TileMatrix:
     def nbytes(self) -> int:
         return sum(a.numel() * a.element_size() for a in self.arrays.values())
 
-    def dequantize_rows(self, start: int, stop: int) -> torch.Tensor:
-        """Rows start..stop (multiples of 16) -> (rows, K) float32, exactly the GGUF weights."""
-        out = torch.empty(stop - start, self.k)
-        _tile_fns()[1](ctypes.byref(self.struct), start // ROWS, stop // ROWS, out.data_ptr(), torch.get_num_threads())
+    def dequantize_rows(self, start: int, stop: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Rows start..stop (multiples of 16) -> (rows, K): float32, exactly the GGUF weights, or those values
+        rounded to bf16 (`dtype=torch.bfloat16`, as `.to(torch.bfloat16)` would, without the float32 copy)."""
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"tiles dequantize to float32 or bfloat16, not {dtype}")
+        out = torch.empty(stop - start, self.k, dtype=dtype)
+        _tile_fns()[1](ctypes.byref(self.struct), start // ROWS, stop // ROWS, out.data_ptr(),
+                       int(dtype == torch.bfloat16), torch.get_num_threads())
         return out
 
-    def dequantize(self) -> torch.Tensor:
-        return self.dequantize_rows(0, self.n)
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.dequantize_rows(0, self.n, dtype)
 
 
 def tile_matmul(mats: list[TileMatrix], x: torch.Tensor) -> torch.Tensor:
@@ -226,13 +230,13 @@ class TileLinear:
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         """x: (T, K) bf16 -> (T, N) bf16, dequantizing DENSE_CHUNK_BYTES of float32 rows at a time."""
         n, k = self.tiles.n, self.tiles.k
-        step = max(ROWS, DENSE_CHUNK_BYTES // (4 * k) // ROWS * ROWS)
+        step = max(ROWS, DENSE_CHUNK_BYTES // (2 * k) // ROWS * ROWS)
         if step >= n:
-            return torch.matmul(x, self.tiles.dequantize().to(torch.bfloat16).t())
+            return torch.matmul(x, self.tiles.dequantize(torch.bfloat16).t())
         y = torch.empty(x.shape[0], n, dtype=torch.bfloat16)
         for start in range(0, n, step):
             stop = min(n, start + step)
-            y[:, start:stop] = torch.matmul(x, self.tiles.dequantize_rows(start, stop).to(torch.bfloat16).t())
+            y[:, start:stop] = torch.matmul(x, self.tiles.dequantize_rows(start, stop, torch.bfloat16).t())
         return y
 
 
@@ -254,6 +258,8 @@ def _self_test() -> bool:
         exact = dequantize(raw, ggml_type, (n, k))
         mat = TileMatrix([weight])
         if not torch.equal(mat.dequantize(), exact):
+            return False
+        if not torch.equal(mat.dequantize(torch.bfloat16), exact.to(torch.bfloat16)):
             return False
         x = torch.randn(5, k, generator=gen)
         ref = x @ exact.t()

@@ -216,8 +216,17 @@ void tile_matmul(const tmat_t* const* mats, int64_t nm, const float* x, int64_t 
     tile_matmul_multi(mats, (int)nm, &a, t, y, ldy);
 }
 
-/* Rows 16 rt0 .. 16 rt1 - 1 of W as float32, exactly the GGUF weights: out (rows, K). */
-void tile_dequant(const tmat_t* W, int64_t rt0, int64_t rt1, float* out, int64_t nthreads) {
+/* 16 floats -> 16 bf16, rounded to nearest even as torch's .to(bfloat16) (finite values) */
+static inline __m256i bf16_round(__m512 w) {
+    const __m512i u = _mm512_castps_si512(w);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    const __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
+    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
+}
+
+/* Rows 16 rt0 .. 16 rt1 - 1 of W: out (rows, K), float32 (exactly the GGUF weights, computed as d * q + m in
+   gguf-py's order) or, with bf16 != 0, those values rounded to bf16. */
+void tile_dequant(const tmat_t* W, int64_t rt0, int64_t rt1, void* out, int64_t bf16, int64_t nthreads) {
     const int64_t K = W->k, G = K / 32;
     #pragma omp parallel for num_threads(nthreads) schedule(static)
     for (int64_t rt = rt0; rt < rt1; rt++) {
@@ -237,25 +246,46 @@ void tile_dequant(const tmat_t* W, int64_t rt0, int64_t rt1, float* out, int64_t
                 case SM_K4: tile_scales(W, rt, g, G, SM_K4, &dw, &mw, &sca, &scb); break;
                 default: tile_scales(W, rt, g, G, SM_K6, &dw, &mw, &sca, &scb); break;
             }
-            float dwa[16], mwa[16], dwb[16], mwb[16];
+            __m512 dh[2], mh[2];  /* per row: scale and offset of columns 0-15 and 16-31 */
             if (W->smode == SM_K6) {  /* (d sc) * code + (-32 d sc): exact, as d * sc * (code - 32) */
-                const __m512 da = _mm512_mul_ps(dw, _mm512_cvtepi32_ps(sca));
-                const __m512 db = _mm512_mul_ps(dw, _mm512_cvtepi32_ps(scb));
-                _mm512_storeu_ps(dwa, da); _mm512_storeu_ps(dwb, db);
-                _mm512_storeu_ps(mwa, _mm512_mul_ps(da, _mm512_set1_ps(-32.0f)));
-                _mm512_storeu_ps(mwb, _mm512_mul_ps(db, _mm512_set1_ps(-32.0f)));
+                dh[0] = _mm512_mul_ps(dw, _mm512_cvtepi32_ps(sca));
+                dh[1] = _mm512_mul_ps(dw, _mm512_cvtepi32_ps(scb));
+                mh[0] = _mm512_mul_ps(dh[0], _mm512_set1_ps(-32.0f));
+                mh[1] = _mm512_mul_ps(dh[1], _mm512_set1_ps(-32.0f));
             } else {
-                _mm512_storeu_ps(dwa, dw); _mm512_storeu_ps(dwb, dw);
-                _mm512_storeu_ps(mwa, mw); _mm512_storeu_ps(mwb, mw);
+                dh[0] = dh[1] = dw;
+                mh[0] = mh[1] = mw;
             }
-            for (int o = 0; o < 8; o++) {
-                uint8_t c[64];
-                _mm512_storeu_si512((void*)c, op[o]);
-                const float* dd = o < 4 ? dwa : dwb;
-                const float* mm = o < 4 ? mwa : mwb;
-                for (int r = 0; r < 16; r++) {
-                    float* dst = out + (rt * 16 + r - rt0 * 16) * K + g * 32 + 4 * o;
-                    for (int kk = 0; kk < 4; kk++) dst[kk] = dd[r] * (float)c[4 * r + kk] + mm[r];
+            for (int half = 0; half < 2; half++) {
+                for (int qq = 0; qq < 4; qq++) {  /* rows 4 qq .. 4 qq + 3 */
+                    const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(4 * qq),
+                                                         _mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 2));
+                    const __m512 dq = _mm512_permutexvar_ps(idx, dh[half]), mq = _mm512_permutexvar_ps(idx, mh[half]);
+                    const int64_t row0 = rt * 16 + 4 * qq - rt0 * 16;
+                    for (int o = 4 * half; o < 4 * half + 4; o++) {
+                        __m128i q16;
+                        switch (qq) {
+                            case 0: q16 = _mm512_extracti32x4_epi32(op[o], 0); break;
+                            case 1: q16 = _mm512_extracti32x4_epi32(op[o], 1); break;
+                            case 2: q16 = _mm512_extracti32x4_epi32(op[o], 2); break;
+                            default: q16 = _mm512_extracti32x4_epi32(op[o], 3); break;
+                        }
+                        /* 4 rows x 4 columns: lane 4 i + j = row 4 qq + i, column 32 g + 4 o + j */
+                        const __m512 w = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(q16)), dq), mq);
+                        const int64_t col = g * 32 + 4 * o;
+                        if (bf16) {
+                            uint16_t* dst = (uint16_t*)out + row0 * K + col;
+                            const __m256i b = bf16_round(w);
+                            uint64_t v[4];
+                            _mm256_storeu_si256((__m256i*)v, b);
+                            for (int i = 0; i < 4; i++) memcpy(dst + i * K, v + i, 8);
+                        } else {
+                            float* dst = (float*)out + row0 * K + col;
+                            float v[16];
+                            _mm512_storeu_ps(v, w);
+                            for (int i = 0; i < 4; i++) memcpy(dst + i * K, v + 4 * i, 16);
+                        }
+                    }
                 }
             }
         }

@@ -126,5 +126,5 @@ class DecoderLM:
         return rms_norm(x, self.output_norm, self.config.rms_eps)
 
     def compute_logits(self, hidden: torch.Tensor, prefill: bool | None = None) -> torch.Tensor:
-        """(N, d_model) -> (N, vocab) float32."""
+        """(N, d_model) -> (N, vocab) float32. `prefill` picks the head's kernel as for any Linear."""
         return softcap(self.lm_head(hidden, prefill).float(), self.config.final_logit_softcap)

@@ -130,8 +130,9 @@ async def generate(request: Request, req: GenerationRequest, rid: str, n_prompts
             return SSEResponse(stream_fn(group, prompts, truncated), on_close=_closer(state, group, release, timer))
         outputs = await collect(group, request.receive)
         body = body_fn(outputs, prompts, truncated)
-        if req.truncate_prompt_tokens is not None:
-            body["truncated"] = any(truncated)
+        flag = _truncated(req, truncated)
+        if flag is not None:
+            body["truncated"] = flag
         return JSONResponse(body)
     except ClientDisconnected:
         logger.info("%s: client disconnected; request aborted", rid)

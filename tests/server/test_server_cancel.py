@@ -37,7 +37,8 @@ def test_stream_disconnect_frees_blocks(server):
     server.wait_idle()
     with httpx.Client(base_url=server.url, timeout=30) as c:
         with c.stream("POST", "/v1/chat/completions", json=chat_body(stream=True, **LONG)) as r:
-            for line in r.iter_lines():
+            lines = r.iter_lines()  # kept: an iterator dropped at `break` would close the stream too early
+            for line in lines:
                 if '"content":"' in line and '"content":""' not in line:
                     break
             _wait_running(server)

@@ -84,11 +84,10 @@ def test_disconnect_during_long_prefill_stops_it(long_server, stream):
         sock.close()
     assert slot["n_prompt_tokens"] == 1500
     chunks_left = (1500 - slot["n_prompt_tokens_processed"]) // CHUNK
-    assert chunks_left > 10, slot  # caught early enough for the check below to mean something
+    assert chunks_left >= 20, slot  # caught early enough for the check below to mean something
     after = _assert_idle(s)
     ran = after["forwardpass_engine_steps_total"] - before["forwardpass_engine_steps_total"]
-    print('A4', stream, ran, chunks_left, slot, before['forwardpass_engine_steps_total'])
-    assert ran <= 4, (ran, chunks_left)  # the chunk in flight, maybe one more; not the rest of the prompt
+    assert ran <= 5, (ran, chunks_left)  # the chunk in flight, maybe one more; not the rest of the prompt
     assert after["forwardpass_prompt_tokens_total"] == before["forwardpass_prompt_tokens_total"]  # never finished
     assert after["forwardpass_generation_tokens_total"] == before["forwardpass_generation_tokens_total"]
 
@@ -169,13 +168,13 @@ def test_abort_storm(long_server):
             coros = [_survivor(c, SURVIVOR_PROMPTS[i % 10], stream=i % 2 == 1) if kind == "survivor"
                      else _leaver(c, rng, i) for kind, i in work]
             results = await asyncio.gather(*coros, *prefill_leavers)
-            survivors = [(SURVIVOR_PROMPTS[i % 10], text) for (kind, i), text in zip(work, results) if kind == "survivor"]
+            survivors = [(SURVIVOR_PROMPTS[i % 10], text) for (kind, i), text in zip(work, results)
+                         if kind == "survivor"]
             left = [r for (kind, _), r in zip(work, results) if kind == "leaver"]
             return solo, survivors, left, list(results[len(work):])
 
     solo, survivors, left, mid_prefill = asyncio.run(run())
     assert len(survivors) == 100 and len(left) + len(mid_prefill) == 100
-    print('A5', sum(left), mid_prefill, solo)
     assert all(left), "every leaver left before its answer was complete"
     assert [text for _, text in survivors] == [solo[p] for p, _ in survivors]
     assert len(mid_prefill) == 2 and all(0 < slot["n_prompt_tokens_processed"] < slot["n_prompt_tokens"]

@@ -33,7 +33,7 @@ def test_every_route_needs_the_key_but_the_allowlist(auth_server):
     """X1: walk app.routes; without a key every route is 401 authentication_error except the public allowlist."""
     assert security.PUBLIC_PATHS == PUBLIC
     calls = _route_calls()
-    assert {"/v1/chat/completions", "/v1/completions", "/v1/models", "/metrics", "/tokenize",
+    assert {"/v1/chat/completions", "/v1/completions", "/v1/models", "/metrics", "/slots", "/tokenize",
             "/detokenize"} <= {path for _, path in calls}
     for method, path in calls:
         r = auth_server.client.request(method, path, json={})

@@ -1,14 +1,19 @@
-"""Unit tests of the server's pure parts: body parsing, field validation, SSE encoding, Host parsing."""
+"""Unit tests of the server's pure parts: body parsing, field validation, SSE encoding, Host parsing, slots,
+truncation, config."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
+from forwardpass.engine.llm_engine import SeqProgress
+from forwardpass.server.config import ServerConfig
 from forwardpass.server.errors import APIError, short_repr
 from forwardpass.server.jsonbody import parse_json_object
 from forwardpass.server.protocol import Limits, parse_chat_request, parse_completion_request
 from forwardpass.server.security import GuardMiddleware, is_loopback
+from forwardpass.server.openai_routes import truncate_prompts
+from forwardpass.server.slots import SlotTable, describe
 from forwardpass.server.sse import event
 
 LIMITS = Limits(vocab_size=384, n_ctx=256)
@@ -67,3 +72,49 @@ def test_host_names(host, name):
 def test_loopback_detection():
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and is_loopback("127.0.0.2")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2") and not is_loopback("example.com")
+
+
+def _seq(rid: str, computed: int = 5) -> SeqProgress:
+    return SeqProgress(rid, 10, computed, max(0, computed - 10))
+
+
+def test_slot_numbers_are_stable():
+    """A running sequence keeps its slot; a freed slot is reused lowest first; n > 1 sequences get one each;
+    sequences beyond the slot count (forks may exceed max_num_seqs) are left out."""
+    table = SlotTable(3)
+    assert table.update([]) == [None, None, None]
+    a, b = _seq("a"), _seq("b")
+    assert table.update([a, b]) == [a, b, None]
+    c, b2 = _seq("c"), _seq("b", 12)
+    assert table.update([b2, c]) == [c, b2, None]  # b stays in slot 1, c takes the free slot 0
+    n1, n2 = _seq("n"), _seq("n")
+    assert table.update([b2, c, n1, n2]) == [c, b2, n1]  # the newest sequence does not fit
+    slots = describe(table.update([b2]), n_ctx=64)
+    assert [s["is_processing"] for s in slots] == [False, True, False]
+    assert slots[1] == {"id": 1, "n_ctx": 64, "is_processing": True, "id_task": "b", "n_prompt_tokens": 10,
+                        "n_prompt_tokens_processed": 10, "n_decoded": 2}
+
+
+def test_truncate_prompts():
+    assert truncate_prompts([[1, 2, 3, 4], [5]], 2, None, 16) == ([[3, 4], [5]], [True, False])
+    assert truncate_prompts([list(range(20))], -1, 6, 16) == ([list(range(10, 20))], [True])
+    assert truncate_prompts([list(range(20))], -1, None, 16) == ([list(range(5, 20))], [True])
+
+
+def test_context_shift_and_truncation_fields_parse():
+    req = parse_completion_request({"prompt": "x", "n_keep": -1, "n_discard": 256, "truncate_prompt_tokens": 255},
+                                   LIMITS)
+    assert req.truncate_prompt_tokens == 255
+    assert parse_chat_request({"messages": [{"role": "user", "content": "a"}]}, LIMITS).truncate_prompt_tokens is None
+    for field, value in (("n_keep", -2), ("n_discard", 257), ("truncate_prompt_tokens", 256),
+                         ("truncate_prompt_tokens", 0)):
+        with pytest.raises(APIError) as e:
+            parse_completion_request({"prompt": "x", field: value}, LIMITS)
+        assert e.value.status == 400 and e.value.param == field
+
+
+@pytest.mark.parametrize("kw", [{"queue_timeout": -1}, {"queue_timeout": float("nan")}, {"queue_timeout": True},
+                                {"max_num_batched_tokens": 0}, {"max_num_batched_tokens": 1.5}])
+def test_bad_server_config(kw):
+    with pytest.raises(ValueError):
+        ServerConfig(**kw)
