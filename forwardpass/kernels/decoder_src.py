@@ -82,24 +82,6 @@ static void rope_head(float* x, const float* c, const float* s, int64_t dims, in
     }
 }
 
-static void attend_row_head(const float* qv, const uint16_t* k, const uint16_t* v, const int64_t* slots, int64_t len,
-                            int64_t kv_heads, int64_t kvh, int64_t dim, float scale, int64_t window, float* s,
-                            float* o) {
-    const int64_t start = (window > 0 && len > window) ? len - window : 0;
-    float mx = -INFINITY;
-    for (int64_t j = start; j < len; j++) {
-        const float x = dot_bf16(qv, k + (slots[j] * kv_heads + kvh) * dim, dim) * scale;
-        s[j - start] = x;
-        if (x > mx) mx = x;
-    }
-    float sum = 0.f;
-    for (int64_t j = 0; j < len - start; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
-    for (int64_t d = 0; d < dim; d++) o[d] = 0.f;
-    for (int64_t j = start; j < len; j++) axpy_bf16(o, s[j - start], v + (slots[j] * kv_heads + kvh) * dim, dim);
-    const float inv = 1.f / sum;
-    for (int64_t d = 0; d < dim; d++) o[d] *= inv;
-}
-
 static inline float act_fn(float g, int64_t act) {
     if (act == 0) return g / (1.0f + expf(-g));
     const float c = 0.7978845608028654f;  /* sqrt(2 / pi) */
@@ -123,10 +105,10 @@ void decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, con
     float* a = (float*)malloc(sizeof(float) * B * F);
     qact_t qa = {(int8_t*)malloc(B * KMAX), (float*)malloc(sizeof(float) * B * KMAX / 32),
                  (float*)malloc(sizeof(float) * B * KMAX / 32), (int32_t*)malloc(sizeof(int32_t) * B * KMAX / 16), D};
-    float* scores = (float*)malloc(sizeof(float) * nthreads * (lmax + 1));
+    float* scores = (float*)malloc(sizeof(float) * nthreads * (lmax + 16));
     #pragma omp parallel num_threads(nthreads)
     {
-        float* s = scores + (int64_t)omp_get_thread_num() * (lmax + 1);
+        float* s = scores + (int64_t)omp_get_thread_num() * (lmax + 16);
         qact_t qD = qa, qQ = qa, qF = qa;  /* one buffer, read as K = d_model, q_out or n_ff columns */
         qD.k = D; qQ.k = QO; qF.k = F;
         for (int64_t l = 0; l < M->n_layers; l++) {
@@ -167,8 +149,8 @@ void decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, con
             #pragma omp for schedule(dynamic, 1)
             for (int64_t u = 0; u < B * H; u++) {
                 const int64_t r = u / H, hh = u % H;
-                attend_row_head(qkv + r * NQKV + hh * HD, L->kc, L->vc, ctx + r * ctx_stride, lens[r], KV,
-                                hh / (H / KV), HD, M->scale, L->window, s, att + r * QO + hh * HD);
+                attend_one(qkv + r * NQKV + hh * HD, L->kc, L->vc, ctx + r * ctx_stride, lens[r], KV,
+                           hh / (H / KV), HD, M->scale, L->window, s, att + r * QO + hh * HD);
             }
             #pragma omp for schedule(static)
             for (int64_t r = 0; r < B; r++) quantize_row(att + r * QO, r, &qQ);

@@ -252,32 +252,129 @@ static inline void axpy_bf16(float* o, float p, const uint16_t* v, int64_t dim) 
     for (int64_t d = 0; d < dim; d++) o[d] += p * bf16_to_f32(v[d]);
 }
 
+/* e^x for x <= 0 (Cephes' expf polynomial; relative error ~2e-7), a pure function of x: deterministic */
+static inline __m512 exp512(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* lane j of the result = the sum of the 16 lanes of a[j] (a fixed tree: transposes, no scalar reductions) */
+static inline __m512 sum16x16(const __m512* a) {
+    __m512 c[8], g[4];
+    for (int i = 0; i < 8; i++)
+        c[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+    for (int i = 0; i < 4; i++) {
+        const __m512d x = _mm512_castps_pd(c[2 * i]), y = _mm512_castps_pd(c[2 * i + 1]);
+        g[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+    }
+    const __m512 h01 = _mm512_add_ps(_mm512_shuffle_f32x4(g[0], g[1], 0x88), _mm512_shuffle_f32x4(g[0], g[1], 0xdd));
+    const __m512 h23 = _mm512_add_ps(_mm512_shuffle_f32x4(g[2], g[3], 0x88), _mm512_shuffle_f32x4(g[2], g[3], 0xdd));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(h01, h23, 0x88), _mm512_shuffle_f32x4(h01, h23, 0xdd));
+}
+
+/* One query row of one head over keys start .. len - 1 of its context (`slots`): scores 16 keys at a time,
+   softmax with a vector exp, then the weighted sum of values with the output kept in registers. ND = dim / 16.
+   s: scratch of len floats. The order of every sum depends only on the row's own length. */
+static inline __attribute__((always_inline)) void attend_vec(const float* qv, const uint16_t* k, const uint16_t* v,
+                                                             const int64_t* slots, int64_t start, int64_t len,
+                                                             int64_t kv_heads, int64_t kvh, const int ND, float scale,
+                                                             float* s, float* out) {
+    const int64_t dim = 16 * ND, n = len - start;
+    __m512 q[16], o[16];
+    for (int i = 0; i < ND; i++) q[i] = _mm512_mul_ps(_mm512_loadu_ps(qv + 16 * i), _mm512_set1_ps(scale));
+    __m512 mxv = _mm512_set1_ps(-INFINITY);
+    for (int64_t jb = 0; jb < n; jb += 16) {
+        const int cnt = n - jb < 16 ? (int)(n - jb) : 16;
+        __m512 acc[16];
+        for (int jj = 0; jj < 16; jj++) {
+            __m512 a = _mm512_setzero_ps();
+            if (jj < cnt) {
+                const uint16_t* kp = k + (slots[start + jb + jj] * kv_heads + kvh) * dim;
+                for (int i = 0; i < ND; i++) a = _mm512_fmadd_ps(q[i], bf16x16(kp + 16 * i), a);
+            }
+            acc[jj] = a;
+        }
+        const __mmask16 m = (__mmask16)((1u << cnt) - 1u);
+        const __m512 sc = sum16x16(acc);
+        _mm512_mask_storeu_ps(s + jb, m, sc);
+        mxv = _mm512_mask_max_ps(mxv, m, mxv, sc);
+    }
+    const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(mxv));
+    __m512 sumv = _mm512_setzero_ps();
+    for (int64_t jb = 0; jb < n; jb += 16) {
+        const int cnt = n - jb < 16 ? (int)(n - jb) : 16;
+        const __mmask16 m = (__mmask16)((1u << cnt) - 1u);
+        const __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + jb), mx));
+        _mm512_mask_storeu_ps(s + jb, m, e);
+        sumv = _mm512_mask_add_ps(sumv, m, sumv, e);
+    }
+    const float inv = 1.0f / _mm512_reduce_add_ps(sumv);
+    for (int i = 0; i < ND; i++) o[i] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; j++) {
+        const __m512 p = _mm512_set1_ps(s[j]);
+        const uint16_t* vp = v + (slots[start + j] * kv_heads + kvh) * dim;
+        for (int i = 0; i < ND; i++) o[i] = _mm512_fmadd_ps(p, bf16x16(vp + 16 * i), o[i]);
+    }
+    for (int i = 0; i < ND; i++) _mm512_storeu_ps(out + 16 * i, _mm512_mul_ps(o[i], _mm512_set1_ps(inv)));
+}
+
+/* Any head size: the scalar-reduction version. */
+static void attend_generic(const float* qv, const uint16_t* k, const uint16_t* v, const int64_t* slots, int64_t start,
+                           int64_t len, int64_t kv_heads, int64_t kvh, int64_t dim, float scale, float* s, float* o) {
+    float mx = -INFINITY;
+    for (int64_t j = start; j < len; j++) {
+        const float x = dot_bf16(qv, k + (slots[j] * kv_heads + kvh) * dim, dim) * scale;
+        s[j - start] = x;
+        if (x > mx) mx = x;
+    }
+    float sum = 0.f;
+    for (int64_t j = 0; j < len - start; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
+    for (int64_t d = 0; d < dim; d++) o[d] = 0.f;
+    for (int64_t j = start; j < len; j++) axpy_bf16(o, s[j - start], v + (slots[j] * kv_heads + kvh) * dim, dim);
+    const float inv = 1.f / sum;
+    for (int64_t d = 0; d < dim; d++) o[d] *= inv;
+}
+
+/* One (query row, head): attends the first `len` slots of its context, the last `window` of them if window > 0. */
+static void attend_one(const float* qv, const uint16_t* k, const uint16_t* v, const int64_t* slots, int64_t len,
+                       int64_t kv_heads, int64_t kvh, int64_t dim, float scale, int64_t window, float* s, float* o) {
+    const int64_t start = (window > 0 && len > window) ? len - window : 0;
+    switch (dim) {
+        case 64: attend_vec(qv, k, v, slots, start, len, kv_heads, kvh, 4, scale, s, o); break;
+        case 128: attend_vec(qv, k, v, slots, start, len, kv_heads, kvh, 8, scale, s, o); break;
+        case 256: attend_vec(qv, k, v, slots, start, len, kv_heads, kvh, 16, scale, s, o); break;
+        default: attend_generic(qv, k, v, slots, start, len, kv_heads, kvh, dim, scale, s, o); break;
+    }
+}
+
 /* Each of R query rows attends over its own context: the first lens[r] slots of row seq[r] of ctx (S, ctx_stride),
    the last `window` of them if window > 0. q: (R, H, D) float32; k, v: (slots, Hkv, D) bf16; out: (R, H, D). */
 void paged_attention(const float* q, const uint16_t* k, const uint16_t* v, const int64_t* ctx, int64_t ctx_stride,
                      const int64_t* seq, const int64_t* lens, int64_t rows, int64_t heads, int64_t kv_heads,
                      int64_t dim, float scale, int64_t window, float* out, int64_t n_threads) {
     const int64_t group = heads / kv_heads;
-    #pragma omp parallel for num_threads(n_threads) schedule(dynamic, 4)
-    for (int64_t rh = 0; rh < rows * heads; rh++) {
-        const int64_t r = rh / heads, h = rh % heads, kvh = h / group, len = lens[r];
-        const int64_t start = (window > 0 && len > window) ? len - window : 0;
-        const int64_t* slots = ctx + seq[r] * ctx_stride;
-        const float* qv = q + rh * dim;
-        float* o = out + rh * dim;
-        float* s = (float*)malloc(sizeof(float) * (size_t)(len - start + 1));
-        float mx = -INFINITY;
-        for (int64_t j = start; j < len; j++) {
-            const float x = dot_bf16(qv, k + (slots[j] * kv_heads + kvh) * dim, dim) * scale;
-            s[j - start] = x;
-            if (x > mx) mx = x;
+    int64_t lmax = 1;
+    for (int64_t r = 0; r < rows; r++) if (lens[r] > lmax) lmax = lens[r];
+    #pragma omp parallel num_threads(n_threads)
+    {
+        float* s = (float*)malloc(sizeof(float) * (size_t)(lmax + 16));
+        #pragma omp for schedule(dynamic, 4)
+        for (int64_t rh = 0; rh < rows * heads; rh++) {
+            const int64_t r = rh / heads, h = rh % heads;
+            attend_one(q + rh * dim, k, v, ctx + seq[r] * ctx_stride, lens[r], kv_heads, h / group, dim, scale,
+                       window, s, out + rh * dim);
         }
-        float sum = 0.f;
-        for (int64_t j = 0; j < len - start; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
-        for (int64_t d = 0; d < dim; d++) o[d] = 0.f;
-        for (int64_t j = start; j < len; j++) axpy_bf16(o, s[j - start], v + (slots[j] * kv_heads + kvh) * dim, dim);
-        const float inv = 1.f / sum;
-        for (int64_t d = 0; d < dim; d++) o[d] *= inv;
         free(s);
     }
 }
