@@ -48,11 +48,11 @@ def test_two_matrices_in_one_call_equal_separate_calls():
 def test_tile_dense_path_in_chunks(monkeypatch):
     weight = random_weight(T.Q5_0, 96, 256, seed=7)
     linear = TileLinear([weight])
-    x = torch.randn(40, 256)
-    whole = linear(x, prefill=True)
-    assert rel_err(whole, x @ weight.dequantize().t()) <= 1e-2  # bf16 GEMM
-    monkeypatch.setattr(tiles_module, "DENSE_CHUNK_BYTES", 32 * 256 * 4)  # 32 rows at a time
-    assert torch.equal(linear(x, prefill=True), whole)
+    x = torch.randn(40, 256).to(torch.bfloat16)
+    whole = linear.dense(x)
+    assert rel_err(whole, x.float() @ weight.dequantize().t()) <= 1e-2  # bf16 GEMM
+    monkeypatch.setattr(tiles_module, "DENSE_CHUNK_BYTES", 32 * 256 * 2)  # 32 rows at a time
+    assert torch.equal(linear.dense(x), whole)
 
 
 def decode_logits(llm: LLM, ids: list[int]) -> torch.Tensor:

@@ -101,14 +101,14 @@ class ModelRunner:
             block_tables=[c.block_table for c in chunks], slot_mapping=slots, block_size=bs,
             device=self.device, prefill=prefill)
         dev = self.device
-        hidden = self.model.forward(torch.tensor(ids, dtype=torch.int64, device=dev),
-                                    torch.tensor(positions, dtype=torch.int64, device=dev), meta, self.cache)
+        ids_t = torch.tensor(ids, dtype=torch.int64, device=dev)
+        positions_t = torch.tensor(positions, dtype=torch.int64, device=dev)
         if not rows:
+            self.model.forward(ids_t, positions_t, meta, self.cache)  # fills the cache
             return torch.empty(0, self.model.config.vocab_size, device=dev)
-        if len(rows) != hidden.shape[0]:
-            hidden = hidden.index_select(0, torch.tensor(rows, dtype=torch.int64, device=dev))
         # The head's GEMM only for teacher forcing (scoring many positions): a prompt's last position is one row,
         # and dequantizing a whole head for it (Gemma 3's has 262k rows) costs more than the prompt's layers.
         # Decode kernels compute each row alone, so a generated token's logits never depend on the batch.
         scoring = prefill and any(c.logits == "all" for c in chunks)
-        return self.model.compute_logits(hidden, scoring)
+        return self.model.forward_logits(ids_t, positions_t, meta, self.cache,
+                                         torch.tensor(rows, dtype=torch.int64, device=dev), scoring)

@@ -37,24 +37,46 @@ typedef struct {
     int64_t n_layers, d_model, n_ff, n_heads, n_kv, head_dim, rope_dims, neox, act;  /* act 0: SiLU, 1: GELU-tanh */
     float eps, scale;
     const dlayer_t* layers;
+    const float* out_norm;      /* final norm and output head: logits of the rows asked for */
+    const tmat_t* head;
 } dmodel_t;
 
 static inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
 
-/* out = x * rsqrt(mean(x^2) + eps) * w over n features (n % 16 == 0 on the vector path) */
+/* out = x * rsqrt(mean(x^2) + eps) * w over n features (vector path when n % 16 == 0) */
 static void rmsnorm_row(const float* x, const float* w, float* out, int64_t n, float eps) {
-    float ss;
-    int64_t i = 0;
     if (n % 16 == 0) {
         __m512 acc = _mm512_setzero_ps();
-        for (; i < n; i += 16) { const __m512 v = _mm512_loadu_ps(x + i); acc = _mm512_fmadd_ps(v, v, acc); }
-        ss = hsum(acc);
-    } else {
-        ss = 0.f;
-        for (; i < n; i++) ss += x[i] * x[i];
+        for (int64_t i = 0; i < n; i += 16) { const __m512 v = _mm512_loadu_ps(x + i); acc = _mm512_fmadd_ps(v, v, acc); }
+        const __m512 r = _mm512_set1_ps(1.0f / sqrtf(hsum(acc) / (float)n + eps));
+        for (int64_t i = 0; i < n; i += 16)
+            _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), r), _mm512_loadu_ps(w + i)));
+        return;
     }
+    float ss = 0.f;
+    for (int64_t i = 0; i < n; i++) ss += x[i] * x[i];
     const float r = 1.0f / sqrtf(ss / (float)n + eps);
-    for (i = 0; i < n; i++) out[i] = x[i] * r * w[i];
+    for (int64_t i = 0; i < n; i++) out[i] = x[i] * r * w[i];
+}
+
+/* out = act(g) * u over n features (n % 16 == 0): SiLU g / (1 + e^-g), or GELU-tanh
+   0.5 g (1 + tanh(c (g + 0.044715 g^3))) with tanh(z) = 1 - 2 / (1 + e^2z) */
+static void act_mul_row(const float* g, const float* u, float* out, int64_t n, int64_t act) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (int64_t i = 0; i < n; i += 16) {
+        const __m512 x = _mm512_loadu_ps(g + i);
+        __m512 a;
+        if (act == 0) {
+            a = _mm512_div_ps(x, _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+        } else {
+            const __m512 z = _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f),
+                                           _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(0.044715f), x), _mm512_mul_ps(x, x), x));
+            const __m512 t = _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f),
+                                                              _mm512_add_ps(one, exp512(_mm512_add_ps(z, z)))));
+            a = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), _mm512_add_ps(one, t));
+        }
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(a, _mm512_loadu_ps(u + i)));
+    }
 }
 
 static inline uint16_t to_bf16(float f) {  /* round to nearest even, as torch's .to(bfloat16) */
@@ -82,17 +104,14 @@ static void rope_head(float* x, const float* c, const float* s, int64_t dims, in
     }
 }
 
-static inline float act_fn(float g, int64_t act) {
-    if (act == 0) return g / (1.0f + expf(-g));
-    const float c = 0.7978845608028654f;  /* sqrt(2 / pi) */
-    return 0.5f * g * (1.0f + tanhf(c * (g + 0.044715f * g * g * g)));
-}
-
-/* x: (B, d_model) float32 hidden states of B tokens, updated in place through every layer.
-   rope: (n_rope, B, 2, rope_dims) cos/sin; slots: (B,) cache slot of each token; ctx: (B, ctx_stride) cache slots
-   of each token's context; lens: (B,) context length including the token. */
+/* x: (B, d_model) float32 hidden states of B tokens (prompt or generated, of one or many sequences), updated in
+   place through every layer; then logits (n_out, vocab) = head(out_norm(x[out_rows])). rope: (n_rope, B, 2, rope_dims) cos/sin; slots: (B,) cache slot of each token;
+   ctx: (S, ctx_stride) cache slots of each sequence's context; seq: (B,) each token's sequence; lens: (B,) the
+   context length each token sees, itself included. A sequence's tokens are written to the cache before any
+   attends, so a prompt chunk attends to itself causally through `lens`. */
 void decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, const int64_t* slots,
-                  const int64_t* ctx, int64_t ctx_stride, const int64_t* lens, int64_t nthreads) {
+                  const int64_t* ctx, int64_t ctx_stride, const int64_t* seq, const int64_t* lens,
+                  const int64_t* out_rows, int64_t n_out, float* logits, int64_t nthreads) {
     const int64_t D = M->d_model, F = M->n_ff, H = M->n_heads, KV = M->n_kv, HD = M->head_dim;
     const int64_t QO = H * HD, NQKV = QO + 2 * KV * HD, KMAX = (F > QO ? F : QO) > D ? (F > QO ? F : QO) : D;
     int64_t lmax = 1;
@@ -149,7 +168,7 @@ void decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, con
             #pragma omp for schedule(dynamic, 1)
             for (int64_t u = 0; u < B * H; u++) {
                 const int64_t r = u / H, hh = u % H;
-                attend_one(qkv + r * NQKV + hh * HD, L->kc, L->vc, ctx + r * ctx_stride, lens[r], KV,
+                attend_one(qkv + r * NQKV + hh * HD, L->kc, L->vc, ctx + seq[r] * ctx_stride, lens[r], KV,
                            hh / (H / KV), HD, M->scale, L->window, s, att + r * QO + hh * HD);
             }
             #pragma omp for schedule(static)
@@ -169,7 +188,7 @@ void decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, con
             for (int64_t r = 0; r < B; r++) {
                 const float* g = gu + r * 2 * F;
                 float* ar = a + r * F;
-                for (int64_t i = 0; i < F; i++) ar[i] = act_fn(g[i], M->act) * g[F + i];
+                act_mul_row(g, g + F, ar, F, M->act);
                 quantize_row(ar, r, &qF);
             }
             tile_matmul_multi(&L->down, 1, &qF, B, f, D);
@@ -180,6 +199,14 @@ void decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, con
                 if (L->post_ffn_norm) rmsnorm_row(fr, L->post_ffn_norm, fr, D, M->eps);
                 for (int64_t i = 0; i < D; i++) xr[i] += fr[i];
             }
+        }
+        if (n_out > 0) {
+            #pragma omp for schedule(static)
+            for (int64_t i = 0; i < n_out; i++) {
+                rmsnorm_row(x + out_rows[i] * D, M->out_norm, h + i * D, D, M->eps);
+                quantize_row(h + i * D, i, &qD);
+            }
+            tile_matmul_multi(&M->head, 1, &qD, n_out, logits, M->head->n);
         }
     }
     free(h); free(f); free(qkv); free(att); free(gu); free(a);

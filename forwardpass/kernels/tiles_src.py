@@ -130,12 +130,13 @@ static inline __attribute__((always_inline)) void tile_scales(const tmat_t* W, i
     }
 }
 
-/* rows of tile rt for tokens t0 .. t0 + TN - 1: y[t, 16 rt + r] */
+/* rows of tile rt for tokens t0 .. t0 + TN - 1: y[t, 16 rt + r]. The tile's codes are decoded once for the TN
+   tokens; each token's sums run in the same order whatever TN (the result of a token never depends on TN). */
 static inline __attribute__((always_inline)) void tile_block(const tmat_t* W, int64_t rt, const qact_t* X,
                                                              int64_t t0, const int TN, float* y, int64_t ldy,
                                                              const int BITS, const int SM) {
     const int64_t K = W->k, G = K / 32;
-    __m512 acc[8];
+    __m512 acc[16];
     for (int i = 0; i < TN; i++) acc[i] = _mm512_setzero_ps();
     for (int64_t g = 0; g < G; g++) {
         __m512i op[8];
@@ -164,11 +165,12 @@ static inline __attribute__((always_inline)) void tile_block(const tmat_t* W, in
     for (int i = 0; i < TN; i++) _mm512_storeu_ps(y + (t0 + i) * ldy + rt * 16, acc[i]);
 }
 
-#define TILE_TB 4
 #define DEFINE_TILE_ROWS(NAME, BITS, SM)                                                                     \
 static void NAME(const tmat_t* W, int64_t rt, const qact_t* X, int64_t T, float* y, int64_t ldy) {         \
     int64_t t0 = 0;                                                                                         \
-    for (; t0 + TILE_TB <= T; t0 += TILE_TB) tile_block(W, rt, X, t0, TILE_TB, y, ldy, BITS, SM);           \
+    for (; t0 + 16 <= T; t0 += 16) tile_block(W, rt, X, t0, 16, y, ldy, BITS, SM);                          \
+    if (t0 + 8 <= T) { tile_block(W, rt, X, t0, 8, y, ldy, BITS, SM); t0 += 8; }                            \
+    if (t0 + 4 <= T) { tile_block(W, rt, X, t0, 4, y, ldy, BITS, SM); t0 += 4; }                            \
     for (; t0 < T; t0++) tile_block(W, rt, X, t0, 1, y, ldy, BITS, SM);                                     \
 }
 DEFINE_TILE_ROWS(tile_rows_4d, 4, SM_D)

@@ -118,12 +118,25 @@ class DecoderLM:
                 cache: KVCache) -> torch.Tensor:
         """(T,) ids at (T,) positions -> (T, d_model) final hidden states (after the output norm)."""
         x = self.embed(input_ids)
-        if meta.prefill is False and self.native_decoder is not None and self.native_decoder.accepts(cache):
+        if self.native_decoder is not None and self.native_decoder.accepts(cache):
             x = self.native_decoder.step(x, positions, meta, cache)
         else:
             for i in range(self.config.n_layers):
                 x = self.block(i, x, positions, meta, cache)
         return rms_norm(x, self.output_norm, self.config.rms_eps)
+
+    def forward_logits(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+                       cache: KVCache, rows: torch.Tensor, prefill: bool | None = None) -> torch.Tensor:
+        """The logits (len(rows), vocab) float32 of the flat batch's positions `rows`; the native step computes
+        the head in the same call where it can."""
+        native = self.native_decoder
+        if native is not None and native.has_head and native.accepts(cache) and rows.numel():
+            logits = native.step(self.embed(input_ids), positions, meta, cache, rows)
+            return softcap(logits, self.config.final_logit_softcap)
+        hidden = self.forward(input_ids, positions, meta, cache)
+        if rows.numel() != hidden.shape[0]:
+            hidden = hidden.index_select(0, rows)
+        return self.compute_logits(hidden, prefill)
 
     def compute_logits(self, hidden: torch.Tensor, prefill: bool | None = None) -> torch.Tensor:
         """(N, d_model) -> (N, vocab) float32. `prefill` picks the head's kernel as for any Linear."""

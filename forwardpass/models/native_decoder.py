@@ -53,7 +53,8 @@ class DLayer(ctypes.Structure):
 class DModel(ctypes.Structure):
     _fields_ = [(n, ctypes.c_int64) for n in ("n_layers", "d_model", "n_ff", "n_heads", "n_kv", "head_dim",
                                                "rope_dims", "neox", "act")] + [
-        ("eps", ctypes.c_float), ("scale", ctypes.c_float), ("layers", ctypes.POINTER(DLayer))]
+        ("eps", ctypes.c_float), ("scale", ctypes.c_float), ("layers", ctypes.POINTER(DLayer)),
+        ("out_norm", ctypes.c_void_p), ("head", _P)]
 
 
 @functools.lru_cache(maxsize=None)
@@ -63,7 +64,7 @@ def _step_fn() -> ctypes._CFuncPtr | None:
         return None
     fn = lib.decoder_step
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    fn.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, i64, ptr, i64]
+    fn.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, i64, ptr, ptr, ptr, i64, ptr, i64]
     fn.restype = None
     return fn
 
@@ -119,6 +120,14 @@ class NativeDecoder:
             layer.rope = rope_index[id(model.rotary[i])]
         self.model = DModel(c.n_layers, c.d_model, c.n_ff, c.n_heads, c.n_kv_heads, c.head_dim, c.rope_dims,
                             int(model.rope_neox), act.pop(), c.rms_eps, c.scale, self.layers)
+        head = _tiles(model.lm_head)
+        self.has_head = head is not None and len(head[0]) == 1 and head[1][0] is None
+        if self.has_head:  # the final norm and the head in the same call
+            out_norm = model.output_norm.float().contiguous()
+            self._keep += [out_norm, head[0][0]]
+            self.model.out_norm = out_norm.data_ptr()
+            self.model.head = ctypes.pointer(head[0][0].struct)
+        self.vocab = model.config.vocab_size
         self._bound: KVCache | None = None
 
     @classmethod
@@ -149,9 +158,11 @@ class NativeDecoder:
             self.layers[i].kc, self.layers[i].vc = cache.k[i].data_ptr(), cache.v[i].data_ptr()
         self._bound = cache
 
-    def step(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, cache: KVCache) -> torch.Tensor:
-        """x: (B, d_model) float32 embeddings of B generated tokens, one per row of `meta` -> final hidden
-        states before the output norm (in place)."""
+    def step(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, cache: KVCache,
+             logit_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (T, d_model) float32 embeddings of the batch's T tokens (prompt chunks and generated tokens alike)
+        -> final hidden states before the output norm (in place), or with `logit_rows` (and `has_head`) the
+        logits of those rows: (len(logit_rows), vocab) float32, before any soft-capping."""
         if cache is not self._bound:
             self._bind(cache)
         x = x.float().contiguous()
@@ -160,9 +171,13 @@ class NativeDecoder:
             cos, sin = meta.cached(("rope", id(r)), lambda r=r: r.factors(positions))
             tables.append(torch.stack((cos[:, 0], sin[:, 0]), dim=1))  # (B, 2, dims)
         rope = torch.stack(tables).contiguous()
-        ctx = meta.ctx_slots if meta.ctx_slots.shape[0] == x.shape[0] else meta.ctx_slots[meta.row_seq]
-        ctx = ctx.contiguous()
+        ctx, seq = meta.ctx_slots.contiguous(), meta.row_seq.contiguous()
         lens, slots = meta.row_lens.contiguous(), meta.slot_mapping.contiguous()
+        n_out = 0 if logit_rows is None else logit_rows.shape[0]
+        logits = torch.empty(n_out, self.vocab) if n_out else None
+        rows = logit_rows.contiguous() if n_out else None
         _step_fn()(ctypes.byref(self.model), x.data_ptr(), x.shape[0], rope.data_ptr(), slots.data_ptr(),
-                   ctx.data_ptr(), ctx.shape[1], lens.data_ptr(), torch.get_num_threads())
-        return x
+                   ctx.data_ptr(), ctx.shape[1], seq.data_ptr(), lens.data_ptr(),
+                   None if rows is None else rows.data_ptr(), n_out, None if logits is None else logits.data_ptr(),
+                   torch.get_num_threads())
+        return x if logit_rows is None else logits
