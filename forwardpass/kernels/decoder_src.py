@@ -124,10 +124,10 @@ void decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, con
     float* a = (float*)malloc(sizeof(float) * B * F);
     qact_t qa = {(int8_t*)malloc(B * KMAX), (float*)malloc(sizeof(float) * B * KMAX / 32),
                  (float*)malloc(sizeof(float) * B * KMAX / 32), (int32_t*)malloc(sizeof(int32_t) * B * KMAX / 16), D};
-    float* scores = (float*)malloc(sizeof(float) * nthreads * (lmax + 16));
+    float* scores = (float*)malloc(sizeof(float) * nthreads * 4 * (lmax + 16));
     #pragma omp parallel num_threads(nthreads)
     {
-        float* s = scores + (int64_t)omp_get_thread_num() * (lmax + 16);
+        float* s = scores + (int64_t)omp_get_thread_num() * 4 * (lmax + 16);
         qact_t qD = qa, qQ = qa, qF = qa;  /* one buffer, read as K = d_model, q_out or n_ff columns */
         qD.k = D; qQ.k = QO; qF.k = F;
         for (int64_t l = 0; l < M->n_layers; l++) {
@@ -166,10 +166,10 @@ void decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, con
                 }
             }
             #pragma omp for schedule(dynamic, 1)
-            for (int64_t u = 0; u < B * H; u++) {
-                const int64_t r = u / H, hh = u % H;
-                attend_one(qkv + r * NQKV + hh * HD, L->kc, L->vc, ctx + seq[r] * ctx_stride, lens[r], KV,
-                           hh / (H / KV), HD, M->scale, L->window, s, att + r * QO + hh * HD);
+            for (int64_t u = 0; u < B * KV; u++) {  /* a token's heads of one KV head together */
+                const int64_t r = u / KV, kvh = u % KV, G = H / KV;
+                attend_heads(qkv + r * NQKV + kvh * G * HD, L->kc, L->vc, ctx + seq[r] * ctx_stride, lens[r], KV,
+                             kvh, G, HD, M->scale, L->window, s, att + r * QO + kvh * G * HD);
             }
             #pragma omp for schedule(static)
             for (int64_t r = 0; r < B; r++) quantize_row(att + r * QO, r, &qQ);

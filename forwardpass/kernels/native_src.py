@@ -283,50 +283,65 @@ static inline __m512 sum16x16(const __m512* a) {
     return _mm512_add_ps(_mm512_shuffle_f32x4(h01, h23, 0x88), _mm512_shuffle_f32x4(h01, h23, 0xdd));
 }
 
-/* One query row of one head over keys start .. len - 1 of its context (`slots`): scores 16 keys at a time,
-   softmax with a vector exp, then the weighted sum of values with the output kept in registers. ND = dim / 16.
-   s: scratch of len floats. The order of every sum depends only on the row's own length. */
+/* One query row of G heads sharing a KV head, over keys start .. len - 1 of its context (`slots`): scores 16
+   keys at a time, softmax with a vector exp, then the weighted sum of values. Each key and value is converted
+   from bf16 once for the G heads; every head's sums run in exactly the order they would alone, so the result of
+   a head never depends on G. qv, out: (G, 16 ND); s: scratch of G * (len + 16) floats. */
 static inline __attribute__((always_inline)) void attend_vec(const float* qv, const uint16_t* k, const uint16_t* v,
                                                              const int64_t* slots, int64_t start, int64_t len,
-                                                             int64_t kv_heads, int64_t kvh, const int ND, float scale,
-                                                             float* s, float* out) {
-    const int64_t dim = 16 * ND, n = len - start;
-    __m512 q[16], o[16];
-    for (int i = 0; i < ND; i++) q[i] = _mm512_mul_ps(_mm512_loadu_ps(qv + 16 * i), _mm512_set1_ps(scale));
-    __m512 mxv = _mm512_set1_ps(-INFINITY);
+                                                             int64_t kv_heads, int64_t kvh, const int G, const int ND,
+                                                             float scale, float* s, float* out) {
+    const int64_t dim = 16 * ND, n = len - start, stride = n + 16;
+    __m512 q[4][16];
+    for (int g = 0; g < G; g++)
+        for (int i = 0; i < ND; i++) q[g][i] = _mm512_mul_ps(_mm512_loadu_ps(qv + g * dim + 16 * i), _mm512_set1_ps(scale));
+    __m512 mxv[4];
+    for (int g = 0; g < G; g++) mxv[g] = _mm512_set1_ps(-INFINITY);
     for (int64_t jb = 0; jb < n; jb += 16) {
         const int cnt = n - jb < 16 ? (int)(n - jb) : 16;
-        __m512 acc[16];
+        __m512 acc[4][16];
         for (int jj = 0; jj < 16; jj++) {
-            __m512 a = _mm512_setzero_ps();
+            __m512 a[4];
+            for (int g = 0; g < G; g++) a[g] = _mm512_setzero_ps();
             if (jj < cnt) {
                 const uint16_t* kp = k + (slots[start + jb + jj] * kv_heads + kvh) * dim;
-                for (int i = 0; i < ND; i++) a = _mm512_fmadd_ps(q[i], bf16x16(kp + 16 * i), a);
+                for (int i = 0; i < ND; i++) {
+                    const __m512 kv = bf16x16(kp + 16 * i);
+                    for (int g = 0; g < G; g++) a[g] = _mm512_fmadd_ps(q[g][i], kv, a[g]);
+                }
             }
-            acc[jj] = a;
+            for (int g = 0; g < G; g++) acc[g][jj] = a[g];
         }
         const __mmask16 m = (__mmask16)((1u << cnt) - 1u);
-        const __m512 sc = sum16x16(acc);
-        _mm512_mask_storeu_ps(s + jb, m, sc);
-        mxv = _mm512_mask_max_ps(mxv, m, mxv, sc);
+        for (int g = 0; g < G; g++) {
+            const __m512 sc = sum16x16(acc[g]);
+            _mm512_mask_storeu_ps(s + g * stride + jb, m, sc);
+            mxv[g] = _mm512_mask_max_ps(mxv[g], m, mxv[g], sc);
+        }
     }
-    const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(mxv));
-    __m512 sumv = _mm512_setzero_ps();
-    for (int64_t jb = 0; jb < n; jb += 16) {
-        const int cnt = n - jb < 16 ? (int)(n - jb) : 16;
-        const __mmask16 m = (__mmask16)((1u << cnt) - 1u);
-        const __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + jb), mx));
-        _mm512_mask_storeu_ps(s + jb, m, e);
-        sumv = _mm512_mask_add_ps(sumv, m, sumv, e);
+    float inv[4];
+    for (int g = 0; g < G; g++) {
+        float* sg = s + g * stride;
+        const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(mxv[g]));
+        __m512 sumv = _mm512_setzero_ps();
+        for (int64_t jb = 0; jb < n; jb += 16) {
+            const int cnt = n - jb < 16 ? (int)(n - jb) : 16;
+            const __mmask16 m = (__mmask16)((1u << cnt) - 1u);
+            const __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sg + jb), mx));
+            _mm512_mask_storeu_ps(sg + jb, m, e);
+            sumv = _mm512_mask_add_ps(sumv, m, sumv, e);
+        }
+        inv[g] = 1.0f / _mm512_reduce_add_ps(sumv);
     }
-    const float inv = 1.0f / _mm512_reduce_add_ps(sumv);
-    for (int i = 0; i < ND; i++) o[i] = _mm512_setzero_ps();
-    for (int64_t j = 0; j < n; j++) {
-        const __m512 p = _mm512_set1_ps(s[j]);
-        const uint16_t* vp = v + (slots[start + j] * kv_heads + kvh) * dim;
-        for (int i = 0; i < ND; i++) o[i] = _mm512_fmadd_ps(p, bf16x16(vp + 16 * i), o[i]);
+    for (int i = 0; i < ND; i++) {
+        __m512 o[4];
+        for (int g = 0; g < G; g++) o[g] = _mm512_setzero_ps();
+        for (int64_t j = 0; j < n; j++) {
+            const __m512 vv = bf16x16(v + (slots[start + j] * kv_heads + kvh) * dim + 16 * i);
+            for (int g = 0; g < G; g++) o[g] = _mm512_fmadd_ps(_mm512_set1_ps(s[g * stride + j]), vv, o[g]);
+        }
+        for (int g = 0; g < G; g++) _mm512_storeu_ps(out + g * dim + 16 * i, _mm512_mul_ps(o[g], _mm512_set1_ps(inv[g])));
     }
-    for (int i = 0; i < ND; i++) _mm512_storeu_ps(out + 16 * i, _mm512_mul_ps(o[i], _mm512_set1_ps(inv)));
 }
 
 /* Any head size: the scalar-reduction version. */
@@ -346,15 +361,33 @@ static void attend_generic(const float* qv, const uint16_t* k, const uint16_t* v
     for (int64_t d = 0; d < dim; d++) o[d] *= inv;
 }
 
-/* One (query row, head): attends the first `len` slots of its context, the last `window` of them if window > 0. */
-static void attend_one(const float* qv, const uint16_t* k, const uint16_t* v, const int64_t* slots, int64_t len,
-                       int64_t kv_heads, int64_t kvh, int64_t dim, float scale, int64_t window, float* s, float* o) {
+#define ATTEND_G(G)                                                                                          \
+    switch (dim) {                                                                                          \
+        case 64: attend_vec(qv, k, v, slots, start, len, kv_heads, kvh, G, 4, scale, s, o); break;          \
+        case 128: attend_vec(qv, k, v, slots, start, len, kv_heads, kvh, G, 8, scale, s, o); break;         \
+        default: attend_vec(qv, k, v, slots, start, len, kv_heads, kvh, G, 16, scale, s, o); break;         \
+    }
+
+/* One query row of `heads` consecutive heads sharing KV head kvh (qv, o: (heads, dim)): each attends the first
+   `len` slots of its context, the last `window` of them if window > 0. s: scratch of 4 * (len + 16) floats. */
+static void attend_heads(const float* qv, const uint16_t* k, const uint16_t* v, const int64_t* slots, int64_t len,
+                         int64_t kv_heads, int64_t kvh, int64_t heads, int64_t dim, float scale, int64_t window,
+                         float* s, float* o) {
     const int64_t start = (window > 0 && len > window) ? len - window : 0;
-    switch (dim) {
-        case 64: attend_vec(qv, k, v, slots, start, len, kv_heads, kvh, 4, scale, s, o); break;
-        case 128: attend_vec(qv, k, v, slots, start, len, kv_heads, kvh, 8, scale, s, o); break;
-        case 256: attend_vec(qv, k, v, slots, start, len, kv_heads, kvh, 16, scale, s, o); break;
-        default: attend_generic(qv, k, v, slots, start, len, kv_heads, kvh, dim, scale, s, o); break;
+    if (dim != 64 && dim != 128 && dim != 256) {
+        for (int64_t h = 0; h < heads; h++)
+            attend_generic(qv + h * dim, k, v, slots, start, len, kv_heads, kvh, dim, scale, s, o + h * dim);
+        return;
+    }
+    while (heads > 0) {  /* at most 4 heads per pass (registers); grouping never changes a head's result */
+        const int64_t g = heads >= 4 ? 4 : heads;
+        switch (g) {
+            case 4: ATTEND_G(4) break;
+            case 3: ATTEND_G(3) break;
+            case 2: ATTEND_G(2) break;
+            default: ATTEND_G(1) break;
+        }
+        qv += g * dim; o += g * dim; heads -= g;
     }
 }
 
@@ -368,12 +401,12 @@ void paged_attention(const float* q, const uint16_t* k, const uint16_t* v, const
     for (int64_t r = 0; r < rows; r++) if (lens[r] > lmax) lmax = lens[r];
     #pragma omp parallel num_threads(n_threads)
     {
-        float* s = (float*)malloc(sizeof(float) * (size_t)(lmax + 16));
+        float* s = (float*)malloc(sizeof(float) * 4 * (size_t)(lmax + 16));
         #pragma omp for schedule(dynamic, 4)
-        for (int64_t rh = 0; rh < rows * heads; rh++) {
-            const int64_t r = rh / heads, h = rh % heads;
-            attend_one(q + rh * dim, k, v, ctx + seq[r] * ctx_stride, lens[r], kv_heads, h / group, dim, scale,
-                       window, s, out + rh * dim);
+        for (int64_t rk = 0; rk < rows * kv_heads; rk++) {  /* a row's heads of one KV head together */
+            const int64_t r = rk / kv_heads, kvh = rk % kv_heads, at = (r * heads + kvh * group) * dim;
+            attend_heads(q + at, k, v, ctx + seq[r] * ctx_stride, lens[r], kv_heads, kvh, group, dim, scale,
+                         window, s, out + at);
         }
         free(s);
     }
