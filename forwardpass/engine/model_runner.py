@@ -61,8 +61,12 @@ class ModelRunner:
                 wants = chunk.logits == "all" or (chunk.logits == "last" and last)
                 generated.append((i, SeqChunk([chunk.token_ids[j]], chunk.start + j, chunk.block_table,
                                               "last" if wants else "none")))
+        passes = [(parts, prefill) for parts, prefill in ((prompt_parts, True), (generated, False)) if parts]
+        if len(passes) == 1 and all(a[0] < b[0] for a, b in zip(passes[0][0], passes[0][0][1:])):
+            # one pass whose rows are already in chunk order (every decode step): its logits as they are
+            return self._forward([c for _, c in passes[0][0]], passes[0][1])
         results: dict[int, list[torch.Tensor]] = {}
-        for parts, prefill in ((prompt_parts, True), (generated, False)):
+        for parts, prefill in passes:
             if parts:
                 logits = self._forward([c for _, c in parts], prefill)
                 row = 0
