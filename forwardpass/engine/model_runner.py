@@ -4,11 +4,13 @@ The scheduler (no torch) decides which tokens of which sequences run this step; 
 batches (ids, positions, cache slots, block tables), runs the forward pass, and returns the logits of the
 positions that need sampling.
 
-Deterministic batching: a token's result must not depend on what else is in the batch. Every kernel we use
-computes a row the same way whatever the other rows, but fast kernels differ between prompt processing (a
-GEMM) and decoding (a bandwidth-bound kernel); choosing by batch size would make a token's math depend on its
-neighbours. So each step runs at most two passes, by role: prompt tokens (any chunk size) through the prefill
-kernels, generated tokens (decoding, or recomputed after a preemption) one row each through the decode kernels.
+Deterministic batching: a token's result must not depend on what else is in the batch. The native CPU step
+computes every token alone (its norm, int8 quantization, dot products in a fixed order, attention), so the
+whole batch runs as one pass. Elsewhere (CUDA, no native kernels) every kernel computes a row the same way
+whatever the other rows, but fast kernels differ between prompt processing (a GEMM) and decoding (a
+bandwidth-bound kernel); choosing by batch size would make a token's math depend on its neighbours. So there
+each step runs at most two passes, by role: prompt tokens (any chunk size) through the prefill kernels,
+generated tokens (decoding, or recomputed after a preemption) one row each through the decode kernels.
 """
 from __future__ import annotations
 
@@ -46,6 +48,10 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, chunks: list[SeqChunk]) -> torch.Tensor:
         """Runs one step; returns float32 logits (rows: each chunk's positions that asked for them, in order)."""
+        native = self.model.native_decoder
+        if native is not None and native.accepts(self.cache):
+            # the native step computes every token alone whatever its role: one pass for the whole batch
+            return self._forward(chunks, None)
         prompt_parts: list[tuple[int, SeqChunk]] = []
         generated: list[tuple[int, SeqChunk]] = []
         for i, chunk in enumerate(chunks):

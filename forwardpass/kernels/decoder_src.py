@@ -104,6 +104,25 @@ static void rope_head(float* x, const float* c, const float* s, int64_t dims, in
     }
 }
 
+static inline void* take_bytes(char** w, size_t n) {
+    void* p = *w;
+    *w += (n + 63) / 64 * 64;
+    return p;
+}
+
+static int64_t max3(int64_t a, int64_t b, int64_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
+
+/* bytes of scratch `decoder_step` needs for B tokens whose contexts hold at most lmax tokens */
+int64_t decoder_workspace(const dmodel_t* M, int64_t B, int64_t lmax, int64_t nthreads) {
+    const int64_t D = M->d_model, F = M->n_ff, QO = M->n_heads * M->head_dim;
+    const int64_t NQKV = QO + 2 * M->n_kv * M->head_dim, KMAX = max3(F, QO, D);
+    const int64_t sizes[11] = {4 * B * D, 4 * B * D, 4 * B * NQKV, 4 * B * QO, 4 * B * 2 * F, 4 * B * F, B * KMAX,
+                               4 * B * KMAX / 32, 4 * B * KMAX / 32, 4 * B * KMAX / 16, 4 * nthreads * 4 * (lmax + 16)};
+    int64_t total = 0;
+    for (int i = 0; i < 11; i++) total += (sizes[i] + 63) / 64 * 64;
+    return total;
+}
+
 /* x: (B, d_model) float32 hidden states of B tokens (prompt or generated, of one or many sequences), updated in
    place through every layer; then logits (n_out, vocab) = head(out_norm(x[out_rows])). rope: (n_rope, B, 2, rope_dims) cos/sin; slots: (B,) cache slot of each token;
    ctx: (S, ctx_stride) cache slots of each sequence's context; seq: (B,) each token's sequence; lens: (B,) the
@@ -111,20 +130,24 @@ static void rope_head(float* x, const float* c, const float* s, int64_t dims, in
    attends, so a prompt chunk attends to itself causally through `lens`. */
 void decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, const int64_t* slots,
                   const int64_t* ctx, int64_t ctx_stride, const int64_t* seq, const int64_t* lens,
-                  const int64_t* out_rows, int64_t n_out, float* logits, int64_t nthreads) {
+                  const int64_t* out_rows, int64_t n_out, float* logits, void* ws, int64_t nthreads) {
     const int64_t D = M->d_model, F = M->n_ff, H = M->n_heads, KV = M->n_kv, HD = M->head_dim;
-    const int64_t QO = H * HD, NQKV = QO + 2 * KV * HD, KMAX = (F > QO ? F : QO) > D ? (F > QO ? F : QO) : D;
+    const int64_t QO = H * HD, NQKV = QO + 2 * KV * HD, KMAX = max3(F, QO, D);
     int64_t lmax = 1;
     for (int64_t r = 0; r < B; r++) if (lens[r] > lmax) lmax = lens[r];
-    float* h = (float*)malloc(sizeof(float) * B * D);
-    float* f = (float*)malloc(sizeof(float) * B * D);
-    float* qkv = (float*)malloc(sizeof(float) * B * NQKV);
-    float* att = (float*)malloc(sizeof(float) * B * QO);
-    float* gu = (float*)malloc(sizeof(float) * B * 2 * F);
-    float* a = (float*)malloc(sizeof(float) * B * F);
-    qact_t qa = {(int8_t*)malloc(B * KMAX), (float*)malloc(sizeof(float) * B * KMAX / 32),
-                 (float*)malloc(sizeof(float) * B * KMAX / 32), (int32_t*)malloc(sizeof(int32_t) * B * KMAX / 16), D};
-    float* scores = (float*)malloc(sizeof(float) * nthreads * 4 * (lmax + 16));
+    /* scratch carved from the caller's workspace (`decoder_workspace` bytes): no allocation per step */
+    char* w = (char*)ws;
+    #define TAKE(T, count) ((T*)take_bytes(&w, sizeof(T) * (size_t)(count)))
+    float* h = TAKE(float, B * D);
+    float* f = TAKE(float, B * D);
+    float* qkv = TAKE(float, B * NQKV);
+    float* att = TAKE(float, B * QO);
+    float* gu = TAKE(float, B * 2 * F);
+    float* a = TAKE(float, B * F);
+    qact_t qa = {TAKE(int8_t, B * KMAX), TAKE(float, B * KMAX / 32), TAKE(float, B * KMAX / 32),
+                 TAKE(int32_t, B * KMAX / 16), D};
+    float* scores = TAKE(float, nthreads * 4 * (lmax + 16));
+    #undef TAKE
     #pragma omp parallel num_threads(nthreads)
     {
         float* s = scores + (int64_t)omp_get_thread_num() * 4 * (lmax + 16);
@@ -209,8 +232,6 @@ void decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, con
             tile_matmul_multi(&M->head, 1, &qD, n_out, logits, M->head->n);
         }
     }
-    free(h); free(f); free(qkv); free(att); free(gu); free(a);
-    free(qa.q); free(qa.dx); free(qa.sx); free(qa.s16); free(scores);
 }
 #pragma GCC pop_options
 """

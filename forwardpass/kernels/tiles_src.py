@@ -137,6 +137,7 @@ static inline __attribute__((always_inline)) void tile_block(const tmat_t* W, in
                                                              const int BITS, const int SM) {
     const int64_t K = W->k, G = K / 32;
     __m512 acc[16];
+    #pragma GCC unroll 16
     for (int i = 0; i < TN; i++) acc[i] = _mm512_setzero_ps();
     for (int64_t g = 0; g < G; g++) {
         __m512i op[8];
@@ -144,6 +145,7 @@ static inline __attribute__((always_inline)) void tile_block(const tmat_t* W, in
         __m512 dw, mw = _mm512_setzero_ps();
         __m512i sca = _mm512_setzero_si512(), scb = _mm512_setzero_si512();
         tile_scales(W, rt, g, G, SM, &dw, &mw, &sca, &scb);
+        #pragma GCC unroll 16
         for (int i = 0; i < TN; i++) {
             const int64_t t = t0 + i;
             const int8_t* xq = X->q + t * K + g * 32;
@@ -162,6 +164,7 @@ static inline __attribute__((always_inline)) void tile_block(const tmat_t* W, in
             }
         }
     }
+    #pragma GCC unroll 16
     for (int i = 0; i < TN; i++) _mm512_storeu_ps(y + (t0 + i) * ldy + rt * 16, acc[i]);
 }
 

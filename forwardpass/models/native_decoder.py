@@ -58,15 +58,17 @@ class DModel(ctypes.Structure):
 
 
 @functools.lru_cache(maxsize=None)
-def _step_fn() -> ctypes._CFuncPtr | None:
+def _step_fn() -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr] | None:
     lib = _library()
     if lib is None or not tiles_available():
         return None
-    fn = lib.decoder_step
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    fn.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, i64, ptr, ptr, ptr, i64, ptr, i64]
+    fn, ws = lib.decoder_step, lib.decoder_workspace
+    fn.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, i64, ptr, ptr, ptr, i64, ptr, ptr, i64]
     fn.restype = None
-    return fn
+    ws.argtypes = [ptr, i64, i64, i64]
+    ws.restype = i64
+    return fn, ws
 
 
 def _tiles(linear: object) -> tuple[list[TileMatrix], list[torch.Tensor | None]] | None:
@@ -128,6 +130,7 @@ class NativeDecoder:
             self.model.out_norm = out_norm.data_ptr()
             self.model.head = ctypes.pointer(head[0][0].struct)
         self.vocab = model.config.vocab_size
+        self._workspace = torch.empty(0, dtype=torch.uint8)  # grown as needed, reused by every step
         self._bound: KVCache | None = None
 
     @classmethod
@@ -173,11 +176,16 @@ class NativeDecoder:
         rope = torch.stack(tables).contiguous()
         ctx, seq = meta.ctx_slots.contiguous(), meta.row_seq.contiguous()
         lens, slots = meta.row_lens.contiguous(), meta.slot_mapping.contiguous()
+        step_fn, workspace_fn = _step_fn()
+        threads = torch.get_num_threads()
+        need = workspace_fn(ctypes.byref(self.model), x.shape[0], int(lens.max()), threads)
+        if self._workspace.numel() < need:
+            self._workspace = torch.empty(need + need // 4, dtype=torch.uint8)
         n_out = 0 if logit_rows is None else logit_rows.shape[0]
         logits = torch.empty(n_out, self.vocab) if n_out else None
         rows = logit_rows.contiguous() if n_out else None
-        _step_fn()(ctypes.byref(self.model), x.data_ptr(), x.shape[0], rope.data_ptr(), slots.data_ptr(),
-                   ctx.data_ptr(), ctx.shape[1], seq.data_ptr(), lens.data_ptr(),
-                   None if rows is None else rows.data_ptr(), n_out, None if logits is None else logits.data_ptr(),
-                   torch.get_num_threads())
+        step_fn(ctypes.byref(self.model), x.data_ptr(), x.shape[0], rope.data_ptr(), slots.data_ptr(),
+                ctx.data_ptr(), ctx.shape[1], seq.data_ptr(), lens.data_ptr(),
+                None if rows is None else rows.data_ptr(), n_out, None if logits is None else logits.data_ptr(),
+                self._workspace.data_ptr(), threads)
         return x if logit_rows is None else logits
