@@ -54,7 +54,8 @@ def test_sigterm_drains_in_flight_requests(make_server):
 def test_zero_shutdown_timeout_aborts(make_server):
     """G2: --shutdown-timeout 0 -> in-flight requests end with finish_reason "abort" (or a closed connection) and
     the process exits in < 4 s."""
-    s = make_server("--shutdown-timeout", "0")
+    # steps slowed (test fault) so that 230 tokens take over a second: the requests are surely in flight
+    s = make_server("--shutdown-timeout", "0", env={"FORWARDPASS_TEST_FAULT": "slow_steps:0.005"})
     threads, results = _start_requests(s, 4, 230)
     t0 = time.perf_counter()
     s.proc.send_signal(signal.SIGTERM)
