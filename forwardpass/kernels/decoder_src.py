@@ -79,6 +79,12 @@ static void act_mul_row(const float* g, const float* u, float* out, int64_t n, i
     }
 }
 
+/* x += post ? rmsnorm(f) * post : f, one token (f is overwritten by its norm) */
+static void residual_row(float* x, float* f, const float* post, int64_t n, float eps) {
+    if (post) rmsnorm_row(f, post, f, n, eps);
+    for (int64_t i = 0; i < n; i++) x[i] += f[i];
+}
+
 static inline uint16_t to_bf16(float f) {  /* round to nearest even, as torch's .to(bfloat16) */
     uint32_t u; memcpy(&u, &f, 4);
     if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
@@ -199,11 +205,8 @@ void decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, con
             tile_matmul_multi(&L->o, 1, &qQ, B, f, D);
             #pragma omp for schedule(static)
             for (int64_t r = 0; r < B; r++) {
-                float* fr = f + r * D;
-                float* xr = x + r * D;
-                if (L->post_attn_norm) rmsnorm_row(fr, L->post_attn_norm, fr, D, M->eps);
-                for (int64_t i = 0; i < D; i++) xr[i] += fr[i];
-                rmsnorm_row(xr, L->ffn_norm, h + r * D, D, M->eps);
+                residual_row(x + r * D, f + r * D, L->post_attn_norm, D, M->eps);
+                rmsnorm_row(x + r * D, L->ffn_norm, h + r * D, D, M->eps);
                 quantize_row(h + r * D, r, &qD);
             }
             tile_matmul_multi(L->gu, (int)L->n_gu, &qD, B, gu, 2 * F);
@@ -216,12 +219,7 @@ void decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, con
             }
             tile_matmul_multi(&L->down, 1, &qF, B, f, D);
             #pragma omp for schedule(static)
-            for (int64_t r = 0; r < B; r++) {
-                float* fr = f + r * D;
-                float* xr = x + r * D;
-                if (L->post_ffn_norm) rmsnorm_row(fr, L->post_ffn_norm, fr, D, M->eps);
-                for (int64_t i = 0; i < D; i++) xr[i] += fr[i];
-            }
+            for (int64_t r = 0; r < B; r++) residual_row(x + r * D, f + r * D, L->post_ffn_norm, D, M->eps);
         }
         if (n_out > 0) {
             #pragma omp for schedule(static)

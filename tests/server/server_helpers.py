@@ -3,6 +3,7 @@ subprocess on a free port, waits for /health 200, and kills the process tree at 
 random llama with a ChatML template and a context of 256 tokens, written by a session fixture."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -179,3 +180,14 @@ class RawConnection:
 
     def close(self) -> None:
         self.writer.close()
+
+
+async def stream_completion_text(c: httpx.AsyncClient, body: dict) -> str:
+    """The text of a streamed /v1/completions request, its SSE chunks joined."""
+    parts = []
+    async with c.stream("POST", "/v1/completions", json=body | {"stream": True}) as r:
+        assert r.status_code == 200
+        async for line in r.aiter_lines():
+            if line.startswith("data: {"):
+                parts.append(json.loads(line[6:])["choices"][0]["text"])
+    return "".join(parts)

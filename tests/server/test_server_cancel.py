@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from server_helpers import chat_body
+from server_helpers import chat_body, stream_completion_text
 
 LONG = {"max_tokens": 200, "ignore_eos": True, "temperature": 0}
 
@@ -72,18 +72,6 @@ def test_abort_one_while_another_decodes(server):
     _time_to_idle(server)
 
 
-async def _stream_text(c: httpx.AsyncClient, body: dict) -> str:
-    parts = []
-    async with c.stream("POST", "/v1/completions", json=body | {"stream": True}) as r:
-        assert r.status_code == 200
-        async for line in r.aiter_lines():
-            if line.startswith("data: {"):
-                import json
-
-                parts.append(json.loads(line[6:])["choices"][0]["text"])
-    return "".join(parts)
-
-
 async def _leave_at_random(c: httpx.AsyncClient, rng: random.Random, i: int) -> None:
     body = {"prompt": f"leaver {i} " * rng.randint(1, 20), "stream": True, **LONG}
     chunks_before_leaving = rng.randint(0, 30)
@@ -108,10 +96,10 @@ def test_disconnect_storm(server):
     async def run() -> tuple[list[str], list[str]]:
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=0)
         async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as c:
-            solo = [await _stream_text(c, b) for b in bodies]
+            solo = [await stream_completion_text(c, b) for b in bodies]
             rng = random.Random(42)
             leavers = [_leave_at_random(c, rng, i) for i in range(100)]
-            results = await asyncio.gather(*(_stream_text(c, b) for b in bodies), *leavers)
+            results = await asyncio.gather(*(stream_completion_text(c, b) for b in bodies), *leavers)
             return solo, list(results[:8])
 
     solo, together = asyncio.run(run())

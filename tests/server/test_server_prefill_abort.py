@@ -20,7 +20,7 @@ import gguf
 import httpx
 import pytest
 
-from server_helpers import CHATML, ServerProcess, chat_body
+from server_helpers import CHATML, ServerProcess, chat_body, stream_completion_text
 from tiny_models import write_tiny_model
 
 LONG_CTX = 2048
@@ -102,13 +102,7 @@ async def _survivor(c: httpx.AsyncClient, prompt: str, stream: bool) -> str:
         r = await c.post("/v1/completions", json=body)
         assert r.status_code == 200, r.text
         return r.json()["choices"][0]["text"]
-    parts = []
-    async with c.stream("POST", "/v1/completions", json=body | {"stream": True}) as r:
-        assert r.status_code == 200
-        async for line in r.aiter_lines():
-            if line.startswith("data: {"):
-                parts.append(json.loads(line[6:])["choices"][0]["text"])
-    return "".join(parts)
+    return await stream_completion_text(c, body)
 
 
 async def _leaver(c: httpx.AsyncClient, rng: random.Random, i: int) -> bool:
