@@ -28,7 +28,8 @@ from forwardpass.kernels import native as native_module
 from forwardpass.kernels.int4 import Int4Linear, Int4PackLinear, _cpu_layout_known, pack_int4_cpu, unpack_int4_cpu_t
 from forwardpass.kernels.int8 import Int8Linear, Int8PackLinear
 from forwardpass.kernels.native import NativeLinear, native_kernels
-from forwardpass.kernels.repack import INT4_GROUPERS, concat_rows, release_heap, to_int4_groups, to_int8_rows
+from forwardpass.kernels.repack import (INT4_GROUPERS, INT8_GROUP_TYPES, concat_rows, release_heap, to_int4_groups,
+                                       to_int8_groups, to_int8_rows)
 from forwardpass.kernels.tiles import TILE_TYPES, tiles_available
 from forwardpass.models import base as base_module
 from forwardpass.models.base import LoadOptions
@@ -97,6 +98,8 @@ def repacked_weight(weight: QuantWeight, backend: str) -> torch.Tensor:
         return weight.dequantize()  # read from the GGUF bytes as they are
     if weight.ggml_type in EXACT_TYPES:
         return weight.dequantize(torch.bfloat16).float()
+    if weight.ggml_type in INT8_GROUP_TYPES:
+        return weight.dequantize()  # exact codes and group scales
     return to_int8_rows(weight).dequantize()
 
 
@@ -116,7 +119,7 @@ def test_fast_matches_reference(qtype, device, backend):
         y = fast(x)
         assert y.shape == (t, 128) and y.dtype in (torch.float32, torch.bfloat16)
         assert rel_err(y, x @ repacked.t()) <= 1e-2, f"T={t}: kernel disagrees with its own weight"
-        exact_mapping = (qtype in EXACT_TYPES or (native and qtype in native_kernels())
+        exact_mapping = (qtype in EXACT_TYPES or (native and qtype in native_kernels()) or qtype in INT8_GROUP_TYPES
                          or (device == "cpu" and backend == "tiles" and qtype in TILE_TYPES))
         assert rel_err(y, x @ exact.t()) <= (1e-2 if exact_mapping else 3e-2), f"T={t}"
 
@@ -207,7 +210,7 @@ def test_int4_cpu_layout_round_trips():
 def test_int8_dense_path_in_chunks(monkeypatch):
     monkeypatch.setattr(linear_module, "native_supports", lambda weight: False)
     monkeypatch.setattr(linear_module, "tile_supports", lambda weight: False)
-    weight = random_weight(T.Q6_K, 300, 256)
+    weight = random_weight(T.Q3_K, 300, 256)
     fast = make_linear(weight, mode="fast")
     x = torch.randn(40, 256)
     whole = fast(x)
@@ -258,3 +261,18 @@ def test_tiny_models_fast_logits_stay_close(tiny_reference, arch, backend):
     # torch): its logits are peaked (entropy 0.7 nats), bf16 activations alone give 1.9e-3 there, and its random
     # K-quant blocks are the worst case for the torch fallback's int8 per-row requantization
     assert kl.mean().item() <= 1e-2, f"mean KL {kl.mean().item():.3g}"
+
+
+@pytest.mark.parametrize("qtype", INT8_GROUP_TYPES, ids=lambda t: t.name)
+def test_int8_groups_hold_the_weights_exactly(qtype, monkeypatch):
+    weight = random_weight(qtype, 96, 512)
+    groups = to_int8_groups(weight)
+    assert torch.equal(groups.dequantize(), weight.dequantize())
+    assert groups.q.dtype == torch.uint8 and groups.scale.numel() * groups.group == weight.shape[0] * weight.shape[1]
+    monkeypatch.setattr(linear_module, "tile_supports", lambda weight: False)
+    monkeypatch.setattr(linear_module, "native_supports", lambda weight: False)
+    fast = make_linear(weight, mode="fast")
+    x = torch.randn(40, 512)
+    whole = fast(x)
+    monkeypatch.setattr(int8_module, "DENSE_CHUNK_BYTES", 32 * 512 * 4)  # 32 rows at a time
+    assert torch.equal(fast(x), whole)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .repack import Int8Rows
+from .repack import Int8Groups, Int8Rows
 
 DENSE_CHUNK_BYTES = 8 << 20  # largest bf16 copy of the weight made at once: cache-sized (a 335 MB head in bf16)
 
@@ -55,3 +55,30 @@ class Int8PackLinear(Int8Linear):
         else:
             y = torch.ops.aten._weight_int8pack_mm(x, self.q, self.scale)  # (T, N) bf16
         return y if self.bias is None else y + self.bias
+
+
+class Int8GroupLinear:
+    """Any device: the 5-, 6- and 8-bit GGUF weights held exactly as uint8 codes with a scale and zero per group
+    (`Int8Groups`), dequantized to bf16 just in time in row chunks for one bf16 GEMM. x: (T, K) -> (T, N) bf16.
+    The exact fallback where neither the tile nor the native float kernels run (other CPUs, CUDA): 1.125 bytes
+    a weight (1.5 for Q6_K) instead of the per-row requantization's 1, and no rounding of the weights but bf16's."""
+
+    def __init__(self, groups: Int8Groups, bias: torch.Tensor | None = None) -> None:
+        self.groups = groups
+        self.bias = bias
+        self.out_features, self.in_features = groups.q.shape
+
+    def __call__(self, x: torch.Tensor, prefill: bool | None = None) -> torch.Tensor:
+        y = self.dense(x.to(torch.bfloat16))
+        return y if self.bias is None else y + self.bias
+
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        n, k = self.groups.q.shape
+        step = max(1, DENSE_CHUNK_BYTES // (4 * k))
+        if step >= n:
+            return torch.matmul(x, self.groups.dequantize().to(torch.bfloat16).t())
+        y = torch.empty(x.shape[0], n, dtype=torch.bfloat16, device=x.device)
+        for start in range(0, n, step):
+            w = self.groups.dequantize_rows(start, min(n, start + step)).to(torch.bfloat16)
+            y[:, start:start + step] = torch.matmul(x, w.t())
+        return y

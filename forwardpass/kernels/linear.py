@@ -15,9 +15,9 @@ import torch
 
 from ..gguf.weights import QuantWeight
 from .int4 import Int4Linear, Int4PackLinear
-from .int8 import Int8Linear, Int8PackLinear
+from .int8 import Int8GroupLinear, Int8Linear, Int8PackLinear
 from .native import NativeLinear, native_supports
-from .repack import FLOAT_TYPES, INT4_GROUPERS, to_bf16, to_int4_groups, to_int8_rows
+from .repack import FLOAT_TYPES, INT4_GROUPERS, INT8_GROUP_TYPES, to_bf16, to_int4_groups, to_int8_groups, to_int8_rows
 from .tiles import TileLinear, tile_supports
 
 
@@ -71,14 +71,16 @@ def fast_linear(weight: QuantWeight, bias: torch.Tensor | None = None,
     the choices):
 
     1. F32, F16, BF16: a dense bf16 copy.
-    2. Q4_0, Q4_1, Q4_K on CPU, N % 16 == 0: `Int4PackLinear`, torch's int4 kernel on an exact repacking (up to
-       bf16 scales); it decodes ~1.5x faster than our C kernel for these types. Its prefill path dequantizes the
-       file's bytes with the C kernel where available.
-    3. a type in `native.KERNELS` (Q4_*, Q5_0, Q5_1, Q8_0, Q6_K) on a CPU with AVX-512 and a C compiler:
+    2. Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K on an x86 CPU with AVX-512 VNNI and a C compiler, N % 16 == 0:
+       `TileLinear`, exact 16-row tiles multiplied with int8 dot products (the native step reads the same tiles).
+    3. Q4_0, Q4_1, Q4_K on CPU, N % 16 == 0: `Int4PackLinear`, torch's int4 kernel on an exact repacking (up to
+       bf16 scales); its prefill path dequantizes the file's bytes with the C kernel where available.
+    4. a type in `native.KERNELS` (Q4_*, Q5_0, Q5_1, Q8_0, Q6_K) on a CPU with AVX-512 and a C compiler:
        `NativeLinear`, exact, straight from the file's bytes (no copy).
-    4. other Q4_0, Q4_1, Q4_K: `Int4Linear` (any device).
-    5. every other type: int8 per row (`Int8PackLinear` on CPU, `Int8Linear` elsewhere), a requantization whose
-       error is at most half an int8 step of the row's max |w|.
+    5. other Q4_0, Q4_1, Q4_K: `Int4Linear` (any device).
+    6. Q5_0, Q5_1, Q8_0, Q6_K: `Int8GroupLinear` (any device), exact codes with per-group scales.
+    7. every other type (Q2_K, Q3_K, Q5_K, IQ4_*): int8 per row (`Int8PackLinear` on CPU, `Int8Linear`
+       elsewhere), a requantization whose error is at most half an int8 step of the row's max |w|.
     """
     cpu = weight.raw.device.type == "cpu"
     if weight.ggml_type in FLOAT_TYPES:
@@ -92,6 +94,8 @@ def fast_linear(weight: QuantWeight, bias: torch.Tensor | None = None,
         return NativeLinear(weight, bias)
     if weight.ggml_type in INT4_GROUPERS:
         return Int4Linear(to_int4_groups(weight), bias)
+    if weight.ggml_type in INT8_GROUP_TYPES:
+        return Int8GroupLinear(to_int8_groups(weight), bias)
     rows = to_int8_rows(weight)
     return Int8PackLinear(rows, bias) if cpu else Int8Linear(rows, bias)
 

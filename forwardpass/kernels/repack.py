@@ -136,6 +136,56 @@ def to_int8_rows(weight: QuantWeight) -> Int8Rows:
     return Int8Rows(q, scale)
 
 
+@dataclass
+class Int8Groups:
+    """``w[n, k] = q[n, k] * scale[n, k // group] + zero[n, k // group]``: the GGUF weights exactly, for the 5-,
+    6- and 8-bit types (codes 0..255; fp16 scales for Q5_0 / Q5_1 / Q8_0, whose d and m are fp16 already,
+    float32 for Q6_K's d * sc)."""
+
+    q: torch.Tensor  # (N, K) uint8
+    scale: torch.Tensor  # (N, K // group)
+    zero: torch.Tensor  # (N, K // group)
+    group: int
+
+    def dequantize_rows(self, start: int, stop: int) -> torch.Tensor:
+        """Rows start..stop -> (rows, K) float32."""
+        q = self.q[start:stop]
+        n, k = q.shape
+        s, z = self.scale[start:stop].float().unsqueeze(-1), self.zero[start:stop].float().unsqueeze(-1)
+        return (q.float().view(n, k // self.group, self.group) * s + z).view(n, k)
+
+    def dequantize(self) -> torch.Tensor:
+        return self.dequantize_rows(0, self.q.shape[0])
+
+
+INT8_GROUP_TYPES = (T.Q5_0, T.Q5_1, T.Q8_0, T.Q6_K)
+
+
+def to_int8_groups(weight: QuantWeight) -> Int8Groups:
+    """Q5_0 / Q5_1 / Q8_0 / Q6_K -> `Int8Groups`, exactly (the codes and scales the tile layout uses)."""
+    from .tiles import TILE_TYPES, SM_DM, SM_K6, _codes_and_scales  # noqa: PLC0415 (tiles imports native)
+
+    n, k = weight.shape
+    _, smode, mconst = TILE_TYPES[weight.ggml_type]
+    group, dtype = (16, torch.float32) if smode == SM_K6 else (32, torch.float16)
+    q = torch.empty(n, k, dtype=torch.uint8, device=weight.raw.device)
+    scale = torch.empty(n, k // group, dtype=dtype, device=weight.raw.device)
+    zero = torch.empty_like(scale)
+    for start, raw in _row_chunks(weight, k):
+        rows = raw.shape[0]
+        codes, f = _codes_and_scales(QuantWeight(weight.name, weight.ggml_type, (rows, k), raw))
+        if smode == SM_K6:
+            s = f["dsb"].repeat_interleave(16, dim=1) * f["sc"].float()  # (rows, K / 16), exact in float32
+            z = -32 * s
+        else:
+            s = f["d"]
+            z = f["m"] if smode == SM_DM else mconst * s  # -8 d, -16 d, -128 d: exact
+        q[start:start + rows] = codes
+        scale[start:start + rows] = s.to(dtype)
+        zero[start:start + rows] = z.to(dtype)
+    return Int8Groups(q, scale, zero, group)
+
+
 def to_bf16(weight: QuantWeight) -> torch.Tensor:
     """F32 / F16 / BF16 matrices -> (N, K) bf16 (exact for BF16; float formats have no codes to keep)."""
     return weight.dequantize(torch.bfloat16)
