@@ -12,11 +12,12 @@ from forwardpass.kernels.tiles import TILE_TYPES, TileLinear, TileMatrix, tile_m
 from test_kernels import random_weight, rel_err
 from tiny_models import write_tiny_model
 
-pytestmark = pytest.mark.skipif(not tiles_available(), reason="tile kernels need AVX-512 VNNI and a C compiler")
+NEEDS_TILES = pytest.mark.skipif(not tiles_available(), reason="tile kernels need AVX-512 VNNI and a C compiler")
 ARCHS = ["llama", "qwen2", "qwen3", "gemma3"]
 
 
 @pytest.mark.parametrize("qtype", sorted(TILE_TYPES), ids=lambda t: T(t).name)
+@NEEDS_TILES
 def test_tiles_hold_the_gguf_weights_exactly(qtype):
     a, b = random_weight(T(qtype), 48, 512, seed=1), random_weight(T(qtype), 32, 512, seed=2)
     stacked = TileMatrix([a, b])
@@ -27,6 +28,7 @@ def test_tiles_hold_the_gguf_weights_exactly(qtype):
 
 
 @pytest.mark.parametrize("qtype", sorted(TILE_TYPES), ids=lambda t: T(t).name)
+@NEEDS_TILES
 def test_tile_matmul_is_close_and_row_invariant(qtype):
     weight = random_weight(T(qtype), 64, 512, seed=3)
     mat = TileMatrix([weight])
@@ -38,6 +40,7 @@ def test_tile_matmul_is_close_and_row_invariant(qtype):
     assert tile_matmul([mat], torch.zeros(2, 512)).abs().max() == 0
 
 
+@NEEDS_TILES
 def test_two_matrices_in_one_call_equal_separate_calls():
     a, b = random_weight(T.Q4_K, 32, 256, seed=5), random_weight(T.Q6_K, 48, 256, seed=6)
     ma, mb = TileMatrix([a]), TileMatrix([b])
@@ -45,6 +48,7 @@ def test_two_matrices_in_one_call_equal_separate_calls():
     assert torch.equal(tile_matmul([ma, mb], x), torch.cat([tile_matmul([ma], x), tile_matmul([mb], x)], dim=1))
 
 
+@NEEDS_TILES
 def test_tile_dense_path_in_chunks(monkeypatch):
     weight = random_weight(T.Q5_0, 96, 256, seed=7)
     linear = TileLinear([weight])
@@ -70,6 +74,7 @@ def tiny(request, tmp_path_factory) -> tuple[str, torch.Tensor]:
     return path, LLM(path, reference=True).logits(IDS)
 
 
+@NEEDS_TILES
 def test_native_step_matches_the_pytorch_layers(tiny):
     path, exact = tiny
     llm = LLM(path)
@@ -87,6 +92,7 @@ def test_native_step_matches_the_pytorch_layers(tiny):
     assert (native.argmax(-1) == exact.argmax(-1)).double().mean().item() >= 0.9
 
 
+@NEEDS_TILES
 def test_native_step_is_batch_invariant(tiny):
     path, _ = tiny
     llm = LLM(path)
@@ -97,3 +103,16 @@ def test_native_step_is_batch_invariant(tiny):
         together = llm.runner.run([SeqChunk([9], len(ids), t, "last", prompt_len=0) for ids, t in zip(prompts, tables)])
         alone = [llm.runner.run([SeqChunk([9], len(ids), t, "last", prompt_len=0)]) for ids, t in zip(prompts, tables)]
     assert torch.equal(together, torch.cat(alone))
+
+
+def test_native_code_builds_where_it_can():
+    """On an x86-64 CPU with AVX-512 VNNI and a C compiler the C code must build and pass its self-tests: a
+    source that stops compiling would otherwise only show up as skipped tests and a slow fallback."""
+    import shutil
+
+    from forwardpass.kernels.native import _build, _cpu_flags
+
+    if not {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"} <= _cpu_flags() or not shutil.which("cc"):
+        pytest.skip("no AVX-512 VNNI CPU or no C compiler here")
+    _build()  # raises CalledProcessError with the compiler's message
+    assert tiles_available()

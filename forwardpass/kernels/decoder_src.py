@@ -129,105 +129,134 @@ int64_t decoder_workspace(const dmodel_t* M, int64_t B, int64_t lmax, int64_t nt
     return total;
 }
 
+/* One step's shared state: the batch, its cache addressing and the scratch buffers (every thread reads it). */
+typedef struct {
+    const dmodel_t* M;
+    float *x, *h, *f, *qkv, *att, *gu, *a;  /* (B, d_model), (B, d_model), (B, d_model), (B, q|k|v), (B, q_out),
+                                              (B, 2 n_ff), (B, n_ff) */
+    qact_t qD, qQ, qF;                      /* one int8 buffer read as K = d_model, q_out or n_ff columns */
+    const float* rope;
+    const int64_t *slots, *ctx, *seq, *lens;
+    int64_t B, ctx_stride;
+} step_t;
+
+/* q, k, v of every token: bias, per-head norms, RoPE; k and v into the cache */
+static void qkv_heads(const step_t* S, const dlayer_t* L) {
+    const dmodel_t* M = S->M;
+    const int64_t H = M->n_heads, KV = M->n_kv, HD = M->head_dim, QO = H * HD, NQKV = QO + 2 * KV * HD;
+    #pragma omp for schedule(static)
+    for (int64_t u = 0; u < S->B * (H + KV); u++) {
+        const int64_t r = u / (H + KV), hh = u % (H + KV);
+        float* row = S->qkv + r * NQKV;
+        const float* cs = S->rope + ((L->rope * S->B + r) * 2) * M->rope_dims;
+        const float* sn = cs + M->rope_dims;
+        if (hh < H) {
+            float* q = row + hh * HD;
+            if (L->qkv_bias) for (int64_t i = 0; i < HD; i++) q[i] += L->qkv_bias[hh * HD + i];
+            if (L->q_norm) rmsnorm_row(q, L->q_norm, q, HD, M->eps);
+            rope_head(q, cs, sn, M->rope_dims, M->neox);
+            continue;
+        }
+        const int64_t j = hh - H;
+        float* k = row + QO + j * HD;
+        float* v = row + QO + KV * HD + j * HD;
+        if (L->qkv_bias)
+            for (int64_t i = 0; i < HD; i++) {
+                k[i] += L->qkv_bias[QO + j * HD + i];
+                v[i] += L->qkv_bias[QO + KV * HD + j * HD + i];
+            }
+        if (L->k_norm) rmsnorm_row(k, L->k_norm, k, HD, M->eps);
+        rope_head(k, cs, sn, M->rope_dims, M->neox);
+        uint16_t* kd = L->kc + (S->slots[r] * KV + j) * HD;
+        uint16_t* vd = L->vc + (S->slots[r] * KV + j) * HD;
+        for (int64_t i = 0; i < HD; i++) { kd[i] = to_bf16(k[i]); vd[i] = to_bf16(v[i]); }
+    }
+}
+
+/* x += attention block of layer L (s: this thread's score scratch) */
+static void attention_block(const step_t* S, const dlayer_t* L, float* s) {
+    const dmodel_t* M = S->M;
+    const int64_t B = S->B, D = M->d_model, H = M->n_heads, KV = M->n_kv, HD = M->head_dim, G = H / KV;
+    const int64_t QO = H * HD, NQKV = QO + 2 * KV * HD;
+    #pragma omp for schedule(static)
+    for (int64_t r = 0; r < B; r++) {
+        rmsnorm_row(S->x + r * D, L->attn_norm, S->h + r * D, D, M->eps);
+        quantize_row(S->h + r * D, r, &S->qD);
+    }
+    tile_matmul_multi(L->qkv, (int)L->n_qkv, &S->qD, B, S->qkv, NQKV);
+    qkv_heads(S, L);
+    #pragma omp for schedule(dynamic, 1)
+    for (int64_t u = 0; u < B * KV; u++) {  /* a token's heads of one KV head together */
+        const int64_t r = u / KV, kvh = u % KV;
+        attend_heads(S->qkv + r * NQKV + kvh * G * HD, L->kc, L->vc, S->ctx + S->seq[r] * S->ctx_stride, S->lens[r],
+                     KV, kvh, G, HD, M->scale, L->window, s, S->att + r * QO + kvh * G * HD);
+    }
+    #pragma omp for schedule(static)
+    for (int64_t r = 0; r < B; r++) quantize_row(S->att + r * QO, r, &S->qQ);
+    tile_matmul_multi(&L->o, 1, &S->qQ, B, S->f, D);
+    #pragma omp for schedule(static)
+    for (int64_t r = 0; r < B; r++) residual_row(S->x + r * D, S->f + r * D, L->post_attn_norm, D, M->eps);
+}
+
+/* x += feed-forward block of layer L */
+static void ffn_block(const step_t* S, const dlayer_t* L) {
+    const dmodel_t* M = S->M;
+    const int64_t B = S->B, D = M->d_model, F = M->n_ff;
+    #pragma omp for schedule(static)
+    for (int64_t r = 0; r < B; r++) {
+        rmsnorm_row(S->x + r * D, L->ffn_norm, S->h + r * D, D, M->eps);
+        quantize_row(S->h + r * D, r, &S->qD);
+    }
+    tile_matmul_multi(L->gu, (int)L->n_gu, &S->qD, B, S->gu, 2 * F);
+    #pragma omp for schedule(static)
+    for (int64_t r = 0; r < B; r++) {
+        const float* g = S->gu + r * 2 * F;
+        act_mul_row(g, g + F, S->a + r * F, F, M->act);
+        quantize_row(S->a + r * F, r, &S->qF);
+    }
+    tile_matmul_multi(&L->down, 1, &S->qF, B, S->f, D);
+    #pragma omp for schedule(static)
+    for (int64_t r = 0; r < B; r++) residual_row(S->x + r * D, S->f + r * D, L->post_ffn_norm, D, M->eps);
+}
+
 /* x: (B, d_model) float32 hidden states of B tokens (prompt or generated, of one or many sequences), updated in
-   place through every layer; then logits (n_out, vocab) = head(out_norm(x[out_rows])). rope: (n_rope, B, 2, rope_dims) cos/sin; slots: (B,) cache slot of each token;
-   ctx: (S, ctx_stride) cache slots of each sequence's context; seq: (B,) each token's sequence; lens: (B,) the
-   context length each token sees, itself included. A sequence's tokens are written to the cache before any
-   attends, so a prompt chunk attends to itself causally through `lens`. */
+   place through every layer; then logits (n_out, vocab) = head(out_norm(x[out_rows])). rope: (n_rope, B, 2,
+   rope_dims) cos/sin; slots: (B,) cache slot of each token; ctx: (S, ctx_stride) cache slots of each sequence's
+   context; seq: (B,) each token's sequence; lens: (B,) the context length each token sees, itself included. A
+   sequence's tokens are written to the cache before any attends, so a prompt chunk attends to itself causally
+   through `lens`. ws: `decoder_workspace` bytes of scratch (no allocation per step). */
 void decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, const int64_t* slots,
                   const int64_t* ctx, int64_t ctx_stride, const int64_t* seq, const int64_t* lens,
                   const int64_t* out_rows, int64_t n_out, float* logits, void* ws, int64_t nthreads) {
-    const int64_t D = M->d_model, F = M->n_ff, H = M->n_heads, KV = M->n_kv, HD = M->head_dim;
-    const int64_t QO = H * HD, NQKV = QO + 2 * KV * HD, KMAX = max3(F, QO, D);
+    const int64_t D = M->d_model, F = M->n_ff, QO = M->n_heads * M->head_dim;
+    const int64_t NQKV = QO + 2 * M->n_kv * M->head_dim, KMAX = max3(F, QO, D);
     int64_t lmax = 1;
     for (int64_t r = 0; r < B; r++) if (lens[r] > lmax) lmax = lens[r];
-    /* scratch carved from the caller's workspace (`decoder_workspace` bytes): no allocation per step */
     char* w = (char*)ws;
     #define TAKE(T, count) ((T*)take_bytes(&w, sizeof(T) * (size_t)(count)))
-    float* h = TAKE(float, B * D);
-    float* f = TAKE(float, B * D);
-    float* qkv = TAKE(float, B * NQKV);
-    float* att = TAKE(float, B * QO);
-    float* gu = TAKE(float, B * 2 * F);
-    float* a = TAKE(float, B * F);
-    qact_t qa = {TAKE(int8_t, B * KMAX), TAKE(float, B * KMAX / 32), TAKE(float, B * KMAX / 32),
-                 TAKE(int32_t, B * KMAX / 16), D};
+    step_t S = {M, x, TAKE(float, B * D), TAKE(float, B * D), TAKE(float, B * NQKV), TAKE(float, B * QO),
+                TAKE(float, B * 2 * F), TAKE(float, B * F)};
+    S.qD = (qact_t){TAKE(int8_t, B * KMAX), TAKE(float, B * KMAX / 32), TAKE(float, B * KMAX / 32),
+                    TAKE(int32_t, B * KMAX / 16), D};
+    S.qQ = S.qD; S.qQ.k = QO;
+    S.qF = S.qD; S.qF.k = F;
     float* scores = TAKE(float, nthreads * 4 * (lmax + 16));
     #undef TAKE
+    S.rope = rope; S.slots = slots; S.ctx = ctx; S.seq = seq; S.lens = lens; S.B = B; S.ctx_stride = ctx_stride;
     #pragma omp parallel num_threads(nthreads)
     {
         float* s = scores + (int64_t)omp_get_thread_num() * 4 * (lmax + 16);
-        qact_t qD = qa, qQ = qa, qF = qa;  /* one buffer, read as K = d_model, q_out or n_ff columns */
-        qD.k = D; qQ.k = QO; qF.k = F;
         for (int64_t l = 0; l < M->n_layers; l++) {
-            const dlayer_t* L = M->layers + l;
-            #pragma omp for schedule(static)
-            for (int64_t r = 0; r < B; r++) {
-                rmsnorm_row(x + r * D, L->attn_norm, h + r * D, D, M->eps);
-                quantize_row(h + r * D, r, &qD);
-            }
-            tile_matmul_multi(L->qkv, (int)L->n_qkv, &qD, B, qkv, NQKV);
-            #pragma omp for schedule(static)
-            for (int64_t u = 0; u < B * (H + KV); u++) {
-                const int64_t r = u / (H + KV), hh = u % (H + KV);
-                float* row = qkv + r * NQKV;
-                const float* cs = rope + ((L->rope * B + r) * 2) * M->rope_dims;
-                const float* sn = cs + M->rope_dims;
-                if (hh < H) {
-                    float* q = row + hh * HD;
-                    if (L->qkv_bias) for (int64_t i = 0; i < HD; i++) q[i] += L->qkv_bias[hh * HD + i];
-                    if (L->q_norm) rmsnorm_row(q, L->q_norm, q, HD, M->eps);
-                    rope_head(q, cs, sn, M->rope_dims, M->neox);
-                } else {
-                    const int64_t j = hh - H;
-                    float* k = row + QO + j * HD;
-                    float* v = row + QO + KV * HD + j * HD;
-                    if (L->qkv_bias)
-                        for (int64_t i = 0; i < HD; i++) {
-                            k[i] += L->qkv_bias[QO + j * HD + i];
-                            v[i] += L->qkv_bias[QO + KV * HD + j * HD + i];
-                        }
-                    if (L->k_norm) rmsnorm_row(k, L->k_norm, k, HD, M->eps);
-                    rope_head(k, cs, sn, M->rope_dims, M->neox);
-                    uint16_t* kd = L->kc + (slots[r] * KV + j) * HD;
-                    uint16_t* vd = L->vc + (slots[r] * KV + j) * HD;
-                    for (int64_t i = 0; i < HD; i++) { kd[i] = to_bf16(k[i]); vd[i] = to_bf16(v[i]); }
-                }
-            }
-            #pragma omp for schedule(dynamic, 1)
-            for (int64_t u = 0; u < B * KV; u++) {  /* a token's heads of one KV head together */
-                const int64_t r = u / KV, kvh = u % KV, G = H / KV;
-                attend_heads(qkv + r * NQKV + kvh * G * HD, L->kc, L->vc, ctx + seq[r] * ctx_stride, lens[r], KV,
-                             kvh, G, HD, M->scale, L->window, s, att + r * QO + kvh * G * HD);
-            }
-            #pragma omp for schedule(static)
-            for (int64_t r = 0; r < B; r++) quantize_row(att + r * QO, r, &qQ);
-            tile_matmul_multi(&L->o, 1, &qQ, B, f, D);
-            #pragma omp for schedule(static)
-            for (int64_t r = 0; r < B; r++) {
-                residual_row(x + r * D, f + r * D, L->post_attn_norm, D, M->eps);
-                rmsnorm_row(x + r * D, L->ffn_norm, h + r * D, D, M->eps);
-                quantize_row(h + r * D, r, &qD);
-            }
-            tile_matmul_multi(L->gu, (int)L->n_gu, &qD, B, gu, 2 * F);
-            #pragma omp for schedule(static)
-            for (int64_t r = 0; r < B; r++) {
-                const float* g = gu + r * 2 * F;
-                float* ar = a + r * F;
-                act_mul_row(g, g + F, ar, F, M->act);
-                quantize_row(ar, r, &qF);
-            }
-            tile_matmul_multi(&L->down, 1, &qF, B, f, D);
-            #pragma omp for schedule(static)
-            for (int64_t r = 0; r < B; r++) residual_row(x + r * D, f + r * D, L->post_ffn_norm, D, M->eps);
+            attention_block(&S, M->layers + l, s);
+            ffn_block(&S, M->layers + l);
         }
         if (n_out > 0) {
             #pragma omp for schedule(static)
             for (int64_t i = 0; i < n_out; i++) {
-                rmsnorm_row(x + out_rows[i] * D, M->out_norm, h + i * D, D, M->eps);
-                quantize_row(h + i * D, i, &qD);
+                rmsnorm_row(x + out_rows[i] * D, M->out_norm, S.h + i * D, D, M->eps);
+                quantize_row(S.h + i * D, i, &S.qD);
             }
-            tile_matmul_multi(&M->head, 1, &qD, n_out, logits, M->head->n);
+            tile_matmul_multi(&M->head, 1, &S.qD, n_out, logits, M->head->n);
         }
     }
 }

@@ -27,11 +27,12 @@ import torch
 
 from ..gguf.dequant import block_info
 from ..gguf.weights import QuantWeight
-from .native_src import KERNELS, SOURCE as KERNEL_SOURCE
+from .attention_src import ATTENTION_SOURCE
 from .decoder_src import DECODER_SOURCE
+from .native_src import KERNELS, SOURCE as KERNEL_SOURCE
 from .tiles_src import TILE_SOURCE
 
-SOURCE = KERNEL_SOURCE + TILE_SOURCE + DECODER_SOURCE
+SOURCE = KERNEL_SOURCE + ATTENTION_SOURCE + TILE_SOURCE + DECODER_SOURCE
 
 logger = logging.getLogger(__name__)
 

@@ -53,7 +53,7 @@ typedef struct { int8_t* q; float* dx; float* sx; int32_t* s16; int64_t k; } qac
 static inline int32_t load_i32(const int8_t* p) { int32_t v; memcpy(&v, p, 4); return v; }
 
 /* quantize row t of x (stride ldx) into a */
-static void quantize_row(const float* x, int64_t t, qact_t* a) {
+static void quantize_row(const float* x, int64_t t, const qact_t* a) {
     const int64_t k = a->k, G = k / 32;
     for (int64_t g = 0; g < G; g++) {
         const float* xg = x + g * 32;
