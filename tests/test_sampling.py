@@ -165,7 +165,6 @@ def test_out_of_vocab_ids_are_rejected() -> None:
 
 def test_top_k_top_p_min_p_filters() -> None:
     x = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.1, 0.2, 0.3, 0.4]]))
-    inf = -math.inf
     assert torch.isinf(apply_top_k(x, [2, 0])).tolist() == [[False, False, True, True], [False] * 4]
     # top_p 0.7: 0.5 < 0.7 so the second token is needed too; 0.8 > 0.7 so the third is not.
     top_p = apply_top_p(x, [0.7, 1.0])

@@ -58,9 +58,9 @@ class TensorMaker:
         if qtype is None:
             qtype = self.cycle[self.i % len(self.cycle)]
             self.i += 1
-        block, size = gguf.GGML_QUANT_SIZES[qtype]
+        block = gguf.GGML_QUANT_SIZES[qtype][0]
         if cols % block:
-            qtype, (block, size) = T.Q8_0, gguf.GGML_QUANT_SIZES[T.Q8_0]
+            qtype = T.Q8_0
         data = (self.rng.standard_normal((rows, cols)) * std).astype(np.float32)
         try:
             q = gguf.quants.quantize(data, qtype)

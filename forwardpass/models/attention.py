@@ -163,7 +163,6 @@ def _decode_attention(q: torch.Tensor, cache: KVCache, layer: int, meta: Attenti
     """B decoding sequences at once: q (B, H, D) over their padded contexts -> (B, H, D)."""
     b, n_heads, head_dim = q.shape
     slots = meta.decode_slots  # (B, L)
-    ctx = slots.shape[1]
     k = cache.k[layer][slots]  # (B, L, H_kv, D)
     v = cache.v[layer][slots]
     n_kv = k.shape[2]
