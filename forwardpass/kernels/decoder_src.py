@@ -138,75 +138,93 @@ typedef struct {
     const float* rope;
     const int64_t *slots, *ctx, *seq, *lens;
     int64_t B, ctx_stride;
+    int distinct;   /* every token belongs to a different sequence */
+    int f_ready;    /* f holds a block's output to add to x */
 } step_t;
 
-/* q, k, v of every token: bias, per-head norms, RoPE; k and v into the cache */
-static void qkv_heads(const step_t* S, const dlayer_t* L) {
+/* q head hh < H, or KV head hh - H (its k and v), of token r: bias, per-head norm, RoPE; k and v into the cache */
+static void qkv_head(const step_t* S, const dlayer_t* L, int64_t r, int64_t hh) {
     const dmodel_t* M = S->M;
     const int64_t H = M->n_heads, KV = M->n_kv, HD = M->head_dim, QO = H * HD, NQKV = QO + 2 * KV * HD;
-    #pragma omp for schedule(static)
-    for (int64_t u = 0; u < S->B * (H + KV); u++) {
-        const int64_t r = u / (H + KV), hh = u % (H + KV);
-        float* row = S->qkv + r * NQKV;
-        const float* cs = S->rope + ((L->rope * S->B + r) * 2) * M->rope_dims;
-        const float* sn = cs + M->rope_dims;
-        if (hh < H) {
-            float* q = row + hh * HD;
-            if (L->qkv_bias) for (int64_t i = 0; i < HD; i++) q[i] += L->qkv_bias[hh * HD + i];
-            if (L->q_norm) rmsnorm_row(q, L->q_norm, q, HD, M->eps);
-            rope_head(q, cs, sn, M->rope_dims, M->neox);
-            continue;
+    float* row = S->qkv + r * NQKV;
+    const float* cs = S->rope + ((L->rope * S->B + r) * 2) * M->rope_dims;
+    const float* sn = cs + M->rope_dims;
+    if (hh < H) {
+        float* q = row + hh * HD;
+        if (L->qkv_bias) for (int64_t i = 0; i < HD; i++) q[i] += L->qkv_bias[hh * HD + i];
+        if (L->q_norm) rmsnorm_row(q, L->q_norm, q, HD, M->eps);
+        rope_head(q, cs, sn, M->rope_dims, M->neox);
+        return;
+    }
+    const int64_t j = hh - H;
+    float* k = row + QO + j * HD;
+    float* v = row + QO + KV * HD + j * HD;
+    if (L->qkv_bias)
+        for (int64_t i = 0; i < HD; i++) {
+            k[i] += L->qkv_bias[QO + j * HD + i];
+            v[i] += L->qkv_bias[QO + KV * HD + j * HD + i];
         }
-        const int64_t j = hh - H;
-        float* k = row + QO + j * HD;
-        float* v = row + QO + KV * HD + j * HD;
-        if (L->qkv_bias)
-            for (int64_t i = 0; i < HD; i++) {
-                k[i] += L->qkv_bias[QO + j * HD + i];
-                v[i] += L->qkv_bias[QO + KV * HD + j * HD + i];
-            }
-        if (L->k_norm) rmsnorm_row(k, L->k_norm, k, HD, M->eps);
-        rope_head(k, cs, sn, M->rope_dims, M->neox);
-        uint16_t* kd = L->kc + (S->slots[r] * KV + j) * HD;
-        uint16_t* vd = L->vc + (S->slots[r] * KV + j) * HD;
-        for (int64_t i = 0; i < HD; i++) { kd[i] = to_bf16(k[i]); vd[i] = to_bf16(v[i]); }
+    if (L->k_norm) rmsnorm_row(k, L->k_norm, k, HD, M->eps);
+    rope_head(k, cs, sn, M->rope_dims, M->neox);
+    uint16_t* kd = L->kc + (S->slots[r] * KV + j) * HD;
+    uint16_t* vd = L->vc + (S->slots[r] * KV + j) * HD;
+    for (int64_t i = 0; i < HD; i++) { kd[i] = to_bf16(k[i]); vd[i] = to_bf16(v[i]); }
+}
+
+/* token r's G query heads of KV head kvh attend over its context */
+static void attend_unit(const step_t* S, const dlayer_t* L, int64_t r, int64_t kvh, float* s) {
+    const dmodel_t* M = S->M;
+    const int64_t KV = M->n_kv, HD = M->head_dim, G = M->n_heads / KV, QO = M->n_heads * HD;
+    const int64_t NQKV = QO + 2 * KV * HD;
+    attend_heads(S->qkv + r * NQKV + kvh * G * HD, L->kc, L->vc, S->ctx + S->seq[r] * S->ctx_stride, S->lens[r], KV,
+                 kvh, G, HD, M->scale, L->window, s, S->att + r * QO + kvh * G * HD);
+}
+
+/* x += post ? rmsnorm(f) * post : f; then, if next_norm, h = rmsnorm(x) * next_norm quantized (the next block's
+   input): one pass over the rows, one barrier */
+static void residual_and_norm(const step_t* S, const float* post, const float* next_norm) {
+    const int64_t D = S->M->d_model;
+    #pragma omp for schedule(static)
+    for (int64_t r = 0; r < S->B; r++) {
+        if (S->f_ready) residual_row(S->x + r * D, S->f + r * D, post, D, S->M->eps);
+        if (next_norm) {
+            rmsnorm_row(S->x + r * D, next_norm, S->h + r * D, D, S->M->eps);
+            quantize_row(S->h + r * D, r, &S->qD);
+        }
     }
 }
 
-/* x += attention block of layer L (s: this thread's score scratch) */
+/* the attention block of layer L up to its output projection in f (its input h already normalized and quantized) */
 static void attention_block(const step_t* S, const dlayer_t* L, float* s) {
     const dmodel_t* M = S->M;
-    const int64_t B = S->B, D = M->d_model, H = M->n_heads, KV = M->n_kv, HD = M->head_dim, G = H / KV;
-    const int64_t QO = H * HD, NQKV = QO + 2 * KV * HD;
-    #pragma omp for schedule(static)
-    for (int64_t r = 0; r < B; r++) {
-        rmsnorm_row(S->x + r * D, L->attn_norm, S->h + r * D, D, M->eps);
-        quantize_row(S->h + r * D, r, &S->qD);
-    }
+    const int64_t B = S->B, D = M->d_model, H = M->n_heads, KV = M->n_kv, HD = M->head_dim;
+    const int64_t QO = H * HD, NQKV = QO + 2 * KV * HD, G = H / KV;
     tile_matmul_multi(L->qkv, (int)L->n_qkv, &S->qD, B, S->qkv, NQKV);
-    qkv_heads(S, L);
-    #pragma omp for schedule(dynamic, 1)
-    for (int64_t u = 0; u < B * KV; u++) {  /* a token's heads of one KV head together */
-        const int64_t r = u / KV, kvh = u % KV;
-        attend_heads(S->qkv + r * NQKV + kvh * G * HD, L->kc, L->vc, S->ctx + S->seq[r] * S->ctx_stride, S->lens[r],
-                     KV, kvh, G, HD, M->scale, L->window, s, S->att + r * QO + kvh * G * HD);
+    if (S->distinct) {
+        /* every token of a different sequence (decoding): a unit's own k and v are all its attention needs, so
+           the heads' work and the attention share one pass (the same arithmetic, one barrier fewer) */
+        #pragma omp for schedule(dynamic, 1)
+        for (int64_t u = 0; u < B * KV; u++) {
+            const int64_t r = u / KV, kvh = u % KV;
+            for (int64_t g = 0; g < G; g++) qkv_head(S, L, r, kvh * G + g);
+            qkv_head(S, L, r, H + kvh);
+            attend_unit(S, L, r, kvh, s);
+        }
+    } else {
+        #pragma omp for schedule(static)
+        for (int64_t u = 0; u < B * (H + KV); u++) qkv_head(S, L, u / (H + KV), u % (H + KV));
+        #pragma omp for schedule(dynamic, 1)
+        for (int64_t u = 0; u < B * KV; u++) attend_unit(S, L, u / KV, u % KV, s);  /* a token's heads of a KV head */
     }
     #pragma omp for schedule(static)
     for (int64_t r = 0; r < B; r++) quantize_row(S->att + r * QO, r, &S->qQ);
     tile_matmul_multi(&L->o, 1, &S->qQ, B, S->f, D);
-    #pragma omp for schedule(static)
-    for (int64_t r = 0; r < B; r++) residual_row(S->x + r * D, S->f + r * D, L->post_attn_norm, D, M->eps);
 }
 
-/* x += feed-forward block of layer L */
+/* the feed-forward block of layer L up to its down projection in f (its input h already normalized, quantized) */
 static void ffn_block(const step_t* S, const dlayer_t* L) {
     const dmodel_t* M = S->M;
     const int64_t B = S->B, D = M->d_model, F = M->n_ff;
-    #pragma omp for schedule(static)
-    for (int64_t r = 0; r < B; r++) {
-        rmsnorm_row(S->x + r * D, L->ffn_norm, S->h + r * D, D, M->eps);
-        quantize_row(S->h + r * D, r, &S->qD);
-    }
     tile_matmul_multi(L->gu, (int)L->n_gu, &S->qD, B, S->gu, 2 * F);
     #pragma omp for schedule(static)
     for (int64_t r = 0; r < B; r++) {
@@ -215,8 +233,6 @@ static void ffn_block(const step_t* S, const dlayer_t* L) {
         quantize_row(S->a + r * F, r, &S->qF);
     }
     tile_matmul_multi(&L->down, 1, &S->qF, B, S->f, D);
-    #pragma omp for schedule(static)
-    for (int64_t r = 0; r < B; r++) residual_row(S->x + r * D, S->f + r * D, L->post_ffn_norm, D, M->eps);
 }
 
 /* x: (B, d_model) float32 hidden states of B tokens (prompt or generated, of one or many sequences), updated in
@@ -243,12 +259,20 @@ void decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, con
     float* scores = TAKE(float, nthreads * 4 * (lmax + 16));
     #undef TAKE
     S.rope = rope; S.slots = slots; S.ctx = ctx; S.seq = seq; S.lens = lens; S.B = B; S.ctx_stride = ctx_stride;
+    S.distinct = 1;
+    for (int64_t r = 1; r < B && S.distinct; r++) if (seq[r] == seq[r - 1]) S.distinct = 0;  /* rows come grouped */
+    step_t S0 = S, S1 = S;  /* S0: nothing to add yet (before layer 0); S1: f holds a block's output */
+    S0.f_ready = 0; S1.f_ready = 1;
     #pragma omp parallel num_threads(nthreads)
     {
         float* s = scores + (int64_t)omp_get_thread_num() * 4 * (lmax + 16);
+        residual_and_norm(&S0, NULL, M->layers[0].attn_norm);
         for (int64_t l = 0; l < M->n_layers; l++) {
-            attention_block(&S, M->layers + l, s);
-            ffn_block(&S, M->layers + l);
+            const dlayer_t* L = M->layers + l;
+            attention_block(&S1, L, s);
+            residual_and_norm(&S1, L->post_attn_norm, L->ffn_norm);
+            ffn_block(&S1, L);
+            residual_and_norm(&S1, L->post_ffn_norm, l + 1 < M->n_layers ? M->layers[l + 1].attn_norm : NULL);
         }
         if (n_out > 0) {
             #pragma omp for schedule(static)
