@@ -9,6 +9,7 @@ from forwardpass import LLM
 from forwardpass.engine.model_runner import SeqChunk
 from forwardpass.kernels import tiles as tiles_module
 from forwardpass.kernels.tiles import TILE_TYPES, TileLinear, TileMatrix, tile_matmul, tiles_available
+from test_fidelity import decode_logits
 from test_kernels import random_weight, rel_err
 from tiny_models import write_tiny_model
 
@@ -57,12 +58,6 @@ def test_tile_dense_path_in_chunks(monkeypatch):
     assert rel_err(whole, x.float() @ weight.dequantize().t()) <= 1e-2  # bf16 GEMM
     monkeypatch.setattr(tiles_module, "DENSE_CHUNK_BYTES", 32 * 256 * 2)  # 32 rows at a time
     assert torch.equal(linear.dense(x), whole)
-
-
-def decode_logits(llm: LLM, ids: list[int]) -> torch.Tensor:
-    """Teacher-forced logits, every token after the first through the decode role."""
-    with llm.engine.scratch_blocks(len(ids)) as (table,):
-        return llm.runner.run([SeqChunk(ids, 0, table, "all", prompt_len=1)])
 
 
 IDS = [(5 * i + 1) % 380 + 4 for i in range(30)]  # 30 tokens: past gemma3's 8-token test window

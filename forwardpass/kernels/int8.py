@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from .gemm import gemm_in_chunks
 from .repack import Int8Groups, Int8Rows
 
 DENSE_CHUNK_BYTES = 8 << 20  # largest bf16 copy of the weight made at once: cache-sized (a 335 MB head in bf16)
@@ -31,13 +32,8 @@ class Int8Linear:
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         """x: (T, K) bf16 -> (T, N) bf16, in row chunks so the bf16 weight copy stays under DENSE_CHUNK_BYTES."""
         n, k = self.q.shape
-        step = max(1, DENSE_CHUNK_BYTES // (2 * k))
-        if step >= n:
-            return torch.matmul(x, self.q.to(torch.bfloat16).t()) * self.scale
-        y = torch.empty(x.shape[0], n, dtype=torch.bfloat16, device=x.device)
-        for start in range(0, n, step):
-            w = self.q[start:start + step].to(torch.bfloat16)  # (rows, K)
-            y[:, start:start + step] = torch.matmul(x, w.t())
+        y = gemm_in_chunks(x, n, max(1, DENSE_CHUNK_BYTES // (2 * k)),
+                           lambda a, b: self.q[a:b].to(torch.bfloat16))  # codes exact in bf16
         return y.mul_(self.scale)
 
 
@@ -74,11 +70,5 @@ class Int8GroupLinear:
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         n, k = self.groups.q.shape
-        step = max(1, DENSE_CHUNK_BYTES // (4 * k))
-        if step >= n:
-            return torch.matmul(x, self.groups.dequantize().to(torch.bfloat16).t())
-        y = torch.empty(x.shape[0], n, dtype=torch.bfloat16, device=x.device)
-        for start in range(0, n, step):
-            w = self.groups.dequantize_rows(start, min(n, start + step)).to(torch.bfloat16)
-            y[:, start:start + step] = torch.matmul(x, w.t())
-        return y
+        return gemm_in_chunks(x, n, max(1, DENSE_CHUNK_BYTES // (4 * k)),
+                              lambda a, b: self.groups.dequantize_rows(a, b).to(torch.bfloat16))

@@ -29,6 +29,7 @@ from ..gguf.dequant import block_info
 from ..gguf.weights import QuantWeight
 from .attention_src import ATTENTION_SOURCE
 from .decoder_src import DECODER_SOURCE
+from .gemm import gemm_in_chunks
 from .native_src import KERNELS, SOURCE as KERNEL_SOURCE
 from .tiles_src import TILE_SOURCE
 
@@ -213,15 +214,8 @@ class NativeLinear:
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         """x: (T, K) bf16 -> (T, N) bf16, dequantizing DENSE_CHUNK_BYTES of float32 rows at a time."""
         n, k = self.weight.shape
-        step = max(1, DENSE_CHUNK_BYTES // (4 * k))
-        if step >= n:
-            return torch.matmul(x, _dequant(self.dequant, self.weight, 0, n).to(torch.bfloat16).t())
-        y = torch.empty(x.shape[0], n, dtype=torch.bfloat16)
-        for start in range(0, n, step):
-            stop = min(n, start + step)
-            w = _dequant(self.dequant, self.weight, start, stop).to(torch.bfloat16)  # (rows, K)
-            y[:, start:stop] = torch.matmul(x, w.t())
-        return y
+        return gemm_in_chunks(x, n, max(1, DENSE_CHUNK_BYTES // (4 * k)),
+                              lambda a, b: _dequant(self.dequant, self.weight, a, b).to(torch.bfloat16))
 
 
 def native_supports(weight: QuantWeight) -> bool:

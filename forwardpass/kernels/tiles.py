@@ -20,6 +20,7 @@ from gguf import GGMLQuantizationType as T
 
 from ..gguf.dequant import _f16, _k_scale_min, _le_fields, _nibbles, _shr, block_info
 from ..gguf.weights import QuantWeight
+from .gemm import gemm_in_chunks
 from .native import _cpu_flags, _library
 
 ROWS = 16  # rows per tile
@@ -235,14 +236,8 @@ class TileLinear:
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         """x: (T, K) bf16 -> (T, N) bf16, dequantizing DENSE_CHUNK_BYTES of float32 rows at a time."""
         n, k = self.tiles.n, self.tiles.k
-        step = max(ROWS, DENSE_CHUNK_BYTES // (2 * k) // ROWS * ROWS)
-        if step >= n:
-            return torch.matmul(x, self.tiles.dequantize(torch.bfloat16).t())
-        y = torch.empty(x.shape[0], n, dtype=torch.bfloat16)
-        for start in range(0, n, step):
-            stop = min(n, start + step)
-            y[:, start:stop] = torch.matmul(x, self.tiles.dequantize_rows(start, stop, torch.bfloat16).t())
-        return y
+        return gemm_in_chunks(x, n, max(ROWS, DENSE_CHUNK_BYTES // (2 * k) // ROWS * ROWS),
+                              lambda a, b: self.tiles.dequantize_rows(a, b, torch.bfloat16))
 
 
 @functools.lru_cache(maxsize=None)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 from functools import partial
 
 from starlette.types import Receive
@@ -24,6 +25,7 @@ from ..outputs import CompletionOutput, RequestOutput
 from ..sampling import SamplingParams
 from .metrics import ServerMetrics
 
+R = TypeVar("R")
 logger = logging.getLogger(__name__)
 
 
@@ -187,36 +189,32 @@ async def collect(group: RequestGroup, receive: Receive) -> list[RequestOutput]:
     Starlette does not notice a client that leaves during a plain request, so without this watcher the
     request would run to the end for nobody.
     """
-    work = asyncio.ensure_future(group.wait_finished())
-    watcher = asyncio.ensure_future(until_disconnected(receive))
-    try:
-        done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if work in done:
-            return work.result()
-        group.abort()
-        raise ClientDisconnected()
-    finally:
-        for task in (work, watcher):
-            if not task.done():
-                task.cancel()
+    return await _unless_disconnected(group.wait_finished(), group, receive)
 
 
 async def wait_started(group: RequestGroup, receive: Receive) -> None:
     """Wait for the first output of a request (raising its error, such as ``QueueTimeout``), watching for a
     disconnect meanwhile (which aborts it and raises ``ClientDisconnected``)."""
-    first = asyncio.ensure_future(group.wait_first())
-    watcher = asyncio.ensure_future(until_disconnected(receive))
-    try:
-        done, _ = await asyncio.wait({first, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if first not in done:
-            group.abort()
-            raise ClientDisconnected()
-    finally:
-        for task in (first, watcher):
-            if not task.done():
-                task.cancel()
+    await _unless_disconnected(group.wait_first(), group, receive)
     if group.error is not None:
         raise group.error
+
+
+async def _unless_disconnected(awaitable: Awaitable[R], group: RequestGroup, receive: Receive) -> R:
+    """The result of `awaitable`, unless the client leaves first: then the request is aborted at once and
+    ``ClientDisconnected`` raised."""
+    work = asyncio.ensure_future(awaitable)
+    watcher = asyncio.ensure_future(until_disconnected(receive))
+    try:
+        done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if work not in done:
+            group.abort()
+            raise ClientDisconnected()
+        return work.result()
+    finally:
+        for task in (work, watcher):
+            if not task.done():
+                task.cancel()
 
 
 def release_once(callback: Callable[[], None]) -> Callable[[], None]:
