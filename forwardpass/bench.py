@@ -16,6 +16,7 @@ import psutil
 import torch
 
 from .engine.model_runner import SeqChunk
+from .kernels.native import argmax_rows
 from .llm import LLM
 
 TEXT = "The quick brown fox jumps over the lazy dog. "
@@ -43,7 +44,7 @@ def _time_decode(llm: LLM, prompt: list[int], gen_tokens: int, batch: int) -> fl
         for i in range(gen_tokens):
             chunks = [SeqChunk([prompt[(1 + i + b) % len(prompt)]], 1 + i, t, "last", prompt_len=1)
                       for b, t in enumerate(tables)]  # generated tokens: the decode kernels
-            next_ids = llm.runner.run(chunks).argmax(-1)
+            next_ids = argmax_rows(llm.runner.run(chunks))
         next_ids.tolist()
         return time.perf_counter() - t0
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from forwardpass.kernels.native import argmax_rows
 from forwardpass.sampling import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -355,10 +356,10 @@ def _choose_tokens(x: torch.Tensor, rows: Sequence[SamplingState]) -> torch.Tens
     """Greedy rows take the argmax (ties -> lowest id); the others are sampled. x (B, V) -> (B,) int64."""
     greedy = [s.params.greedy for s in rows]
     if all(greedy):
-        return x.argmax(dim=-1)
+        return argmax_rows(x)
     if not any(greedy):
         return _sample_random(x, rows)
-    tokens = x.argmax(dim=-1)
+    tokens = argmax_rows(x)
     random_idx = _row_indices([not g for g in greedy], x.device)
     sampled = _sample_random(x.index_select(0, random_idx), [s for s, g in zip(rows, greedy) if not g])
     return tokens.index_copy_(0, random_idx, sampled)

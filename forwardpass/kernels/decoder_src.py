@@ -253,7 +253,7 @@ void decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, con
     step_t S = {M, x, TAKE(float, B * D), TAKE(float, B * D), TAKE(float, B * NQKV), TAKE(float, B * QO),
                 TAKE(float, B * 2 * F), TAKE(float, B * F)};
     S.qD = (qact_t){TAKE(int8_t, B * KMAX), TAKE(float, B * KMAX / 32), TAKE(float, B * KMAX / 32),
-                    TAKE(int32_t, B * KMAX / 16), D};
+                    TAKE(int32_t, B * KMAX / 16), D, B};
     S.qQ = S.qD; S.qQ.k = QO;
     S.qF = S.qD; S.qF.k = F;
     float* scores = TAKE(float, nthreads * 4 * (lmax + 16));

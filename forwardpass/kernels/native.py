@@ -66,7 +66,7 @@ def _build() -> Path:
         raise RuntimeError("no C compiler found")
     key = hashlib.sha256("\0".join([SOURCE, *CFLAGS, platform.processor(), str(sorted(_cpu_flags()))])
                          .encode()).hexdigest()[:16]
-    out = _cache_dir() / f"ggml_native_{key}.so"
+    out = _cache_dir() / f"forwardpass_native_{key}.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -142,6 +142,29 @@ def native_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     out = torch.empty(rows, heads, dim)
     fn(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), ctx.data_ptr(), ctx.shape[1], seq.data_ptr(),
        lens.data_ptr(), rows, heads, k_cache.shape[1], dim, scale, window, out.data_ptr(), torch.get_num_threads())
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _argmax_fn() -> ctypes._CFuncPtr | None:
+    lib = _library()
+    if lib is None:
+        return None
+    fn = lib.argmax_rows
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]
+    fn.restype = None
+    return fn
+
+
+def argmax_rows(x: torch.Tensor) -> torch.Tensor:
+    """`x.argmax(dim=-1)` of a 2-D tensor (first index of the maximum; NaN counts as the maximum). On CPU float32
+    a native scan: torch's CPU argmax over a (16, 49152) batch of logits took ~1 ms, 25x its `amax`."""
+    fn = _argmax_fn()
+    if fn is None or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] == 0:
+        return x.argmax(dim=-1)
+    x = x.contiguous()
+    out = torch.empty(x.shape[0], dtype=torch.int64)
+    fn(x.data_ptr(), x.shape[0], x.shape[1], out.data_ptr(), torch.get_num_threads())
     return out
 
 

@@ -17,6 +17,7 @@ from gguf import GGMLQuantizationType as T
 SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
+#include <math.h>
 #include <immintrin.h>
 
 #define TB 4  /* tokens per pass over a row: their accumulators stay in registers */
@@ -203,6 +204,41 @@ DEFINE_KERNELS(q5_0, no_prepare, 22, 1, 0)
 DEFINE_KERNELS(q5_1, no_prepare, 24, 1, 1)
 DEFINE_KERNELS(q4_k, q4_k_prepare, 144, 8, 1)
 DEFINE_KERNELS(q6_k, q6_k_prepare, 210, 8, 2)
+
+/* out[r] = the first index of row r's largest value, a NaN counting as larger than anything (torch.argmax's
+   rule): one vector pass for the maximum, one for its first position. */
+void argmax_rows(const float* x, int64_t rows, int64_t n, int64_t* out, int64_t nthreads) {
+    #pragma omp parallel for num_threads(nthreads) schedule(static) if (rows > 1)
+    for (int64_t r = 0; r < rows; r++) {
+        const float* v = x + r * n;
+        __m512 m = _mm512_set1_ps(-INFINITY);
+        __mmask16 nan = 0;
+        int64_t i = 0;
+        for (; i + 16 <= n; i += 16) {
+            const __m512 a = _mm512_loadu_ps(v + i);
+            nan |= _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q);
+            m = _mm512_max_ps(m, a);
+        }
+        float best = _mm512_reduce_max_ps(m);
+        for (; i < n; i++) {
+            if (v[i] != v[i]) nan = 1;
+            else if (v[i] > best) best = v[i];
+        }
+        int64_t at = 0;
+        if (nan) {
+            while (v[at] == v[at]) at++;
+        } else {
+            const __m512 b = _mm512_set1_ps(best);
+            for (i = 0; i + 16 <= n; i += 16) {
+                const __mmask16 hit = _mm512_cmp_ps_mask(_mm512_loadu_ps(v + i), b, _CMP_EQ_OQ);
+                if (hit) break;
+            }
+            at = i;
+            while (v[at] != best) at++;
+        }
+        out[r] = at;
+    }
+}
 """
 
 # ggml type -> (kernel name prefix in SOURCE, byte offsets of the fp16 scale fields in a block, for self-tests)
