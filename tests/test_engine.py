@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from forwardpass import LLM, SamplingParams
 from tiny_models import write_tiny_model
@@ -10,9 +11,18 @@ PROMPTS = [[4 + (i * 7 + j * 3) % 300 for j in range(5 + 9 * i)] for i in range(
 SHARED = [4 + (j * 11) % 300 for j in range(40)]  # a 40-token "system prompt"
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@pytest.fixture(scope="module", params=["cpu", pytest.param("cuda", marks=CUDA)])
+def device(request) -> str:
+    """On CUDA every step runs the PyTorch layers, which must be as batch-invariant as the native CPU step."""
+    return request.param
+
+
 @pytest.fixture(scope="module", params=["mixed-types", "tile-types"])
 def tiny_path(tmp_path_factory, request) -> str:
-    """Mixed quant types decode through the PyTorch layers; tile types through the native decode step."""
+    """Mixed quant types decode through the PyTorch layers; tile types through the native decode step (on CPU)."""
     tiles = request.param == "tile-types"
     return str(write_tiny_model(tmp_path_factory.mktemp("engine") / "qwen3.gguf", "qwen3", seed=5, tile_types=tiles))
 
@@ -26,23 +36,23 @@ def outputs(llm: LLM, prompts, params) -> list[list[int]]:
 
 
 @pytest.fixture(scope="module")
-def solo(tiny_path) -> list[list[int]]:
-    llm = LLM(tiny_path, ctx=256, enable_prefix_caching=False)
+def solo(tiny_path, device) -> list[list[int]]:
+    llm = LLM(tiny_path, ctx=256, enable_prefix_caching=False, device=device)
     return [outputs(llm, [p], greedy())[0] for p in PROMPTS]
 
 
 @pytest.mark.parametrize("chunk", [16, 256])
-def test_batched_and_chunked_equal_solo(tiny_path, solo, chunk):
-    llm = LLM(tiny_path, ctx=256, max_num_batched_tokens=chunk)
+def test_batched_and_chunked_equal_solo(tiny_path, device, solo, chunk):
+    llm = LLM(tiny_path, ctx=256, max_num_batched_tokens=chunk, device=device)
     assert outputs(llm, PROMPTS, greedy()) == solo
     assert llm.engine.block_manager.num_used == 0
 
 
-def test_prefix_cache_hit_equals_miss(tiny_path):
+def test_prefix_cache_hit_equals_miss(tiny_path, device):
     prompts = [SHARED + p for p in PROMPTS[:4]]
-    cold = LLM(tiny_path, ctx=256, enable_prefix_caching=False)
+    cold = LLM(tiny_path, ctx=256, enable_prefix_caching=False, device=device)
     expected = [outputs(cold, [p], greedy())[0] for p in prompts]
-    warm = LLM(tiny_path, ctx=256)
+    warm = LLM(tiny_path, ctx=256, device=device)
     outputs(warm, [SHARED + [7]], greedy(2))  # leaves SHARED's full blocks in the cache
     result = warm.generate(prompts, greedy())
     assert [o.token_ids for o in result] == expected
@@ -50,8 +60,8 @@ def test_prefix_cache_hit_equals_miss(tiny_path):
     assert warm.engine.stats().prefix_cache_hit_rate > 0
 
 
-def test_n_samples_share_prompt_blocks(tiny_path):
-    llm = LLM(tiny_path, ctx=256)
+def test_n_samples_share_prompt_blocks(tiny_path, device):
+    llm = LLM(tiny_path, ctx=256, device=device)
     engine = llm.engine
     request = engine.add_request(SHARED, SamplingParams(n=4, temperature=1.0, seed=3, max_tokens=8,
                                                         ignore_eos=True))
@@ -71,15 +81,15 @@ def test_n_samples_share_prompt_blocks(tiny_path):
     assert engine.block_manager.num_used == 0
 
 
-def test_preemption_keeps_outputs_identical(tiny_path, solo):
-    llm = LLM(tiny_path, ctx=128, kv_tokens=128)  # 8 blocks for 8 sequences that need up to 6 each
+def test_preemption_keeps_outputs_identical(tiny_path, device, solo):
+    llm = LLM(tiny_path, ctx=128, kv_tokens=128, device=device)  # 8 blocks for 8 sequences that need up to 6 each
     assert outputs(llm, PROMPTS, greedy()) == solo
     assert llm.engine.scheduler.num_preemptions > 0
     assert llm.engine.block_manager.num_used == 0
 
 
-def test_pool_is_all_free_after_completions_aborts_and_preemptions(tiny_path):
-    llm = LLM(tiny_path, ctx=128, kv_tokens=128)
+def test_pool_is_all_free_after_completions_aborts_and_preemptions(tiny_path, device):
+    llm = LLM(tiny_path, ctx=128, kv_tokens=128, device=device)
     engine = llm.engine
     reqs = [engine.add_request(p, greedy(30)) for p in PROMPTS]
     for step in range(12):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from forwardpass import LLM, SamplingParams
 
@@ -16,16 +17,18 @@ def greedy(n: int = 24) -> SamplingParams:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))])
 @pytest.mark.parametrize("model", ["smollm2", "gemma3"])
-def test_sixteen_prompts_batched_equal_alone(request, model):
+def test_sixteen_prompts_batched_equal_alone(request, model, device):
     path = request.getfixturevalue(f"{model}_path")
-    llm = LLM(path, ctx=1024, enable_prefix_caching=False)
+    llm = LLM(path, ctx=1024, enable_prefix_caching=False, device=device)
     prompts = [llm.encode_prompt(f"{SYSTEM}Tell me something about {t}.") for t in TOPICS]
     alone = [llm.generate([p], greedy())[0].token_ids for p in prompts]
     together = [o.token_ids for o in llm.generate(prompts, greedy())]
     assert together == alone
     for chunk in (16, 256):
-        chunked = LLM(path, ctx=1024, max_num_batched_tokens=chunk)
+        chunked = LLM(path, ctx=1024, max_num_batched_tokens=chunk, device=device)
         chunked.generate([llm.encode_prompt(SYSTEM + "Hello.")], greedy(2))  # caches the shared prefix
         outs = chunked.generate(prompts, greedy())
         assert [o.token_ids for o in outs] == alone, f"chunk size {chunk}"

@@ -10,10 +10,13 @@ from forwardpass import LLM, ContextLengthError, SamplingParams
 from tiny_models import write_tiny_model
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> LLM:
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@pytest.fixture(scope="module", params=["cpu", pytest.param("cuda", marks=CUDA)])
+def tiny(tmp_path_factory, request) -> LLM:
     path = write_tiny_model(tmp_path_factory.mktemp("gen") / "llama.gguf", "llama", seed=3)
-    return LLM(str(path), reference=True, ctx=128)
+    return LLM(str(path), reference=True, ctx=128, device=request.param)
 
 
 PROMPTS = ["the cat", "hello world, this is", "0123456789", "The quick brown fox"]
@@ -28,6 +31,12 @@ def test_greedy_is_repeatable_and_batch_independent(tiny):
     alone = [tiny.generate(p, greedy())[0] for p in PROMPTS]
     assert [o.token_ids for o in together] == [o.token_ids for o in alone]
     assert all(len(o.token_ids) == 24 and o.outputs[0].finish_reason == "length" for o in together)
+
+
+def test_greedy_equals_cpu_reference(tiny):
+    """The exact float32 path gives the same greedy tokens on every device (logits agree to ~1e-6)."""
+    cpu = tiny if tiny.device == "cpu" else LLM(tiny.path, reference=True, ctx=128)
+    assert [o.token_ids for o in tiny.generate(PROMPTS, greedy())] == [o.token_ids for o in cpu.generate(PROMPTS, greedy())]
 
 
 def test_stream_equals_generate(tiny):

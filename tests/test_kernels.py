@@ -21,6 +21,7 @@ from gguf import GGMLQuantizationType as T
 from forwardpass.engine.model_runner import ModelRunner, SeqChunk
 from forwardpass.gguf.reader import GGUFFile
 from forwardpass.gguf.weights import QuantWeight
+from forwardpass.kernels import gemm as gemm_module
 from forwardpass.kernels import int8 as int8_module
 from forwardpass.kernels import linear as linear_module
 from forwardpass.kernels import make_linear
@@ -231,11 +232,11 @@ def test_fused_projection_equals_separate_ones(qtype, backend):
     release_heap()  # harmless at any time
 
 
-def tiny_logits(path: str, mode: str, ids: list[int]) -> torch.Tensor:
-    model = load_model(GGUFFile(path), LoadOptions(mode=mode))
+def tiny_logits(path: str, mode: str, ids: list[int], device: str = "cpu") -> torch.Tensor:
+    model = load_model(GGUFFile(path), LoadOptions(mode=mode, device=device))
     kv_dtype = torch.float32 if mode == "reference" else torch.bfloat16
-    runner = ModelRunner(model, num_blocks=4, block_size=16, kv_dtype=kv_dtype)
-    return runner.run([SeqChunk(ids, 0, [0, 1, 2], "all")])
+    runner = ModelRunner(model, num_blocks=4, block_size=16, kv_dtype=kv_dtype, device=device)
+    return runner.run([SeqChunk(ids, 0, [0, 1, 2], "all")]).cpu()
 
 
 TINY_IDS = [(5 * i + 1) % 380 + 4 for i in range(40)]
@@ -251,11 +252,15 @@ def tiny_reference(tmp_path_factory) -> dict[str, tuple[str, torch.Tensor]]:
     return out
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3"])
-def test_tiny_models_fast_logits_stay_close(tiny_reference, arch, backend):
-    """Tiny models cycle through every quant type; the fast path's next-token distributions stay close."""
+def test_tiny_models_fast_logits_stay_close(tiny_reference, arch, backend, device):
+    """Tiny models cycle through every quant type; the fast path's next-token distributions stay close (on CUDA
+    too, against the CPU's exact logits)."""
+    if device != "cpu" and backend != "torch":
+        pytest.skip("native kernels are CPU-only")
     path, exact = tiny_reference[arch]
-    fast = torch.log_softmax(tiny_logits(path, "fast", TINY_IDS).double(), -1)
+    fast = torch.log_softmax(tiny_logits(path, "fast", TINY_IDS, device).double(), -1)
     kl = (exact.exp() * (exact - fast)).sum(-1)
     # measured: native 1.2e-4 to 1.7e-4, torch fallbacks 2.3e-4 to 3.3e-4, except qwen3 (2.6e-3 native, 5.1e-3
     # torch): its logits are peaked (entropy 0.7 nats), bf16 activations alone give 1.9e-3 there, and its random
@@ -276,3 +281,40 @@ def test_int8_groups_hold_the_weights_exactly(qtype, monkeypatch):
     whole = fast(x)
     monkeypatch.setattr(int8_module, "DENSE_CHUNK_BYTES", 32 * 512 * 4)  # 32 rows at a time
     assert torch.equal(fast(x), whole)
+
+
+@pytest.mark.parametrize("qtype", [T.F32, T.Q4_1, T.Q6_K, T.Q3_K], ids=lambda t: t.name)
+def test_row_blocks_cover_every_row(qtype, monkeypatch):
+    """Off the CPU every GEMM runs on fixed blocks of rows; forced here on the CPU, the blocking (padding, a partial
+    last block, the weight's column chunks) gives the plain product."""
+    monkeypatch.setattr(linear_module, "native_supports", lambda weight: False)
+    monkeypatch.setattr(linear_module, "tile_supports", lambda weight: False)
+    monkeypatch.setattr(linear_module, "_HAS_INT4_CPU", False)
+    weight = random_weight(qtype, 96, 256)
+    x = torch.randn(37, 256)
+    for mode in ("fast", "reference", "dequant"):
+        linear = make_linear(weight, mode=mode)
+        whole = linear(x).float()
+        monkeypatch.setattr(gemm_module, "row_blocked", lambda x: True)
+        monkeypatch.setattr(gemm_module, "ROW_BLOCK", 8)
+        monkeypatch.setattr(int8_module, "DENSE_CHUNK_BYTES", 40 * 256 * 4)  # column chunks of 40 and 10 rows of W
+        blocked = linear(x).float()
+        assert rel_err(blocked, whole) <= 1e-2, mode
+        assert rel_err(linear(x[:1]).float(), whole[:1]) <= 1e-2, mode
+        monkeypatch.undo()
+        monkeypatch.setattr(linear_module, "native_supports", lambda weight: False)
+        monkeypatch.setattr(linear_module, "tile_supports", lambda weight: False)
+        monkeypatch.setattr(linear_module, "_HAS_INT4_CPU", False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
+@pytest.mark.parametrize("mode", ["fast", "reference"])
+@pytest.mark.parametrize("qtype", [T.F16, T.Q4_1, T.Q4_K, T.Q8_0, T.Q6_K, T.Q3_K], ids=lambda t: t.name)
+def test_cuda_row_never_depends_on_the_batch(qtype, mode):
+    """On CUDA a row's output is bit-identical whatever the rows beside it and its place among them."""
+    linear = make_linear(random_weight(qtype, 384, 512), mode=mode, device="cuda")
+    x = torch.randn(200, 512, device="cuda")
+    full = linear(x)
+    for rows in (slice(0, 1), slice(63, 64), slice(199, 200), slice(0, 7), slice(5, 69), slice(64, 200)):
+        assert torch.equal(linear(x[rows]), full[rows]), rows
+

@@ -29,22 +29,27 @@ def assert_close_logits(ours: torch.Tensor, ref: torch.Tensor) -> None:
     assert torch.equal(ours.argmax(-1), ref.argmax(-1)), "top-1 differs at some position"
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_tiny_model_matches_transformers(tmp_path, arch):
+def test_tiny_model_matches_transformers(tmp_path, arch, device):
     path = write_tiny_model(tmp_path / f"{arch}.gguf", arch)
-    llm = LLM(str(path), reference=True)
+    llm = LLM(str(path), reference=True, device=device)
     ids = [(7 * i + 3) % 380 + 4 for i in range(24)]  # 24 tokens: past gemma3's 8-token test window
     ours = llm.logits(ids)
     assert ours.dtype == torch.float32 and ours.shape == (24, llm.vocab_size)
     assert_close_logits(ours, hf_logits(str(path), ids))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_default_path_matches_reference(tmp_path, arch):
+def test_default_path_matches_reference(tmp_path, arch, device):
     path = str(write_tiny_model(tmp_path / f"{arch}.gguf", arch))
     ids = [(5 * i + 1) % 380 + 4 for i in range(20)]
-    exact = LLM(path, reference=True).logits(ids)
-    fast = LLM(path).logits(ids)
+    exact = LLM(path, reference=True).logits(ids)  # on the CPU: the yardstick for every device
+    fast = LLM(path, device=device).logits(ids)
     # the default path keeps weights quantized and may use bf16 activations and KV cache
     assert (fast - exact).abs().max().item() <= 0.05 * exact.abs().max().item()
 

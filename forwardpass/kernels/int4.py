@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 
+from .gemm import matmul_rows
 from .repack import GROUP, Int4Groups
 
 BLOCK_N = 64  # rows per block of the CPU packed layout
@@ -53,7 +54,7 @@ class Int4Linear:
         return w.view(n, k).to(torch.bfloat16)
 
     def __call__(self, x: torch.Tensor, prefill: bool | None = None) -> torch.Tensor:
-        y = torch.matmul(x.to(torch.bfloat16), self.weight().t())
+        y = matmul_rows(x.to(torch.bfloat16), self.weight().t())
         return y if self.bias is None else y + self.bias
 
 

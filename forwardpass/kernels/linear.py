@@ -14,6 +14,7 @@ from typing import Callable, Protocol
 import torch
 
 from ..gguf.weights import QuantWeight
+from .gemm import matmul_rows
 from .int4 import Int4Linear, Int4PackLinear
 from .int8 import Int8GroupLinear, Int8Linear, Int8PackLinear
 from .native import NativeLinear, native_supports
@@ -43,7 +44,7 @@ class DenseLinear:
         self.out_features, self.in_features = weight.shape
 
     def __call__(self, x: torch.Tensor, prefill: bool | None = None) -> torch.Tensor:
-        y = torch.matmul(x.to(self.weight.dtype), self.weight.t())
+        y = matmul_rows(x.to(self.weight.dtype), self.weight.t())
         return y if self.bias is None else y + self.bias
 
 
@@ -57,7 +58,7 @@ class DequantLinear:
 
     def __call__(self, x: torch.Tensor, prefill: bool | None = None) -> torch.Tensor:
         w = self.weight.dequantize()
-        y = torch.matmul(x.float(), w.t())
+        y = matmul_rows(x.float(), w.t())
         return y if self.bias is None else y + self.bias
 
 

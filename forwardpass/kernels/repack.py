@@ -115,8 +115,8 @@ def to_int4_groups(weight: QuantWeight) -> Int4Groups:
 def _bf16_at_least(x: torch.Tensor) -> torch.Tensor:
     """The smallest bf16 value >= x (x >= 0), as float32: a scale that both is exact in bf16 and keeps |q| <= 127."""
     y = x.to(torch.bfloat16)
-    y = torch.where(y.float() < x, torch.nextafter(y, torch.full_like(y, float("inf"))), y)
-    return y.float()
+    up = (y.view(torch.int16) + 1).view(torch.bfloat16)  # the next bf16 above y >= 0 (no bf16 nextafter on CUDA)
+    return torch.where(y.float() < x, up, y).float()
 
 
 def to_int8_rows(weight: QuantWeight) -> Int8Rows:

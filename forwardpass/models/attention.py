@@ -158,6 +158,16 @@ def attention(q: torch.Tensor, cache: KVCache, layer: int, meta: AttentionMetada
     return out
 
 
+# Off the CPU, attention's reductions (over the head dim and the context) run in float64: a GPU kernel's summation
+# order depends on the padded shape (the batch's longest context, the chunk's length), and float64 keeps those
+# differences ~1e-16, far below the float32 rounding of the result, so a row's output does not depend on the batch.
+CUDA_ACC_DTYPE = torch.float64
+
+
+def _acc_dtype(q: torch.Tensor) -> torch.dtype:
+    return torch.float32 if q.device.type == "cpu" else CUDA_ACC_DTYPE
+
+
 def _decode_attention(q: torch.Tensor, cache: KVCache, layer: int, meta: AttentionMetadata, scale: float,
                       window: int) -> torch.Tensor:
     """B decoding sequences at once: q (B, H, D) over their padded contexts -> (B, H, D)."""
@@ -167,12 +177,13 @@ def _decode_attention(q: torch.Tensor, cache: KVCache, layer: int, meta: Attenti
     v = cache.v[layer][slots]
     n_kv = k.shape[2]
     group = n_heads // n_kv
-    qh = q.view(b, n_kv, group, head_dim).float()  # (B, H_kv, group, D)
-    kh = k.permute(0, 2, 3, 1).float()  # (B, H_kv, D, L)
+    acc = _acc_dtype(q)
+    qh = q.view(b, n_kv, group, head_dim).to(acc)  # (B, H_kv, group, D)
+    kh = k.permute(0, 2, 3, 1).to(acc)  # (B, H_kv, D, L)
     scores = torch.matmul(qh, kh) * scale  # (B, H_kv, group, L)
     mask = meta.decode_mask(window)[:, None, None, :]
     probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
-    out = torch.matmul(probs, v.permute(0, 2, 1, 3).float())  # (B, H_kv, group, D)
+    out = torch.matmul(probs, v.permute(0, 2, 1, 3).to(acc))  # (B, H_kv, group, D)
     return out.reshape(b, n_heads, head_dim).to(q.dtype)
 
 
@@ -182,9 +193,10 @@ def _sequence_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale
     n, n_heads, head_dim = q.shape
     ctx, n_kv = k.shape[0], k.shape[1]
     group = n_heads // n_kv
-    qh = q.view(n, n_kv, group, head_dim).permute(1, 2, 0, 3).float()  # (H_kv, group, n, D)
-    kh = k.permute(1, 2, 0).float()  # (H_kv, D, L)
-    vh = v.permute(1, 0, 2).float()  # (H_kv, L, D)
+    acc = _acc_dtype(q)
+    qh = q.view(n, n_kv, group, head_dim).permute(1, 2, 0, 3).to(acc)  # (H_kv, group, n, D)
+    kh = k.permute(1, 2, 0).to(acc)  # (H_kv, D, L)
+    vh = v.permute(1, 0, 2).to(acc)  # (H_kv, L, D)
     scores = torch.matmul(qh.reshape(n_kv, group * n, head_dim), kh).view(n_kv, group, n, ctx) * scale
     mask = causal_mask(n, ctx, window, q.device)
     if mask is not None:

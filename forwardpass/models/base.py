@@ -88,7 +88,8 @@ class DecoderLM:
         sizes = [w.shape[0] for w in weights]
         if len({w.ggml_type for w in weights}) == 1:
             bias = torch.cat(biases).to(self.options.device) if biases else None
-            if self.options.mode == "fast" and all(tile_supports(w.to(self.options.device)) for w in weights):
+            on_cpu = torch.device(self.options.device).type == "cpu"  # tiles are CPU-only: no trial copy to a GPU
+            if self.options.mode == "fast" and on_cpu and all(tile_supports(w) for w in weights):
                 release = self._store.release if self._store is not None else None
                 return MultiLinear([TileLinear(weights, bias, release)], sizes)  # rows stacked as tiles: no byte copy
             fused = concat_rows(weights, "+".join(w.name for w in weights))
