@@ -28,7 +28,7 @@ from forwardpass.kernels import make_linear
 from forwardpass.kernels import native as native_module
 from forwardpass.kernels.int4 import Int4Linear, Int4PackLinear, _cpu_layout_known, pack_int4_cpu, unpack_int4_cpu_t
 from forwardpass.kernels.int8 import Int8Linear, Int8PackLinear
-from forwardpass.kernels.native import NativeLinear, native_kernels
+from forwardpass.kernels.native import NativeLinear, argmax_rows, native_kernels
 from forwardpass.kernels.repack import (INT4_GROUPERS, INT8_GROUP_TYPES, concat_rows, release_heap, to_int4_groups,
                                        to_int8_groups, to_int8_rows)
 from forwardpass.kernels.tiles import TILE_TYPES, tiles_available
@@ -318,3 +318,27 @@ def test_cuda_row_never_depends_on_the_batch(qtype, mode):
     for rows in (slice(0, 1), slice(63, 64), slice(199, 200), slice(0, 7), slice(5, 69), slice(64, 200)):
         assert torch.equal(linear(x[rows]), full[rows]), rows
 
+
+@pytest.mark.parametrize("shape", [(1, 49152), (16, 1000), (3, 17), (5, 16), (2, 1)])
+def test_argmax_rows_matches_torch(shape):
+    gen = torch.Generator().manual_seed(shape[1])
+    x = torch.randn(*shape, generator=gen)
+    assert torch.equal(argmax_rows(x), x.argmax(-1))
+    x = torch.randint(-3, 3, shape, generator=gen).float()  # many ties: the first index wins
+    assert torch.equal(argmax_rows(x), x.argmax(-1))
+
+
+def test_argmax_rows_special_values():
+    x = torch.randn(6, 100)
+    x[0] = float("-inf")  # all -inf: index 0
+    x[1, 40] = float("inf")
+    x[2, 70] = float("nan")  # NaN counts as the maximum, even after a larger value
+    x[2, 10] = 1e30
+    x[3, 99] = float("nan")  # in the scalar tail
+    x[3, 5] = float("nan")
+    x[4] = 0.0
+    x[4, 50] = -0.0
+    assert torch.equal(argmax_rows(x), x.argmax(-1))
+    assert argmax_rows(x)[2] == 70 and argmax_rows(x)[3] == 5
+    assert torch.equal(argmax_rows(x[:, ::2]), x[:, ::2].argmax(-1))  # not contiguous
+    assert torch.equal(argmax_rows(x.double()), x.double().argmax(-1))  # falls back to torch
