@@ -36,9 +36,9 @@ def test_prefix_blocks_are_shared_and_reference_counted():
     b = seq_of(list(range(9)) + [99])
     assert bm.allocate_prefix(b)
     assert b.num_computed == 8 and b.block_table == a.block_table[:2]
-    assert [bm.ref_counts[x] for x in a.block_table[:2]] == [2, 2]
+    assert [bm.pools[0].ref_counts[x] for x in a.block_table[:2]] == [2, 2]
     bm.free_seq(a)
-    assert [bm.ref_counts[x] for x in b.block_table] == [1, 1]
+    assert [bm.pools[0].ref_counts[x] for x in b.block_table] == [1, 1]
     bm.free_seq(b)
     assert bm.num_used == 0
 
