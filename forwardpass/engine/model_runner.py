@@ -50,6 +50,7 @@ class ModelRunner:
         if isinstance(kv_groups, int):
             kv_groups = [KVGroup(0, tuple(range(c.n_layers)), kv_groups)]
         self.cache = KVCache(kv_groups, block_size, c.n_kv_heads, c.head_dim, kv_dtype, device)
+        self.sliding = any(g.window for g in kv_groups)
 
     @torch.inference_mode()
     def run(self, chunks: list[SeqChunk]) -> torch.Tensor:
@@ -117,7 +118,7 @@ class ModelRunner:
         meta = AttentionMetadata.build(
             query_lens=[len(c.token_ids) for c in chunks], seq_lens=[c.start + len(c.token_ids) for c in chunks],
             block_tables=[c.block_tables for c in chunks], slot_mapping=slots, block_size=bs,
-            device=self.device, prefill=prefill)
+            device=self.device, prefill=prefill, sliding=self.sliding)
         dev = self.device
         ids_t = torch.tensor(ids, dtype=torch.int64, device=dev)
         positions_t = torch.tensor(positions, dtype=torch.int64, device=dev)

@@ -54,17 +54,20 @@ class AttentionMetadata:
     @classmethod
     def build(cls, query_lens: list[int], seq_lens: list[int], block_tables: list[list[list[int]]],
               slot_mapping: list[list[int]], block_size: int, device: torch.device,
-              prefill: bool | None = None) -> "AttentionMetadata":
-        """`block_tables[s][g]`: sequence s's table in KV group g; `slot_mapping[g]`: the new tokens' slots there.
+              prefill: bool | None = None, sliding: bool = False) -> "AttentionMetadata":
+        """`block_tables[s][g]`: sequence s's table in KV group g; `slot_mapping[g]`: the new tokens' slots there;
+        `sliding`: some group releases blocks (its tables hold negative entries, pointed at block 0 here).
         `prefill=False` (generated tokens): every row attends through the batched decode path, even alone, so a
         token's attention is computed the same way whatever else is in the batch."""
+        n_groups, n_seqs = len(slot_mapping), len(block_tables)
         width = max(len(t) for tables in block_tables for t in tables)
-        tables = torch.tensor([[tables[g] + [0] * (width - len(tables[g])) for tables in block_tables]
-                               for g in range(len(slot_mapping))], dtype=torch.int64, device=device)  # (G, S, W)
-        tables.clamp_(min=0)  # released entries (-1) of sliding groups: any valid block, never read
+        rows = [tables[g] + [0] * (width - len(tables[g])) for g in range(n_groups) for tables in block_tables]
+        tables = torch.tensor(rows, dtype=torch.int64, device=device).view(n_groups, n_seqs, width)
+        if sliding:
+            tables.clamp_(min=0)  # released entries: any valid block, never read
         longest = max(seq_lens)
         offsets = torch.arange(block_size, device=device)
-        ctx_slots = (tables[:, :, :-(-longest // block_size), None] * block_size + offsets).flatten(2)[..., :longest]
+        ctx_slots = (tables[:, :, :-(-longest // block_size), None] * block_size + offsets).flatten(2)[:, :, :longest]
         meta = cls(query_lens, seq_lens, torch.tensor(slot_mapping, dtype=torch.int64, device=device), ctx_slots,
                    prefill=prefill)
         row_seq, row_lens = [], []
