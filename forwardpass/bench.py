@@ -62,8 +62,7 @@ def run_bench(model: str | None, *, threads: int | None = None, prompt_tokens: i
     tg_s = [_time_decode(llm, prompt, gen_tokens, batch) for _ in range(repeat + 1)][1:]
     tg_tok_s = batch * gen_tokens / statistics.median(tg_s)
     size = os.path.getsize(llm.path)
-    cache = llm.runner.cache
-    kv_bytes = sum(t.numel() * t.element_size() for t in cache.k + cache.v)
+    kv_bytes = llm.runner.cache.nbytes  # every layer's pool, each sized by its KV group
     return {
         "engine": "forwardpass",
         "model": os.path.basename(llm.path),

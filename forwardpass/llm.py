@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Union
 import psutil
 import torch
 
+from .engine.kv_groups import plan_kv_groups
 from .engine.llm_engine import LLMEngine
-from .engine.model_runner import ModelRunner, SeqChunk
+from .engine.model_runner import ModelRunner
 from .engine.scheduler import SchedulerConfig
 from .errors import ChatTemplateError, ContextLengthError
 from .gguf.reader import GGUFFile
@@ -43,7 +44,9 @@ class LLM:
     `model` is a path to a `.gguf` file or a short name (`forwardpass list` shows the cached ones; the default
     model is pulled on first use). `reference=True` computes every matmul in float32 on dequantized weights:
     slow and exact. `ctx` is the most tokens one sequence may hold (prompt and output), by default the model's
-    context length up to 8192; `kv_tokens` sizes the shared KV cache pool (default: max(ctx, 16384) tokens).
+    context length up to 8192; `kv_tokens` sizes the shared KV cache pool (default: max(ctx, 16384) tokens): that
+    many tokens' keys and values in every layer, split among the layers' groups (sliding-window layers need only
+    their window, so the global layers get the rest), and never less than one request needs.
     """
 
     def __init__(self, model: str | None = None, *, reference: bool = False, threads: int | None = None,
@@ -66,9 +69,11 @@ class LLM:
         self.chat_template = ChatTemplate.from_metadata(self.metadata)
         self.config = self.model.config
         self.ctx = self._context_size(ctx)
-        pool_tokens = max(self.ctx, kv_tokens if kv_tokens is not None else 16384)
+        budget = kv_tokens if kv_tokens is not None else max(self.ctx, 16384)
+        groups = plan_kv_groups(self.config.sliding_window, budget, BLOCK_SIZE, self.ctx, max_num_seqs,
+                                max_num_batched_tokens)
         kv_dtype = torch.float32 if reference else torch.bfloat16
-        self.runner = ModelRunner(self.model, -(-pool_tokens // BLOCK_SIZE), BLOCK_SIZE, kv_dtype, device)
+        self.runner = ModelRunner(self.model, groups, BLOCK_SIZE, kv_dtype, device)
         self.engine = LLMEngine(self.runner, self.tokenizer, self.ctx,
                                 SchedulerConfig(max_num_seqs, max_num_batched_tokens), enable_prefix_caching)
         self.load_s = time.perf_counter() - t0
@@ -96,8 +101,7 @@ class LLM:
         if len(token_ids) > self.ctx:
             raise ContextLengthError(f"{len(token_ids)} tokens do not fit in the context of {self.ctx} tokens",
                                      n_prompt_tokens=len(token_ids), n_ctx=self.ctx)
-        with self.engine.scratch_blocks(len(token_ids)) as (table,):
-            return self.runner.run([SeqChunk(token_ids, 0, table, "all", first)]).cpu()
+        return self.engine.score(token_ids, first).cpu()
 
     # ---- generation ----
     def encode_prompt(self, prompt: Prompt) -> list[int]:

@@ -1,7 +1,7 @@
 """Block manager and scheduler: pure bookkeeping, no torch, milliseconds."""
 from __future__ import annotations
 
-from forwardpass.engine.block_manager import BlockManager
+from forwardpass.engine.block_manager import FREED, BlockManager
 from forwardpass.engine.scheduler import Scheduler, SchedulerConfig
 from forwardpass.engine.sequence import Sequence, Status
 
@@ -36,9 +36,9 @@ def test_prefix_blocks_are_shared_and_reference_counted():
     b = seq_of(list(range(9)) + [99])
     assert bm.allocate_prefix(b)
     assert b.num_computed == 8 and b.block_table == a.block_table[:2]
-    assert [bm.ref_counts[x] for x in a.block_table[:2]] == [2, 2]
+    assert [bm.pools[0].ref_counts[x] for x in a.block_table[:2]] == [2, 2]
     bm.free_seq(a)
-    assert [bm.ref_counts[x] for x in b.block_table] == [1, 1]
+    assert [bm.pools[0].ref_counts[x] for x in b.block_table] == [1, 1]
     bm.free_seq(b)
     assert bm.num_used == 0
 
@@ -128,4 +128,169 @@ def test_preemption_recomputes_and_finishes_everything():
     for s in seqs:
         assert s.status is Status.FINISHED and s.num_output_tokens == 6
         assert s.token_ids[6:] == [1000 + n for n in range(6, 12)]
+    assert bm.num_used == 0
+
+
+# ---- sliding-window groups: group 0 keeps whole contexts, group 1 the last WINDOW positions ----
+WINDOW = 6  # with 4-token blocks: a query at position p reads blocks (p - 5) // 4 .. p // 4
+
+
+def sliding(num_blocks: int | list[int] = 16, caching: bool = True) -> BlockManager:
+    return BlockManager(num_blocks, 4, caching, windows=(0, WINDOW))
+
+
+def used(bm: BlockManager, group: int) -> int:
+    return bm.pools[group].num_blocks - len(bm.pools[group].free)
+
+
+def live(seq: Sequence, group: int) -> list[int]:
+    return [b for b in seq.block_tables[group] if b != FREED]
+
+
+def advance(bm: BlockManager, seq: Sequence, n: int) -> None:
+    """Compute the next n tokens of `seq` (one engine step)."""
+    assert bm.ensure_slots(seq, seq.num_computed + n)
+    seq.num_computed += n
+    bm.on_computed(seq)
+
+
+def test_sliding_group_releases_blocks_out_of_the_window():
+    bm = sliding()
+    s = seq_of(list(range(40)))
+    assert bm.allocate_prefix(s)
+    for p in range(40):
+        advance(bm, s, 1)
+        first = max(0, s.num_computed - WINDOW + 1) // 4  # the next query's first key's block
+        assert s.block_tables[1][:first] == [FREED] * first
+        assert FREED not in s.block_tables[1][first:]
+        assert live(s, 0) == s.block_tables[0] and len(s.block_tables[0]) == bm.blocks_for(s.num_computed)
+        assert used(bm, 1) <= bm.blocks_for(WINDOW - 1 + 1) + 1
+    assert used(bm, 0) == 10 and used(bm, 1) == 2
+    bm.free_seq(s)
+    assert bm.num_used == 0 and bm.num_free == bm.num_blocks == 32
+
+
+def test_a_prefill_chunk_holds_the_window_before_it_and_itself():
+    bm = sliding()
+    s = seq_of(list(range(60)))
+    assert bm.allocate_prefix(s)
+    for n in (13, 8, 17, 5):
+        start = s.num_computed
+        assert bm.ensure_slots(s, start + n)
+        # while the chunk runs, every key its queries see (start - WINDOW + 1 on) is held
+        first = max(0, start - WINDOW + 1) // 4
+        assert FREED not in s.block_tables[1][first:] and len(s.block_tables[1]) == bm.blocks_for(start + n)
+        assert used(bm, 1) <= bm.blocks_for(WINDOW - 1 + n) + 1
+        s.num_computed += n
+        bm.on_computed(s)
+    assert used(bm, 1) == len(live(s, 1)) == 2
+
+
+def test_prefix_hit_needs_only_the_window_before_the_hit():
+    bm = sliding()
+    a = seq_of(list(range(30)))
+    assert bm.allocate_prefix(a)
+    advance(bm, a, 30)  # one chunk: every block named in both groups, then all but the window released
+    assert live(a, 1) == a.block_tables[1][6:]
+    bm.free_seq(a)
+    b = seq_of(list(range(28)) + [99, 98])
+    assert bm.allocate_prefix(b)
+    assert b.num_computed == b.num_cached == 28  # seven full blocks hit
+    first = (28 - WINDOW + 1) // 4  # = 5: the sliding group takes only blocks 5 and 6
+    assert b.block_tables[1][:first] == [FREED] * first and FREED not in b.block_tables[1][first:]
+    assert len(b.block_tables[0]) == len(b.block_tables[1]) == 7
+    assert used(bm, 0) == 7 and used(bm, 1) == 2
+    advance(bm, b, 2)
+    bm.free_seq(b)
+    assert bm.num_used == 0
+
+
+def test_prefix_hit_shrinks_when_the_window_blocks_were_evicted():
+    bm = sliding([16, 8])
+    a = seq_of(list(range(30)))
+    assert bm.allocate_prefix(a)
+    advance(bm, a, 30)
+    window_blocks = live(a, 1)  # blocks 6 and 7 (positions 24..29)
+    bm.free_seq(a)
+    # another sequence takes the sliding pool's least recently freed blocks, then its freed blocks 0..5 too
+    other = seq_of([7] * 20)
+    assert bm.allocate_prefix(other)
+    assert bm.ensure_slots(other, 32)  # 8 blocks: the whole sliding pool, a's named blocks forgotten
+    assert not set(window_blocks) & {b for b in bm.pools[1].free}
+    bm.free_seq(other)
+    b = seq_of(list(range(30)) + [5])
+    assert bm.allocate_prefix(b)
+    # the global group still holds all of a's blocks, but no hit length has its window in the sliding group
+    assert all(bm.pools[0].block_hash[x] is not None for x in range(7))
+    assert b.num_computed == 0 and b.block_tables[1] == [] and bm.prefix_hits == 0
+    bm.free_seq(b)
+    assert bm.num_used == 0
+
+
+def test_prefix_hit_stops_where_the_sliding_group_last_holds_a_window():
+    bm = sliding([16, 8])
+    a = seq_of(list(range(30)))
+    assert bm.allocate_prefix(a)
+    advance(bm, a, 30)  # sliding blocks 0..7: 5, 4, .., 0 released (out of the window), then 7, 6 freed
+    bm.free_seq(a)
+    hog = seq_of([3] * 9)
+    assert bm.allocate_prefix(hog) and bm.ensure_slots(hog, 12)  # evicts sliding blocks 5, 4, 3 (LRU)
+    b = seq_of(list(range(30)) + [1])
+    assert bm.allocate_prefix(b)
+    # the global group holds blocks 0..6, but only 3 blocks (12 tokens) end where the sliding group still has
+    # the window: a query at 12 reads positions 7.. (blocks 1, 2); at 16 it would read block 3, evicted
+    assert b.num_computed == 12 and bm.prefix_hits == 12
+    assert b.block_tables == [[0, 1, 2], [FREED, 1, 2]]
+    bm.free_seq(b)
+    bm.free_seq(hog)
+    assert bm.num_used == 0
+
+
+def test_fork_shares_the_window_and_copies_the_partial_block_in_every_group():
+    bm = sliding()
+    parent = seq_of(list(range(18)))
+    assert bm.allocate_prefix(parent)
+    advance(bm, parent, 18)  # blocks 0..4, the last partial; sliding keeps blocks 3 and 4
+    children = [seq_of(list(range(18))) for _ in range(3)]
+    copies = []
+    for child in children:
+        assert bm.can_fork(parent)
+        copies.append(bm.fork(parent, child))
+    for child, pairs in zip(children, copies):
+        assert [g for g, _, _ in pairs] == [0, 1]
+        for g, src, dst in pairs:
+            assert src == parent.block_tables[g][4] and dst == child.block_tables[g][4] and src != dst
+        assert child.block_tables[0][:4] == parent.block_tables[0][:4]
+        assert child.block_tables[1][:4] == [FREED] * 3 + [parent.block_tables[1][3]]
+    assert bm.pools[1].ref_counts[parent.block_tables[1][3]] == 4
+    assert bm.pools[0].ref_counts[parent.block_tables[0][0]] == 4
+    for s in [parent, *children]:
+        s.token_ids.append(50 + s.seq_id % 7)
+        advance(bm, s, 1)
+        bm.free_seq(s)
+    assert bm.num_used == 0
+
+
+def test_sliding_preemption_and_abort_return_every_block():
+    bm = sliding([12, 5])  # the sliding pool holds about one window per sequence: it runs out first
+    sched = Scheduler(SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=16), bm)
+    seqs = [seq_of(list(range(10 * i, 10 * i + 7))) for i in range(4)]
+    for s in seqs:
+        sched.add(s)
+    sched.schedule()  # admits what fits; then abort one mid-prefill, wherever it is
+    sched.finish(seqs[3])
+    log = run_until_done(sched, bm, max_new=9)
+    assert log and sched.num_preemptions > 0
+    for s in seqs[:3]:
+        assert s.status is Status.FINISHED and s.token_ids[7:] == [1000 + n for n in range(7, 16)]
+    assert bm.num_used == 0 and all(len(pool.free) == pool.num_blocks for pool in bm.pools)
+
+
+def test_sliding_groups_without_prefix_caching_still_release():
+    bm = sliding(caching=False)
+    s = seq_of(list(range(25)))
+    assert bm.allocate_prefix(s) and s.num_computed == 0
+    advance(bm, s, 25)
+    assert used(bm, 1) == 2 and s.block_hashes == []
+    bm.free_seq(s)
     assert bm.num_used == 0

@@ -68,7 +68,7 @@ def test_n_samples_share_prompt_blocks(tiny_path, device):
     engine.step()  # computes the prompt once, then forks
     seqs = [c.seq for c in request.completions]
     assert all(s.block_table[:2] == seqs[0].block_table[:2] for s in seqs)
-    assert all(engine.block_manager.ref_counts[b] == 4 for b in seqs[0].block_table[:2])
+    assert all(engine.block_manager.pools[0].ref_counts[b] == 4 for b in seqs[0].block_table[:2])
     assert len({s.block_table[2] for s in seqs}) == 4  # the partial block was copied per sample
     while engine.has_unfinished():
         engine.step()

@@ -34,3 +34,27 @@ def test_sixteen_prompts_batched_equal_alone(request, model, device):
         assert [o.token_ids for o in outs] == alone, f"chunk size {chunk}"
         assert all(o.num_cached_tokens > 0 for o in outs)
         assert chunked.engine.block_manager.num_used == 0
+
+
+@pytest.mark.slow
+def test_gemma3_past_its_window_equals_keeping_whole_contexts(gemma3_path):
+    """Prompts of ~700 tokens on Gemma 3 (window 512): the local layers release what left their window, in
+    chunks and in a batch, and still give the tokens of a run that keeps whole contexts in every layer."""
+    from test_engine_sliding import untrimmed
+
+    whole = untrimmed(gemma3_path, ctx=1024, enable_prefix_caching=False)
+    story = " ".join(f"{SYSTEM}Tell me something about {t}." for t in TOPICS)
+    prompts = [whole.encode_prompt(f"{story} Now, in one sentence: what about {t}?") for t in TOPICS[12:]]
+    assert all(len(p) > 600 for p in prompts)
+    alone = [whole.generate([p], greedy(32))[0].token_ids for p in prompts]
+    trimmed = LLM(gemma3_path, ctx=1024, max_num_batched_tokens=256)
+    assert [g.window for g in trimmed.runner.cache.groups] == [0, 512]
+    peak = 0
+    engine, bm = trimmed.engine, trimmed.engine.block_manager
+    requests = [engine.add_request(p, greedy(32)) for p in prompts]
+    while engine.has_unfinished():
+        engine.step()
+        peak = max(peak, bm.pools[1].num_blocks - len(bm.pools[1].free))
+    assert [r.completions[0].output.token_ids for r in requests] == alone
+    assert peak <= len(prompts) * (512 // 16 + 1) < sum(len(p) + 32 for p in prompts) // 16
+    assert bm.num_used == 0

@@ -235,8 +235,8 @@ def test_fused_projection_equals_separate_ones(qtype, backend):
 def tiny_logits(path: str, mode: str, ids: list[int], device: str = "cpu") -> torch.Tensor:
     model = load_model(GGUFFile(path), LoadOptions(mode=mode, device=device))
     kv_dtype = torch.float32 if mode == "reference" else torch.bfloat16
-    runner = ModelRunner(model, num_blocks=4, block_size=16, kv_dtype=kv_dtype, device=device)
-    return runner.run([SeqChunk(ids, 0, [0, 1, 2], "all")]).cpu()
+    runner = ModelRunner(model, kv_groups=4, block_size=16, kv_dtype=kv_dtype, device=device)
+    return runner.run([SeqChunk(ids, 0, [[0, 1, 2]], "all")]).cpu()
 
 
 TINY_IDS = [(5 * i + 1) % 380 + 4 for i in range(40)]

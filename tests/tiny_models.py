@@ -90,9 +90,10 @@ class TensorMaker:
 
 
 def write_tiny_model(path: Path, arch: str, seed: int = 0, chat_template: str | None = None,
-                     tile_types: bool = False) -> Path:
+                     tile_types: bool = False, sliding_window: int = 8) -> Path:
     """Writes a tiny `arch` model to `path`: width 256, a few layers, several quant types (only those of the CPU
-    tile kernels with `tile_types`), and `tokenizer.chat_template` when `chat_template` is given."""
+    tile kernels with `tile_types`), and `tokenizer.chat_template` when `chat_template` is given. gemma3's
+    local layers (five of its six) attend `sliding_window` positions."""
     d, ff, heads, kv_heads = 256, 512, 4, 2
     head_dim = 256 if arch == "gemma3" else d // heads
     n_layers = 6 if arch == "gemma3" else 3
@@ -113,7 +114,7 @@ def write_tiny_model(path: Path, arch: str, seed: int = 0, chat_template: str | 
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
     if arch == "gemma3":
-        w.add_sliding_window(8)  # small, so a 24-token prompt exercises the window on the local layers
+        w.add_sliding_window(sliding_window)  # small, so a 24-token prompt exercises the window
     tokenizer_metadata(w)
     if chat_template is not None:
         w.add_chat_template(chat_template)

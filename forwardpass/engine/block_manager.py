@@ -1,148 +1,229 @@
 """BlockManager: the paged KV cache's bookkeeping, with prefix caching. No torch here.
 
-The pool holds `num_blocks` blocks of `block_size` token slots. A sequence owns a block table (the ids of its
-blocks, in order). Every full block is named by a hash chain: hash(previous block's hash, its tokens), so equal
-hashes mean equal prefixes. A new sequence reuses every cached block of its prefix (reference counted) and
-computes only the rest. A block whose last user leaves goes to the back of the free queue with its hash kept:
-it can still be revived by a later prefix hit until it is the least recently freed and gets reused.
+Layers are grouped by how much of a sequence they attend (`windows`: 0 for the whole context, w for a sliding
+window of w positions). Each group has its own pool of blocks of `block_size` token slots, and a sequence owns
+one block table per group (the ids of its blocks, in order; every table has the same length). Every full block
+is named by a hash chain: hash(previous block's hash, its tokens), so equal hashes mean equal prefixes, and a
+group caches its copy of a block under that hash. A new sequence reuses every cached block of its prefix
+(reference counted) and computes only the rest. A block whose last user leaves goes to the back of its pool's
+free queue with its hash kept: it can still be revived by a later prefix hit until it is the least recently
+freed and gets reused.
+
+A sliding group keeps only the window: with `num_computed = p` the next query (at position p) sees keys from
+p - w + 1 on, so the blocks wholly below that are released as the sequence advances and their table entries
+become FREED (never read: the attention window excludes them). A prefix hit there needs only the blocks of the
+last w positions before the hit point.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence as Seq
 
 from .sequence import Sequence
+
+FREED = -1  # a sliding group's table entry whose block was released (the runner points it at a valid slot)
 
 
 def chain_hash(prev: int, tokens: tuple[int, ...]) -> int:
     return hash((prev, tokens))
 
 
-class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
-        self.num_blocks, self.block_size = num_blocks, block_size
-        self.enable_prefix_caching = enable_prefix_caching
+class BlockPool:
+    """One group's blocks: reference counts, the LRU free queue and the prefix-cache names."""
+
+    def __init__(self, num_blocks: int, window: int) -> None:
+        self.num_blocks, self.window = num_blocks, window
         self.ref_counts = [0] * num_blocks
         self.block_hash: list[int | None] = [None] * num_blocks
         self.block_tokens: list[tuple[int, ...] | None] = [None] * num_blocks
         self.cached: dict[int, int] = {}  # hash -> block id
         self.free: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))  # LRU order
-        self.prefix_queries = 0
-        self.prefix_hits = 0  # tokens
 
-    # ---- queries ----
-    @property
-    def num_free(self) -> int:
-        return len(self.free)
+    def lookup(self, h: int, tokens: tuple[int, ...]) -> int | None:
+        block = self.cached.get(h)
+        return block if block is not None and self.block_tokens[block] == tokens else None
 
-    @property
-    def num_used(self) -> int:
-        return self.num_blocks - len(self.free)
+    def allocate(self) -> int:
+        block, _ = self.free.popitem(last=False)  # least recently freed first
+        self._forget(block)
+        self.ref_counts[block] = 1
+        return block
 
-    def blocks_for(self, num_tokens: int) -> int:
-        return -(-num_tokens // self.block_size)
-
-    # ---- admission ----
-    def allocate_prefix(self, seq: Sequence) -> bool:
-        """Give a waiting sequence its cached prefix blocks; sets `num_computed`. False if the pool is full."""
-        assert not seq.block_table
-        hits = self._lookup_prefix(seq) if self.enable_prefix_caching else []
-        # at least one token must run to produce logits: never take the whole sequence from the cache
-        while hits and len(hits) * self.block_size >= seq.num_tokens:
-            hits.pop()
-        need_now = self.blocks_for(min(seq.num_tokens, len(hits) * self.block_size + 1))
-        revived = sum(1 for b in hits if self.ref_counts[b] == 0)
-        if need_now - len(hits) + revived > self.num_free:
-            return False
-        prev = 0
-        for b in hits:
-            self._take(b)
-            prev = self.block_hash[b]
-            seq.block_table.append(b)
-            seq.block_hashes.append(prev)
-        seq.num_computed = seq.num_cached = len(hits) * self.block_size
-        self.prefix_queries += seq.num_tokens
-        self.prefix_hits += seq.num_cached
-        return True
-
-    def _lookup_prefix(self, seq: Sequence) -> list[int]:
-        hits, prev, bs = [], 0, self.block_size
-        for start in range(0, seq.num_tokens - bs + 1, bs):
-            tokens = tuple(seq.token_ids[start:start + bs])
-            h = chain_hash(prev, tokens)
-            block = self.cached.get(h)
-            if block is None or self.block_tokens[block] != tokens:
-                break
-            hits.append(block)
-            prev = h
-        return hits
-
-    def ensure_slots(self, seq: Sequence, num_tokens: int) -> bool:
-        """Grow the block table to hold `num_tokens` tokens. False (and no change) if the pool is too full."""
-        need = self.blocks_for(num_tokens) - len(seq.block_table)
-        if need <= 0:
-            return True
-        if need > len(self.free):
-            return False
-        for _ in range(need):
-            block, _ = self.free.popitem(last=False)  # least recently freed first
-            self._forget(block)
-            self.ref_counts[block] = 1
-            seq.block_table.append(block)
-        return True
-
-    def on_computed(self, seq: Sequence) -> None:
-        """Name every block that just became full, so later requests can reuse it."""
-        if not self.enable_prefix_caching:
-            return
-        bs = self.block_size
-        while len(seq.block_hashes) < seq.num_computed // bs:
-            i = len(seq.block_hashes)
-            prev = seq.block_hashes[-1] if seq.block_hashes else 0
-            tokens = tuple(seq.token_ids[i * bs:(i + 1) * bs])
-            h = chain_hash(prev, tokens)
-            block = seq.block_table[i]
-            seq.block_hashes.append(h)
-            if h not in self.cached:  # an identical block computed elsewhere stays the canonical one
-                self._forget(block)
-                self.cached[h] = block
-                self.block_hash[block], self.block_tokens[block] = h, tokens
-
-    def can_fork(self, parent: Sequence) -> bool:
-        """Whether a fork of `parent` can get a block for its copy of the partial last block."""
-        return parent.num_computed % self.block_size == 0 or bool(self.free)
-
-    def fork(self, parent: Sequence, child: Sequence) -> list[tuple[int, int]]:
-        """Give `child` the parent's computed tokens: full blocks shared, the partial last block copied
-        (check `can_fork` first). Returns the (source, destination) blocks whose contents the caller copies."""
-        full, partial = divmod(parent.num_computed, self.block_size)
-        child.block_table = list(parent.block_table[:full])
-        child.block_hashes = list(parent.block_hashes[:full])
-        for block in child.block_table:
-            self.ref_counts[block] += 1
-        child.num_computed = child.num_cached = parent.num_computed
-        if not partial:
-            return []
-        assert self.ensure_slots(child, parent.num_computed), "fork without a free block: call can_fork first"
-        return [(parent.block_table[full], child.block_table[-1])]
-
-    def free_seq(self, seq: Sequence) -> None:
-        """Return a sequence's blocks; blocks nobody else uses become free (hash kept for later reuse)."""
-        for block in reversed(seq.block_table):
-            self.ref_counts[block] -= 1
-            assert self.ref_counts[block] >= 0, "block freed twice"
-            if self.ref_counts[block] == 0:
-                self.free[block] = None
-        seq.block_table, seq.block_hashes = [], []
-        seq.num_computed = 0
-
-    # ---- internals ----
-    def _take(self, block: int) -> None:
+    def take(self, block: int) -> None:
+        """One more user of a block (shared, or revived from the free queue)."""
         if self.ref_counts[block] == 0:
             del self.free[block]
         self.ref_counts[block] += 1
+
+    def release(self, block: int) -> None:
+        self.ref_counts[block] -= 1
+        assert self.ref_counts[block] >= 0, "block freed twice"
+        if self.ref_counts[block] == 0:
+            self.free[block] = None
+
+    def name(self, block: int, h: int, tokens: tuple[int, ...]) -> None:
+        if h not in self.cached:  # an identical block computed elsewhere stays the canonical one
+            self._forget(block)
+            self.cached[h] = block
+            self.block_hash[block], self.block_tokens[block] = h, tokens
 
     def _forget(self, block: int) -> None:
         h = self.block_hash[block]
         if h is not None and self.cached.get(h) == block:
             del self.cached[h]
         self.block_hash[block] = self.block_tokens[block] = None
+
+
+class BlockManager:
+    """`num_blocks`: one count for every group, or one per group; `windows`: each group's window (0: global)."""
+
+    def __init__(self, num_blocks: int | Seq[int], block_size: int, enable_prefix_caching: bool = True,
+                 windows: Seq[int] = (0,)) -> None:
+        counts = [num_blocks] * len(windows) if isinstance(num_blocks, int) else list(num_blocks)
+        if len(counts) != len(windows):
+            raise ValueError(f"{len(counts)} block counts for {len(windows)} KV groups")
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.pools = [BlockPool(n, w) for n, w in zip(counts, windows)]
+        self.sliding = [pool for pool in self.pools if pool.window > 0]
+        self.prefix_queries = 0
+        self.prefix_hits = 0  # tokens
+
+    # ---- queries (totals over the groups) ----
+    @property
+    def num_blocks(self) -> int:
+        return sum(pool.num_blocks for pool in self.pools)
+
+    @property
+    def num_free(self) -> int:
+        return sum(len(pool.free) for pool in self.pools)
+
+    @property
+    def num_used(self) -> int:
+        return self.num_blocks - self.num_free
+
+    def blocks_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    def first_needed(self, pool: BlockPool, num_computed: int) -> int:
+        """The first block of `pool` a sequence that has computed `num_computed` tokens still reads."""
+        return max(0, num_computed - pool.window + 1) // self.block_size if pool.window else 0
+
+    # ---- admission ----
+    def allocate_prefix(self, seq: Sequence) -> bool:
+        """Give a waiting sequence its cached prefix blocks; sets `num_computed`. False if a pool is full."""
+        assert not seq.block_tables
+        hits, hashes, found = self._lookup_prefix(seq) if self.enable_prefix_caching else (0, [], [])
+        start = hits * self.block_size
+        taken = [found[g][self.first_needed(pool, start):hits] if hits else [] for g, pool in enumerate(self.pools)]
+        for pool, blocks in zip(self.pools, taken):  # the revived blocks and one new block for the first token
+            if 1 + sum(1 for b in blocks if pool.ref_counts[b] == 0) > len(pool.free):
+                return False
+        for pool, blocks in zip(self.pools, taken):
+            for b in blocks:
+                pool.take(b)
+        seq.block_tables = [[FREED] * (hits - len(blocks)) + blocks for blocks in taken]
+        seq.block_hashes = hashes[:hits]
+        seq.num_computed = seq.num_cached = start
+        self.prefix_queries += seq.num_tokens
+        self.prefix_hits += seq.num_cached
+        return True
+
+    def _lookup_prefix(self, seq: Sequence) -> tuple[int, list[int], list[list[int | None]]]:
+        """(blocks hit, the chain hashes, each group's cached block per hash or None): the longest block-aligned
+        prefix for which the global groups hold every block and the sliding groups the window before its end."""
+        bs = self.block_size
+        hashes: list[int] = []
+        found: list[list[int | None]] = [[] for _ in self.pools]
+        prev = 0
+        for i in range((seq.num_tokens - 1) // bs):  # one token at least must run to produce logits
+            tokens = tuple(seq.token_ids[i * bs:(i + 1) * bs])
+            prev = chain_hash(prev, tokens)
+            row = [pool.lookup(prev, tokens) for pool in self.pools]
+            if any(b is None and not pool.window for b, pool in zip(row, self.pools)):
+                break  # a global group needs every block of the prefix
+            hashes.append(prev)
+            for blocks, b in zip(found, row):
+                blocks.append(b)
+        hits = len(hashes)
+        if self.sliding:
+            runs = {}  # group -> how many cached blocks end at each index, consecutively
+            for g, pool in enumerate(self.pools):
+                if pool.window:
+                    run, runs[g] = 0, []
+                    for b in found[g]:
+                        run = run + 1 if b is not None else 0
+                        runs[g].append(run)
+            while hits and any(runs[g][hits - 1] < hits - self.first_needed(self.pools[g], hits * bs) for g in runs):
+                hits -= 1
+        return hits, hashes, found
+
+    def ensure_slots(self, seq: Sequence, num_tokens: int) -> bool:
+        """Grow the block tables to hold `num_tokens` tokens. False (and no change) if a pool is too full."""
+        tables = seq.block_tables
+        if not tables:
+            tables = seq.block_tables = [[] for _ in self.pools]
+        need = self.blocks_for(num_tokens) - len(tables[0])
+        if need <= 0:
+            return True
+        if any(need > len(pool.free) for pool in self.pools):
+            return False
+        for pool, table in zip(self.pools, tables):
+            table.extend(pool.allocate() for _ in range(need))
+        return True
+
+    def on_computed(self, seq: Sequence) -> None:
+        """Name every block that just became full, so later requests can reuse it; then release the sliding
+        groups' blocks that no later query can see."""
+        if self.enable_prefix_caching:
+            bs = self.block_size
+            while len(seq.block_hashes) < seq.num_computed // bs:
+                i = len(seq.block_hashes)
+                prev = seq.block_hashes[-1] if seq.block_hashes else 0
+                tokens = tuple(seq.token_ids[i * bs:(i + 1) * bs])
+                h = chain_hash(prev, tokens)
+                seq.block_hashes.append(h)
+                for pool, table in zip(self.pools, seq.block_tables):
+                    assert table[i] != FREED, "a block is named before it can leave the window"
+                    pool.name(table[i], h, tokens)
+        if self.sliding:
+            self.release_out_of_window(seq)
+
+    def release_out_of_window(self, seq: Sequence) -> None:
+        """Release every sliding-group block below what the next query (at `num_computed`) can see."""
+        for pool, table in zip(self.pools, seq.block_tables):
+            if pool.window:
+                i = self.first_needed(pool, seq.num_computed)
+                while i > 0 and table[i - 1] != FREED:  # released entries always form a prefix of the table
+                    i -= 1
+                    pool.release(table[i])
+                    table[i] = FREED
+
+    def can_fork(self, parent: Sequence) -> bool:
+        """Whether a fork of `parent` can get a block in every group for its copy of the partial last block."""
+        return parent.num_computed % self.block_size == 0 or all(pool.free for pool in self.pools)
+
+    def fork(self, parent: Sequence, child: Sequence) -> list[tuple[int, int, int]]:
+        """Give `child` the parent's computed tokens: full blocks shared, the partial last block copied in every
+        group (check `can_fork` first). Returns the (group, source, destination) blocks the caller copies."""
+        full, partial = divmod(parent.num_computed, self.block_size)
+        child.block_tables = [list(table[:full]) for table in parent.block_tables]
+        child.block_hashes = list(parent.block_hashes[:full])
+        for pool, table in zip(self.pools, child.block_tables):
+            for block in table:
+                if block != FREED:
+                    pool.take(block)
+        child.num_computed = child.num_cached = parent.num_computed
+        if not partial:
+            return []
+        assert self.ensure_slots(child, parent.num_computed), "fork without a free block: call can_fork first"
+        return [(g, parent.block_tables[g][full], child.block_tables[g][full]) for g in range(len(self.pools))]
+
+    def free_seq(self, seq: Sequence) -> None:
+        """Return a sequence's blocks; blocks nobody else uses become free (hash kept for later reuse)."""
+        for pool, table in zip(self.pools, seq.block_tables):
+            for block in reversed(table):
+                if block != FREED:
+                    pool.release(block)
+        seq.block_tables, seq.block_hashes = [], []
+        seq.num_computed = 0

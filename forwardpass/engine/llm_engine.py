@@ -17,6 +17,7 @@ from ..sampler import Sampler, SamplerOutput
 from ..sampling import SamplingParams
 from ..tokenizer import Tokenizer
 from .block_manager import BlockManager
+from .kv_groups import blocks_per_sequence
 from .model_runner import ModelRunner, SeqChunk
 from .request import Completion, Request
 from .scheduler import Scheduler, SchedulerConfig
@@ -38,9 +39,9 @@ class SeqProgress(NamedTuple):
 class EngineStats:
     running: int
     waiting: int
-    kv_blocks_used: int
+    kv_blocks_used: int  # summed over the KV groups (a sliding-window group's blocks are smaller: fewer layers)
     kv_blocks_total: int
-    prefix_cache_hit_rate: float
+    prefix_cache_hit_rate: float  # prompt tokens found in the cache / prompt tokens admitted (same in every group)
     preemptions: int
     running_seqs: tuple[SeqProgress, ...] = ()  # the running batch, oldest first
 
@@ -51,11 +52,18 @@ class LLMEngine:
         self.runner = runner
         self.tokenizer = tokenizer
         self.ctx = ctx
-        self.block_manager = BlockManager(runner.cache.num_blocks, runner.cache.block_size, enable_prefix_caching)
-        if self.block_manager.blocks_for(ctx) > runner.cache.num_blocks:
-            raise ValueError(f"the KV cache ({runner.cache.num_blocks} blocks) cannot hold one full context of "
-                             f"{ctx} tokens; raise the KV memory or lower ctx")
-        self.scheduler = Scheduler(scheduler_config or SchedulerConfig(), self.block_manager)
+        cache = runner.cache
+        scheduler_config = scheduler_config or SchedulerConfig()
+        self.block_manager = BlockManager(cache.num_blocks, cache.block_size, enable_prefix_caching,
+                                          [g.window for g in cache.groups])
+        for group in cache.groups:
+            need = blocks_per_sequence(group.window, ctx, cache.block_size, scheduler_config.max_num_batched_tokens)
+            if need > group.num_blocks:
+                what = (f"one full context of {ctx} tokens" if not group.window else
+                        f"one sequence's {group.window}-token window and prefill chunk ({need} blocks)")
+                raise ValueError(f"the KV cache ({group.num_blocks} blocks for layers {list(group.layers)}) cannot "
+                                 f"hold {what}; raise the KV memory or lower ctx")
+        self.scheduler = Scheduler(scheduler_config, self.block_manager)
         self.sampler = Sampler()
         self.requests: dict[str, Request] = {}
         self._ids = itertools.count()
@@ -105,19 +113,42 @@ class LLMEngine:
                 self.scheduler.finish(completion.seq)
 
     @contextlib.contextmanager
-    def scratch_blocks(self, num_tokens: int, count: int = 1) -> Iterator[list[list[int]]]:
-        """Block tables for `count` sequences of up to `num_tokens` tokens outside the scheduler (scoring,
-        benchmarks); the blocks return to the pool on exit."""
+    def scratch_blocks(self, num_tokens: int, count: int = 1) -> Iterator[list[list[list[int]]]]:
+        """Block tables (one per KV group) for `count` sequences of up to `num_tokens` tokens outside the scheduler
+        (benchmarks, tests), keeping whole contexts in every group; the blocks return to the pool on exit."""
         seqs = [Sequence([], 0, self.ctx) for _ in range(count)]
         try:
             for seq in seqs:
                 if not self.block_manager.ensure_slots(seq, num_tokens):
                     raise RuntimeError(f"the KV cache has no room for {count} x {num_tokens} tokens now")
-            yield [seq.block_table for seq in seqs]
+            yield [seq.block_tables for seq in seqs]
         finally:
             for seq in seqs:
-                if seq.block_table:
+                if seq.block_tables:
                     self.block_manager.free_seq(seq)
+
+    def score(self, token_ids: list[int], first: int = 0) -> torch.Tensor:
+        """Teacher-forced logits of positions `first` .. len - 1 from an empty cache, outside the scheduler:
+        (len - first, vocab) float32. One pass; with sliding-window groups, prefill chunks of
+        `max_num_batched_tokens` whose out-of-window blocks are released in between, as for a request."""
+        bm = self.block_manager
+        step = self.scheduler.config.max_num_batched_tokens if bm.sliding else len(token_ids)
+        seq = Sequence([], 0, self.ctx)
+        parts = []
+        try:
+            for start in range(0, len(token_ids), step):
+                end = min(start + step, len(token_ids))
+                if not bm.ensure_slots(seq, end):
+                    raise RuntimeError(f"the KV cache has no room for 1 x {len(token_ids)} tokens now")
+                skip = max(0, first - start)
+                mode = "all" if skip < end - start else "none"
+                parts.append(self.runner.run([SeqChunk(token_ids[start:end], start, seq.block_tables, mode, skip)]))
+                seq.num_computed = end
+                bm.release_out_of_window(seq)
+        finally:
+            if seq.block_tables:
+                bm.free_seq(seq)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def has_unfinished(self) -> bool:
         return bool(self.requests)
@@ -130,7 +161,7 @@ class LLMEngine:
             return []
         sampling = [seq for seq, n in scheduled if seq.num_computed + n == seq.num_tokens]
         chunks = [SeqChunk(seq.token_ids[seq.num_computed:seq.num_computed + n], seq.num_computed,
-                           seq.block_table, "last" if seq.num_computed + n == seq.num_tokens else "none",
+                           seq.block_tables, "last" if seq.num_computed + n == seq.num_tokens else "none",
                            prompt_len=seq.num_prompt_tokens)
                   for seq, n in scheduled]
         logits = self.runner.run(chunks)
@@ -158,8 +189,8 @@ class LLMEngine:
             if not self.block_manager.can_fork(seq):  # no block for the copy: compute the prompt (prefix-cached)
                 self.scheduler.add(child)
                 continue
-            for src, dst in self.block_manager.fork(seq, child):
-                self.runner.cache.copy_block(src, dst)
+            for group, src, dst in self.block_manager.fork(seq, child):
+                self.runner.cache.copy_block(group, src, dst)
             self.scheduler.add_running(child)
             forked.append(child)
         request.unforked = []

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..models.attention import AttentionMetadata, KVCache
+from ..models.attention import AttentionMetadata, KVCache, KVGroup
 from ..models.base import DecoderLM
 
 ALL_PROMPT = 1 << 62
@@ -26,24 +26,31 @@ ALL_PROMPT = 1 << 62
 
 @dataclass
 class SeqChunk:
-    """`token_ids` of one sequence, starting at position `start`; its cache blocks are `block_table`."""
+    """`token_ids` of one sequence, starting at position `start`; its cache blocks are `block_tables` (one table
+    per KV group of the cache)."""
 
     token_ids: list[int]
     start: int
-    block_table: list[int]
+    block_tables: list[list[int]]
     logits: str = "last"  # which positions need logits: "last", "all" (teacher forcing) or "none"
     logits_from: int = 0  # with "all": skip the chunk's first positions
     prompt_len: int = ALL_PROMPT  # positions from here on are generated tokens (decode role)
 
 
 class ModelRunner:
-    def __init__(self, model: DecoderLM, num_blocks: int, block_size: int, kv_dtype: torch.dtype,
+    """`kv_groups`: the cache layout (`engine/kv_groups.py` plans it), or a block count: one pool of that many
+    blocks for every layer, keeping whole contexts."""
+
+    def __init__(self, model: DecoderLM, kv_groups: int | list[KVGroup], block_size: int, kv_dtype: torch.dtype,
                  device: str = "cpu") -> None:
         c = model.config
         self.model = model
         self.device = torch.device(device)
         self.block_size = block_size
-        self.cache = KVCache(c.n_layers, num_blocks, block_size, c.n_kv_heads, c.head_dim, kv_dtype, device)
+        if isinstance(kv_groups, int):
+            kv_groups = [KVGroup(0, tuple(range(c.n_layers)), kv_groups)]
+        self.cache = KVCache(kv_groups, block_size, c.n_kv_heads, c.head_dim, kv_dtype, device)
+        self.sliding = any(g.window for g in kv_groups)
 
     @torch.inference_mode()
     def run(self, chunks: list[SeqChunk]) -> torch.Tensor:
@@ -65,7 +72,7 @@ class ModelRunner:
             for j in range(split, len(chunk.token_ids)):  # each generated token is its own decode row
                 last = j == len(chunk.token_ids) - 1
                 wants = chunk.logits == "all" or (chunk.logits == "last" and last)
-                generated.append((i, SeqChunk([chunk.token_ids[j]], chunk.start + j, chunk.block_table,
+                generated.append((i, SeqChunk([chunk.token_ids[j]], chunk.start + j, chunk.block_tables,
                                               "last" if wants else "none")))
         passes = [(parts, prefill) for parts, prefill in ((prompt_parts, True), (generated, False)) if parts]
         if len(passes) == 1 and all(a[0] < b[0] for a, b in zip(passes[0][0], passes[0][0][1:])):
@@ -93,7 +100,8 @@ class ModelRunner:
         return 1 if chunk.logits == "last" else 0
 
     def _forward(self, chunks: list[SeqChunk], prefill: bool) -> torch.Tensor:
-        ids, positions, slots, rows = [], [], [], []
+        ids, positions, rows = [], [], []
+        slots: list[list[int]] = [[] for _ in self.cache.groups]  # (G, T)
         bs = self.block_size
         for chunk in chunks:
             n = len(chunk.token_ids)
@@ -101,15 +109,16 @@ class ModelRunner:
             ids.extend(chunk.token_ids)
             pos = range(chunk.start, chunk.start + n)
             positions.extend(pos)
-            slots.extend(chunk.block_table[p // bs] * bs + p % bs for p in pos)
+            for group_slots, table in zip(slots, chunk.block_tables):
+                group_slots.extend(table[p // bs] * bs + p % bs for p in pos)
             if chunk.logits == "all":
                 rows.extend(range(first + chunk.logits_from, len(ids)))
             elif chunk.logits == "last":
                 rows.append(len(ids) - 1)
         meta = AttentionMetadata.build(
             query_lens=[len(c.token_ids) for c in chunks], seq_lens=[c.start + len(c.token_ids) for c in chunks],
-            block_tables=[c.block_table for c in chunks], slot_mapping=slots, block_size=bs,
-            device=self.device, prefill=prefill)
+            block_tables=[c.block_tables for c in chunks], slot_mapping=slots, block_size=bs,
+            device=self.device, prefill=prefill, sliding=self.sliding)
         dev = self.device
         ids_t = torch.tensor(ids, dtype=torch.int64, device=dev)
         positions_t = torch.tensor(positions, dtype=torch.int64, device=dev)

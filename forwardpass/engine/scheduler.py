@@ -95,6 +95,6 @@ class Scheduler:
             self.running.remove(seq)
         elif seq.status is Status.WAITING and seq in self.waiting:
             self.waiting.remove(seq)
-        if seq.block_table:
+        if seq.block_tables:
             self.blocks.free_seq(seq)
         seq.status = Status.FINISHED

@@ -25,8 +25,13 @@ class Sequence:
     status: Status = Status.WAITING
     num_computed: int = 0  # tokens whose keys and values are in the cache
     num_cached: int = 0  # prompt tokens found in the prefix cache at admission
-    block_table: list[int] = field(default_factory=list)
-    block_hashes: list[int] = field(default_factory=list)  # hash of each full block of block_table, in order
+    block_tables: list[list[int]] = field(default_factory=list)  # one per KV group, all of the same length
+    block_hashes: list[int] = field(default_factory=list)  # hash of each full block of the tables, in order
+
+    @property
+    def block_table(self) -> list[int]:
+        """The first KV group's table (the only one for models without sliding-window layers)."""
+        return self.block_tables[0] if self.block_tables else []
 
     @property
     def num_tokens(self) -> int:

@@ -31,6 +31,7 @@ typedef struct {
     const tmat_t* down;
     uint16_t *kc, *vc;          /* this layer's bf16 cache: (slots, n_kv, head_dim) */
     int64_t window, rope;       /* sliding window (0: none); index of its RoPE table */
+    int64_t group;              /* its KV group: which of the step's slot and context tables address its cache */
 } dlayer_t;
 
 typedef struct {
@@ -137,7 +138,7 @@ typedef struct {
     qact_t qD, qQ, qF;                      /* one int8 buffer read as K = d_model, q_out or n_ff columns */
     const float* rope;
     const int64_t *slots, *ctx, *seq, *lens;
-    int64_t B, ctx_stride;
+    int64_t B, ctx_stride, ctx_group_stride;
     int distinct;   /* every token belongs to a different sequence */
     int f_ready;    /* f holds a block's output to add to x */
 } step_t;
@@ -166,8 +167,9 @@ static void qkv_head(const step_t* S, const dlayer_t* L, int64_t r, int64_t hh) 
         }
     if (L->k_norm) rmsnorm_row(k, L->k_norm, k, HD, M->eps);
     rope_head(k, cs, sn, M->rope_dims, M->neox);
-    uint16_t* kd = L->kc + (S->slots[r] * KV + j) * HD;
-    uint16_t* vd = L->vc + (S->slots[r] * KV + j) * HD;
+    const int64_t slot = S->slots[L->group * S->B + r];
+    uint16_t* kd = L->kc + (slot * KV + j) * HD;
+    uint16_t* vd = L->vc + (slot * KV + j) * HD;
     for (int64_t i = 0; i < HD; i++) { kd[i] = to_bf16(k[i]); vd[i] = to_bf16(v[i]); }
 }
 
@@ -176,8 +178,9 @@ static void attend_unit(const step_t* S, const dlayer_t* L, int64_t r, int64_t k
     const dmodel_t* M = S->M;
     const int64_t KV = M->n_kv, HD = M->head_dim, G = M->n_heads / KV, QO = M->n_heads * HD;
     const int64_t NQKV = QO + 2 * KV * HD;
-    attend_heads(S->qkv + r * NQKV + kvh * G * HD, L->kc, L->vc, S->ctx + S->seq[r] * S->ctx_stride, S->lens[r], KV,
-                 kvh, G, HD, M->scale, L->window, s, S->att + r * QO + kvh * G * HD);
+    const int64_t* ctx = S->ctx + L->group * S->ctx_group_stride + S->seq[r] * S->ctx_stride;
+    attend_heads(S->qkv + r * NQKV + kvh * G * HD, L->kc, L->vc, ctx, S->lens[r], KV, kvh, G, HD, M->scale,
+                 L->window, s, S->att + r * QO + kvh * G * HD);
 }
 
 /* x += post ? rmsnorm(f) * post : f; then, if next_norm, h = rmsnorm(x) * next_norm quantized (the next block's
@@ -237,12 +240,15 @@ static void ffn_block(const step_t* S, const dlayer_t* L) {
 
 /* x: (B, d_model) float32 hidden states of B tokens (prompt or generated, of one or many sequences), updated in
    place through every layer; then logits (n_out, vocab) = head(out_norm(x[out_rows])). rope: (n_rope, B, 2,
-   rope_dims) cos/sin; slots: (B,) cache slot of each token; ctx: (S, ctx_stride) cache slots of each sequence's
-   context; seq: (B,) each token's sequence; lens: (B,) the context length each token sees, itself included. A
-   sequence's tokens are written to the cache before any attends, so a prompt chunk attends to itself causally
-   through `lens`. ws: `decoder_workspace` bytes of scratch (no allocation per step). */
+   rope_dims) cos/sin; slots: (G, B) cache slot of each token in each KV group's pool; ctx: (G, S, ctx_stride)
+   cache slots of each sequence's context in each group (ctx_group_stride = S * ctx_stride; a layer uses its
+   group's, and a sliding layer reads only its window of it); seq: (B,) each token's sequence; lens: (B,) the
+   context length each token sees, itself included. A sequence's tokens are written to the cache before any
+   attends, so a prompt chunk attends to itself causally through `lens`. ws: `decoder_workspace` bytes of scratch
+   (no allocation per step). */
 void decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, const int64_t* slots,
-                  const int64_t* ctx, int64_t ctx_stride, const int64_t* seq, const int64_t* lens,
+                  const int64_t* ctx, int64_t ctx_stride, int64_t ctx_group_stride,
+                  const int64_t* seq, const int64_t* lens,
                   const int64_t* out_rows, int64_t n_out, float* logits, void* ws, int64_t nthreads) {
     const int64_t D = M->d_model, F = M->n_ff, QO = M->n_heads * M->head_dim;
     const int64_t NQKV = QO + 2 * M->n_kv * M->head_dim, KMAX = max3(F, QO, D);
@@ -259,6 +265,7 @@ void decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, con
     float* scores = TAKE(float, nthreads * 4 * (lmax + 16));
     #undef TAKE
     S.rope = rope; S.slots = slots; S.ctx = ctx; S.seq = seq; S.lens = lens; S.B = B; S.ctx_stride = ctx_stride;
+    S.ctx_group_stride = ctx_group_stride;
     S.distinct = 1;
     for (int64_t r = 1; r < B && S.distinct; r++) if (seq[r] == seq[r - 1]) S.distinct = 0;  /* rows come grouped */
     step_t S0 = S, S1 = S;  /* S0: nothing to add yet (before layer 0); S1: f holds a block's output */

@@ -4,6 +4,10 @@ The runner packs every scheduled token of every sequence into one flat batch of 
 contributes `query_lens[s]` tokens, the last ones of its `seq_lens[s]`-token context. Each new token's key and
 value are written to its cache slot (`slot_mapping`); each sequence then attends over the slots its block table
 names. Prefill chunks and decode tokens share this one path.
+
+Layers are grouped by window (`KVGroup`): each group has its own pool and its own block table per sequence, so a
+sliding-window group can give back the blocks that fell out of every later query's window. The metadata carries
+one slot mapping and one context table per group; a layer reads its group's.
 """
 from __future__ import annotations
 
@@ -15,23 +19,32 @@ import torch
 from ..kernels.native import native_paged_attention
 
 
+@dataclass(frozen=True)
+class KVGroup:
+    """Layers whose keys and values share one pool of blocks (and one block table per sequence)."""
+
+    window: int  # positions of a sequence the group keeps: 0 = all (global layers), w = the last w (sliding)
+    layers: tuple[int, ...]
+    num_blocks: int
+
+
 @dataclass
 class AttentionMetadata:
     query_lens: list[int]  # (S,) tokens of each sequence in this step
     seq_lens: list[int]  # (S,) context length of each sequence once this step's tokens are in
-    block_tables: torch.Tensor  # (S, max_blocks) int64 block ids (padding entries are never read)
-    slot_mapping: torch.Tensor  # (T,) int64 cache slot of each new token: block * block_size + offset
+    slot_mapping: torch.Tensor  # (G, T) int64 cache slot of each new token in each KV group's pool
+    # (G, S, L_max) cache slots of each sequence's context in each group, padded. Positions a sliding group has
+    # released point at a valid slot (block 0) and are never read: every reader keeps to the layer's window.
+    ctx_slots: torch.Tensor
     # Sequences with one new token (decoding) attend together in one batched matmul; the rest one by one.
     decode: list[int] = field(default_factory=list)  # indices of the one-token sequences
     decode_rows: torch.Tensor | None = None  # (B,) their token's row in the flat batch
-    decode_slots: torch.Tensor | None = None  # (B, L_max) cache slots of their contexts, padded
     decode_lens: torch.Tensor | None = None  # (B,) their context lengths
     prefill: bool | None = None  # the rows' role (prompt or generated tokens), passed to every Linear
     # Per query row, for the native kernel: its sequence and how many context tokens it sees.
-    ctx_slots: torch.Tensor | None = None  # (S, L_max) cache slots of each sequence's context, padded
     row_seq: torch.Tensor | None = None  # (T,)
     row_lens: torch.Tensor | None = None  # (T,)
-    _masks: dict[int, torch.Tensor] = field(default_factory=dict)
+    _decode_ctx: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     _shared: dict[object, torch.Tensor] = field(default_factory=dict)
 
     @property
@@ -39,18 +52,24 @@ class AttentionMetadata:
         return len(self.query_lens)
 
     @classmethod
-    def build(cls, query_lens: list[int], seq_lens: list[int], block_tables: list[list[int]],
-              slot_mapping: list[int], block_size: int, device: torch.device,
-              prefill: bool | None = None) -> "AttentionMetadata":
-        """`prefill=False` (generated tokens): every row attends through the batched decode path, even alone,
-        so a token's attention is computed the same way whatever else is in the batch."""
-        width = max(len(t) for t in block_tables)
-        tables = torch.tensor([t + [0] * (width - len(t)) for t in block_tables], dtype=torch.int64, device=device)
-        meta = cls(query_lens, seq_lens, tables, torch.tensor(slot_mapping, dtype=torch.int64, device=device),
-                   prefill=prefill)
+    def build(cls, query_lens: list[int], seq_lens: list[int], block_tables: list[list[list[int]]],
+              slot_mapping: list[list[int]], block_size: int, device: torch.device,
+              prefill: bool | None = None, sliding: bool = False) -> "AttentionMetadata":
+        """`block_tables[s][g]`: sequence s's table in KV group g; `slot_mapping[g]`: the new tokens' slots there;
+        `sliding`: some group releases blocks (its tables hold negative entries, pointed at block 0 here).
+        `prefill=False` (generated tokens): every row attends through the batched decode path, even alone, so a
+        token's attention is computed the same way whatever else is in the batch."""
+        n_groups, n_seqs = len(slot_mapping), len(block_tables)
+        width = max(len(t) for tables in block_tables for t in tables)
+        rows = [tables[g] + [0] * (width - len(tables[g])) for g in range(n_groups) for tables in block_tables]
+        tables = torch.tensor(rows, dtype=torch.int64, device=device).view(n_groups, n_seqs, width)
+        if sliding:
+            tables.clamp_(min=0)  # released entries: any valid block, never read
         longest = max(seq_lens)
         offsets = torch.arange(block_size, device=device)
-        meta.ctx_slots = (tables[:, :-(-longest // block_size), None] * block_size + offsets).flatten(1)[:, :longest]
+        ctx_slots = (tables[:, :, :-(-longest // block_size), None] * block_size + offsets).flatten(2)[:, :, :longest]
+        meta = cls(query_lens, seq_lens, torch.tensor(slot_mapping, dtype=torch.int64, device=device), ctx_slots,
+                   prefill=prefill)
         row_seq, row_lens = [], []
         for s, (n, length) in enumerate(zip(query_lens, seq_lens)):
             row_seq.extend([s] * n)
@@ -68,76 +87,81 @@ class AttentionMetadata:
             self._shared[key] = make()
         return self._shared[key]
 
-    def _build_decode_batch(self) -> None:
-        """The torch fallback attends all one-token sequences (`decode`) in one padded batch; built on first use,
-        since the native kernel needs none of it."""
-        if self.decode_rows is not None:
-            return
-        starts = [0]
-        for n in self.query_lens:
-            starts.append(starts[-1] + n)
+    def decode_context(self, group: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """For the torch fallback, which attends all one-token sequences (`decode`) in one padded batch: the
+        (B, W) cache slots in `group`'s pool of the keys each may see, and which of them are real (B, W) bool.
+        With a window the columns are each sequence's last `window` positions, so released blocks are never
+        gathered. Padding columns repeat one of the sequence's own keys (masked), so every gathered key is one
+        the model wrote, never whatever a free block holds. Built on first use: the native kernel needs none."""
+        key = (group, window)
+        if key in self._decode_ctx:
+            return self._decode_ctx[key]
         device = self.slot_mapping.device
-        self.decode_rows = torch.tensor([starts[s] for s in self.decode], device=device)
-        lens = [self.seq_lens[s] for s in self.decode]
-        self.decode_slots = self.ctx_slots[self.decode, :max(lens)]
-        self.decode_lens = torch.tensor(lens, device=device)
-
-    def decode_mask(self, window: int) -> torch.Tensor:
-        """(B, L_max) bool: which padded context slots each decoding sequence may attend."""
-        if window not in self._masks:
-            assert self.decode_slots is not None and self.decode_lens is not None
-            pos = torch.arange(self.decode_slots.shape[1], device=self.decode_slots.device)[None, :]
-            last = self.decode_lens[:, None] - 1
-            mask = pos <= last
-            if window > 0:
-                mask &= last - pos < window
-            self._masks[window] = mask
-        return self._masks[window]
+        if self.decode_rows is None:
+            starts = [0]
+            for n in self.query_lens:
+                starts.append(starts[-1] + n)
+            self.decode_rows = torch.tensor([starts[s] for s in self.decode], device=device)
+            self.decode_lens = torch.tensor([self.seq_lens[s] for s in self.decode], device=device)
+        lens = self.decode_lens[:, None]
+        width = max(self.seq_lens[s] for s in self.decode)
+        if 0 < window < width:
+            pos = lens - window + torch.arange(window, device=device)[None, :]  # the last `window`, left-padded
+            mask = pos >= 0
+        else:
+            pos = torch.arange(width, device=device)[None, :].expand(len(self.decode), width)  # right-padded
+            mask = pos < lens
+        slots = self.ctx_slots[group, self.decode].gather(1, torch.minimum(pos.clamp(min=0), lens - 1))
+        self._decode_ctx[key] = slots, mask
+        return slots, mask
 
 
 class KVCache:
-    """One preallocated pool of `num_blocks` blocks per layer, each holding `block_size` tokens' keys and values."""
+    """One preallocated pool per layer, of its KV group's `num_blocks` blocks of `block_size` tokens' keys and
+    values."""
 
-    def __init__(self, n_layers: int, num_blocks: int, block_size: int, n_kv_heads: int, head_dim: int,
+    def __init__(self, groups: list[KVGroup], block_size: int, n_kv_heads: int, head_dim: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
-        self.num_blocks, self.block_size = num_blocks, block_size
-        slots = num_blocks * block_size
-        self.k = [torch.zeros(slots, n_kv_heads, head_dim, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.v = [torch.zeros(slots, n_kv_heads, head_dim, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.groups, self.block_size = list(groups), block_size
+        self.num_blocks = [g.num_blocks for g in self.groups]
+        self.layer_group = [0] * sum(len(g.layers) for g in self.groups)
+        for index, group in enumerate(self.groups):
+            for layer in group.layers:
+                self.layer_group[layer] = index
+        shape = lambda layer: (self.num_blocks[self.layer_group[layer]] * block_size, n_kv_heads, head_dim)
+        self.k = [torch.zeros(shape(i), dtype=dtype, device=device) for i in range(len(self.layer_group))]
+        self.v = [torch.zeros(shape(i), dtype=dtype, device=device) for i in range(len(self.layer_group))]
         self.dtype = dtype
 
     def write(self, layer: int, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """k, v: (T, n_kv_heads, head_dim) for the T new tokens."""
-        self.k[layer].index_copy_(0, slot_mapping, k.to(self.dtype))
-        self.v[layer].index_copy_(0, slot_mapping, v.to(self.dtype))
+        """slot_mapping: (G, T) per-group slots; k, v: (T, n_kv_heads, head_dim) for the T new tokens."""
+        slots = slot_mapping[self.layer_group[layer]]
+        self.k[layer].index_copy_(0, slots, k.to(self.dtype))
+        self.v[layer].index_copy_(0, slots, v.to(self.dtype))
 
-    def copy_block(self, src: int, dst: int) -> None:
-        """Copy one block's keys and values in every layer (copy-on-write of a shared partial block)."""
+    def copy_block(self, group: int, src: int, dst: int) -> None:
+        """Copy one block's keys and values in every layer of `group` (copy-on-write of a shared partial block)."""
         bs = self.block_size
-        for layer in range(len(self.k)):
+        for layer in self.groups[group].layers:
             self.k[layer][dst * bs:(dst + 1) * bs] = self.k[layer][src * bs:(src + 1) * bs]
             self.v[layer][dst * bs:(dst + 1) * bs] = self.v[layer][src * bs:(src + 1) * bs]
 
-    def slots(self, block_table: torch.Tensor, seq_len: int) -> torch.Tensor:
-        """The cache slots of a sequence's first `seq_len` tokens: (seq_len,) int64."""
-        n_blocks = -(-seq_len // self.block_size)
-        offsets = torch.arange(self.block_size, device=block_table.device)
-        return (block_table[:n_blocks, None] * self.block_size + offsets).flatten()[:seq_len]
-
     @property
-    def bytes_per_token(self) -> int:
-        k = self.k[0]
-        return 2 * len(self.k) * k.shape[1] * k.shape[2] * k.element_size()
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
 
 
 def attention(q: torch.Tensor, cache: KVCache, layer: int, meta: AttentionMetadata, scale: float,
               window: int = 0) -> torch.Tensor:
     """q: (T, n_heads, head_dim) for the batch's new tokens -> (T, n_heads, head_dim).
 
-    `window` > 0 limits each query to the keys less than `window` positions behind it (sliding window).
+    `window` > 0 limits each query to the keys less than `window` positions behind it (sliding window): only
+    those are read, so the blocks a sliding KV group has released never are.
     """
-    native = native_paged_attention(q, cache.k[layer], cache.v[layer], meta.ctx_slots, meta.row_seq,
-                                    meta.row_lens, scale, window)
+    group = cache.layer_group[layer]
+    ctx = meta.ctx_slots[group]  # (S, L_max)
+    native = native_paged_attention(q, cache.k[layer], cache.v[layer], ctx, meta.row_seq, meta.row_lens, scale,
+                                    window)
     if native is not None:  # every row alone, in a fixed order: batch-invariant by construction
         return native
     out = torch.empty_like(q)
@@ -146,15 +170,16 @@ def attention(q: torch.Tensor, cache: KVCache, layer: int, meta: AttentionMetada
     for s in range(meta.num_seqs):
         n, seq_len = meta.query_lens[s], meta.seq_lens[s]
         if s not in batched:
-            slots = cache.slots(meta.block_tables[s], seq_len)
+            first = max(0, seq_len - n - window + 1) if window > 0 else 0  # the first key the first query sees
+            slots = ctx[s, first:seq_len]
             k = cache.k[layer].index_select(0, slots)  # (L, n_kv, D)
             v = cache.v[layer].index_select(0, slots)
             out[start:start + n] = _sequence_attention(q[start:start + n], k, v, scale, window)
         start += n
     if batched:
-        meta._build_decode_batch()
-        rows = meta.decode_rows
-        out[rows] = _decode_attention(q[rows], cache, layer, meta, scale, window)
+        slots, mask = meta.decode_context(group, window)
+        out[meta.decode_rows] = _decode_attention(q[meta.decode_rows], cache.k[layer][slots], cache.v[layer][slots],
+                                                  mask, scale)
     return out
 
 
@@ -168,21 +193,18 @@ def _acc_dtype(q: torch.Tensor) -> torch.dtype:
     return torch.float32 if q.device.type == "cpu" else CUDA_ACC_DTYPE
 
 
-def _decode_attention(q: torch.Tensor, cache: KVCache, layer: int, meta: AttentionMetadata, scale: float,
-                      window: int) -> torch.Tensor:
-    """B decoding sequences at once: q (B, H, D) over their padded contexts -> (B, H, D)."""
+def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                      scale: float) -> torch.Tensor:
+    """B decoding sequences at once: q (B, H, D) over their padded contexts k, v (B, L, H_kv, D), of which
+    `mask` (B, L) says which are real -> (B, H, D)."""
     b, n_heads, head_dim = q.shape
-    slots = meta.decode_slots  # (B, L)
-    k = cache.k[layer][slots]  # (B, L, H_kv, D)
-    v = cache.v[layer][slots]
     n_kv = k.shape[2]
     group = n_heads // n_kv
     acc = _acc_dtype(q)
     qh = q.view(b, n_kv, group, head_dim).to(acc)  # (B, H_kv, group, D)
     kh = k.permute(0, 2, 3, 1).to(acc)  # (B, H_kv, D, L)
     scores = torch.matmul(qh, kh) * scale  # (B, H_kv, group, L)
-    mask = meta.decode_mask(window)[:, None, None, :]
-    probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    probs = torch.softmax(scores.masked_fill(~mask[:, None, None, :], float("-inf")), dim=-1)
     out = torch.matmul(probs, v.permute(0, 2, 1, 3).to(acc))  # (B, H_kv, group, D)
     return out.reshape(b, n_heads, head_dim).to(q.dtype)
 

@@ -47,7 +47,7 @@ class DLayer(ctypes.Structure):
                                                  "post_ffn_norm", "qkv_bias")] + [
         ("qkv", _P * 3), ("n_qkv", ctypes.c_int64), ("o", _P), ("gu", _P * 2), ("n_gu", ctypes.c_int64),
         ("down", _P), ("kc", ctypes.c_void_p), ("vc", ctypes.c_void_p), ("window", ctypes.c_int64),
-        ("rope", ctypes.c_int64)]
+        ("rope", ctypes.c_int64), ("group", ctypes.c_int64)]
 
 
 class DModel(ctypes.Structure):
@@ -64,7 +64,7 @@ def _step_fn() -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr] | None:
         return None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     fn, ws = lib.decoder_step, lib.decoder_workspace
-    fn.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, i64, ptr, ptr, ptr, i64, ptr, ptr, i64]
+    fn.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, i64, i64, ptr, ptr, ptr, i64, ptr, ptr, i64]
     fn.restype = None
     ws.argtypes = [ptr, i64, i64, i64]
     ws.restype = i64
@@ -159,6 +159,7 @@ class NativeDecoder:
     def _bind(self, cache: KVCache) -> None:
         for i in range(self.config.n_layers):
             self.layers[i].kc, self.layers[i].vc = cache.k[i].data_ptr(), cache.v[i].data_ptr()
+            self.layers[i].group = cache.layer_group[i]
         self._bound = cache
 
     def step(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, cache: KVCache,
@@ -174,8 +175,8 @@ class NativeDecoder:
             cos, sin = meta.cached(("rope", id(r)), lambda r=r: r.factors(positions))
             tables.append(torch.stack((cos[:, 0], sin[:, 0]), dim=1))  # (B, 2, dims)
         rope = torch.stack(tables).contiguous()
-        ctx, seq = meta.ctx_slots.contiguous(), meta.row_seq.contiguous()
-        lens, slots = meta.row_lens.contiguous(), meta.slot_mapping.contiguous()
+        ctx, seq = meta.ctx_slots.contiguous(), meta.row_seq.contiguous()  # ctx: (G, S, L)
+        lens, slots = meta.row_lens.contiguous(), meta.slot_mapping.contiguous()  # slots: (G, B)
         step_fn, workspace_fn = _step_fn()
         threads = torch.get_num_threads()
         need = workspace_fn(ctypes.byref(self.model), x.shape[0], int(lens.max()), threads)
@@ -185,7 +186,7 @@ class NativeDecoder:
         logits = torch.empty(n_out, self.vocab) if n_out else None
         rows = logit_rows.contiguous() if n_out else None
         step_fn(ctypes.byref(self.model), x.data_ptr(), x.shape[0], rope.data_ptr(), slots.data_ptr(),
-                ctx.data_ptr(), ctx.shape[1], seq.data_ptr(), lens.data_ptr(),
+                ctx.data_ptr(), ctx.shape[2], ctx.shape[1] * ctx.shape[2], seq.data_ptr(), lens.data_ptr(),
                 None if rows is None else rows.data_ptr(), n_out, None if logits is None else logits.data_ptr(),
                 self._workspace.data_ptr(), threads)
         return x if logit_rows is None else logits
