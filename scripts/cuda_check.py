@@ -83,9 +83,9 @@ def check_ops(device: str) -> None:
 
 
 def _cache(device: str, gen: torch.Generator, blocks: int = 160, bs: int = 16):
-    from forwardpass.models.attention import KVCache
+    from forwardpass.models.attention import KVCache, KVGroup
 
-    cache = KVCache(1, blocks, bs, 3, 64, torch.bfloat16, device)
+    cache = KVCache([KVGroup(0, (0,), blocks)], bs, 3, 64, torch.bfloat16, device)  # one global layer
     cache.k[0].copy_(torch.randn(cache.k[0].shape, device=device, generator=gen))
     cache.v[0].copy_(torch.randn(cache.v[0].shape, device=device, generator=gen))
     return cache
@@ -106,8 +106,8 @@ def _decode_attention_gaps(device: str, gen: torch.Generator) -> dict:
     q = torch.randn(len(lens), 9, 64, device=device, generator=gen)
 
     def run(idx: list[int]) -> torch.Tensor:
-        meta = AttentionMetadata.build([1] * len(idx), [lens[i] for i in idx], [tables[i] for i in idx],
-                                       [tables[i][(lens[i] - 1) // bs] * bs + (lens[i] - 1) % bs for i in idx],
+        meta = AttentionMetadata.build([1] * len(idx), [lens[i] for i in idx], [[tables[i]] for i in idx],
+                                       [[tables[i][(lens[i] - 1) // bs] * bs + (lens[i] - 1) % bs for i in idx]],
                                        bs, torch.device(device), prefill=False)
         return attention(q[idx], cache, 0, meta, 0.125)
 
@@ -132,8 +132,8 @@ def _prefill_attention_gaps(device: str, gen: torch.Generator) -> dict:
     q = torch.randn(length, 9, 64, device=device, generator=gen)
 
     def run(n: int) -> torch.Tensor:
-        meta = AttentionMetadata.build([n], [length], [table], [table[p // bs] * bs + p % bs
-                                                              for p in range(length - n, length)],
+        meta = AttentionMetadata.build([n], [length], [[table]], [[table[p // bs] * bs + p % bs
+                                                                for p in range(length - n, length)]],
                                        bs, torch.device(device), prefill=True)
         return attention(q[length - n:], cache, 0, meta, 0.125)[-1:]
 

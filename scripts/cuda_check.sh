@@ -5,7 +5,9 @@
 #   scripts/cuda_check.sh model [FILE]   # the real SmolLM2: fidelity, batch invariance, perplexity, bench b1/16/64
 #
 # Python packages missing there (gguf) come as wheels in .whl/ (installed into /tmp/site). `model` takes the
-# model file as FILE, or assembles it from the parts .dev/p0 .dev/p1 (checked against MODEL_SHA256). Every log
+# model file as FILE, or assembles it from two parts under 64 MiB, build/p0 and dist/p1 (checked against
+# MODEL_SHA256), carried in two calls back to back (carry ["build", ".whl"], then ["dist"]): folders that
+# .gitignore ignores stay on a warm machine between calls, those only .git/info/exclude ignores did not. Every log
 # goes to $OUT (default /tmp/cuda_check_out). Each command has its own time limit. Without a GPU the tests skip
 # their CUDA params and the checks print a skip line, so the script also dry-runs on a CPU-only machine.
 set -u -o pipefail
@@ -15,7 +17,7 @@ OUT=${OUT:-/tmp/cuda_check_out}
 mkdir -p "$OUT"
 MODE=${1:-tests}
 MODEL_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  # SmolLM2-135M-Instruct.Q4_1.gguf
-TEXT=.dev/GPL-3
+TEXT=dist/GPL-3
 [ -f "$TEXT" ] || TEXT=/usr/share/common-licenses/GPL-3
 
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -52,8 +54,8 @@ model)
     if [ -z "$FILE" ]; then
         mkdir -p .dev/home/models
         FILE=.dev/home/models/SmolLM2-135M-Instruct.Q4_1.gguf
-        [ -f "$FILE" ] || cat .dev/p0 .dev/p1 >"$FILE" || { echo "model parts missing"; ls -la .dev; exit 3; }
-        echo "$MODEL_SHA256  $FILE" | sha256sum -c - || { rm -f "$FILE"; ls -la .dev; exit 3; }
+        [ -f "$FILE" ] || cat build/p0 dist/p1 >"$FILE" || { echo "model parts missing"; ls -la build dist; exit 3; }
+        echo "$MODEL_SHA256  $FILE" | sha256sum -c - || { rm -f "$FILE"; ls -la build dist; exit 3; }
     fi
     DEVICE=${DEVICE:-cuda}  # DEVICE=cpu MODEL_ARGS="--ctx 256 ..." dry-run the steps on a tiny model here
     # shellcheck disable=SC2086
