@@ -84,6 +84,10 @@ static inline __attribute__((always_inline)) void attend_vec(const float* qv, co
     for (int g = 0; g < G; g++) mxv[g] = _mm512_set1_ps(-INFINITY);
     for (int64_t jb = 0; jb < n; jb += 16) {
         const int cnt = n - jb < 16 ? (int)(n - jb) : 16;
+        for (int64_t j = jb + 16; j < jb + 32 && j < n; j++) {  /* the next block's keys: scattered rows */
+            const char* kp = (const char*)(k + (slots[start + j] * kv_heads + kvh) * dim);
+            for (int64_t b = 0; b < 2 * dim; b += 64) _mm_prefetch(kp + b, _MM_HINT_T0);
+        }
         __m512 acc[4][16];
         for (int jj = 0; jj < 16; jj++) {
             __m512 a[4];
@@ -118,14 +122,24 @@ static inline __attribute__((always_inline)) void attend_vec(const float* qv, co
         }
         inv[g] = 1.0f / _mm512_reduce_add_ps(sumv);
     }
-    for (int i = 0; i < ND; i++) {
-        __m512 o[4];
-        for (int g = 0; g < G; g++) o[g] = _mm512_setzero_ps();
+    for (int i0 = 0; i0 < ND; i0 += 4) {  /* 64 features at a time: G x 4 independent sums in registers */
+        __m512 o[4][4];
+        for (int g = 0; g < G; g++)
+            for (int i = 0; i < 4; i++) o[g][i] = _mm512_setzero_ps();
         for (int64_t j = 0; j < n; j++) {
-            const __m512 vv = bf16x16(v + (slots[start + j] * kv_heads + kvh) * dim + 16 * i);
-            for (int g = 0; g < G; g++) o[g] = _mm512_fmadd_ps(_mm512_set1_ps(s[g * stride + j]), vv, o[g]);
+            if (i0 == 0 && j + 8 < n) {
+                const char* vn = (const char*)(v + (slots[start + j + 8] * kv_heads + kvh) * dim);
+                for (int64_t b = 0; b < 2 * dim; b += 64) _mm_prefetch(vn + b, _MM_HINT_T0);
+            }
+            const uint16_t* vp = v + (slots[start + j] * kv_heads + kvh) * dim + 16 * i0;
+            for (int i = 0; i < 4; i++) {
+                const __m512 vv = bf16x16(vp + 16 * i);
+                for (int g = 0; g < G; g++) o[g][i] = _mm512_fmadd_ps(_mm512_set1_ps(s[g * stride + j]), vv, o[g][i]);
+            }
         }
-        for (int g = 0; g < G; g++) _mm512_storeu_ps(out + g * dim + 16 * i, _mm512_mul_ps(o[g], _mm512_set1_ps(inv[g])));
+        for (int g = 0; g < G; g++)
+            for (int i = 0; i < 4; i++)
+                _mm512_storeu_ps(out + g * dim + 16 * (i0 + i), _mm512_mul_ps(o[g][i], _mm512_set1_ps(inv[g])));
     }
 }
 

@@ -139,6 +139,8 @@ static inline __attribute__((always_inline)) void tile_scales(const tmat_t* W, i
 
 /* rows of tile rt for tokens t0 .. t0 + TN - 1: y[t, 16 rt + r]. The tile's codes are decoded once for the TN
    tokens; each token's sums run in the same order whatever TN (the result of a token never depends on TN). */
+#define PREFETCH_TILES 4
+
 static inline __attribute__((always_inline)) void tile_block(const tmat_t* W, int64_t rt, const qact_t* X,
                                                              int64_t t0, const int TN, float* y, int64_t ldy,
                                                              const int BITS, const int SM) {
@@ -151,6 +153,11 @@ static inline __attribute__((always_inline)) void tile_block(const tmat_t* W, in
     #pragma GCC unroll 16
     for (int i = 0; i < TN; i++) acc[i] = _mm512_setzero_ps();
     for (int64_t g = 0; g < G; g++, xq += 32 * LD, dx += LD, sx += LD, s16 += 2 * LD) {
+        if (TN >= 8) {  /* many tokens per tile: too slow a consumer for the hardware prefetcher to stay ahead */
+            const int64_t ahead = rt * G + g + PREFETCH_TILES;
+            const uint8_t* c = W->codes + ahead * (BITS == 8 ? 512 : 256);
+            for (int l = 0; l < (BITS == 8 ? 8 : 4); l++) _mm_prefetch((const char*)(c + 64 * l), _MM_HINT_T0);
+        }
         __m512i op[8];
         tile_ops(W, rt * G + g, BITS, op);
         __m512 dw, mw = _mm512_setzero_ps();
