@@ -20,6 +20,7 @@ depends on the other tokens of the step.
 
 DECODER_SOURCE = r"""
 #include <omp.h>
+#include <sched.h>
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")
 
@@ -41,6 +42,25 @@ typedef struct {
     const float* out_norm;      /* final norm and output head: logits of the rows asked for */
     const tmat_t* head;
 } dmodel_t;
+
+/* The barrier between the phases of a step. OpenMP's spins for a long while before sleeping, which is right on
+   idle cores and a disaster when the OS puts two of our threads on one core (another busy process took the
+   other): the one spinning holds the core its partner needs, a whole time slice per barrier (a 16-token step
+   took 1 s instead of 12 ms with one busy process beside it). This one spins briefly, then yields the core. */
+typedef struct { int64_t arrived, generation, n; } spin_barrier_t;
+
+static void step_barrier(spin_barrier_t* b) {
+    const int64_t gen = __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE);
+    if (__atomic_add_fetch(&b->arrived, 1, __ATOMIC_ACQ_REL) == b->n) {
+        __atomic_store_n(&b->arrived, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&b->generation, gen + 1, __ATOMIC_RELEASE);
+        return;
+    }
+    for (int spins = 0; __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) == gen; spins++) {
+        if (spins < 2000) _mm_pause();
+        else sched_yield();
+    }
+}
 
 static inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
 
@@ -139,6 +159,7 @@ typedef struct {
     const float* rope;
     const int64_t *slots, *ctx, *seq, *lens;
     int64_t B, ctx_stride, ctx_group_stride;
+    spin_barrier_t* bar;  /* ends each phase (the work-sharing loops run with nowait) */
     int distinct;   /* every token belongs to a different sequence */
     int f_ready;    /* f holds a block's output to add to x */
 } step_t;
@@ -187,7 +208,7 @@ static void attend_unit(const step_t* S, const dlayer_t* L, int64_t r, int64_t k
    input): one pass over the rows, one barrier */
 static void residual_and_norm(const step_t* S, const float* post, const float* next_norm) {
     const int64_t D = S->M->d_model;
-    #pragma omp for schedule(static)
+    #pragma omp for schedule(static) nowait
     for (int64_t r = 0; r < S->B; r++) {
         if (S->f_ready) residual_row(S->x + r * D, S->f + r * D, post, D, S->M->eps);
         if (next_norm) {
@@ -195,6 +216,7 @@ static void residual_and_norm(const step_t* S, const float* post, const float* n
             quantize_row(S->h + r * D, r, &S->qD);
         }
     }
+    step_barrier(S->bar);
 }
 
 /* the attention block of layer L up to its output projection in f (its input h already normalized and quantized) */
@@ -203,25 +225,31 @@ static void attention_block(const step_t* S, const dlayer_t* L, float* s) {
     const int64_t B = S->B, D = M->d_model, H = M->n_heads, KV = M->n_kv, HD = M->head_dim;
     const int64_t QO = H * HD, NQKV = QO + 2 * KV * HD, G = H / KV;
     tile_matmul_multi(L->qkv, (int)L->n_qkv, &S->qD, B, S->qkv, NQKV);
+    step_barrier(S->bar);
     if (S->distinct) {
         /* every token of a different sequence (decoding): a unit's own k and v are all its attention needs, so
            the heads' work and the attention share one pass (the same arithmetic, one barrier fewer) */
-        #pragma omp for schedule(dynamic, 1)
+        #pragma omp for schedule(dynamic, 1) nowait
         for (int64_t u = 0; u < B * KV; u++) {
             const int64_t r = u / KV, kvh = u % KV;
             for (int64_t g = 0; g < G; g++) qkv_head(S, L, r, kvh * G + g);
             qkv_head(S, L, r, H + kvh);
             attend_unit(S, L, r, kvh, s);
         }
+        step_barrier(S->bar);
     } else {
-        #pragma omp for schedule(static)
+        #pragma omp for schedule(static) nowait
         for (int64_t u = 0; u < B * (H + KV); u++) qkv_head(S, L, u / (H + KV), u % (H + KV));
-        #pragma omp for schedule(dynamic, 1)
+        step_barrier(S->bar);
+        #pragma omp for schedule(dynamic, 1) nowait
         for (int64_t u = 0; u < B * KV; u++) attend_unit(S, L, u / KV, u % KV, s);  /* a token's heads of a KV head */
+        step_barrier(S->bar);
     }
-    #pragma omp for schedule(static)
+    #pragma omp for schedule(static) nowait
     for (int64_t r = 0; r < B; r++) quantize_row(S->att + r * QO, r, &S->qQ);
+    step_barrier(S->bar);
     tile_matmul_multi(&L->o, 1, &S->qQ, B, S->f, D);
+    step_barrier(S->bar);
 }
 
 /* the feed-forward block of layer L up to its down projection in f (its input h already normalized, quantized) */
@@ -229,13 +257,16 @@ static void ffn_block(const step_t* S, const dlayer_t* L) {
     const dmodel_t* M = S->M;
     const int64_t B = S->B, D = M->d_model, F = M->n_ff;
     tile_matmul_multi(L->gu, (int)L->n_gu, &S->qD, B, S->gu, 2 * F);
-    #pragma omp for schedule(static)
+    step_barrier(S->bar);
+    #pragma omp for schedule(static) nowait
     for (int64_t r = 0; r < B; r++) {
         const float* g = S->gu + r * 2 * F;
         act_mul_row(g, g + F, S->a + r * F, F, M->act);
         quantize_row(S->a + r * F, r, &S->qF);
     }
+    step_barrier(S->bar);
     tile_matmul_multi(&L->down, 1, &S->qF, B, S->f, D);
+    step_barrier(S->bar);
 }
 
 /* x: (B, d_model) float32 hidden states of B tokens (prompt or generated, of one or many sequences), updated in
@@ -268,10 +299,14 @@ void decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, con
     S.ctx_group_stride = ctx_group_stride;
     S.distinct = 1;
     for (int64_t r = 1; r < B && S.distinct; r++) if (seq[r] == seq[r - 1]) S.distinct = 0;  /* rows come grouped */
+    spin_barrier_t bar = {0, 0, 1};
+    S.bar = &bar;
     step_t S0 = S, S1 = S;  /* S0: nothing to add yet (before layer 0); S1: f holds a block's output */
     S0.f_ready = 0; S1.f_ready = 1;
     #pragma omp parallel num_threads(nthreads)
     {
+        #pragma omp single
+        bar.n = omp_get_num_threads();  /* the team we got (its implicit barrier publishes it) */
         float* s = scores + (int64_t)omp_get_thread_num() * 4 * (lmax + 16);
         residual_and_norm(&S0, NULL, M->layers[0].attn_norm);
         for (int64_t l = 0; l < M->n_layers; l++) {
@@ -282,11 +317,12 @@ void decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, con
             residual_and_norm(&S1, L->post_ffn_norm, l + 1 < M->n_layers ? M->layers[l + 1].attn_norm : NULL);
         }
         if (n_out > 0) {
-            #pragma omp for schedule(static)
+            #pragma omp for schedule(static) nowait
             for (int64_t i = 0; i < n_out; i++) {
                 rmsnorm_row(x + out_rows[i] * D, M->out_norm, S.h + i * D, D, M->eps);
                 quantize_row(S.h + i * D, i, &S.qD);
             }
+            step_barrier(S.bar);
             tile_matmul_multi(&M->head, 1, &S.qD, n_out, logits, M->head->n);
         }
     }
