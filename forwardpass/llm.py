@@ -17,6 +17,7 @@ from .engine.scheduler import SchedulerConfig
 from .errors import ChatTemplateError, ContextLengthError
 from .gguf.reader import GGUFFile
 from .kernels import release_heap
+from .models.attention import KVGroup
 from .models.base import DecoderLM, LoadOptions
 from .models.registry import load_model
 from .outputs import GenerationStats, RequestOutput
@@ -46,12 +47,14 @@ class LLM:
     slow and exact. `ctx` is the most tokens one sequence may hold (prompt and output), by default the model's
     context length up to 8192; `kv_tokens` sizes the shared KV cache pool (default: max(ctx, 16384) tokens): that
     many tokens' keys and values in every layer, split among the layers' groups (sliding-window layers need only
-    their window, so the global layers get the rest), and never less than one request needs.
+    their window, so the global layers get the rest), and never less than one request needs. `kv_memory` (bytes)
+    sizes it by memory instead: the KV cache never takes more, and a budget too small for one request of `ctx`
+    tokens is an error.
     """
 
     def __init__(self, model: str | None = None, *, reference: bool = False, threads: int | None = None,
                  device: str = "cpu", ctx: int | None = None, kv_tokens: int | None = None,
-                 max_num_seqs: int = 64, max_num_batched_tokens: int = 512,
+                 kv_memory: int | None = None, max_num_seqs: int = 64, max_num_batched_tokens: int = 512,
                  enable_prefix_caching: bool = True) -> None:
         t0 = time.perf_counter()
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
@@ -69,15 +72,35 @@ class LLM:
         self.chat_template = ChatTemplate.from_metadata(self.metadata)
         self.config = self.model.config
         self.ctx = self._context_size(ctx)
-        budget = kv_tokens if kv_tokens is not None else max(self.ctx, 16384)
-        groups = plan_kv_groups(self.config.sliding_window, budget, BLOCK_SIZE, self.ctx, max_num_seqs,
-                                max_num_batched_tokens)
         kv_dtype = torch.float32 if reference else torch.bfloat16
+        groups = self._plan_kv(kv_tokens, kv_memory, kv_dtype, max_num_seqs, max_num_batched_tokens)
         self.runner = ModelRunner(self.model, groups, BLOCK_SIZE, kv_dtype, device)
         self.engine = LLMEngine(self.runner, self.tokenizer, self.ctx,
                                 SchedulerConfig(max_num_seqs, max_num_batched_tokens), enable_prefix_caching)
         self.load_s = time.perf_counter() - t0
         logger.info("loaded %s (%s) in %.2f s", self.path, self.config.arch, self.load_s)
+
+    def _plan_kv(self, kv_tokens: int | None, kv_memory: int | None, kv_dtype: torch.dtype, max_num_seqs: int,
+                 max_num_batched_tokens: int) -> list[KVGroup]:
+        """The KV cache's groups of layers and their pools, from a budget in tokens or in bytes."""
+        for name, value in (("kv_tokens", kv_tokens), ("kv_memory", kv_memory)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if kv_tokens is not None and kv_memory is not None:
+            raise ValueError("give kv_tokens or kv_memory, not both")
+        c = self.config
+        token_bytes = 2 * c.n_kv_heads * c.head_dim * kv_dtype.itemsize  # keys and values of one token, one layer
+        if kv_memory is not None:  # whole blocks: the plan rounds a budget up to blocks
+            kv_tokens = kv_memory // (token_bytes * c.n_layers) // BLOCK_SIZE * BLOCK_SIZE
+        budget = kv_tokens if kv_tokens is not None else max(self.ctx, 16384)
+        groups = plan_kv_groups(c.sliding_window, max(budget, 1), BLOCK_SIZE, self.ctx, max_num_seqs,
+                                max_num_batched_tokens)
+        need = sum(g.num_blocks * BLOCK_SIZE * len(g.layers) * token_bytes for g in groups)
+        if kv_memory is not None and need > kv_memory:
+            raise ValueError(f"kv_memory of {kv_memory / 2**20:.1f} MiB cannot hold one request of ctx {self.ctx} "
+                             f"tokens (that needs {need / 2**20:.1f} MiB of keys and values); raise kv_memory or "
+                             f"lower ctx")
+        return groups
 
     def _context_size(self, ctx: int | None) -> int:
         limit = self.config.context_length

@@ -103,3 +103,22 @@ def test_pool_is_all_free_after_completions_aborts_and_preemptions(tiny_path, de
     stats = engine.stats()
     assert stats.kv_blocks_used == 0 and stats.running == 0 and stats.waiting == 0
     assert engine.block_manager.num_free == engine.block_manager.num_blocks
+
+
+def test_kv_memory_bounds_the_cache(tiny_path):
+    """`kv_memory` sizes the pool in bytes: the cache never takes more, and too little for one request of ctx
+    tokens is a clear error."""
+    probe = LLM(tiny_path, ctx=128, kv_tokens=128).runner.cache
+    token_bytes = 2 * sum(k.element_size() * k[0].numel() for k in probe.k)  # one token: keys and values, all layers
+    budget = 40 * 16 * token_bytes + 100  # 40 blocks of 16 tokens, and a little that buys no whole block
+    llm = LLM(tiny_path, ctx=128, kv_memory=budget)
+    cache = llm.runner.cache
+    used = sum(t.numel() * t.element_size() for t in cache.k + cache.v)
+    assert budget - 16 * token_bytes < used <= budget
+    assert outputs(llm, PROMPTS[:2], greedy(8))  # and it runs
+    with pytest.raises(ValueError, match="cannot hold one request of ctx 128"):
+        LLM(tiny_path, ctx=128, kv_memory=7 * 16 * token_bytes)  # 7 blocks for a context of 8
+    with pytest.raises(ValueError, match="not both"):
+        LLM(tiny_path, kv_tokens=128, kv_memory=budget)
+    with pytest.raises(ValueError, match="kv_memory must be a positive integer"):
+        LLM(tiny_path, kv_memory=0)

@@ -15,6 +15,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _memory_size(text: str) -> int:
+    """'512M', '2G', '1.5GiB', '800MB' or plain bytes -> bytes (binary units)."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1:] if t[-1:] in _UNITS and t[-1:] else ""
+    try:
+        value = float(t[:len(t) - len(unit)]) * _UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size such as 512M or 2G, got {text!r}") from None
+    if not 1 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive size, got {text!r}")
+    return int(value)
+
+
 def _concurrency_list(text: str) -> list[int]:
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
@@ -44,7 +60,11 @@ def add_server_commands(sub: argparse._SubParsersAction) -> None:
                         "(default 0: no limit)")
     p.add_argument("--threads", "-t", type=_positive_int, default=None, help="CPU threads (default: physical cores)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--kv-tokens", type=_positive_int, default=None, help="KV cache pool size in tokens")
+    kv = p.add_mutually_exclusive_group()
+    kv.add_argument("--kv-tokens", type=_positive_int, default=None,
+                    help="KV cache budget in tokens of whole contexts (default max(ctx, 16384))")
+    kv.add_argument("--kv-memory", type=_memory_size, default=None,
+                    help="KV cache budget in bytes, e.g. 512M or 2G: the cache never takes more")
     p.add_argument("--cors-origin", action="append", default=None,
                    help="allow browser calls from this origin (repeatable; default: none)")
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
@@ -87,7 +107,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_num_seqs=args.max_num_seqs, max_queue=args.max_queue, threads=args.threads, device=args.device,
         cors_origins=tuple(args.cors_origin or ()), shutdown_timeout=args.shutdown_timeout,
         stall_timeout=args.stall_timeout, max_body_bytes=args.max_body_bytes, root_path=args.root_path,
-        served_model_name=args.served_model_name, kv_tokens=args.kv_tokens,
+        served_model_name=args.served_model_name, kv_tokens=args.kv_tokens, kv_memory=args.kv_memory,
         max_num_batched_tokens=args.max_num_batched_tokens, queue_timeout=args.queue_timeout)
     return run_server(config)
 

@@ -29,6 +29,7 @@ class ServerConfig:
     root_path: str = ""
     served_model_name: str | None = None
     kv_tokens: int | None = None
+    kv_memory: int | None = None  # bytes; instead of kv_tokens
     max_num_batched_tokens: int = 512  # tokens one engine step computes: the prefill chunk size
     queue_timeout: float = 0.0  # seconds a request may wait for a slot before a 503; 0 = wait forever
 

@@ -60,7 +60,8 @@ class ServerState:
             faults.delay_load(self.fault)
             c = self.config
             llm = LLM(c.model, threads=c.threads, device=c.device, ctx=c.ctx, max_num_seqs=c.max_num_seqs,
-                      kv_tokens=c.kv_tokens, max_num_batched_tokens=c.max_num_batched_tokens)
+                      kv_tokens=c.kv_tokens, kv_memory=c.kv_memory,
+                      max_num_batched_tokens=c.max_num_batched_tokens)
             engine = llm.start_async()
             engine.step_hook = self._step_hook(faults.step_hook(self.fault) if self.fault is not None else None)
         except Exception as e:  # noqa: BLE001 - any load failure ends the server with one clear line

@@ -2,6 +2,7 @@
 truncation, config."""
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
@@ -118,3 +119,13 @@ def test_context_shift_and_truncation_fields_parse():
 def test_bad_server_config(kw):
     with pytest.raises(ValueError):
         ServerConfig(**kw)
+
+
+def test_kv_memory_sizes_parse():
+    from forwardpass.server.cli import _memory_size
+
+    assert _memory_size("512M") == 512 << 20 and _memory_size("2G") == 2 << 30
+    assert _memory_size("1.5GiB") == 3 << 29 and _memory_size("800MB") == 800 << 20 and _memory_size("4096") == 4096
+    for bad in ("", "G", "abc", "0", "-1G"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _memory_size(bad)
