@@ -10,14 +10,13 @@ from typing import TYPE_CHECKING, Union
 import psutil
 import torch
 
-from .engine.kv_groups import plan_kv_groups
+from .engine.kv_groups import KVGroup, plan_kv_groups
 from .engine.llm_engine import LLMEngine
 from .engine.model_runner import ModelRunner
 from .engine.scheduler import SchedulerConfig
 from .errors import ChatTemplateError, ContextLengthError
 from .gguf.reader import GGUFFile
 from .kernels import release_heap
-from .models.attention import KVGroup
 from .models.base import DecoderLM, LoadOptions
 from .models.registry import load_model
 from .outputs import GenerationStats, RequestOutput

@@ -11,8 +11,16 @@ sliding one.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from ..models.attention import KVGroup
+
+@dataclass(frozen=True)
+class KVGroup:
+    """Layers whose keys and values share one pool of blocks (and one block table per sequence)."""
+
+    window: int  # positions of a sequence the group keeps: 0 = all (global layers), w = the last w (sliding)
+    layers: tuple[int, ...]
+    num_blocks: int
 
 
 def blocks_for(num_tokens: int, block_size: int) -> int:
