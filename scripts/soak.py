@@ -5,7 +5,7 @@ Closed-loop streaming clients run for ``--duration`` seconds. Each request is, a
 request (run to the end), a client that disconnects after a few chunks (``--disconnect``, 10%), or an invalid
 request (``--invalid``, 5%, must get a 4xx). Run it at 70% load by giving 70% of the concurrency that saturates
 the server. Reports the 5xx count, the RSS growth after the first minute (or the first third of a shorter run),
-open file descriptors, and the engine gauges once idle. Exit status 0 only if there was no 5xx, no connection
+open file descriptors, and the engine gauges once idle. Exit status 0 only if requests were served, there was no 5xx, no connection
 error, RSS grew under 5%, and running == waiting == kv_blocks_used == 0 at idle.
 
     python scripts/soak.py --url http://127.0.0.1:8080 --duration 300 --concurrency 22
@@ -80,7 +80,7 @@ async def one_request(client: httpx.AsyncClient, args: argparse.Namespace, path:
 
 async def soak(args: argparse.Namespace) -> dict:
     config = BenchConfig(url=args.url, max_tokens=args.max_tokens, prompt_tokens=args.prompt_tokens,
-                         api_key=args.api_key, endpoint="chat", temperature=0.8)
+                         api_key=args.api_key, endpoint=args.endpoint, temperature=0.8)
     tally = Tally()
     async with make_client(config, args.concurrency + 2) as client:
         prompt = await build_prompt(client, config)
@@ -121,7 +121,8 @@ def report(args: argparse.Namespace, tally: Tally, idle: dict[str, float]) -> di
     growth = (final - baseline) / baseline * 100 if baseline else 0.0
     n5xx = sum(n for s, n in tally.statuses.items() if isinstance(s, int) and s >= 500)
     conn = tally.statuses.get("conn-error", 0)
-    ok = n5xx == 0 and conn == 0 and growth < 5.0 and all(v == 0 for v in idle.values())
+    served = tally.statuses.get(200, 0)  # a run whose every request was refused proves nothing
+    ok = served > 0 and n5xx == 0 and conn == 0 and growth < 5.0 and all(v == 0 for v in idle.values())
     return {"ok": ok, "duration_s": args.duration, "concurrency": args.concurrency,
             "requests": dict(tally.kinds), "statuses": {str(k): v for k, v in tally.statuses.items()},
             "5xx": n5xx, "connection_errors": conn, "rss_baseline_mb": round(baseline / 2**20, 1),
@@ -162,6 +163,8 @@ def main() -> int:
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--sample-every", type=float, default=2.0, help="seconds between /metrics samples")
     p.add_argument("--api-key", default=None)
+    p.add_argument("--endpoint", choices=["chat", "completions"], default="chat",
+                   help="completions for models without a chat template")
     args = p.parse_args()
     proc = None
     if args.url is None:
