@@ -5,8 +5,8 @@ Closed-loop streaming clients run for ``--duration`` seconds. Each request is, a
 request (run to the end), a client that disconnects after a few chunks (``--disconnect``, 10%), or an invalid
 request (``--invalid``, 5%, must get a 4xx). Run it at 70% load by giving 70% of the concurrency that saturates
 the server. Reports the 5xx count, the RSS growth after the first minute (or the first third of a shorter run),
-open file descriptors, and the engine gauges once idle. Exit status 0 only if requests were served, there was no 5xx, no connection
-error, RSS grew under 5%, and running == waiting == kv_blocks_used == 0 at idle.
+open file descriptors, and the engine gauges once idle. Exit status 0 only if requests were served, there was no
+5xx, no connection error, RSS grew under 5%, and running == waiting == kv_blocks_used == 0 at idle.
 
     python scripts/soak.py --url http://127.0.0.1:8080 --duration 300 --concurrency 22
     python scripts/soak.py --model tiny.gguf --duration 30 --concurrency 6      # starts its own server
