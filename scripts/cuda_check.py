@@ -34,13 +34,13 @@ def emit(**fields) -> None:
 @contextlib.contextmanager
 def invariance(on: bool):
     """The batch-invariance measures on (the default) or off (plain GEMMs, float32 attention)."""
-    saved = gemm.ROW_BLOCK, attention_module.CUDA_ACC_DTYPE
+    saved = gemm.ROW_BLOCK, attention_module.ACC_DTYPE
     if not on:
-        gemm.ROW_BLOCK, attention_module.CUDA_ACC_DTYPE = 0, torch.float32
+        gemm.ROW_BLOCK, attention_module.ACC_DTYPE = 0, torch.float32
     try:
         yield
     finally:
-        gemm.ROW_BLOCK, attention_module.CUDA_ACC_DTYPE = saved
+        gemm.ROW_BLOCK, attention_module.ACC_DTYPE = saved
 
 
 # ---- ops ----

@@ -1,6 +1,8 @@
 """The CPU tile kernels and the native decode step agree with the PyTorch definition of every architecture."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from gguf import GGMLQuantizationType as T
@@ -109,5 +111,7 @@ def test_native_code_builds_where_it_can():
 
     if not {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"} <= _cpu_flags() or not shutil.which("cc"):
         pytest.skip("no AVX-512 VNNI CPU or no C compiler here")
+    if os.environ.get("FORWARDPASS_NATIVE") == "0":
+        pytest.skip("native kernels switched off (FORWARDPASS_NATIVE=0)")
     _build()  # raises CalledProcessError with the compiler's message
     assert tiles_available()

@@ -147,12 +147,14 @@ class Int8Groups:
     zero: torch.Tensor  # (N, K // group)
     group: int
 
-    def dequantize_rows(self, start: int, stop: int) -> torch.Tensor:
-        """Rows start..stop -> (rows, K) float32."""
+    def dequantize_rows(self, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows start..stop -> (rows, K) float32, into `out` ((rows, K) float32) when given."""
         q = self.q[start:stop]
         n, k = q.shape
         s, z = self.scale[start:stop].float().unsqueeze(-1), self.zero[start:stop].float().unsqueeze(-1)
-        return (q.float().view(n, k // self.group, self.group) * s + z).view(n, k)
+        groups = q.view(n, k // self.group, self.group)
+        w = torch.mul(groups, s, out=None if out is None else out.view(n, k // self.group, self.group))
+        return w.add_(z).view(n, k)
 
     def dequantize(self) -> torch.Tensor:
         return self.dequantize_rows(0, self.q.shape[0])

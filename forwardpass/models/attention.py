@@ -175,14 +175,12 @@ def attention(q: torch.Tensor, cache: KVCache, layer: int, meta: AttentionMetada
     return out
 
 
-# Off the CPU, attention's reductions (over the head dim and the context) run in float64: a GPU kernel's summation
-# order depends on the padded shape (the batch's longest context, the chunk's length), and float64 keeps those
-# differences ~1e-16, far below the float32 rounding of the result, so a row's output does not depend on the batch.
-CUDA_ACC_DTYPE = torch.float64
-
-
-def _acc_dtype(q: torch.Tensor) -> torch.dtype:
-    return torch.float32 if q.device.type == "cpu" else CUDA_ACC_DTYPE
+# The PyTorch attention (CUDA, and CPUs without the native kernel) reduces in float64: a kernel's summation order
+# depends on the padded shape (the batch's longest context, the chunk's length, a prompt split in chunks), and
+# float64 keeps those differences ~1e-16, far below the float32 rounding of the result, so a row's output does not
+# depend on the batch (float32 changed a row by 1.8e-7 in 1 of 4 batches on an H200, and greedy tokens in 1 of 3
+# random request storms on the CPU; float64 in none). The native CPU kernel computes each row alone instead.
+ACC_DTYPE = torch.float64
 
 
 def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
@@ -192,7 +190,7 @@ def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
     b, n_heads, head_dim = q.shape
     n_kv = k.shape[2]
     group = n_heads // n_kv
-    acc = _acc_dtype(q)
+    acc = ACC_DTYPE
     qh = q.view(b, n_kv, group, head_dim).to(acc)  # (B, H_kv, group, D)
     kh = k.permute(0, 2, 3, 1).to(acc)  # (B, H_kv, D, L)
     scores = torch.matmul(qh, kh) * scale  # (B, H_kv, group, L)
@@ -207,7 +205,7 @@ def _sequence_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale
     n, n_heads, head_dim = q.shape
     ctx, n_kv = k.shape[0], k.shape[1]
     group = n_heads // n_kv
-    acc = _acc_dtype(q)
+    acc = ACC_DTYPE
     qh = q.view(n, n_kv, group, head_dim).permute(1, 2, 0, 3).to(acc)  # (H_kv, group, n, D)
     kh = k.permute(1, 2, 0).to(acc)  # (H_kv, D, L)
     vh = v.permute(1, 0, 2).to(acc)  # (H_kv, L, D)
