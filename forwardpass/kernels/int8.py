@@ -32,7 +32,20 @@ def _buffer(name: str, numel: int, dtype: torch.dtype, device: torch.device) -> 
     return buf[:numel]
 
 
-class Int8Linear:
+class _JustInTimeLinear:
+    """A Linear whose every call is its `dense` product on bf16 activations (+ bias)."""
+
+    bias: torch.Tensor | None
+
+    def __call__(self, x: torch.Tensor, prefill: bool | None = None) -> torch.Tensor:
+        y = self.dense(x.to(torch.bfloat16))
+        return y if self.bias is None else y + self.bias
+
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Int8Linear(_JustInTimeLinear):
     """y = (x @ q^T) * scale (+ bias), via a just-in-time bf16 copy of the codes. x: (T, K) -> (T, N) bf16."""
 
     def __init__(self, rows: Int8Rows, bias: torch.Tensor | None = None) -> None:
@@ -40,10 +53,6 @@ class Int8Linear:
         self.scale = rows.scale.to(torch.bfloat16)  # (N,), exact: repack chose bf16 scales
         self.bias = bias
         self.out_features, self.in_features = rows.q.shape
-
-    def __call__(self, x: torch.Tensor, prefill: bool | None = None) -> torch.Tensor:
-        y = self.dense(x.to(torch.bfloat16))
-        return y if self.bias is None else y + self.bias
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         """x: (T, K) bf16 -> (T, N) bf16, in row chunks so the bf16 weight copy stays under DENSE_CHUNK_BYTES."""
@@ -69,7 +78,7 @@ class Int8PackLinear(Int8Linear):
         return y if self.bias is None else y + self.bias
 
 
-class Int8GroupLinear:
+class Int8GroupLinear(_JustInTimeLinear):
     """Any device: the 5-, 6- and 8-bit GGUF weights held exactly as uint8 codes with a scale and zero per group
     (`Int8Groups`), dequantized to bf16 just in time in row chunks for one bf16 GEMM. x: (T, K) -> (T, N) bf16.
     The exact fallback where neither the tile nor the native float kernels run (other CPUs, CUDA): 1.125 bytes
@@ -79,10 +88,6 @@ class Int8GroupLinear:
         self.groups = groups
         self.bias = bias
         self.out_features, self.in_features = groups.q.shape
-
-    def __call__(self, x: torch.Tensor, prefill: bool | None = None) -> torch.Tensor:
-        y = self.dense(x.to(torch.bfloat16))
-        return y if self.bias is None else y + self.bias
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         n, k = self.groups.q.shape

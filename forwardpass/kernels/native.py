@@ -115,15 +115,17 @@ def native_kernels() -> dict[int, tuple[ctypes._CFuncPtr, ctypes._CFuncPtr]]:
 
 
 @functools.lru_cache(maxsize=None)
-def _attention_fn() -> ctypes._CFuncPtr | None:
+def _c_function(name: str, *argtypes: type) -> ctypes._CFuncPtr | None:
+    """The library's function `name` (returning nothing) with its argument types set, or None without the library."""
     lib = _library()
     if lib is None:
         return None
-    fn = lib.paged_attention
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    fn.argtypes = [ptr, ptr, ptr, ptr, i64, ptr, ptr, i64, i64, i64, i64, ctypes.c_float, i64, ptr, i64]
-    fn.restype = None
+    fn = getattr(lib, name)
+    fn.argtypes, fn.restype = list(argtypes), None
     return fn
+
+
+_I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 
 
 def native_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, ctx: torch.Tensor,
@@ -133,7 +135,8 @@ def native_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
 
     q: (R, H, D); k_cache, v_cache: (slots, H_kv, D) bf16; ctx: (S, L) int64; seq, lens: (R,) int64.
     Returns (R, H, D) float32, or None when the native kernel cannot run here (the caller falls back)."""
-    fn = _attention_fn()
+    fn = _c_function("paged_attention", _PTR, _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _I64,
+                     ctypes.c_float, _I64, _PTR, _I64)
     if fn is None or k_cache.dtype != torch.bfloat16 or q.device.type != "cpu":
         return None
     rows, heads, dim = q.shape
@@ -145,21 +148,10 @@ def native_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     return out
 
 
-@functools.lru_cache(maxsize=None)
-def _argmax_fn() -> ctypes._CFuncPtr | None:
-    lib = _library()
-    if lib is None:
-        return None
-    fn = lib.argmax_rows
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]
-    fn.restype = None
-    return fn
-
-
 def argmax_rows(x: torch.Tensor) -> torch.Tensor:
     """`x.argmax(dim=-1)` of a 2-D tensor (first index of the maximum; NaN counts as the maximum). On CPU float32
     a native scan: torch's CPU argmax over a (16, 49152) batch of logits took ~1 ms, 25x its `amax`."""
-    fn = _argmax_fn()
+    fn = _c_function("argmax_rows", _PTR, _I64, _I64, _PTR, _I64)
     if fn is None or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] == 0:
         return x.argmax(dim=-1)
     x = x.contiguous()
