@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import resource
 import statistics
+import sys
 import time
 
 import psutil
 import torch
 
 from .engine.model_runner import SeqChunk
-from .kernels.native import argmax_rows
+from .kernels.native import argmax_fn, describe
 from .llm import LLM
 
 TEXT = "The quick brown fox jumps over the lazy dog. "
@@ -38,23 +39,25 @@ def _time_prefill(llm: LLM, prompt: list[int]) -> float:
 
 
 def _time_decode(llm: LLM, prompt: list[int], gen_tokens: int, batch: int) -> float:
+    argmax = argmax_fn(llm.kernels)
     with llm.engine.scratch_blocks(1 + gen_tokens, batch) as tables:
         llm.runner.run([SeqChunk([prompt[b % len(prompt)]], 0, t, "last") for b, t in enumerate(tables)])
         t0 = time.perf_counter()
         for i in range(gen_tokens):
             chunks = [SeqChunk([prompt[(1 + i + b) % len(prompt)]], 1 + i, t, "last", prompt_len=1)
                       for b, t in enumerate(tables)]  # generated tokens: the decode kernels
-            next_ids = argmax_rows(llm.runner.run(chunks))
+            next_ids = argmax(llm.runner.run(chunks))
         next_ids.tolist()
         return time.perf_counter() - t0
 
 
 def run_bench(model: str | None, *, threads: int | None = None, prompt_tokens: int = 512,
               gen_tokens: int = 128, repeat: int = 3, batch: int = 1, device: str = "cpu",
-              reference: bool = False) -> dict:
+              reference: bool = False, cpu: str | None = None) -> dict:
     t0 = time.perf_counter()
     llm = LLM(model, threads=threads, device=device, reference=reference,
-              kv_tokens=max(batch * (gen_tokens + 16), prompt_tokens + 16))
+              kv_tokens=max(batch * (gen_tokens + 16), prompt_tokens + 16), cpu=cpu)
+    print(llm.system_info(), file=sys.stderr, flush=True)
     load_s = time.perf_counter() - t0
     rss_loaded = psutil.Process().memory_info().rss / 2**20
     prompt = _prompt(llm, prompt_tokens)
@@ -67,6 +70,7 @@ def run_bench(model: str | None, *, threads: int | None = None, prompt_tokens: i
         "engine": "forwardpass",
         "model": os.path.basename(llm.path),
         "device": device,
+        "kernels": llm.kernels.name if llm.kernels is not None else ("reference" if reference else "torch"),
         "threads": torch.get_num_threads(),
         "prompt_tokens": prompt_tokens,
         "gen_tokens": gen_tokens,

@@ -19,6 +19,14 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ctx", "-c", type=int, default=None, help="context size in tokens (default: model's, <= 8192)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--reference", action="store_true", help="exact float32 math on dequantized weights (slow)")
+    _add_cpu_arg(p)
+
+
+def _add_cpu_arg(p: argparse.ArgumentParser) -> None:
+    from .kernels.native import CPU_CHOICES
+
+    p.add_argument("--cpu", default=None, choices=CPU_CHOICES, metavar="KERNELS",
+                   help="CPU kernels: auto (the best this CPU runs), avx512, avx2, neon or torch (default $FORWARDPASS_CPU, else auto)")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -69,7 +77,9 @@ def _parse_logit_bias(items: list[str] | None) -> dict[int, float] | None:
 def _load(args: argparse.Namespace, model: str | None):
     from .llm import LLM
 
-    return LLM(model, reference=args.reference, threads=args.threads, device=args.device, ctx=args.ctx)
+    llm = LLM(model, reference=args.reference, threads=args.threads, device=args.device, ctx=args.ctx, cpu=args.cpu)
+    print(llm.system_info(), file=sys.stderr, flush=True)
+    return llm
 
 
 def _split_model_prompt(first: str | None, second: str | None) -> tuple[str | None, str | None]:
@@ -178,7 +188,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     result = run_bench(args.model, threads=args.threads, prompt_tokens=args.prompt_tokens,
                        gen_tokens=args.gen_tokens, repeat=args.repeat, batch=args.batch, device=args.device,
-                       reference=args.reference)
+                       reference=args.reference, cpu=args.cpu)
     print(json.dumps(result) if args.json else format_table(result))
     return 0
 
@@ -227,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gen-tokens", "-n", type=int, default=128)
     p.add_argument("--repeat", "-r", type=int, default=3)
     p.add_argument("--batch", "-b", type=int, default=1, help="sequences decoding together")
+    _add_cpu_arg(p)
     p.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     p.set_defaults(func=cmd_bench)
 

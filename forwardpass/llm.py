@@ -17,6 +17,7 @@ from .engine.scheduler import SchedulerConfig
 from .errors import ChatTemplateError, ContextLengthError
 from .gguf.reader import GGUFFile
 from .kernels import release_heap
+from .kernels.native import describe, select_kernels
 from .models.base import DecoderLM, LoadOptions
 from .models.registry import load_model
 from .outputs import GenerationStats, RequestOutput
@@ -48,13 +49,14 @@ class LLM:
     many tokens' keys and values in every layer, split among the layers' groups (sliding-window layers need only
     their window, so the global layers get the rest), and never less than one request needs. `kv_memory` (bytes)
     sizes it by memory instead: the KV cache never takes more, and a budget too small for one request of `ctx`
-    tokens is an error.
+    tokens is an error. `cpu` picks the CPU kernels: "auto" (the best this CPU runs), "avx512", "avx2", "neon"
+    or "torch" (the PyTorch layers only); the default is $FORWARDPASS_CPU, else "auto".
     """
 
     def __init__(self, model: str | None = None, *, reference: bool = False, threads: int | None = None,
                  device: str = "cpu", ctx: int | None = None, kv_tokens: int | None = None,
                  kv_memory: int | None = None, max_num_seqs: int = 64, max_num_batched_tokens: int = 512,
-                 enable_prefix_caching: bool = True) -> None:
+                 enable_prefix_caching: bool = True, cpu: str | None = None) -> None:
         t0 = time.perf_counter()
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a positive integer, got {threads!r}")
@@ -63,7 +65,11 @@ class LLM:
         self.path = resolve_model(model)
         self.gguf = GGUFFile(self.path)
         self.metadata = self.gguf.metadata
-        options = LoadOptions(mode="reference" if reference else "fast", device=device)
+        # the CPU kernels: the best variant this CPU runs, or `cpu` ("avx512", "avx2", "neon", "torch"; default
+        # $FORWARDPASS_CPU, else "auto"); only used in fast mode on a CPU
+        on_cpu = torch.device(device).type == "cpu"
+        self.kernels = select_kernels(cpu) if on_cpu and not reference else None
+        options = LoadOptions(mode="reference" if reference else "fast", device=device, native=self.kernels)
         self.model: DecoderLM = load_model(self.gguf, options)
         release_heap()  # load-time repacking leaves freed heap behind; give it back to the OS
         self.gguf.release_pages()  # the repacked weights replace the file's bytes, which are read only on demand
@@ -108,6 +114,12 @@ class LLM:
         if isinstance(ctx, bool) or not isinstance(ctx, int) or not 2 <= ctx <= limit:
             raise ValueError(f"ctx must be an integer in 2..{limit} (the model's context length), got {ctx!r}")
         return ctx
+
+    def system_info(self) -> str:
+        """One line on what runs, as llama.cpp's system info: the kernels, threads and device."""
+        kernels = "reference (float32)" if self.reference else describe(self.kernels)
+        return (f"forwardpass: {self.config.arch} | kernels {kernels} | threads {torch.get_num_threads()} | "
+                f"device {self.device}")
 
     @property
     def vocab_size(self) -> int:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from forwardpass.kernels.native import argmax_rows
+from forwardpass.kernels.native import torch_argmax
 from forwardpass.sampling import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -174,7 +174,12 @@ class SamplerOutput:
 
 
 class Sampler:
-    """Turns a batch of logits into one token per row; see the module docstring for the order of operations."""
+    """Turns a batch of logits into one token per row; see the module docstring for the order of operations.
+
+    `argmax` takes the greedy rows' tokens (the native kernels' scan on CPU: `kernels.native.argmax_fn`)."""
+
+    def __init__(self, argmax: Callable[[torch.Tensor], torch.Tensor] = torch_argmax) -> None:
+        self.argmax = argmax
 
     def sample(self, logits: torch.Tensor, rows: Sequence[SamplingState]) -> SamplerOutput:
         """Pick one token per row of ``logits`` (B, V), append it to that row's state, and return them.
@@ -182,7 +187,7 @@ class Sampler:
         ``logits`` is not modified. Raises ``ValueError`` on a shape mismatch or an out-of-vocabulary id.
         """
         raw = self.apply_logits_processors(logits, rows)  # binds rows, validates the shape
-        tokens = _choose_tokens(raw, rows)  # (B,) int64
+        tokens = _choose_tokens(raw, rows, self.argmax)  # (B,) int64
         logprobs = _log_softmax_if_needed(logits, rows)
         out = _gather_output(tokens, logprobs, rows)
         for state, token in zip(rows, out.token_ids):
@@ -352,14 +357,15 @@ def _inverse_cdf(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, (1.0 - u) * cdf[:, -1:])
 
 
-def _choose_tokens(x: torch.Tensor, rows: Sequence[SamplingState]) -> torch.Tensor:
+def _choose_tokens(x: torch.Tensor, rows: Sequence[SamplingState],
+                   argmax: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Greedy rows take the argmax (ties -> lowest id); the others are sampled. x (B, V) -> (B,) int64."""
     greedy = [s.params.greedy for s in rows]
     if all(greedy):
-        return argmax_rows(x)
+        return argmax(x)
     if not any(greedy):
         return _sample_random(x, rows)
-    tokens = argmax_rows(x)
+    tokens = argmax(x)
     random_idx = _row_indices([not g for g in greedy], x.device)
     sampled = _sample_random(x.index_select(0, random_idx), [s for s, g in zip(rows, greedy) if not g])
     return tokens.index_copy_(0, random_idx, sampled)

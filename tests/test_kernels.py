@@ -1,7 +1,7 @@
 """The fast `Linear` backends agree with the exact float32 reference, for every quant type, on CPU (and CUDA).
 
 Error budget of the fast path, relative to the output norm ||x W^T||:
-- native C kernels below their prefill threshold: float32 throughout, only the summation order differs (~1e-6).
+- the tile kernels (every native build): int8 activations per 32 values, ~5e-3.
 - bf16 activations and bf16 outputs: each rounds with relative error <= 2^-9 (RMS ~1.1e-3 over a random-sign
   sum), so about 3e-3 together; the bf16 rounding of int4 scales/zeros and of just-in-time bf16 weights adds
   similar amounts, independently per group or element.
@@ -25,16 +25,15 @@ from forwardpass.kernels import gemm as gemm_module
 from forwardpass.kernels import int8 as int8_module
 from forwardpass.kernels import linear as linear_module
 from forwardpass.kernels import make_linear
-from forwardpass.kernels import native as native_module
 from forwardpass.kernels.int4 import Int4Linear, Int4PackLinear, _cpu_layout_known, pack_int4_cpu, unpack_int4_cpu_t
 from forwardpass.kernels.int8 import Int8Linear, Int8PackLinear
-from forwardpass.kernels.native import NativeLinear, argmax_rows, native_kernels
+from forwardpass.kernels.native import argmax_fn
 from forwardpass.kernels.repack import (INT4_GROUPERS, INT8_GROUP_TYPES, concat_rows, release_heap, to_int4_groups,
                                        to_int8_groups, to_int8_rows)
-from forwardpass.kernels.tiles import TILE_TYPES, tiles_available
-from forwardpass.models import base as base_module
+from forwardpass.kernels.tiles import TILE_TYPES
 from forwardpass.models.base import LoadOptions
 from forwardpass.models.registry import load_model
+from conftest import NATIVE_PARAMS
 from tiny_models import write_tiny_model
 
 ALL_TYPES = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K,
@@ -48,20 +47,26 @@ def seeded() -> None:
     torch.manual_seed(0)  # fixed inputs: the bounds hold with margin, and a failure reproduces
 
 
-@pytest.fixture(params=["tiles", "native", "torch"])
-def backend(request, monkeypatch) -> str:
-    """On CPU the tile kernels, the float native kernels (where this machine builds them) and the torch
-    fallbacks must all be right."""
-    if request.param != "tiles":
-        monkeypatch.setattr(linear_module, "tile_supports", lambda weight: False)
-        monkeypatch.setattr(base_module, "tile_supports", lambda weight: False)
-    if request.param == "torch":
-        monkeypatch.setattr(linear_module, "native_supports", lambda weight: False)
-    elif request.param == "native" and not native_kernels():
-        pytest.skip("native kernels unavailable (no AVX-512 or no C compiler)")
-    elif request.param == "tiles" and not tiles_available():
-        pytest.skip("tile kernels unavailable (no AVX-512 VNNI or no C compiler)")
-    return request.param
+class Backend:
+    def __init__(self, name: str, lib=None) -> None:
+        self.name, self.lib = name, lib
+
+    def __eq__(self, other: object) -> bool:
+        return self.name == other if isinstance(other, str) else NotImplemented
+
+
+@pytest.fixture(params=[pytest.param(p.values[0], id=f"tiles-{p.id}", marks=p.marks) for p in NATIVE_PARAMS]
+                + [pytest.param(None, id="torch")])
+def backend(request) -> Backend:
+    """On CPU the tile kernels of every native build this CPU executes, and the torch fallbacks, must all be
+    right."""
+    if request.param is None:
+        return Backend("torch")
+    from forwardpass.kernels import native
+
+    lib = native.load_library(*request.param)
+    assert lib is not None
+    return Backend("tiles", lib)
 
 
 def random_weight(qtype: T, rows: int, cols: int, seed: int = 0) -> QuantWeight:
@@ -92,11 +97,8 @@ def repacked_weight(weight: QuantWeight, backend: str) -> torch.Tensor:
     for the tile and native kernels; bf16-rounded scales for int4; requantized for int8)."""
     if backend == "tiles" and weight.ggml_type in TILE_TYPES:
         return weight.dequantize()  # the tiles hold the GGUF weights exactly
-    native = backend != "torch"
-    if weight.ggml_type in INT4_GROUPERS:  # torch's int4 kernel decodes these, also where native kernels exist
+    if weight.ggml_type in INT4_GROUPERS:  # torch's int4 kernel decodes these
         return to_int4_groups(weight).dequantize()
-    if native and weight.ggml_type in native_kernels():
-        return weight.dequantize()  # read from the GGUF bytes as they are
     if weight.ggml_type in EXACT_TYPES:
         return weight.dequantize(torch.bfloat16).float()
     if weight.ggml_type in INT8_GROUP_TYPES:
@@ -110,9 +112,8 @@ def test_fast_matches_reference(qtype, device, backend):
     if device != "cpu" and backend != "torch":
         pytest.skip("native kernels are CPU-only")
     weight = random_weight(qtype, 128, 512)
-    fast = make_linear(weight, mode="fast", device=device)
+    fast = make_linear(weight, mode="fast", device=device, native=backend.lib)
     exact = weight.dequantize().to(device)  # (N, K) float32
-    native = device == "cpu" and backend != "torch"
     repacked = repacked_weight(weight, backend if device == "cpu" else "torch").to(device)
     gen = torch.Generator().manual_seed(1)
     for t in (1, 7, 64, 200):  # 200 tokens: past every backend's prefill threshold
@@ -120,31 +121,9 @@ def test_fast_matches_reference(qtype, device, backend):
         y = fast(x)
         assert y.shape == (t, 128) and y.dtype in (torch.float32, torch.bfloat16)
         assert rel_err(y, x @ repacked.t()) <= 1e-2, f"T={t}: kernel disagrees with its own weight"
-        exact_mapping = (qtype in EXACT_TYPES or (native and qtype in native_kernels()) or qtype in INT8_GROUP_TYPES
+        exact_mapping = (qtype in EXACT_TYPES or qtype in INT8_GROUP_TYPES
                          or (device == "cpu" and backend == "tiles" and qtype in TILE_TYPES))
         assert rel_err(y, x @ exact.t()) <= (1e-2 if exact_mapping else 3e-2), f"T={t}"
-
-
-@pytest.mark.skipif(not native_kernels(), reason="native kernels unavailable (no AVX-512 or no C compiler)")
-@pytest.mark.parametrize("qtype", sorted(native_module.KERNELS), ids=lambda t: T(t).name)
-def test_native_kernels_are_exact(qtype, monkeypatch):
-    weight = random_weight(T(qtype), 96, 512)
-    fast = NativeLinear(weight)
-    assert fast.weight.raw.data_ptr() == weight.raw.data_ptr()  # no copy
-    exact = weight.dequantize()
-    gen = torch.Generator().manual_seed(2)
-    for t in (1, 5, 9):  # float32 throughout below the prefill threshold: only the summation order differs
-        x = torch.randn(t, 512, generator=gen)
-        assert rel_err(fast(x), x @ exact.t()) <= 1e-5
-    # the prefill path dequantizes bit-exactly, also when split into row chunks
-    torch.testing.assert_close(native_module._dequant(fast.dequant, weight, 0, 96), exact, rtol=0, atol=0)
-    x = torch.randn(40, 512, generator=gen)
-    whole = fast(x)
-    monkeypatch.setattr(native_module, "DENSE_CHUNK_BYTES", 32 * 512 * 4)  # 32 rows at a time
-    torch.testing.assert_close(fast(x), whole, rtol=0, atol=0)
-    # the C code trusts the sizes, so a mismatch is refused up front
-    with pytest.raises(ValueError, match="do not match"):
-        NativeLinear(QuantWeight("short", weight.ggml_type, (96, 512), weight.raw[:, :-1]))
 
 
 @pytest.mark.parametrize("qtype", [T.Q4_0, T.Q4_1, T.Q4_K], ids=lambda t: t.name)
@@ -174,15 +153,14 @@ def test_int8_rows_error_is_half_a_step(qtype):
 def test_bias_is_added(qtype, device, backend):
     weight = random_weight(qtype, 64, 256)
     bias = torch.randn(64)
-    fast, ref = (make_linear(weight, bias, mode=m, device=device) for m in ("fast", "reference"))
+    fast = make_linear(weight, bias, mode="fast", device=device, native=backend.lib)
+    ref = make_linear(weight, bias, mode="reference", device=device)
     for t in (1, 200):
         x = torch.randn(t, 256, device=device)
         assert rel_err(fast(x), ref(x)) <= 3e-2
 
 
 def test_odd_shapes_fall_back_cleanly(monkeypatch):
-    monkeypatch.setattr(linear_module, "native_supports", lambda weight: False)
-    monkeypatch.setattr(linear_module, "tile_supports", lambda weight: False)
     # N % 16 != 0: the CPU int4 kernel cannot pack it; the generic int4 path takes it
     weight = random_weight(T.Q4_0, 200, 256)
     fast = make_linear(weight, mode="fast")
@@ -209,8 +187,6 @@ def test_int4_cpu_layout_round_trips():
 
 
 def test_int8_dense_path_in_chunks(monkeypatch):
-    monkeypatch.setattr(linear_module, "native_supports", lambda weight: False)
-    monkeypatch.setattr(linear_module, "tile_supports", lambda weight: False)
     weight = random_weight(T.Q3_K, 300, 256)
     fast = make_linear(weight, mode="fast")
     x = torch.randn(40, 256)
@@ -223,17 +199,17 @@ def test_int8_dense_path_in_chunks(monkeypatch):
 @pytest.mark.parametrize("qtype", [T.Q4_1, T.Q5_0, T.Q6_K], ids=lambda t: t.name)
 def test_fused_projection_equals_separate_ones(qtype, backend):
     parts = [random_weight(qtype, n, 256, seed=i) for i, n in enumerate((128, 64, 64))]
-    fused = make_linear(concat_rows(parts, "qkv"), mode="fast")
+    fused = make_linear(concat_rows(parts, "qkv"), mode="fast", native=backend.lib)
     x = torch.randn(3, 256)
-    separate = torch.cat([make_linear(w, mode="fast")(x).float() for w in parts], dim=1)
+    separate = torch.cat([make_linear(w, mode="fast", native=backend.lib)(x).float() for w in parts], dim=1)
     assert rel_err(fused(x), separate) <= 1e-3  # equal up to a kernel's blocking (bf16 rounding at most)
     with pytest.raises(ValueError, match="cannot fuse"):
         concat_rows([parts[0], random_weight(T.Q8_0, 64, 256)], "bad")
     release_heap()  # harmless at any time
 
 
-def tiny_logits(path: str, mode: str, ids: list[int], device: str = "cpu") -> torch.Tensor:
-    model = load_model(GGUFFile(path), LoadOptions(mode=mode, device=device))
+def tiny_logits(path: str, mode: str, ids: list[int], device: str = "cpu", native=None) -> torch.Tensor:
+    model = load_model(GGUFFile(path), LoadOptions(mode=mode, device=device, native=native))
     kv_dtype = torch.float32 if mode == "reference" else torch.bfloat16
     runner = ModelRunner(model, kv_groups=4, block_size=16, kv_dtype=kv_dtype, device=device)
     return runner.run([SeqChunk(ids, 0, [[0, 1, 2]], "all")]).cpu()
@@ -260,7 +236,7 @@ def test_tiny_models_fast_logits_stay_close(tiny_reference, arch, backend, devic
     if device != "cpu" and backend != "torch":
         pytest.skip("native kernels are CPU-only")
     path, exact = tiny_reference[arch]
-    fast = torch.log_softmax(tiny_logits(path, "fast", TINY_IDS, device).double(), -1)
+    fast = torch.log_softmax(tiny_logits(path, "fast", TINY_IDS, device, backend.lib).double(), -1)
     kl = (exact.exp() * (exact - fast)).sum(-1)
     # measured: native 1.2e-4 to 1.7e-4, torch fallbacks 2.3e-4 to 3.3e-4, except qwen3 (2.6e-3 native, 5.1e-3
     # torch): its logits are peaked (entropy 0.7 nats), bf16 activations alone give 1.9e-3 there, and its random
@@ -274,8 +250,6 @@ def test_int8_groups_hold_the_weights_exactly(qtype, monkeypatch):
     groups = to_int8_groups(weight)
     assert torch.equal(groups.dequantize(), weight.dequantize())
     assert groups.q.dtype == torch.uint8 and groups.scale.numel() * groups.group == weight.shape[0] * weight.shape[1]
-    monkeypatch.setattr(linear_module, "tile_supports", lambda weight: False)
-    monkeypatch.setattr(linear_module, "native_supports", lambda weight: False)
     fast = make_linear(weight, mode="fast")
     x = torch.randn(40, 512)
     whole = fast(x)
@@ -287,8 +261,6 @@ def test_int8_groups_hold_the_weights_exactly(qtype, monkeypatch):
 def test_row_blocks_cover_every_row(qtype, monkeypatch):
     """Off the CPU every GEMM runs on fixed blocks of rows; forced here on the CPU, the blocking (padding, a partial
     last block, the weight's column chunks) gives the plain product."""
-    monkeypatch.setattr(linear_module, "native_supports", lambda weight: False)
-    monkeypatch.setattr(linear_module, "tile_supports", lambda weight: False)
     monkeypatch.setattr(linear_module, "_HAS_INT4_CPU", False)
     weight = random_weight(qtype, 96, 256)
     x = torch.randn(37, 256)
@@ -302,8 +274,6 @@ def test_row_blocks_cover_every_row(qtype, monkeypatch):
         assert rel_err(blocked, whole) <= 1e-2, mode
         assert rel_err(linear(x[:1]).float(), whole[:1]) <= 1e-2, mode
         monkeypatch.undo()
-        monkeypatch.setattr(linear_module, "native_supports", lambda weight: False)
-        monkeypatch.setattr(linear_module, "tile_supports", lambda weight: False)
         monkeypatch.setattr(linear_module, "_HAS_INT4_CPU", False)
 
 
@@ -320,7 +290,8 @@ def test_cuda_row_never_depends_on_the_batch(qtype, mode):
 
 
 @pytest.mark.parametrize("shape", [(1, 49152), (16, 1000), (3, 17), (5, 16), (2, 1)])
-def test_argmax_rows_matches_torch(shape):
+def test_argmax_rows_matches_torch(shape, native_lib):
+    argmax_rows = argmax_fn(native_lib)
     gen = torch.Generator().manual_seed(shape[1])
     x = torch.randn(*shape, generator=gen)
     assert torch.equal(argmax_rows(x), x.argmax(-1))
@@ -328,7 +299,8 @@ def test_argmax_rows_matches_torch(shape):
     assert torch.equal(argmax_rows(x), x.argmax(-1))
 
 
-def test_argmax_rows_special_values():
+def test_argmax_rows_special_values(native_lib):
+    argmax_rows = argmax_fn(native_lib)
     x = torch.randn(6, 100)
     x[0] = float("-inf")  # all -inf: index 0
     x[1, 40] = float("inf")

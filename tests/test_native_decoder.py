@@ -1,7 +1,10 @@
-"""The CPU tile kernels and the native decode step agree with the PyTorch definition of every architecture."""
+"""The CPU tile kernels and the native decode step agree with the PyTorch definition of every architecture, in
+every build of the native library this CPU executes (`native_lib`: avx512, avx2 with and without AVX-VNNI,
+neon)."""
 from __future__ import annotations
 
-import os
+import ctypes
+import shutil
 
 import pytest
 import torch
@@ -10,20 +13,18 @@ from gguf import GGMLQuantizationType as T
 from forwardpass import LLM
 from forwardpass.engine.model_runner import SeqChunk
 from forwardpass.kernels import tiles as tiles_module
-from forwardpass.kernels.tiles import TILE_TYPES, TileLinear, TileMatrix, tile_matmul, tiles_available
+from forwardpass.kernels.tiles import TILE_TYPES, TileLinear, TileMatrix, tile_matmul
 from test_fidelity import decode_logits
 from test_kernels import random_weight, rel_err
 from tiny_models import write_tiny_model
 
-NEEDS_TILES = pytest.mark.skipif(not tiles_available(), reason="tile kernels need AVX-512 VNNI and a C compiler")
 ARCHS = ["llama", "qwen2", "qwen3", "gemma3"]
 
 
 @pytest.mark.parametrize("qtype", sorted(TILE_TYPES), ids=lambda t: T(t).name)
-@NEEDS_TILES
-def test_tiles_hold_the_gguf_weights_exactly(qtype):
+def test_tiles_hold_the_gguf_weights_exactly(qtype, native_lib):
     a, b = random_weight(T(qtype), 48, 512, seed=1), random_weight(T(qtype), 32, 512, seed=2)
-    stacked = TileMatrix([a, b])
+    stacked = TileMatrix([a, b], native_lib)
     assert stacked.n == 80 and stacked.k == 512
     assert torch.equal(stacked.dequantize(), torch.cat([a.dequantize(), b.dequantize()]))
     assert torch.equal(stacked.dequantize_rows(16, 64), torch.cat([a.dequantize(), b.dequantize()])[16:64])
@@ -31,30 +32,30 @@ def test_tiles_hold_the_gguf_weights_exactly(qtype):
 
 
 @pytest.mark.parametrize("qtype", sorted(TILE_TYPES), ids=lambda t: T(t).name)
-@NEEDS_TILES
-def test_tile_matmul_is_close_and_row_invariant(qtype):
+def test_tile_matmul_is_close_and_row_invariant(qtype, native_lib):
     weight = random_weight(T(qtype), 64, 512, seed=3)
-    mat = TileMatrix([weight])
+    mat = TileMatrix([weight], native_lib)
     x = torch.randn(9, 512, generator=torch.Generator().manual_seed(4))
     y = tile_matmul([mat], x)
     assert rel_err(y, x @ weight.dequantize().t()) <= 1e-2  # int8 activations: ~5e-3
     for i in (0, 4, 8):  # a row's result does not depend on the other rows (blocks of 4 and the remainder)
         assert torch.equal(tile_matmul([mat], x[i:i + 1]), y[i:i + 1])
+    x16 = torch.randn(37, 512, generator=torch.Generator().manual_seed(5))  # blocks of 16 / 8, then 4, then 1
+    y16 = tile_matmul([mat], x16)
+    assert torch.equal(y16[:9], tile_matmul([mat], x16[:9])) and torch.equal(y16[36:], tile_matmul([mat], x16[36:]))
     assert tile_matmul([mat], torch.zeros(2, 512)).abs().max() == 0
 
 
-@NEEDS_TILES
-def test_two_matrices_in_one_call_equal_separate_calls():
+def test_two_matrices_in_one_call_equal_separate_calls(native_lib):
     a, b = random_weight(T.Q4_K, 32, 256, seed=5), random_weight(T.Q6_K, 48, 256, seed=6)
-    ma, mb = TileMatrix([a]), TileMatrix([b])
+    ma, mb = TileMatrix([a], native_lib), TileMatrix([b], native_lib)
     x = torch.randn(3, 256)
     assert torch.equal(tile_matmul([ma, mb], x), torch.cat([tile_matmul([ma], x), tile_matmul([mb], x)], dim=1))
 
 
-@NEEDS_TILES
-def test_tile_dense_path_in_chunks(monkeypatch):
+def test_tile_dense_path_in_chunks(monkeypatch, native_lib):
     weight = random_weight(T.Q5_0, 96, 256, seed=7)
-    linear = TileLinear([weight])
+    linear = TileLinear([weight], native_lib)
     x = torch.randn(40, 256).to(torch.bfloat16)
     whole = linear.dense(x)
     assert rel_err(whole, x.float() @ weight.dequantize().t()) <= 1e-2  # bf16 GEMM
@@ -71,10 +72,9 @@ def tiny(request, tmp_path_factory) -> tuple[str, torch.Tensor]:
     return path, LLM(path, reference=True).logits(IDS)
 
 
-@NEEDS_TILES
-def test_native_step_matches_the_pytorch_layers(tiny):
+def test_native_step_matches_the_pytorch_layers(tiny, use_native):
     path, exact = tiny
-    llm = LLM(path)
+    llm = LLM(path, cpu=use_native)
     decoder = llm.model.native_decoder
     assert decoder is not None, "every weight is a tile type: the native step must be used"
     native = decode_logits(llm, IDS)
@@ -89,10 +89,9 @@ def test_native_step_matches_the_pytorch_layers(tiny):
     assert (native.argmax(-1) == exact.argmax(-1)).double().mean().item() >= 0.9
 
 
-@NEEDS_TILES
-def test_native_step_is_batch_invariant(tiny):
+def test_native_step_is_batch_invariant(tiny, use_native):
     path, _ = tiny
-    llm = LLM(path)
+    llm = LLM(path, cpu=use_native)
     prompts = [IDS[:12], IDS[5:20], IDS[3:7]]
     with llm.engine.scratch_blocks(32, len(prompts)) as tables:
         for ids, table in zip(prompts, tables):  # prompts in the cache, then one decode step for all three
@@ -102,16 +101,40 @@ def test_native_step_is_batch_invariant(tiny):
     assert torch.equal(together, torch.cat(alone))
 
 
-def test_native_code_builds_where_it_can():
-    """On an x86-64 CPU with AVX-512 VNNI and a C compiler the C code must build and pass its self-tests: a
-    source that stops compiling would otherwise only show up as skipped tests and a slow fallback."""
-    import shutil
+def test_every_variant_builds_where_the_cpu_runs_it():
+    """Where this CPU executes a variant and a C compiler exists, its library must build, match the ctypes
+    mirror of the structs and pass its self-test: a source that stops compiling would otherwise only show up as
+    a slow fallback. The best one is what `auto` picks."""
+    from forwardpass.kernels import native
 
-    from forwardpass.kernels.native import _build, _cpu_flags
+    if not shutil.which("cc") and not shutil.which("gcc"):
+        pytest.skip("no C compiler here")
+    if native.resolve_cpu() == "torch":
+        pytest.skip("native kernels switched off (FORWARDPASS_CPU=torch)")
+    built = [native.load_library(v) for v in native.runnable_variants()]
+    assert all(lib is not None for lib in built)
+    if built:
+        assert native.select_kernels("auto") is built[0]
 
-    if not {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"} <= _cpu_flags() or not shutil.which("cc"):
-        pytest.skip("no AVX-512 VNNI CPU or no C compiler here")
-    if os.environ.get("FORWARDPASS_NATIVE") == "0":
-        pytest.skip("native kernels switched off (FORWARDPASS_NATIVE=0)")
-    _build()  # raises CalledProcessError with the compiler's message
-    assert tiles_available()
+
+def test_asking_for_a_variant_this_cpu_lacks_is_a_clear_error():
+    from forwardpass.kernels import native
+
+    missing = [v for v in native.VARIANTS if not native.cpu_runs(v)]
+    with pytest.raises(ValueError, match=f"cannot execute the {missing[0]} kernels"):
+        native.select_kernels(missing[0])
+    with pytest.raises(ValueError, match="cpu must be one of"):
+        native.select_kernels("sse2")
+    assert native.select_kernels("torch") is None
+
+
+def test_a_struct_layout_mismatch_is_refused(native_lib, monkeypatch):
+    """The library reports its struct layout; a ctypes mirror out of step with forwardpass.h is refused at load."""
+    from forwardpass.kernels import native
+
+    assert native.abi_layout()[:3] == [ctypes.sizeof(native.TMat), ctypes.sizeof(native.DLayer),
+                                       ctypes.sizeof(native.DModel)]
+    native.NativeLibrary(native_lib.path, native_lib.variant)  # in step: loads
+    monkeypatch.setattr(native, "abi_layout", lambda: [0] * 3)
+    with pytest.raises(native.ABIError, match="differs from the ctypes mirror"):
+        native.NativeLibrary(native_lib.path, native_lib.variant)

@@ -13,6 +13,7 @@ import torch
 
 from ..errors import ContextLengthError
 from ..outputs import RequestOutput
+from ..kernels.native import argmax_fn
 from ..sampler import Sampler, SamplerOutput
 from ..sampling import SamplingParams
 from ..tokenizer import Tokenizer
@@ -64,7 +65,7 @@ class LLMEngine:
                 raise ValueError(f"the KV cache ({group.num_blocks} blocks for layers {list(group.layers)}) cannot "
                                  f"hold {what}; raise the KV memory or lower ctx")
         self.scheduler = Scheduler(scheduler_config, self.block_manager)
-        self.sampler = Sampler()
+        self.sampler = Sampler(argmax_fn(runner.model.options.cpu_native))
         self.requests: dict[str, Request] = {}
         self._ids = itertools.count()
 

@@ -3,9 +3,10 @@
 Backends are picked per weight at load by `make_linear`:
 - "reference": the weight dequantized to float32 once; exact math, the yardstick for every faster path.
 - "dequant": the weight kept in GGUF bytes and dequantized on each call (any type, any device; slow).
-- "fast" (`fast_linear` says which backend per type and device): decode-sized calls read the quantized weight
-  directly, through our C kernels on the file's bytes (exact, float32) or torch's int4/int8 kernels on a
-  repacked copy (bf16 activations); prefill-sized calls run a bf16 GEMM on a weight dequantized just in time.
+- "fast" (`fast_linear` says which backend per type and device): on CPU with a native library, the weights in
+  16-row tiles multiplied with int8 dot products (`tiles.py`); elsewhere decode-sized calls read the quantized
+  weight through torch's int4/int8 kernels on a repacked copy (bf16 activations) and prefill-sized calls run a
+  bf16 GEMM on a weight dequantized just in time.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from ..gguf.weights import QuantWeight
 from .gemm import matmul_rows
 from .int4 import Int4Linear, Int4PackLinear
 from .int8 import Int8GroupLinear, Int8Linear, Int8PackLinear
-from .native import NativeLinear, native_supports
+from .native import NativeLibrary
 from .repack import FLOAT_TYPES, INT4_GROUPERS, INT8_GROUP_TYPES, to_bf16, to_int4_groups, to_int8_groups, to_int8_rows
 from .tiles import TileLinear, tile_supports
 
@@ -67,32 +68,28 @@ _HAS_INT4_CPU = hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
 
 
 def fast_linear(weight: QuantWeight, bias: torch.Tensor | None = None,
-                release: Callable[[torch.Tensor], None] | None = None) -> Linear:
+                release: Callable[[torch.Tensor], None] | None = None, native: NativeLibrary | None = None) -> Linear:
     """The fast backend for `weight` (already on its device), first match wins (scripts/bench_linear.py measures
     the choices):
 
     1. F32, F16, BF16: a dense bf16 copy.
-    2. Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K on an x86 CPU with AVX-512 VNNI and a C compiler, N % 16 == 0:
-       `TileLinear`, exact 16-row tiles multiplied with int8 dot products (the native step reads the same tiles).
+    2. Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K on a CPU with a `native` library (any of its instruction sets),
+       N % 16 == 0: `TileLinear`, exact 16-row tiles multiplied with int8 dot products (the native step reads the
+       same tiles).
     3. Q4_0, Q4_1, Q4_K on CPU, N % 16 == 0: `Int4PackLinear`, torch's int4 kernel on an exact repacking (up to
-       bf16 scales); its prefill path dequantizes the file's bytes with the C kernel where available.
-    4. a type in `native.KERNELS` (Q4_*, Q5_0, Q5_1, Q8_0, Q6_K) on a CPU with AVX-512 and a C compiler:
-       `NativeLinear`, exact, straight from the file's bytes (no copy).
-    5. other Q4_0, Q4_1, Q4_K: `Int4Linear` (any device).
-    6. Q5_0, Q5_1, Q8_0, Q6_K: `Int8GroupLinear` (any device), exact codes with per-group scales.
-    7. every other type (Q2_K, Q3_K, Q5_K, IQ4_*): int8 per row (`Int8PackLinear` on CPU, `Int8Linear`
+       bf16 scales).
+    4. other Q4_0, Q4_1, Q4_K: `Int4Linear` (any device).
+    5. Q5_0, Q5_1, Q8_0, Q6_K: `Int8GroupLinear` (any device), exact codes with per-group scales.
+    6. every other type (Q2_K, Q3_K, Q5_K, IQ4_*): int8 per row (`Int8PackLinear` on CPU, `Int8Linear`
        elsewhere), a requantization whose error is at most half an int8 step of the row's max |w|.
     """
     cpu = weight.raw.device.type == "cpu"
     if weight.ggml_type in FLOAT_TYPES:
         return DenseLinear(to_bf16(weight), bias)
-    if tile_supports(weight):
-        return TileLinear([weight], bias, release)
+    if tile_supports(weight, native):
+        return TileLinear([weight], native, bias, release)
     if cpu and weight.ggml_type in INT4_GROUPERS and weight.shape[0] % 16 == 0 and _HAS_INT4_CPU:
-        prefill = NativeLinear(weight).dense if native_supports(weight) else None  # reads the file's bytes
-        return Int4PackLinear(to_int4_groups(weight), bias, prefill)
-    if native_supports(weight):
-        return NativeLinear(weight, bias)
+        return Int4PackLinear(to_int4_groups(weight), bias)
     if weight.ggml_type in INT4_GROUPERS:
         return Int4Linear(to_int4_groups(weight), bias)
     if weight.ggml_type in INT8_GROUP_TYPES:
@@ -102,8 +99,10 @@ def fast_linear(weight: QuantWeight, bias: torch.Tensor | None = None,
 
 
 def make_linear(weight: QuantWeight, bias: torch.Tensor | None = None, *, mode: str = "dequant",
-                device: torch.device | str = "cpu", release: Callable[[torch.Tensor], None] | None = None) -> Linear:
-    """A `Linear` for this weight under `mode`: "reference" (exact float32), "dequant" or "fast"."""
+                device: torch.device | str = "cpu", release: Callable[[torch.Tensor], None] | None = None,
+                native: NativeLibrary | None = None) -> Linear:
+    """A `Linear` for this weight under `mode`: "reference" (exact float32), "dequant" or "fast" (`native`: the
+    CPU kernels to use, None for torch's only)."""
     if bias is not None:
         bias = bias.to(device)
     if mode == "reference":
@@ -111,5 +110,5 @@ def make_linear(weight: QuantWeight, bias: torch.Tensor | None = None, *, mode: 
     if mode == "dequant":
         return DequantLinear(weight.to(device), bias)
     if mode == "fast":
-        return fast_linear(weight.to(device), bias, release)
+        return fast_linear(weight.to(device), bias, release, native if torch.device(device).type == "cpu" else None)
     raise ValueError(f"unknown linear mode {mode!r}")

@@ -1,18 +1,26 @@
-"""Native CPU kernels that multiply straight from GGUF blocks: exact (float32), no repacked copy in memory.
+"""The native CPU library: C sources in `csrc/`, one build per instruction set, chosen at run time.
 
-Why: torch has no kernel for the 5-, 6- and 8-bit group formats. `_weight_int8pack_mm` wants one scale per
-row, which costs a requantization (1-2 % relative weight error on the real models, most of the fast path's KL:
-on Gemma 3 4.9e-3 with it, 6e-4 with these kernels) and a second copy of the weight (168 MB for Gemma 3's tied
-262k-row output head), and it reads that head at 13 GB/s where the C kernel reads 31 GB/s. For Q4_0 / Q4_1 /
-Q4_K torch's int4 kernel decodes faster than ours, so `fast_linear` uses ours for their prefill dequantization.
+Variants (the same kernels in each: the tile matmul, the one-call native step, paged attention, argmax, the
+prefill dequantization), best first:
 
-The C source (`native_src.py`) is compiled on first use with the system C compiler (`cc`, about a second) into
-the user cache, and used only on x86-64 CPUs with AVX-512 when the build and a self-test pass; otherwise
-`fast_linear` falls back to the torch backends. FORWARDPASS_NATIVE=0 turns them off.
+- ``avx512``: x86-64 with AVX-512 F/BW/VL and VNNI (`vpdpbusd` on 16 rows at once);
+- ``avx2``: x86-64 with AVX2, FMA and F16C (`vpmaddubsw` + `vpmaddwd`, as llama.cpp does), using AVX-VNNI's
+  256-bit `vpdpbusd` where the CPU has it;
+- ``neon``: AArch64 with the dot-product extension (`sdot`).
+
+`select_kernels(cpu)` picks the best variant this CPU runs, or the one asked for (``LLM(cpu=...)``, ``--cpu``,
+or ``FORWARDPASS_CPU=avx512|avx2|neon|torch`` as the default of both); ``torch`` runs the PyTorch layers only.
+Each variant is compiled on first use with the system C compiler (about a second per file) into
+``$FORWARDPASS_HOME/kernels`` (default ``~/.cache/forwardpass/kernels``), through a temporary file in that folder
+and under a file lock, so parallel processes build it once; a failed build logs a WARNING with the compiler's
+last lines and what is lost. On load the library reports its struct layout (`fp_abi_layout`), which must equal
+the ctypes mirror below, and passes a self-test before any model uses it.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import functools
 import hashlib
 import logging
@@ -20,219 +28,328 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
+import sys
 from pathlib import Path
 
 import torch
 
-from ..gguf.dequant import block_info
-from ..gguf.weights import QuantWeight
-from .attention_src import ATTENTION_SOURCE
-from .decoder_src import DECODER_SOURCE
-from .gemm import gemm_in_chunks
-from .native_src import KERNELS, SOURCE as KERNEL_SOURCE
-from .tiles_src import TILE_SOURCE
-
-SOURCE = KERNEL_SOURCE + ATTENTION_SOURCE + TILE_SOURCE + DECODER_SOURCE
-
 logger = logging.getLogger(__name__)
 
-CFLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
-NEEDED_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "f16c")
-DENSE_CHUNK_BYTES = 8 << 20  # float32 rows dequantized at once on the prefill path: cache-sized chunks (the
-# 262k-row Gemma 3 head ran 2-3x faster at T = 16-64 with 4-8 MB chunks than with 32 MB; every layer fits one)
+CSRC = Path(__file__).with_name("csrc")
+VARIANTS = ("avx512", "avx2", "neon")
+CPU_CHOICES = ("auto", *VARIANTS, "torch")
+
+COMMON_FLAGS = ["-std=gnu11", "-O3", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off", "-fvisibility=hidden"]
+WARNING_FLAGS = ["-Wall", "-Wextra", "-Werror"]
+SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g"]
+VARIANT_FLAGS = {
+    "avx512": ["-DFP_AVX512", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mavx2", "-mfma", "-mf16c"],
+    "avx2": ["-DFP_AVX2", "-mavx2", "-mfma", "-mf16c"],
+    "neon": ["-DFP_NEON", "-march=armv8.2-a+dotprod+fp16"],
+}
+AVXVNNI_FLAGS = ["-DFP_AVXVNNI", "-mavxvnni"]  # added to avx2 where the CPU has AVX-VNNI
+DESCRIPTIONS = {"avx512": "AVX-512 VNNI", "avx2": "AVX2", "avx2+vnni": "AVX2 + AVX-VNNI", "neon": "NEON dotprod"}
 
 
-def _cpu_flags() -> set[str]:
+# ---- what this CPU runs ----
+
+@functools.lru_cache(maxsize=None)
+def cpu_features() -> frozenset[str]:
+    """The CPU's feature flags (x86 `flags`, Arm `Features` of /proc/cpuinfo); empty where unknown."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return set()
+    return frozenset()
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "forwardpass" / "kernels"
+def _is_x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64")
 
 
-def _build() -> Path:
-    """Compile SOURCE (once per source, flags and CPU) and return the shared library's path."""
-    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-    if compiler is None:
-        raise RuntimeError("no C compiler found")
-    key = hashlib.sha256("\0".join([SOURCE, *CFLAGS, platform.processor(), str(sorted(_cpu_flags()))])
-                         .encode()).hexdigest()[:16]
-    out = _cache_dir() / f"forwardpass_native_{key}.so"
+def _is_arm64() -> bool:
+    return platform.machine().lower() in ("aarch64", "arm64")
+
+
+def cpu_runs(variant: str) -> bool:
+    """Whether this CPU executes `variant`'s instructions."""
+    f = cpu_features()
+    if variant == "avx512":
+        return _is_x86() and {"avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx2", "fma", "f16c"} <= f
+    if variant == "avx2":
+        return _is_x86() and {"avx2", "fma", "f16c"} <= f
+    if variant == "neon":  # every Apple Silicon core has the dot-product extension
+        return _is_arm64() and ("asimddp" in f or sys.platform == "darwin")
+    return False
+
+
+def runnable_variants() -> list[str]:
+    """The variants this CPU executes, best first."""
+    return [v for v in VARIANTS if cpu_runs(v)]
+
+
+def variant_flags(variant: str, avxvnni: bool | None = None) -> list[str]:
+    """Compiler flags of `variant`; avx2 adds AVX-VNNI where `avxvnni` (default: where this CPU has it)."""
+    flags = list(VARIANT_FLAGS[variant])
+    if variant == "avx2" and (("avx_vnni" in cpu_features()) if avxvnni is None else avxvnni):
+        flags += AVXVNNI_FLAGS
+    return flags
+
+
+# ---- the build ----
+
+def sources() -> list[Path]:
+    return sorted(CSRC.glob("*.c"))
+
+
+def _compiler() -> str:
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        raise BuildError("no C compiler found (install gcc or clang, or set CC)")
+    return cc
+
+
+class BuildError(RuntimeError):
+    """The C compiler failed or is missing; the message ends with its last lines."""
+
+
+def kernel_cache() -> Path:
+    from ..registry import home  # noqa: PLC0415 (registry imports the network client lazily too)
+    return home() / "kernels"
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def compile_library(out: Path, flags: list[str], compiler: str | None = None) -> None:
+    """Compile every csrc/*.c with `flags` into `out` (no caching: tests and CI call this for -Werror builds)."""
+    cc = compiler or _compiler()
+    cmd = [cc, *COMMON_FLAGS, *flags, "-I", str(CSRC), *map(str, sources()), "-o", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-12:])
+        raise BuildError(f"{' '.join(cmd)} failed (exit {done.returncode}):\n{tail}")
+
+
+def build(variant: str, avxvnni: bool | None = None, extra_flags: tuple[str, ...] = ()) -> Path:
+    """The shared library of `variant` for this CPU, compiled once per source, flags and compiler."""
+    cc = _compiler()
+    flags = [*variant_flags(variant, avxvnni), *(["-mtune=native"] if variant != "neon" else []), *extra_flags]
+    text = b"".join(p.read_bytes() for p in sorted(CSRC.iterdir()) if p.suffix in (".c", ".h"))
+    key = hashlib.sha256(b"\0".join([text, " ".join([cc, *COMMON_FLAGS, *flags]).encode()])).hexdigest()[:16]
+    folder = kernel_cache()
+    out = folder / f"forwardpass_{variant}_{key}.so"
     if out.exists():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "native.c"
-        src.write_text(SOURCE)
-        built = Path(tmp) / out.name
-        subprocess.run([compiler, *CFLAGS, str(src), "-o", str(built)], check=True, capture_output=True)
-        os.replace(built, out)  # atomic: concurrent builders never see a partial file
+    folder.mkdir(parents=True, exist_ok=True)
+    with _locked(folder / f".{out.name}.lock"):
+        if out.exists():  # another process built it while we waited
+            return out
+        tmp = folder / f".{out.name}.{os.getpid()}.tmp"  # same folder: the rename below is atomic
+        try:
+            compile_library(tmp, flags, cc)
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
     return out
 
 
-def _bind(lib: ctypes.CDLL) -> dict[int, tuple[ctypes._CFuncPtr, ctypes._CFuncPtr]]:
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    kernels = {}
-    for ggml_type, (name, _) in KERNELS.items():
-        matmul, dequant = getattr(lib, f"{name}_matmul"), getattr(lib, f"{name}_dequant")
-        matmul.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, i64]
-        dequant.argtypes = [ptr, i64, i64, i64, ptr, i64]
-        matmul.restype = dequant.restype = None
-        kernels[ggml_type] = (matmul, dequant)
-    return kernels
+# ---- the ABI: ctypes mirrors of forwardpass.h ----
+
+class TMat(ctypes.Structure):
+    _fields_ = [("n", ctypes.c_int64), ("k", ctypes.c_int64), ("bits", ctypes.c_int64), ("smode", ctypes.c_int64),
+                ("mconst", ctypes.c_float), ("codes", ctypes.c_void_p), ("planes", ctypes.c_void_p),
+                ("d16", ctypes.c_void_p), ("m16", ctypes.c_void_p), ("sc", ctypes.c_void_p), ("mn", ctypes.c_void_p),
+                ("dsb", ctypes.c_void_p), ("msb", ctypes.c_void_p)]
 
 
-@functools.lru_cache(maxsize=None)
-def _library() -> ctypes.CDLL | None:
-    """The compiled kernels, or None when unavailable (not x86-64 with AVX-512, no compiler) or disabled."""
-    if os.environ.get("FORWARDPASS_NATIVE", "1") == "0":
+_PT = ctypes.POINTER(TMat)
+
+
+class DLayer(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_void_p) for n in ("attn_norm", "q_norm", "k_norm", "post_attn_norm", "ffn_norm",
+                                                 "post_ffn_norm", "qkv_bias")] + [
+        ("qkv", _PT * 3), ("n_qkv", ctypes.c_int64), ("o", _PT), ("gu", _PT * 2), ("n_gu", ctypes.c_int64),
+        ("down", _PT), ("kc", ctypes.c_void_p), ("vc", ctypes.c_void_p), ("window", ctypes.c_int64),
+        ("rope", ctypes.c_int64), ("group", ctypes.c_int64)]
+
+
+class DModel(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_int64) for n in ("n_layers", "d_model", "n_ff", "n_heads", "n_kv", "head_dim",
+                                               "rope_dims", "neox", "act")] + [
+        ("eps", ctypes.c_float), ("scale", ctypes.c_float), ("layers", ctypes.POINTER(DLayer)),
+        ("out_norm", ctypes.c_void_p), ("head", _PT)]
+
+
+ABI_STRUCTS = (TMat, DLayer, DModel)  # in the order of forwardpass.h's FP_ABI_FIELDS
+
+
+def abi_layout() -> list[int]:
+    """What `fp_abi_layout` must report: the structs' sizes, then every field's offset."""
+    return ([ctypes.sizeof(s) for s in ABI_STRUCTS]
+            + [getattr(s, name).offset for s in ABI_STRUCTS for name, *_ in s._fields_])
+
+
+class ABIError(RuntimeError):
+    """The library's struct layout differs from the ctypes mirror: using it would corrupt memory."""
+
+
+_I64, _PTR, _F32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
+_SIGNATURES = {  # name -> (restype, argtypes)
+    "fp_variant": (ctypes.c_char_p, []),
+    "fp_abi_layout": (_I64, [_PTR, _I64]),
+    "quantize_rows": (None, [_PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR]),
+    "tile_matmul": (None, [_PTR, _I64, _PTR, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64]),
+    "tile_dequant": (None, [_PTR, _I64, _I64, _PTR, _I64, _I64]),
+    "paged_attention": (None, [_PTR, _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _I64, _F32, _I64, _PTR,
+                               _I64]),
+    "argmax_rows": (None, [_PTR, _I64, _I64, _PTR, _I64]),
+    "decoder_workspace": (_I64, [_PTR, _I64, _I64, _I64]),
+    "decoder_step": (None, [_PTR, _PTR, _I64, _PTR, _PTR, _PTR, _I64, _I64, _PTR, _PTR, _PTR, _I64, _PTR, _PTR,
+                            _I64]),
+}
+
+
+class NativeLibrary:
+    """One loaded build: its C functions with their ctypes signatures, and what it is (`name`, e.g. "avx2+vnni")."""
+
+    def __init__(self, path: Path, variant: str) -> None:
+        self.path, self.variant = path, variant
+        self.cdll = ctypes.CDLL(str(path))
+        for fn_name, (restype, argtypes) in _SIGNATURES.items():
+            fn = getattr(self.cdll, fn_name)
+            fn.restype, fn.argtypes = restype, argtypes
+            setattr(self, fn_name, fn)
+        self.name: str = self.fp_variant().decode()
+        self._check_abi()
+
+    def _check_abi(self) -> None:
+        want = abi_layout()
+        buf = (ctypes.c_int64 * (len(want) + 8))()
+        n = self.fp_abi_layout(buf, len(buf))
+        got = list(buf[:min(n, len(buf))])
+        if got != want:
+            raise ABIError(f"{self.path}: struct layout {got} differs from the ctypes mirror {want} "
+                           "(forwardpass.h and kernels/native.py are out of step)")
+
+    @property
+    def description(self) -> str:
+        return DESCRIPTIONS.get(self.name, self.name)
+
+    def __repr__(self) -> str:
+        return f"NativeLibrary({self.name!r}, {str(self.path)!r})"
+
+    # ---- the calls torch tensors make ----
+    def paged_attention_into(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, ctx: torch.Tensor,
+                             seq: torch.Tensor, lens: torch.Tensor, scale: float, window: int) -> torch.Tensor:
+        rows, heads, dim = q.shape
+        q = q.float().contiguous()
+        ctx, seq, lens = ctx.contiguous(), seq.contiguous(), lens.contiguous()
+        out = torch.empty(rows, heads, dim)
+        self.paged_attention(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), ctx.data_ptr(), ctx.shape[1],
+                             seq.data_ptr(), lens.data_ptr(), rows, heads, k_cache.shape[1], dim, scale, window,
+                             out.data_ptr(), torch.get_num_threads())
+        return out
+
+    def argmax(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous()
+        out = torch.empty(x.shape[0], dtype=torch.int64)
+        self.argmax_rows(x.data_ptr(), x.shape[0], x.shape[1], out.data_ptr(), torch.get_num_threads())
+        return out
+
+
+def load_library(variant: str, avxvnni: bool | None = None) -> NativeLibrary | None:
+    """`variant`'s library, built if needed and self-tested; None (with a WARNING saying why) where it cannot be.
+    `avxvnni=False` builds avx2 without AVX-VNNI even where the CPU has it (to measure or test plain AVX2)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown kernel variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+    if not cpu_runs(variant):
         return None
-    if platform.machine() not in ("x86_64", "AMD64") or not set(NEEDED_CPU_FLAGS) <= _cpu_flags():
-        return None
+    has_vnni = variant == "avx2" and "avx_vnni" in cpu_features()
+    return _load_library(variant, has_vnni if avxvnni is None else has_vnni and avxvnni)
+
+
+@functools.lru_cache(maxsize=None)  # one load per build: a process maps each library once
+def _load_library(variant: str, avxvnni: bool) -> NativeLibrary | None:
     try:
-        return ctypes.CDLL(str(_build()))
-    except (OSError, RuntimeError, subprocess.CalledProcessError) as e:
-        logger.info("native kernels unavailable (%s); using torch's", e)
+        lib = NativeLibrary(build(variant, avxvnni), variant)
+    except BuildError as e:
+        logger.warning("could not build the %s kernels, so the PyTorch layers run instead (several times slower "
+                       "on CPU): %s", variant, e)
         return None
+    except (OSError, ABIError) as e:
+        logger.warning("could not load the %s kernels, so the PyTorch layers run instead: %s", variant, e)
+        return None
+    from .tiles import self_test  # noqa: PLC0415 (tiles builds on this module)
+    failed = self_test(lib)
+    if failed:
+        logger.warning("the %s kernels failed their self-test (%s), so the PyTorch layers run instead", variant,
+                       failed)
+        return None
+    return lib
 
 
-@functools.lru_cache(maxsize=None)
-def native_kernels() -> dict[int, tuple[ctypes._CFuncPtr, ctypes._CFuncPtr]]:
-    """ggml type -> (matmul, dequant) C functions; empty when native kernels are unavailable or disabled."""
-    lib = _library()
+def resolve_cpu(cpu: str | None = None) -> str:
+    """The kernel choice asked for: `cpu`, else $FORWARDPASS_CPU, else "auto" (FORWARDPASS_NATIVE=0: "torch")."""
+    choice = cpu or os.environ.get("FORWARDPASS_CPU") or ("torch" if os.environ.get("FORWARDPASS_NATIVE") == "0"
+                                                          else "auto")
+    choice = choice.strip().lower()
+    if choice not in CPU_CHOICES:
+        raise ValueError(f"cpu must be one of {', '.join(CPU_CHOICES)}, got {choice!r}")
+    return choice
+
+
+def select_kernels(cpu: str | None = None) -> NativeLibrary | None:
+    """The native library to run: the best variant this CPU runs ("auto"), or the one asked for; None for
+    "torch" or where no variant builds. Asking for a variant this CPU cannot execute is a ValueError.
+    FORWARDPASS_AVXVNNI=0 keeps AVX-VNNI out of the avx2 build (plain AVX2, to compare with builds without it)."""
+    choice = resolve_cpu(cpu)
+    if choice == "torch":
+        return None
+    avxvnni = False if os.environ.get("FORWARDPASS_AVXVNNI") == "0" else None
+    if choice != "auto":
+        if not cpu_runs(choice):
+            have = ", ".join(runnable_variants()) or "none"
+            raise ValueError(f"cpu={choice!r}: this CPU ({platform.machine()}) cannot execute the {choice} kernels "
+                             f"(it runs: {have}, torch)")
+        return load_library(choice, avxvnni)
+    for variant in runnable_variants():
+        lib = load_library(variant, avxvnni)
+        if lib is not None:
+            return lib
+    if not runnable_variants():
+        logger.warning("no native kernels for this CPU (%s); the PyTorch layers run (several times slower)",
+                       platform.machine())
+    return None
+
+
+def describe(lib: NativeLibrary | None) -> str:
+    """One line on what runs, for the CLI's start-up line and `bench --json`."""
+    return f"{lib.name} ({lib.description})" if lib is not None else "torch (PyTorch layers, no native kernels)"
+
+
+def torch_argmax(x: torch.Tensor) -> torch.Tensor:
+    return x.argmax(dim=-1)
+
+
+def argmax_fn(lib: NativeLibrary | None):
+    """`x.argmax(-1)` of 2-D float32 CPU logits through `lib` (torch's CPU argmax over a (16, 49152) batch took
+    ~1 ms, 25x its `amax`); other tensors, or without a library, through torch. NaN counts as the maximum."""
     if lib is None:
-        return {}
-    return {t: fns for t, fns in _bind(lib).items() if _self_test(t, fns)}
+        return torch_argmax
 
-
-@functools.lru_cache(maxsize=None)
-def _c_function(name: str, *argtypes: type) -> ctypes._CFuncPtr | None:
-    """The library's function `name` (returning nothing) with its argument types set, or None without the library."""
-    lib = _library()
-    if lib is None:
-        return None
-    fn = getattr(lib, name)
-    fn.argtypes, fn.restype = list(argtypes), None
-    return fn
-
-
-_I64, _PTR = ctypes.c_int64, ctypes.c_void_p
-
-
-def native_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, ctx: torch.Tensor,
-                           seq: torch.Tensor, lens: torch.Tensor, scale: float, window: int) -> torch.Tensor | None:
-    """Attention of query rows over a bf16 paged cache, each row computed alone in a fixed order, so its result
-    never depends on the other rows: row r attends the first lens[r] slots of ctx[seq[r]].
-
-    q: (R, H, D); k_cache, v_cache: (slots, H_kv, D) bf16; ctx: (S, L) int64; seq, lens: (R,) int64.
-    Returns (R, H, D) float32, or None when the native kernel cannot run here (the caller falls back)."""
-    fn = _c_function("paged_attention", _PTR, _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _I64,
-                     ctypes.c_float, _I64, _PTR, _I64)
-    if fn is None or k_cache.dtype != torch.bfloat16 or q.device.type != "cpu":
-        return None
-    rows, heads, dim = q.shape
-    q = q.float().contiguous()
-    ctx, seq, lens = ctx.contiguous(), seq.contiguous(), lens.contiguous()
-    out = torch.empty(rows, heads, dim)
-    fn(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), ctx.data_ptr(), ctx.shape[1], seq.data_ptr(),
-       lens.data_ptr(), rows, heads, k_cache.shape[1], dim, scale, window, out.data_ptr(), torch.get_num_threads())
-    return out
-
-
-def argmax_rows(x: torch.Tensor) -> torch.Tensor:
-    """`x.argmax(dim=-1)` of a 2-D tensor (first index of the maximum; NaN counts as the maximum). On CPU float32
-    a native scan: torch's CPU argmax over a (16, 49152) batch of logits took ~1 ms, 25x its `amax`."""
-    fn = _c_function("argmax_rows", _PTR, _I64, _I64, _PTR, _I64)
-    if fn is None or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] == 0:
-        return x.argmax(dim=-1)
-    x = x.contiguous()
-    out = torch.empty(x.shape[0], dtype=torch.int64)
-    fn(x.data_ptr(), x.shape[0], x.shape[1], out.data_ptr(), torch.get_num_threads())
-    return out
-
-
-def _self_test(ggml_type: int, fns: tuple[ctypes._CFuncPtr, ctypes._CFuncPtr]) -> bool:
-    """The C dequantizer must match ours bit for bit on random blocks (small fp16 scales), and the matmul the
-    float32 product closely; a mismatch disables the type rather than computing wrong numbers."""
-    block_size, type_size = block_info(ggml_type)
-    gen = torch.Generator().manual_seed(0)
-    raw = torch.randint(0, 256, (32, 2 * type_size), dtype=torch.uint8, generator=gen)
-    blocks = raw.view(-1, type_size)
-    for at in KERNELS[ggml_type][1]:
-        scales = torch.rand(blocks.shape[0], 1, generator=gen) * 0.01 + 0.001
-        blocks[:, at:at + 2] = scales.to(torch.float16).view(torch.uint8)
-    weight = QuantWeight("self-test", ggml_type, (32, 2 * block_size), raw)
-    x = torch.randn(5, 2 * block_size, generator=gen)
-    exact = weight.dequantize()
-    ok = torch.equal(_dequant(fns[1], weight, 0, 32), exact)
-    ok = ok and torch.allclose(_matmul(fns[0], weight, x), x @ exact.t(), rtol=1e-4, atol=1e-5)
-    if not ok:
-        logger.warning("native kernel for ggml type %d failed its self-test; using torch's", ggml_type)
-    return ok
-
-
-def _matmul(fn: ctypes._CFuncPtr, weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
-    """x: (T, K) float32 contiguous -> (T, N) float32."""
-    n, k = weight.shape
-    y = torch.empty(x.shape[0], n)
-    fn(weight.raw.data_ptr(), weight.raw.shape[1], n, x.data_ptr(), k, x.shape[0], y.data_ptr(),
-       torch.get_num_threads())
-    return y
-
-
-def _dequant(fn: ctypes._CFuncPtr, weight: QuantWeight, start: int, stop: int) -> torch.Tensor:
-    """Rows start..stop -> (rows, K) float32."""
-    k = weight.shape[1]
-    out = torch.empty(stop - start, k)
-    row_bytes = weight.raw.shape[1]
-    fn(weight.raw[start].data_ptr(), row_bytes, stop - start, k, out.data_ptr(), torch.get_num_threads())
-    return out
-
-
-class NativeLinear:
-    """CPU, the types in `KERNELS`: the C kernel on the GGUF bytes for few tokens; for many, a bf16 GEMM on rows
-    dequantized just in time. x: (T, K) -> (T, N), float32 from the C kernel, bf16 from the GEMM."""
-
-    # Crossover measured with scripts/bench_linear.py (2 threads): the C kernel is float32-FMA-bound at ~100
-    # GFLOP/s whatever T; the dequantize + bf16 GEMM path reaches it at ~16 tokens and ~300 GFLOP/s by 128.
-    dense_min_tokens = 16
-
-    def __init__(self, weight: QuantWeight, bias: torch.Tensor | None = None) -> None:
-        self.matmul, self.dequant = native_kernels()[weight.ggml_type]
-        n, k = weight.shape
-        block_size, type_size = block_info(weight.ggml_type)
-        if k % block_size or tuple(weight.raw.shape) != (n, k // block_size * type_size):
-            # the C code trusts these sizes: never let it read past the tensor
-            raise ValueError(f"{weight.name}: raw bytes {tuple(weight.raw.shape)} do not match shape {weight.shape}")
-        if not weight.raw.is_contiguous():
-            weight = QuantWeight(weight.name, weight.ggml_type, weight.shape, weight.raw.contiguous())
-        self.weight = weight  # the file's bytes (a view of its memory map): no copy
-        self.bias = bias
-        self.out_features, self.in_features = weight.shape
-
-    def __call__(self, x: torch.Tensor, prefill: bool | None = None) -> torch.Tensor:
-        if (x.shape[0] >= self.dense_min_tokens) if prefill is None else prefill:
-            y = self.dense(x.to(torch.bfloat16))
-        else:
-            y = _matmul(self.matmul, self.weight, x.float().contiguous())
-        return y if self.bias is None else y + self.bias
-
-    def dense(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (T, K) bf16 -> (T, N) bf16, dequantizing DENSE_CHUNK_BYTES of float32 rows at a time."""
-        n, k = self.weight.shape
-        return gemm_in_chunks(x, n, max(1, DENSE_CHUNK_BYTES // (4 * k)),
-                              lambda a, b: _dequant(self.dequant, self.weight, a, b).to(torch.bfloat16))
-
-
-def native_supports(weight: QuantWeight) -> bool:
-    return weight.raw.device.type == "cpu" and weight.ggml_type in native_kernels()
-
+    def argmax(x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] == 0:
+            return x.argmax(dim=-1)
+        return lib.argmax(x)
+    return argmax

@@ -1,4 +1,4 @@
-"""Quantized matrices repacked into 16-row tiles for the int8 dot-product kernels (layout: `tiles_src.py`).
+"""Quantized matrices repacked into 16-row tiles for the int8 dot-product kernels (layout: `csrc/tiles.c`).
 
 `TileMatrix` holds one or more GGUF weights of one type, repacked at load (their rows stacked: a fused q|k|v or
 gate|up needs no concatenated copy of the file's bytes); it is as large as the GGUF blocks it came from (0.5625
@@ -12,7 +12,6 @@ bf16 GEMM on tiles dequantized exactly, for callers that want unquantized activa
 from __future__ import annotations
 
 import ctypes
-import functools
 from typing import Callable
 
 import torch
@@ -21,7 +20,7 @@ from gguf import GGMLQuantizationType as T
 from ..gguf.dequant import _f16, _k_scale_min, _le_fields, _nibbles, _shr, block_info
 from ..gguf.weights import QuantWeight
 from .gemm import gemm_in_chunks
-from .native import _cpu_flags, _library
+from .native import NativeLibrary, TMat
 
 ROWS = 16  # rows per tile
 COLS = 32  # columns per tile
@@ -40,34 +39,11 @@ TILE_TYPES: dict[int, tuple[int, int, float]] = {
 }
 
 
-class TMat(ctypes.Structure):
-    _fields_ = [("n", ctypes.c_int64), ("k", ctypes.c_int64), ("bits", ctypes.c_int64), ("smode", ctypes.c_int64),
-                ("mconst", ctypes.c_float), ("codes", ctypes.c_void_p), ("planes", ctypes.c_void_p),
-                ("d16", ctypes.c_void_p), ("m16", ctypes.c_void_p), ("sc", ctypes.c_void_p), ("mn", ctypes.c_void_p),
-                ("dsb", ctypes.c_void_p), ("msb", ctypes.c_void_p)]
-
-
-@functools.lru_cache(maxsize=None)
-def _tile_fns() -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr] | None:
-    lib = _library()
-    if lib is None or "avx512_vnni" not in _cpu_flags():
-        return None
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    matmul, dequant = lib.tile_matmul, lib.tile_dequant
-    matmul.argtypes = [ptr, i64, ptr, i64, ptr, ptr, ptr, ptr, ptr, i64, i64]
-    dequant.argtypes = [ptr, i64, i64, ptr, i64, i64]
-    matmul.restype = dequant.restype = None
-    return matmul, dequant
-
-
-def tiles_available() -> bool:
-    return _tile_fns() is not None and _self_test()
-
-
-def tile_supports(weight: QuantWeight) -> bool:
+def tile_supports(weight: QuantWeight, lib: NativeLibrary | None) -> bool:
+    """Whether `weight` can live in tiles multiplied by `lib` (None: no native library, so no)."""
     n, k = weight.shape if len(weight.shape) == 2 else (0, 0)
-    return (weight.raw.device.type == "cpu" and weight.ggml_type in TILE_TYPES and n % ROWS == 0
-            and k % block_info(weight.ggml_type)[0] == 0 and k % COLS == 0 and tiles_available())
+    return (lib is not None and weight.raw.device.type == "cpu" and weight.ggml_type in TILE_TYPES
+            and n % ROWS == 0 and k % block_info(weight.ggml_type)[0] == 0 and k % COLS == 0)
 
 
 # ---- GGUF blocks -> integer codes (N, K) uint8 and the scale fields, per type ----
@@ -150,9 +126,11 @@ CHUNK_ROWS_BYTES = 32 << 20  # bytes of codes expanded at once while repacking
 class TileMatrix:
     """One or more weights (same type and K) stacked by rows, in the tile layout."""
 
-    def __init__(self, weights: list[QuantWeight],
+    def __init__(self, weights: list[QuantWeight], lib: NativeLibrary,
                  release: Callable[[torch.Tensor], None] | None = None) -> None:
-        """`release(raw)` is called with each chunk of GGUF bytes once repacked (the loader drops its pages)."""
+        """`lib` multiplies the tiles; `release(raw)` is called with each chunk of GGUF bytes once repacked (the
+        loader drops its pages)."""
+        self.lib = lib
         first = weights[0]
         if any(w.ggml_type != first.ggml_type or w.shape[1] != first.shape[1] for w in weights):
             raise ValueError(f"cannot stack {[w.name for w in weights]}: types or row lengths differ")
@@ -193,8 +171,8 @@ class TileMatrix:
         if dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"tiles dequantize to float32 or bfloat16, not {dtype}")
         out = torch.empty(stop - start, self.k, dtype=dtype)
-        _tile_fns()[1](ctypes.byref(self.struct), start // ROWS, stop // ROWS, out.data_ptr(),
-                       int(dtype == torch.bfloat16), torch.get_num_threads())
+        self.lib.tile_dequant(ctypes.byref(self.struct), start // ROWS, stop // ROWS, out.data_ptr(),
+                              int(dtype == torch.bfloat16), torch.get_num_threads())
         return out
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -211,17 +189,17 @@ def tile_matmul(mats: list[TileMatrix], x: torch.Tensor) -> torch.Tensor:
     dx, sx = torch.empty(t, k // COLS), torch.empty(t, k // COLS)
     s16 = torch.empty(t, k // 16, dtype=torch.int32)
     arr = (ctypes.POINTER(TMat) * len(mats))(*[ctypes.pointer(m.struct) for m in mats])
-    _tile_fns()[0](arr, len(mats), x.data_ptr(), t, q.data_ptr(), dx.data_ptr(), sx.data_ptr(), s16.data_ptr(),
-                   y.data_ptr(), n, torch.get_num_threads())
+    mats[0].lib.tile_matmul(arr, len(mats), x.data_ptr(), t, q.data_ptr(), dx.data_ptr(), sx.data_ptr(),
+                            s16.data_ptr(), y.data_ptr(), n, torch.get_num_threads())
     return y
 
 
 class TileLinear:
     """CPU `Linear` over a `TileMatrix`: the int8 tile kernel for decode rows, a bf16 GEMM for prompt rows."""
 
-    def __init__(self, weights: list[QuantWeight], bias: torch.Tensor | None = None,
+    def __init__(self, weights: list[QuantWeight], lib: NativeLibrary, bias: torch.Tensor | None = None,
                  release: Callable[[torch.Tensor], None] | None = None) -> None:
-        self.tiles = TileMatrix(weights, release)
+        self.tiles = TileMatrix(weights, lib, release)
         self.bias = bias
         self.out_features, self.in_features = self.tiles.n, self.tiles.k
         self._mats = [self.tiles]
@@ -240,10 +218,10 @@ class TileLinear:
                               lambda a, b: self.tiles.dequantize_rows(a, b, torch.bfloat16))
 
 
-@functools.lru_cache(maxsize=None)
-def _self_test() -> bool:
-    """Every tile type must dequantize bit-exactly and multiply close to the float32 product on random blocks."""
-    from ..gguf.dequant import dequantize
+def self_test(lib: NativeLibrary) -> str | None:
+    """Every tile type must dequantize bit-exactly and multiply close to the float32 product on random blocks;
+    returns what failed, or None."""
+    from ..gguf.dequant import dequantize  # noqa: PLC0415
     gen = torch.Generator().manual_seed(0)
     for ggml_type in TILE_TYPES:
         block_size, type_size = block_info(ggml_type)
@@ -256,13 +234,14 @@ def _self_test() -> bool:
             blocks[:, off:off + 2] = scales.to(torch.float16).view(torch.uint8)
         weight = QuantWeight("self-test", ggml_type, (n, k), raw)
         exact = dequantize(raw, ggml_type, (n, k))
-        mat = TileMatrix([weight])
+        mat = TileMatrix([weight], lib)
+        name = T(ggml_type).name
         if not torch.equal(mat.dequantize(), exact):
-            return False
+            return f"{name} dequantization"
         if not torch.equal(mat.dequantize(torch.bfloat16), exact.to(torch.bfloat16)):
-            return False
+            return f"{name} bf16 dequantization"
         x = torch.randn(5, k, generator=gen)
         ref = x @ exact.t()
         if not torch.allclose(tile_matmul([mat], x), ref, rtol=0.05, atol=0.05 * ref.abs().max().item()):
-            return False
-    return True
+            return f"{name} matmul"
+    return None

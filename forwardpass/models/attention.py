@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..engine.kv_groups import KVGroup
-from ..kernels.native import native_paged_attention
+from ..kernels.native import NativeLibrary
 
 
 @dataclass
@@ -144,18 +144,18 @@ class KVCache:
 
 
 def attention(q: torch.Tensor, cache: KVCache, layer: int, meta: AttentionMetadata, scale: float,
-              window: int = 0) -> torch.Tensor:
+              window: int = 0, native: NativeLibrary | None = None) -> torch.Tensor:
     """q: (T, n_heads, head_dim) for the batch's new tokens -> (T, n_heads, head_dim).
 
     `window` > 0 limits each query to the keys less than `window` positions behind it (sliding window): only
-    those are read, so the blocks a sliding KV group has released never are.
+    those are read, so the blocks a sliding KV group has released never are. With `native` (CPU kernels) and a
+    bf16 CPU cache, the native kernel attends each row alone in a fixed order: batch-invariant by construction.
     """
     group = cache.layer_group[layer]
     ctx = meta.ctx_slots[group]  # (S, L_max)
-    native = native_paged_attention(q, cache.k[layer], cache.v[layer], ctx, meta.row_seq, meta.row_lens, scale,
-                                    window)
-    if native is not None:  # every row alone, in a fixed order: batch-invariant by construction
-        return native
+    if native is not None and cache.k[layer].dtype == torch.bfloat16 and q.device.type == "cpu":
+        return native.paged_attention_into(q, cache.k[layer], cache.v[layer], ctx, meta.row_seq, meta.row_lens,
+                                           scale, window)
     out = torch.empty_like(q)
     batched = set(meta.decode)
     start = 0

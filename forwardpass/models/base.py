@@ -13,6 +13,7 @@ import torch
 
 from ..gguf.weights import QuantWeight, WeightStore
 from ..kernels import Linear, concat_rows, make_linear
+from ..kernels.native import NativeLibrary
 from ..kernels.tiles import TileLinear, tile_supports
 from .attention import AttentionMetadata, KVCache, attention
 from .config import ModelConfig
@@ -35,6 +36,12 @@ class MultiLinear:
 class LoadOptions:
     mode: str = "dequant"  # the Linear backend ("reference" = exact float32)
     device: str = "cpu"
+    native: NativeLibrary | None = None  # the CPU kernels of "fast" mode (`kernels.native.select_kernels`)
+
+    @property
+    def cpu_native(self) -> NativeLibrary | None:
+        """The native library where this model runs on it: fast mode on a CPU."""
+        return self.native if self.mode == "fast" and torch.device(self.device).type == "cpu" else None
 
 
 class DecoderLM:
@@ -82,16 +89,17 @@ class DecoderLM:
     # ---- helpers for architectures ----
     def linear(self, weight: QuantWeight, bias: torch.Tensor | None = None) -> Linear:
         release = self._store.release if self._store is not None else None
-        return make_linear(weight, bias, mode=self.options.mode, device=self.options.device, release=release)
+        return make_linear(weight, bias, mode=self.options.mode, device=self.options.device, release=release,
+                           native=self.options.cpu_native)
 
     def multi_linear(self, weights: list[QuantWeight], biases: list[torch.Tensor] | None = None) -> MultiLinear:
         sizes = [w.shape[0] for w in weights]
         if len({w.ggml_type for w in weights}) == 1:
             bias = torch.cat(biases).to(self.options.device) if biases else None
-            on_cpu = torch.device(self.options.device).type == "cpu"  # tiles are CPU-only: no trial copy to a GPU
-            if self.options.mode == "fast" and on_cpu and all(tile_supports(w) for w in weights):
+            native = self.options.cpu_native  # tiles are CPU-only: no trial copy to a GPU
+            if native is not None and all(tile_supports(w, native) for w in weights):
                 release = self._store.release if self._store is not None else None
-                return MultiLinear([TileLinear(weights, bias, release)], sizes)  # rows stacked as tiles: no byte copy
+                return MultiLinear([TileLinear(weights, native, bias, release)], sizes)  # rows stacked: no copy
             fused = concat_rows(weights, "+".join(w.name for w in weights))
             return MultiLinear([self.linear(fused, bias)], sizes)
         return MultiLinear([self.linear(w, b) for w, b in zip(weights, biases or [None] * len(weights))], sizes)
@@ -106,7 +114,7 @@ class DecoderLM:
         factors = meta.cached(("rope", id(rotary)), lambda: rotary.factors(positions))
         q, k = rotary(q, factors), rotary(k, factors)
         cache.write(i, meta.slot_mapping, k, v)
-        o = attention(q, cache, i, meta, self.config.scale, self.config.sliding_window[i])
+        o = attention(q, cache, i, meta, self.config.scale, self.config.sliding_window[i], self.options.cpu_native)
         return o.reshape(q.shape[0], -1)
 
     # ---- the forward pass ----

@@ -1,4 +1,4 @@
-"""The CPU decode step in one native call (`kernels/decoder_src.py`), for models whose weights are all tiles.
+"""The CPU decode step in one native call (`kernels/csrc/decoder.c`), for models whose weights are all tiles.
 
 An architecture opts in by describing each layer as a `LayerSpec` (`DecoderLM.decoder_layer`): which norms,
 projections and activation it has. The PyTorch `block` of the architecture file stays the definition: prompt
@@ -8,14 +8,13 @@ activation rounding.
 from __future__ import annotations
 
 import ctypes
-import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
-from ..kernels.native import _library
-from ..kernels.tiles import TileLinear, TileMatrix, TMat, tiles_available
+from ..kernels.native import DLayer, DModel, NativeLibrary
+from ..kernels.tiles import TileLinear, TileMatrix
 from .attention import AttentionMetadata, KVCache
 
 if TYPE_CHECKING:
@@ -39,38 +38,6 @@ class LayerSpec:
     post_ffn_norm: torch.Tensor | None = None
 
 
-_P = ctypes.POINTER(TMat)
-
-
-class DLayer(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_void_p) for n in ("attn_norm", "q_norm", "k_norm", "post_attn_norm", "ffn_norm",
-                                                 "post_ffn_norm", "qkv_bias")] + [
-        ("qkv", _P * 3), ("n_qkv", ctypes.c_int64), ("o", _P), ("gu", _P * 2), ("n_gu", ctypes.c_int64),
-        ("down", _P), ("kc", ctypes.c_void_p), ("vc", ctypes.c_void_p), ("window", ctypes.c_int64),
-        ("rope", ctypes.c_int64), ("group", ctypes.c_int64)]
-
-
-class DModel(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_int64) for n in ("n_layers", "d_model", "n_ff", "n_heads", "n_kv", "head_dim",
-                                               "rope_dims", "neox", "act")] + [
-        ("eps", ctypes.c_float), ("scale", ctypes.c_float), ("layers", ctypes.POINTER(DLayer)),
-        ("out_norm", ctypes.c_void_p), ("head", _P)]
-
-
-@functools.lru_cache(maxsize=None)
-def _step_fn() -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr] | None:
-    lib = _library()
-    if lib is None or not tiles_available():
-        return None
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    fn, ws = lib.decoder_step, lib.decoder_workspace
-    fn.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, i64, i64, ptr, ptr, ptr, i64, ptr, ptr, i64]
-    fn.restype = None
-    ws.argtypes = [ptr, i64, i64, i64]
-    ws.restype = i64
-    return fn, ws
-
-
 def _tiles(linear: object) -> tuple[list[TileMatrix], list[torch.Tensor | None]] | None:
     """The tile matrices (and biases) behind a Linear or MultiLinear, or None if any part is not tiled."""
     linears = getattr(linear, "linears", [linear])
@@ -84,8 +51,9 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 
 
 class NativeDecoder:
-    def __init__(self, model: "DecoderLM", specs: list[LayerSpec]) -> None:
+    def __init__(self, model: "DecoderLM", specs: list[LayerSpec], lib: NativeLibrary) -> None:
         c = model.config
+        self.lib = lib
         self.config = c
         self.rotaries = list({id(r): r for r in model.rotary}.values())
         rope_index = {id(r): i for i, r in enumerate(self.rotaries)}
@@ -138,7 +106,8 @@ class NativeDecoder:
         """A native step for `model`, or None where it cannot run (not CPU fast mode, no kernels, a layer the
         architecture does not describe, a weight that is not tiled, a shape the kernel does not handle)."""
         c = model.config
-        if model.options.mode != "fast" or torch.device(model.options.device).type != "cpu" or _step_fn() is None:
+        lib = model.options.cpu_native
+        if lib is None:
             return None
         if c.d_model % 32 or c.n_ff % 32 or (c.n_heads * c.head_dim) % 32 or c.head_dim % 16:
             return None
@@ -149,7 +118,7 @@ class NativeDecoder:
             if any(_tiles(lin) is None for lin in (s.qkv, s.o, s.gate_up, s.down)):
                 return None
         try:
-            return cls(model, specs)
+            return cls(model, specs, lib)
         except ValueError:
             return None
 
@@ -177,15 +146,14 @@ class NativeDecoder:
         rope = torch.stack(tables).contiguous()
         ctx, seq = meta.ctx_slots.contiguous(), meta.row_seq.contiguous()  # ctx: (G, S, L)
         lens, slots = meta.row_lens.contiguous(), meta.slot_mapping.contiguous()  # slots: (G, B)
-        step_fn, workspace_fn = _step_fn()
         threads = torch.get_num_threads()
-        need = workspace_fn(ctypes.byref(self.model), x.shape[0], int(lens.max()), threads)
+        need = self.lib.decoder_workspace(ctypes.byref(self.model), x.shape[0], int(lens.max()), threads)
         if self._workspace.numel() < need:
             self._workspace = torch.empty(need + need // 4, dtype=torch.uint8)
         n_out = 0 if logit_rows is None else logit_rows.shape[0]
         logits = torch.empty(n_out, self.vocab) if n_out else None
         rows = logit_rows.contiguous() if n_out else None
-        step_fn(ctypes.byref(self.model), x.data_ptr(), x.shape[0], rope.data_ptr(), slots.data_ptr(),
+        self.lib.decoder_step(ctypes.byref(self.model), x.data_ptr(), x.shape[0], rope.data_ptr(), slots.data_ptr(),
                 ctx.data_ptr(), ctx.shape[2], ctx.shape[1] * ctx.shape[2], seq.data_ptr(), lens.data_ptr(),
                 None if rows is None else rows.data_ptr(), n_out, None if logits is None else logits.data_ptr(),
                 self._workspace.data_ptr(), threads)

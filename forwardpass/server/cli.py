@@ -5,6 +5,7 @@ import argparse
 import logging
 import os
 
+from ..kernels.native import CPU_CHOICES
 from .config import DEFAULT_MAX_BODY, ServerConfig
 
 
@@ -60,6 +61,8 @@ def add_server_commands(sub: argparse._SubParsersAction) -> None:
                         "(default 0: no limit)")
     p.add_argument("--threads", "-t", type=_positive_int, default=None, help="CPU threads (default: physical cores)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--cpu", default=None, choices=CPU_CHOICES, metavar="KERNELS",
+                   help="CPU kernels: auto (the best this CPU runs), avx512, avx2, neon or torch (default $FORWARDPASS_CPU, else auto)")
     kv = p.add_mutually_exclusive_group()
     kv.add_argument("--kv-tokens", type=_positive_int, default=None,
                     help="KV cache budget in tokens of whole contexts (default max(ctx, 16384))")
@@ -105,7 +108,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = ServerConfig(
         model=args.model, host=args.host, port=args.port, api_keys=tuple(keys), ctx=args.ctx,
         max_num_seqs=args.max_num_seqs, max_queue=args.max_queue, threads=args.threads, device=args.device,
-        cors_origins=tuple(args.cors_origin or ()), shutdown_timeout=args.shutdown_timeout,
+        cpu=args.cpu, cors_origins=tuple(args.cors_origin or ()), shutdown_timeout=args.shutdown_timeout,
         stall_timeout=args.stall_timeout, max_body_bytes=args.max_body_bytes, root_path=args.root_path,
         served_model_name=args.served_model_name, kv_tokens=args.kv_tokens, kv_memory=args.kv_memory,
         max_num_batched_tokens=args.max_num_batched_tokens, queue_timeout=args.queue_timeout)

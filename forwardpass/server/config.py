@@ -22,6 +22,7 @@ class ServerConfig:
     max_queue: int = 64
     threads: int | None = None
     device: str = "cpu"
+    cpu: str | None = None  # CPU kernels (kernels.native.select_kernels); None: $FORWARDPASS_CPU, else auto
     cors_origins: tuple[str, ...] = ()
     shutdown_timeout: float = 30.0
     stall_timeout: float = 30.0

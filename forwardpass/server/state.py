@@ -7,6 +7,7 @@ meanwhile. Admission counts sequences (a request with ``n=2`` is two): at most `
 from __future__ import annotations
 
 import asyncio
+import sys
 import logging
 import threading
 import time
@@ -61,7 +62,8 @@ class ServerState:
             c = self.config
             llm = LLM(c.model, threads=c.threads, device=c.device, ctx=c.ctx, max_num_seqs=c.max_num_seqs,
                       kv_tokens=c.kv_tokens, kv_memory=c.kv_memory,
-                      max_num_batched_tokens=c.max_num_batched_tokens)
+                      max_num_batched_tokens=c.max_num_batched_tokens, cpu=c.cpu)
+            print(llm.system_info(), file=sys.stderr, flush=True)
             engine = llm.start_async()
             engine.step_hook = self._step_hook(faults.step_hook(self.fault) if self.fault is not None else None)
         except Exception as e:  # noqa: BLE001 - any load failure ends the server with one clear line

@@ -1,47 +1,26 @@
-"""C source of the native decode step: every layer of a decoder-only transformer for B generated tokens, in one
-call and one OpenMP parallel region (threads meet at a barrier between phases instead of waking per op).
+/* C source of the native decode step: every layer of a decoder-only transformer for B generated tokens, in one
+   call and one OpenMP parallel region (threads meet at a barrier between phases instead of waking per op).
 
-Decoding is bound by reading the weights once per step; in eager PyTorch the ~60 small ops a layer takes
-(norms, RoPE, cache writes, dtype casts) cost more than the matmuls on a small model. Here a layer is:
+   Decoding is bound by reading the weights once per step; in eager PyTorch the ~60 small ops a layer takes
+   (norms, RoPE, cache writes, dtype casts) cost more than the matmuls on a small model. Here a layer is:
 
-  h = rmsnorm(x) * attn_norm                      quantized to int8 once, shared by q, k and v
-  q, k, v = tiles(h) (+ bias)                     per head: rmsnorm (q_norm, k_norm), RoPE; k, v -> bf16 cache
-  o = attention(q, paged cache)                   each (token, head) alone, in a fixed order
-  f = tiles(o);  x += post_attn_norm ? rmsnorm(f) * post_attn_norm : f
-  h = rmsnorm(x) * ffn_norm;  g, u = tiles(h);  a = act(g) * u
-  f = tiles(a);  x += post_ffn_norm ? rmsnorm(f) * post_ffn_norm : f
+     h = rmsnorm(x) * attn_norm                      quantized to int8 once, shared by q, k and v
+     q, k, v = tiles(h) (+ bias)                     per head: rmsnorm (q_norm, k_norm), RoPE; k, v -> bf16 cache
+     o = attention(q, paged cache)                   each (token, head) alone, in a fixed order
+     f = tiles(o);  x += post_attn_norm ? rmsnorm(f) * post_attn_norm : f
+     h = rmsnorm(x) * ffn_norm;  g, u = tiles(h);  a = act(g) * u
+     f = tiles(a);  x += post_ffn_norm ? rmsnorm(f) * post_ffn_norm : f
 
-which covers llama, qwen2 (biases), qwen3 (q/k norms) and gemma3 (sandwich norms, GELU, sliding windows). The
-architecture files describe their layers with `models/native_decoder.py`'s spec; the PyTorch code in each
-architecture file stays the definition (prompt tokens and CUDA run it) and the tests hold the two together.
-Each token is computed alone (its own norm, quantization, dot products and attention), so its result never
-depends on the other tokens of the step.
-"""
-
-DECODER_SOURCE = r"""
+   which covers llama, qwen2 (biases), qwen3 (q/k norms) and gemma3 (sandwich norms, GELU, sliding windows). The
+   architecture files describe their layers with `models/native_decoder.py`'s spec; the PyTorch code in each
+   architecture file stays the definition (prompt tokens and CUDA run it) and the tests hold the two together.
+   Each token is computed alone (its own norm, quantization, dot products and attention), so its result never
+   depends on the other tokens of the step. */
 #include <omp.h>
 #include <sched.h>
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")
+#include <stdlib.h>
 
-typedef struct {
-    const float *attn_norm, *q_norm, *k_norm, *post_attn_norm, *ffn_norm, *post_ffn_norm, *qkv_bias;
-    const tmat_t* qkv[3]; int64_t n_qkv;
-    const tmat_t* o;
-    const tmat_t* gu[2]; int64_t n_gu;
-    const tmat_t* down;
-    uint16_t *kc, *vc;          /* this layer's bf16 cache: (slots, n_kv, head_dim) */
-    int64_t window, rope;       /* sliding window (0: none); index of its RoPE table */
-    int64_t group;              /* its KV group: which of the step's slot and context tables address its cache */
-} dlayer_t;
-
-typedef struct {
-    int64_t n_layers, d_model, n_ff, n_heads, n_kv, head_dim, rope_dims, neox, act;  /* act 0: SiLU, 1: GELU-tanh */
-    float eps, scale;
-    const dlayer_t* layers;
-    const float* out_norm;      /* final norm and output head: logits of the rows asked for */
-    const tmat_t* head;
-} dmodel_t;
+#include "internal.h"
 
 /* The barrier between the phases of a step. OpenMP's spins for a long while before sleeping, which is right on
    idle cores and a disaster when the OS puts two of our threads on one core (another busy process took the
@@ -57,21 +36,18 @@ static void step_barrier(spin_barrier_t* b) {
         return;
     }
     for (int spins = 0; __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) == gen; spins++) {
-        if (spins < 2000) _mm_pause();
+        if (spins < 2000) cpu_relax();
         else sched_yield();
     }
 }
 
-static inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
-
 /* out = x * rsqrt(mean(x^2) + eps) * w over n features (vector path when n % 16 == 0) */
 static void rmsnorm_row(const float* x, const float* w, float* out, int64_t n, float eps) {
     if (n % 16 == 0) {
-        __m512 acc = _mm512_setzero_ps();
-        for (int64_t i = 0; i < n; i += 16) { const __m512 v = _mm512_loadu_ps(x + i); acc = _mm512_fmadd_ps(v, v, acc); }
-        const __m512 r = _mm512_set1_ps(1.0f / sqrtf(hsum(acc) / (float)n + eps));
-        for (int64_t i = 0; i < n; i += 16)
-            _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), r), _mm512_loadu_ps(w + i)));
+        V acc = v_zero();
+        for (int64_t i = 0; i < n; i += 16) { const V v = v_load(x + i); acc = v_fma(v, v, acc); }
+        const V r = v_set1(1.0f / sqrtf(v_hsum(acc) / (float)n + eps));
+        for (int64_t i = 0; i < n; i += 16) v_store(out + i, v_mul(v_mul(v_load(x + i), r), v_load(w + i)));
         return;
     }
     float ss = 0.f;
@@ -83,20 +59,18 @@ static void rmsnorm_row(const float* x, const float* w, float* out, int64_t n, f
 /* out = act(g) * u over n features (n % 16 == 0): SiLU g / (1 + e^-g), or GELU-tanh
    0.5 g (1 + tanh(c (g + 0.044715 g^3))) with tanh(z) = 1 - 2 / (1 + e^2z) */
 static void act_mul_row(const float* g, const float* u, float* out, int64_t n, int64_t act) {
-    const __m512 one = _mm512_set1_ps(1.0f);
+    const V one = v_set1(1.0f);
     for (int64_t i = 0; i < n; i += 16) {
-        const __m512 x = _mm512_loadu_ps(g + i);
-        __m512 a;
+        const V x = v_load(g + i);
+        V a;
         if (act == 0) {
-            a = _mm512_div_ps(x, _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+            a = v_div(x, v_add(one, v_exp(v_sub(v_zero(), x))));
         } else {
-            const __m512 z = _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f),
-                                           _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(0.044715f), x), _mm512_mul_ps(x, x), x));
-            const __m512 t = _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f),
-                                                              _mm512_add_ps(one, exp512(_mm512_add_ps(z, z)))));
-            a = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), _mm512_add_ps(one, t));
+            const V z = v_mul(v_set1(0.7978845608028654f), v_fma(v_mul(v_set1(0.044715f), x), v_mul(x, x), x));
+            const V t = v_sub(one, v_div(v_set1(2.0f), v_add(one, v_exp(v_add(z, z)))));
+            a = v_mul(v_mul(v_set1(0.5f), x), v_add(one, t));
         }
-        _mm512_storeu_ps(out + i, _mm512_mul_ps(a, _mm512_loadu_ps(u + i)));
+        v_store(out + i, v_mul(a, v_load(u + i)));
     }
 }
 
@@ -104,13 +78,6 @@ static void act_mul_row(const float* g, const float* u, float* out, int64_t n, i
 static void residual_row(float* x, float* f, const float* post, int64_t n, float eps) {
     if (post) rmsnorm_row(f, post, f, n, eps);
     for (int64_t i = 0; i < n; i++) x[i] += f[i];
-}
-
-static inline uint16_t to_bf16(float f) {  /* round to nearest even, as torch's .to(bfloat16) */
-    uint32_t u; memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
 }
 
 /* RoPE in place on one head: cos, sin laid out per feature (as `Rotary.factors`) */
@@ -191,7 +158,7 @@ static void qkv_head(const step_t* S, const dlayer_t* L, int64_t r, int64_t hh) 
     const int64_t slot = S->slots[L->group * S->B + r];
     uint16_t* kd = L->kc + (slot * KV + j) * HD;
     uint16_t* vd = L->vc + (slot * KV + j) * HD;
-    for (int64_t i = 0; i < HD; i++) { kd[i] = to_bf16(k[i]); vd[i] = to_bf16(v[i]); }
+    for (int64_t i = 0; i < HD; i++) { kd[i] = f32_to_bf16(k[i]); vd[i] = f32_to_bf16(v[i]); }
 }
 
 /* token r's G query heads of KV head kvh attend over its context */
@@ -287,8 +254,8 @@ void decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, con
     for (int64_t r = 0; r < B; r++) if (lens[r] > lmax) lmax = lens[r];
     char* w = (char*)ws;
     #define TAKE(T, count) ((T*)take_bytes(&w, sizeof(T) * (size_t)(count)))
-    step_t S = {M, x, TAKE(float, B * D), TAKE(float, B * D), TAKE(float, B * NQKV), TAKE(float, B * QO),
-                TAKE(float, B * 2 * F), TAKE(float, B * F)};
+    step_t S = {.M = M, .x = x, .h = TAKE(float, B * D), .f = TAKE(float, B * D), .qkv = TAKE(float, B * NQKV),
+                .att = TAKE(float, B * QO), .gu = TAKE(float, B * 2 * F), .a = TAKE(float, B * F)};
     S.qD = (qact_t){TAKE(int8_t, B * KMAX), TAKE(float, B * KMAX / 32), TAKE(float, B * KMAX / 32),
                     TAKE(int32_t, B * KMAX / 16), D, B};
     S.qQ = S.qD; S.qQ.k = QO;
@@ -303,7 +270,7 @@ void decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, con
     S.bar = &bar;
     step_t S0 = S, S1 = S;  /* S0: nothing to add yet (before layer 0); S1: f holds a block's output */
     S0.f_ready = 0; S1.f_ready = 1;
-    #pragma omp parallel num_threads(nthreads)
+    #pragma omp parallel num_threads((int)nthreads)
     {
         #pragma omp single
         bar.n = omp_get_num_threads();  /* the team we got (its implicit barrier publishes it) */
@@ -327,5 +294,3 @@ void decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, con
         }
     }
 }
-#pragma GCC pop_options
-"""

@@ -1,0 +1,450 @@
+/* Quantized matrices in 16-row tiles, multiplied with int8 dot products.
+
+Layout (built by tiles.py). A matrix of N rows (N % 16 == 0) and K columns is cut into tiles of 16 rows by 32
+columns; tile (rt, g) covers rows 16 rt .. 16 rt + 15 and columns 32 g .. 32 g + 31. Its integer codes (0 .. 2^bits
+- 1, the GGUF quants made non-negative) are stored as eight *operands* of 64 bytes, operand o holding columns
+4 o .. 4 o + 3 of the 16 rows, row-major: the shape of one AVX-512 `vpdpbusd` (4 unsigned bytes times 4 signed
+bytes added into each of 16 int32 lanes), of two AVX2 `vpmaddubsw` + `vpmaddwd` pairs (rows 0-7, 8-15) and of
+four NEON `sdot`s (rows 4 i .. 4 i + 3). So lane r of an accumulator is row r's dot product in every build, and a
+tile's scales apply lane by lane: per row, never a horizontal sum inside the loop.
+
+- codes: 4-bit codes packed two operands per 64 bytes (low nibbles: operand 2p, high nibbles: 2p + 1), 256 bytes
+  a tile; 8-bit codes stored whole, 512 bytes. 5- and 6-bit codes add *planes*: per operand a 64-bit mask of the
+  codes' bit 4 (then bit 5), 64 or 128 bytes a tile.
+- scales, by mode:
+  D   (Q4_0, Q5_0, Q8_0): fp16 scale d per row and tile; the weight is d * code + c * d (c = -8, -16, -128);
+  DM  (Q4_1, Q5_1):       fp16 d and m per row and tile: d * code + m;
+  K4  (Q4_K):             6-bit scale and min per row and tile (uint8), float32 d and -dmin per row and 256
+                          columns: (d sc) * code + (-dmin mn);
+  K6  (Q6_K):             int8 scale per row and 16 columns, float32 d per row and 256 columns:
+                          (d sc) * (code - 32).
+  Each reproduces the GGUF weight exactly (the dequantizer here is bit-exact with gguf-py's).
+
+Activations are quantized per token and 32 columns to int8 (`quantize_rows`: q = round(x / dx), dx = max|x| / 127,
+as llama.cpp's q8_0), keeping dx, sx = dx * sum(q) and the integer sums of each 16 columns. They are stored group
+by group: the 32 codes of column group g for tokens 0, 1, 2 ... follow each other (and so do dx, sx, sums), so the
+kernel reaches any token of a block at a constant offset from one pointer. A row's output is
+
+    y = sum over tiles of  float(dot(code, q)) * (d * dx)  +  m * sx
+
+(K6: d * dx * float(sum of the two halves' sc * (dot - 32 sum(q)))), accumulated over tiles in column order. The
+integer dot products are exact in every build, and the float operations per lane are the same, in the same order,
+in every build; each token's sum is computed alone in that fixed order, so a token's result never depends on the
+other tokens. */
+#include <omp.h>
+
+#include "internal.h"
+
+static inline int32_t load_i32(const int8_t* p) { int32_t v; memcpy(&v, p, 4); return v; }
+
+/* ---- activations ---- */
+
+/* quantize columns 32 g .. 32 g + 31 of token t (xg points at them) into a */
+static inline void quantize_group(const float* xg, int64_t t, int64_t g, const qact_t* a) {
+    const V x0 = v_load(xg), x1 = v_load(xg + 16);
+    const float amax = v_hmax(v_max(v_abs(x0), v_abs(x1)));
+    const float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
+    const VI q0 = v_to_vi(v_mul(x0, v_set1(id))), q1 = v_to_vi(v_mul(x1, v_set1(id)));
+    const int64_t at = g * a->ld + t;
+    int8_t* qg = a->q + at * 32;
+    vi_store_i8(qg, q0);
+    vi_store_i8(qg + 16, q1);
+    const int32_t s0 = vi_hsum(q0), s1 = vi_hsum(q1);
+    a->s16[2 * at] = s0;
+    a->s16[2 * at + 1] = s1;
+    a->dx[at] = d;
+    a->sx[at] = d * (float)(s0 + s1);
+}
+
+/* quantize row t of x (its k columns) into a */
+void quantize_row(const float* x, int64_t t, const qact_t* a) {
+    for (int64_t g = 0; g < a->k / 32; g++) quantize_group(x + g * 32, t, g, a);
+}
+
+void quantize_rows(const float* x, int64_t t, int64_t ldx, int64_t k, int8_t* q, float* dx, float* sx,
+                   int32_t* s16) {
+    qact_t a = {q, dx, sx, s16, k, t};
+    for (int64_t i = 0; i < t; i++) quantize_row(x + i * ldx, i, &a);
+}
+
+/* ---- a tile's eight operands, per instruction set ---- */
+
+#if defined(FP_AVX512)
+typedef __m512i TOP;
+#elif defined(FP_AVX2)
+typedef struct { __m256i a, b; } TOP;   /* rows 0-7, rows 8-15 */
+#else
+typedef struct { int8x16_t v[4]; } TOP; /* rows 4 i .. 4 i + 3 */
+#endif
+
+/* Without a 4 x (unsigned, signed) byte dot product that cannot saturate (plain AVX2's vpmaddubsw saturates at
+   255 * 127 * 2) or without an unsigned one at all (NEON's sdot is signed x signed), 8-bit codes are held as
+   signed q = code - 128 and the dot product adds 128 * sum(x) back: the same integer, exactly. */
+#if defined(FP_NEON) || (defined(FP_AVX2) && !defined(FP_AVXVNNI))
+#define SIGNED_8BIT 1
+#else
+#define SIGNED_8BIT 0
+#endif
+
+#if defined(FP_AVX2)
+/* byte i = 0xFF where bit i of m is set */
+FP_INLINE __m256i bits_to_bytes(uint32_t m) {
+    const __m256i spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32((int)m),
+        _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+}
+#elif defined(FP_NEON)
+FP_INLINE uint8x16_t bits_to_bytes(uint32_t m) {
+    static const uint8_t bit[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+    const uint8x16_t v = vcombine_u8(vdup_n_u8((uint8_t)(m & 0xff)), vdup_n_u8((uint8_t)((m >> 8) & 0xff)));
+    return vtstq_u8(v, vld1q_u8(bit));
+}
+#endif
+
+/* adds `add` to the codes of operand op whose bit is set in the 64-bit mask at pl */
+FP_INLINE void add_plane(TOP* op, const uint8_t* pl, const int add) {
+    uint64_t m;
+    memcpy(&m, pl, 8);
+#if defined(FP_AVX512)
+    *op = _mm512_mask_add_epi8(*op, (__mmask64)m, *op, _mm512_set1_epi8((char)add));
+#elif defined(FP_AVX2)
+    const __m256i a = _mm256_set1_epi8((char)add);
+    op->a = _mm256_add_epi8(op->a, _mm256_and_si256(bits_to_bytes((uint32_t)m), a));
+    op->b = _mm256_add_epi8(op->b, _mm256_and_si256(bits_to_bytes((uint32_t)(m >> 32)), a));
+#else
+    const int8x16_t a = vdupq_n_s8((int8_t)add);
+    for (int i = 0; i < 4; i++)
+        op->v[i] = vaddq_s8(op->v[i], vandq_s8(vreinterpretq_s8_u8(bits_to_bytes((uint32_t)(m >> (16 * i)))), a));
+#endif
+}
+
+/* the eight operands of tile tg (codes >= 0; 8-bit codes minus 128 where SIGNED_8BIT) */
+FP_INLINE void tile_ops(const tmat_t* W, int64_t tg, const int BITS, TOP op[8]) {
+    if (BITS == 8) {
+        const uint8_t* c = W->codes + tg * 512;
+        for (int o = 0; o < 8; o++) {
+#if defined(FP_AVX512)
+            op[o] = _mm512_loadu_si512((const void*)(c + 64 * o));
+#elif defined(FP_AVX2)
+            op[o].a = _mm256_loadu_si256((const __m256i*)(c + 64 * o));
+            op[o].b = _mm256_loadu_si256((const __m256i*)(c + 64 * o + 32));
+#if SIGNED_8BIT
+            op[o].a = _mm256_xor_si256(op[o].a, _mm256_set1_epi8((char)0x80));
+            op[o].b = _mm256_xor_si256(op[o].b, _mm256_set1_epi8((char)0x80));
+#endif
+#else
+            for (int i = 0; i < 4; i++)
+                op[o].v[i] = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(c + 64 * o + 16 * i), vdupq_n_u8(0x80)));
+#endif
+        }
+        return;
+    }
+    const uint8_t* c = W->codes + tg * 256;
+    for (int p = 0; p < 4; p++) {
+#if defined(FP_AVX512)
+        const __m512i m4 = _mm512_set1_epi8(15), v = _mm512_loadu_si512((const void*)(c + 64 * p));
+        op[2 * p] = _mm512_and_si512(v, m4);
+        op[2 * p + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+#elif defined(FP_AVX2)
+        const __m256i m4 = _mm256_set1_epi8(15);
+        const __m256i va = _mm256_loadu_si256((const __m256i*)(c + 64 * p));
+        const __m256i vb = _mm256_loadu_si256((const __m256i*)(c + 64 * p + 32));
+        op[2 * p].a = _mm256_and_si256(va, m4);
+        op[2 * p].b = _mm256_and_si256(vb, m4);
+        op[2 * p + 1].a = _mm256_and_si256(_mm256_srli_epi16(va, 4), m4);
+        op[2 * p + 1].b = _mm256_and_si256(_mm256_srli_epi16(vb, 4), m4);
+#else
+        for (int i = 0; i < 4; i++) {
+            const uint8x16_t v = vld1q_u8(c + 64 * p + 16 * i);
+            op[2 * p].v[i] = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(15)));
+            op[2 * p + 1].v[i] = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+        }
+#endif
+    }
+    if (BITS >= 5) {
+        const uint8_t* pl = W->planes + tg * 64 * (BITS - 4);
+        for (int o = 0; o < 8; o++) add_plane(&op[o], pl + 8 * o, 16);
+        if (BITS == 6)
+            for (int o = 0; o < 8; o++) add_plane(&op[o], pl + 64 + 8 * o, 32);
+    }
+}
+
+/* the operands' codes back in their 64-byte layout, as unsigned codes */
+FP_INLINE void top_store(uint8_t* p, TOP op, const int BITS) {
+#if defined(FP_AVX512)
+    (void)BITS;
+    _mm512_storeu_si512((void*)p, op);
+#elif defined(FP_AVX2)
+    if (SIGNED_8BIT && BITS == 8) {
+        op.a = _mm256_xor_si256(op.a, _mm256_set1_epi8((char)0x80));
+        op.b = _mm256_xor_si256(op.b, _mm256_set1_epi8((char)0x80));
+    }
+    _mm256_storeu_si256((__m256i*)p, op.a);
+    _mm256_storeu_si256((__m256i*)(p + 32), op.b);
+#else
+    for (int i = 0; i < 4; i++) {
+        uint8x16_t v = vreinterpretq_u8_s8(op.v[i]);
+        if (BITS == 8) v = veorq_u8(v, vdupq_n_u8(0x80));
+        vst1q_u8(p + 16 * i, v);
+    }
+#endif
+}
+
+/* Per row: the integer dot product of operands o0 .. o1 - 1 (columns 4 o0 .. 4 o1 - 1) with token xi's codes
+   (the 8-bit codes' offset not yet added back where SIGNED_8BIT). Exact: int32 sums of bounded products. */
+FP_INLINE VI tile_dot(const TOP* op, const int8_t* xi, const int o0, const int o1, const int BITS) {
+#if defined(FP_AVX512)
+    (void)BITS;
+    __m512i a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), op[o0], _mm512_set1_epi32(load_i32(xi + 4 * o0)));
+    for (int o = o0 + 1; o < o1; o++) a = _mm512_dpbusd_epi32(a, op[o], _mm512_set1_epi32(load_i32(xi + 4 * o)));
+    return a;
+#elif defined(FP_AVX2) && defined(FP_AVXVNNI)
+    (void)BITS;
+    __m256i ra = _mm256_setzero_si256(), rb = _mm256_setzero_si256();
+    for (int o = o0; o < o1; o++) {
+        const __m256i xb = _mm256_set1_epi32(load_i32(xi + 4 * o));
+        ra = _mm256_dpbusd_avx_epi32(ra, op[o].a, xb);
+        rb = _mm256_dpbusd_avx_epi32(rb, op[o].b, xb);
+    }
+    return (VI){ra, rb};
+#elif defined(FP_AVX2)
+    /* vpmaddubsw: pairs of (unsigned code x signed x) summed into int16; summed over `per` operands in int16,
+       which cannot overflow: 2 * per * (2^BITS - 1) * 127 <= 32767 (4 bits: 8 operands, 5: 4, 6: 2); then
+       vpmaddwd with ones widens pairs to int32. 8-bit codes are signed here: |q| x (x with q's sign). */
+    const int per = BITS == 4 ? 8 : BITS == 5 ? 4 : BITS == 6 ? 2 : 1;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i ra = _mm256_setzero_si256(), rb = _mm256_setzero_si256();
+    for (int o = o0; o < o1; o += per) {
+        __m256i sa = _mm256_setzero_si256(), sb = _mm256_setzero_si256();
+        for (int j = o; j < o + per && j < o1; j++) {
+            const __m256i xb = _mm256_set1_epi32(load_i32(xi + 4 * j));
+            if (BITS == 8) {
+                sa = _mm256_maddubs_epi16(_mm256_sign_epi8(op[j].a, op[j].a), _mm256_sign_epi8(xb, op[j].a));
+                sb = _mm256_maddubs_epi16(_mm256_sign_epi8(op[j].b, op[j].b), _mm256_sign_epi8(xb, op[j].b));
+            } else {
+                sa = _mm256_add_epi16(sa, _mm256_maddubs_epi16(op[j].a, xb));
+                sb = _mm256_add_epi16(sb, _mm256_maddubs_epi16(op[j].b, xb));
+            }
+        }
+        ra = _mm256_add_epi32(ra, _mm256_madd_epi16(sa, ones));
+        rb = _mm256_add_epi32(rb, _mm256_madd_epi16(sb, ones));
+    }
+    return (VI){ra, rb};
+#else
+    (void)BITS;
+    const int8x16_t xa = vld1q_s8(xi), xb = vld1q_s8(xi + 16);
+    VI r = vi_zero();
+#define DOT_OP(o, x, lane)                                                                  \
+    if (o0 <= (o) && (o) < o1)                                                              \
+        for (int i = 0; i < 4; i++) r.v[i] = vdotq_laneq_s32(r.v[i], op[o].v[i], x, lane);
+    DOT_OP(0, xa, 0) DOT_OP(1, xa, 1) DOT_OP(2, xa, 2) DOT_OP(3, xa, 3)
+    DOT_OP(4, xb, 0) DOT_OP(5, xb, 1) DOT_OP(6, xb, 2) DOT_OP(7, xb, 3)
+#undef DOT_OP
+    return r;
+#endif
+}
+
+/* ---- scales ---- */
+
+/* per-row scale (dw) and offset (mw) of tile (rt, g); K6: dw = d, and the two halves' integer scales */
+FP_INLINE void tile_scales(const tmat_t* W, int64_t rt, int64_t g, int64_t G, const int SM, V* dw, V* mw, VI* sca,
+                           VI* scb) {
+    const int64_t tg = rt * G + g;
+    if (SM == SM_D || SM == SM_DM) {
+        *dw = v_load_f16(W->d16 + tg * 16);
+        *mw = SM == SM_D ? v_mul(*dw, v_set1(W->mconst)) : v_load_f16(W->m16 + tg * 16);
+    } else if (SM == SM_K4) {
+        const int64_t sb = rt * (G / 8) + g / 8;
+        *dw = v_mul(v_load(W->dsb + sb * 16), v_load_u8(W->sc + tg * 16));
+        *mw = v_mul(v_load(W->msb + sb * 16), v_load_u8(W->mn + tg * 16));
+    } else {
+        *dw = v_load(W->dsb + (rt * (G / 8) + g / 8) * 16);
+        *sca = vi_load_i8((const int8_t*)(W->sc + tg * 32));
+        *scb = vi_load_i8((const int8_t*)(W->sc + tg * 32 + 16));
+    }
+}
+
+/* ---- the kernel ---- */
+
+#define PREFETCH_TILES 4
+
+/* rows of tile rt for tokens t0 .. t0 + TN - 1: y[t, 16 rt + r]. The tile's codes are decoded once for the TN
+   tokens; each token's sums run in the same order whatever TN (the result of a token never depends on TN). */
+FP_INLINE void tile_block(const tmat_t* W, int64_t rt, const qact_t* X, int64_t t0, const int TN, float* y,
+                          int64_t ldy, const int BITS, const int SM) {
+    const int64_t G = W->k / 32, LD = X->ld;
+    /* token i of column group g: codes at xq + 32 i, scales at dx[i], sx[i], sums at s16[2 i] (constant offsets) */
+    const int8_t* xq = X->q + t0 * 32;
+    const float *dx = X->dx + t0, *sx = X->sx + t0;
+    const int32_t* s16 = X->s16 + 2 * t0;
+    V acc[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < TN; i++) acc[i] = v_zero();
+    for (int64_t g = 0; g < G; g++, xq += 32 * LD, dx += LD, sx += LD, s16 += 2 * LD) {
+        if (TN >= 8) {  /* many tokens per tile: too slow a consumer for the hardware prefetcher to stay ahead */
+            const uint8_t* c = W->codes + (rt * G + g + PREFETCH_TILES) * (BITS == 8 ? 512 : 256);
+            for (int l = 0; l < (BITS == 8 ? 8 : 4); l++) PREFETCH(c + 64 * l);
+        }
+        TOP op[8];
+        tile_ops(W, rt * G + g, BITS, op);
+        V dw, mw = v_zero();
+        VI sca = vi_zero(), scb = vi_zero();
+        tile_scales(W, rt, g, G, SM, &dw, &mw, &sca, &scb);
+#pragma GCC unroll 16
+        for (int i = 0; i < TN; i++) {
+            const int8_t* xi = xq + 32 * i;
+            const V dxd = v_mul(dw, v_set1(dx[i]));
+            if (SM == SM_K6) {  /* each half of the columns has its own integer scale */
+                VI a = tile_dot(op, xi, 0, 4, BITS), b = tile_dot(op, xi, 4, 8, BITS);
+                a = vi_mullo(vi_sub(a, vi_set1(32 * s16[2 * i])), sca);
+                b = vi_mullo(vi_sub(b, vi_set1(32 * s16[2 * i + 1])), scb);
+                acc[i] = v_fma(vi_to_v(vi_add(a, b)), dxd, acc[i]);
+            } else {
+                VI a = tile_dot(op, xi, 0, 8, BITS);
+                if (SIGNED_8BIT && BITS == 8) a = vi_add(a, vi_set1(128 * (s16[2 * i] + s16[2 * i + 1])));
+                acc[i] = v_fma(vi_to_v(a), dxd, acc[i]);
+                acc[i] = v_fma(mw, v_set1(sx[i]), acc[i]);
+            }
+        }
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < TN; i++) v_store(y + (t0 + i) * ldy + rt * 16, acc[i]);
+}
+
+/* Tokens per pass over a tile: as many as the registers hold (AVX-512: 32 of 16 lanes; AVX2 and NEON: 16 of 8
+   and 32 of 4 lanes, so fewer accumulators before they spill). */
+#if defined(FP_AVX512)
+#define TN_MAX 16
+#else
+#define TN_MAX 8
+#endif
+
+#define DEFINE_TILE_ROWS(NAME, BITS, SM)                                                                     \
+    static void NAME(const tmat_t* W, int64_t rt, const qact_t* X, int64_t T, float* y, int64_t ldy) {      \
+        int64_t t0 = 0;                                                                                     \
+        if (TN_MAX == 16)                                                                                   \
+            for (; t0 + 16 <= T; t0 += 16) tile_block(W, rt, X, t0, 16, y, ldy, BITS, SM);                  \
+        for (; t0 + 8 <= T; t0 += 8) tile_block(W, rt, X, t0, 8, y, ldy, BITS, SM);                         \
+        if (t0 + 4 <= T) { tile_block(W, rt, X, t0, 4, y, ldy, BITS, SM); t0 += 4; }                        \
+        for (; t0 < T; t0++) tile_block(W, rt, X, t0, 1, y, ldy, BITS, SM);                                 \
+    }
+DEFINE_TILE_ROWS(tile_rows_4d, 4, SM_D)
+DEFINE_TILE_ROWS(tile_rows_4dm, 4, SM_DM)
+DEFINE_TILE_ROWS(tile_rows_5d, 5, SM_D)
+DEFINE_TILE_ROWS(tile_rows_5dm, 5, SM_DM)
+DEFINE_TILE_ROWS(tile_rows_8d, 8, SM_D)
+DEFINE_TILE_ROWS(tile_rows_4k, 4, SM_K4)
+DEFINE_TILE_ROWS(tile_rows_6k, 6, SM_K6)
+
+static void tile_rows(const tmat_t* W, int64_t rt, const qact_t* X, int64_t T, float* y, int64_t ldy) {
+    switch (W->bits * 4 + W->smode) {
+        case 4 * 4 + SM_D: tile_rows_4d(W, rt, X, T, y, ldy); break;
+        case 4 * 4 + SM_DM: tile_rows_4dm(W, rt, X, T, y, ldy); break;
+        case 5 * 4 + SM_D: tile_rows_5d(W, rt, X, T, y, ldy); break;
+        case 5 * 4 + SM_DM: tile_rows_5dm(W, rt, X, T, y, ldy); break;
+        case 8 * 4 + SM_D: tile_rows_8d(W, rt, X, T, y, ldy); break;
+        case 4 * 4 + SM_K4: tile_rows_4k(W, rt, X, T, y, ldy); break;
+        case 6 * 4 + SM_K6: tile_rows_6k(W, rt, X, T, y, ldy); break;
+        default: break;
+    }
+}
+
+/* global row tile j of matrices stacked one after the other -> its matrix, its row tile there, its first column */
+static inline const tmat_t* locate_tile(const tmat_t* const* mats, int64_t j, int64_t* rt, int64_t* col) {
+    int m = 0;
+    *col = 0;
+    while (j >= mats[m]->n / 16) { j -= mats[m]->n / 16; *col += mats[m]->n; m++; }
+    *rt = j;
+    return mats[m];
+}
+
+/* y[:, col_m + ...] = X @ W_m^T for `nm` matrices sharing the input X (fused q|k|v, gate|up); the row tiles of
+   all of them are shared out among the threads of the enclosing parallel region (orphaned `omp for`) in
+   contiguous halves: one token reads its weights once, as streams the prefetchers follow (on-demand chunks made
+   a one-token step 20 % slower). No barrier at the end: the caller places it. */
+void tile_matmul_multi(const tmat_t* const* mats, int nm, const qact_t* X, int64_t T, float* y, int64_t ldy) {
+    int64_t total = 0;
+    for (int m = 0; m < nm; m++) total += mats[m]->n / 16;
+#pragma omp for schedule(static) nowait
+    for (int64_t j = 0; j < total; j++) {
+        int64_t rt, col;
+        const tmat_t* W = locate_tile(mats, j, &rt, &col);
+        tile_rows(W, rt, X, T, y + col, ldy);
+    }
+}
+
+/* Python entry: y (T, sum n) = quantize(x (T, K)) @ [W_0 | W_1 ...]^T, with scratch for the quantized x. */
+void tile_matmul(const tmat_t* const* mats, int64_t nm, const float* x, int64_t t, int8_t* q, float* dx, float* sx,
+                 int32_t* s16, float* y, int64_t ldy, int64_t nthreads) {
+    qact_t a = {q, dx, sx, s16, mats[0]->k, t};
+    quantize_rows(x, t, mats[0]->k, mats[0]->k, q, dx, sx, s16);
+#pragma omp parallel num_threads((int)nthreads)
+    tile_matmul_multi(mats, (int)nm, &a, t, y, ldy);
+}
+
+/* ---- dequantization ---- */
+
+/* tile (rt, g) as 16 rows x 32 columns of float32 weights, exactly d * code + m in gguf-py's order */
+FP_INLINE void tile_weights(const tmat_t* W, int64_t rt, int64_t g, int64_t G, const int BITS, const int SM,
+                            float w[16][32]) {
+    TOP op[8];
+    tile_ops(W, rt * G + g, BITS, op);
+    uint8_t ops[8][64], codes[16][32];
+    for (int o = 0; o < 8; o++) top_store(ops[o], op[o], BITS);
+    for (int o = 0; o < 8; o++)
+        for (int r = 0; r < 16; r++) memcpy(&codes[r][4 * o], &ops[o][4 * r], 4);
+    V dw, mw = v_zero();
+    VI sca = vi_zero(), scb = vi_zero();
+    tile_scales(W, rt, g, G, SM, &dw, &mw, &sca, &scb);
+    float d[2][16], m[2][16];  /* per half of the columns: scale and offset of each row */
+    if (SM == SM_K6) {  /* (d sc) * code + (-32 d sc): exact, as d * sc * (code - 32) */
+        const V da = v_mul(dw, vi_to_v(sca)), db = v_mul(dw, vi_to_v(scb));
+        v_store(d[0], da);
+        v_store(d[1], db);
+        v_store(m[0], v_mul(da, v_set1(-32.0f)));
+        v_store(m[1], v_mul(db, v_set1(-32.0f)));
+    } else {
+        v_store(d[0], dw);
+        v_store(d[1], dw);
+        v_store(m[0], mw);
+        v_store(m[1], mw);
+    }
+    for (int r = 0; r < 16; r++)
+        for (int h = 0; h < 2; h++)
+            v_store(&w[r][16 * h], v_add(v_mul(v_load_u8(&codes[r][16 * h]), v_set1(d[h][r])), v_set1(m[h][r])));
+}
+
+#define TILE_WEIGHTS(BITS)                                                                                   \
+    switch (W->smode) {                                                                                     \
+        case SM_D: tile_weights(W, rt, g, G, BITS, SM_D, w); break;                                         \
+        case SM_DM: tile_weights(W, rt, g, G, BITS, SM_DM, w); break;                                       \
+        case SM_K4: tile_weights(W, rt, g, G, BITS, SM_K4, w); break;                                       \
+        default: tile_weights(W, rt, g, G, BITS, SM_K6, w); break;                                          \
+    }
+
+/* Rows 16 rt0 .. 16 rt1 - 1 of W: out (rows, K), float32 (exactly the GGUF weights, computed as d * q + m in
+   gguf-py's order) or, with bf16 != 0, those values rounded to bf16. */
+void tile_dequant(const tmat_t* W, int64_t rt0, int64_t rt1, void* out, int64_t bf16, int64_t nthreads) {
+    const int64_t K = W->k, G = K / 32;
+#pragma omp parallel for num_threads((int)nthreads) schedule(static)
+    for (int64_t rt = rt0; rt < rt1; rt++) {
+        for (int64_t g = 0; g < G; g++) {
+            float w[16][32];
+            switch (W->bits) {
+                case 4: TILE_WEIGHTS(4) break;
+                case 5: TILE_WEIGHTS(5) break;
+                case 6: TILE_WEIGHTS(6) break;
+                default: TILE_WEIGHTS(8) break;
+            }
+            for (int r = 0; r < 16; r++) {
+                const int64_t at = (rt * 16 + r - rt0 * 16) * K + g * 32;
+                for (int h = 0; h < 2; h++) {
+                    if (bf16) v_store_bf16((uint16_t*)out + at + 16 * h, v_load(&w[r][16 * h]));
+                    else v_store((float*)out + at + 16 * h, v_load(&w[r][16 * h]));
+                }
+            }
+        }
+    }
+}
