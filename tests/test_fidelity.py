@@ -20,15 +20,20 @@ def kl_and_top1(exact: torch.Tensor, fast: torch.Tensor) -> tuple[float, float]:
     return kl, (exact.argmax(-1) == fast.argmax(-1)).double().mean().item()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("model", ["smollm2", "gemma3"])
-def test_fast_path_kl_against_exact(request, model):
-    path = request.getfixturevalue(f"{model}_path")
+@pytest.fixture(scope="module", params=["smollm2", "gemma3"])
+def exact(request) -> tuple[str, str, list[int], torch.Tensor]:
+    """(model, path, ids, exact float32 logits), computed once per model for every kernel build."""
+    path = request.getfixturevalue(f"{request.param}_path")
     exact_llm = LLM(path, reference=True)
     ids = exact_llm.tokenizer.encode(REAL_PROMPT, add_bos=True)[:128]
-    exact = exact_llm.logits(ids)
-    del exact_llm
-    fast_llm = LLM(path)
+    return request.param, path, ids, exact_llm.logits(ids)
+
+
+@pytest.mark.slow
+def test_fast_path_kl_against_exact(exact, use_native):
+    """Every build of the native kernels this CPU runs (avx512, avx2 with and without AVX-VNNI, neon)."""
+    model, path, ids, exact = exact
+    fast_llm = LLM(path, cpu=use_native)
     for name, logits in [("prompt kernels", fast_llm.logits(ids)), ("decode kernels", decode_logits(fast_llm, ids))]:
         kl, top1 = kl_and_top1(exact, logits)
         assert kl < KL_BOUND[model], f"{name}: mean KL {kl:.2e}"

@@ -187,11 +187,11 @@ static void residual_and_norm(const step_t* S, const float* post, const float* n
 }
 
 /* the attention block of layer L up to its output projection in f (its input h already normalized and quantized) */
-static void attention_block(const step_t* S, const dlayer_t* L, float* s) {
+static void attention_block(const step_t* S, const dlayer_t* L, float* s, team_t* team) {
     const dmodel_t* M = S->M;
     const int64_t B = S->B, D = M->d_model, H = M->n_heads, KV = M->n_kv, HD = M->head_dim;
     const int64_t QO = H * HD, NQKV = QO + 2 * KV * HD, G = H / KV;
-    tile_matmul_multi(L->qkv, (int)L->n_qkv, &S->qD, B, S->qkv, NQKV);
+    tile_matmul_multi(L->qkv, (int)L->n_qkv, &S->qD, B, S->qkv, NQKV, team);
     step_barrier(S->bar);
     if (S->distinct) {
         /* every token of a different sequence (decoding): a unit's own k and v are all its attention needs, so
@@ -215,15 +215,15 @@ static void attention_block(const step_t* S, const dlayer_t* L, float* s) {
     #pragma omp for schedule(static) nowait
     for (int64_t r = 0; r < B; r++) quantize_row(S->att + r * QO, r, &S->qQ);
     step_barrier(S->bar);
-    tile_matmul_multi(&L->o, 1, &S->qQ, B, S->f, D);
+    tile_matmul_multi(&L->o, 1, &S->qQ, B, S->f, D, team);
     step_barrier(S->bar);
 }
 
 /* the feed-forward block of layer L up to its down projection in f (its input h already normalized, quantized) */
-static void ffn_block(const step_t* S, const dlayer_t* L) {
+static void ffn_block(const step_t* S, const dlayer_t* L, team_t* team) {
     const dmodel_t* M = S->M;
     const int64_t B = S->B, D = M->d_model, F = M->n_ff;
-    tile_matmul_multi(L->gu, (int)L->n_gu, &S->qD, B, S->gu, 2 * F);
+    tile_matmul_multi(L->gu, (int)L->n_gu, &S->qD, B, S->gu, 2 * F, team);
     step_barrier(S->bar);
     #pragma omp for schedule(static) nowait
     for (int64_t r = 0; r < B; r++) {
@@ -232,7 +232,7 @@ static void ffn_block(const step_t* S, const dlayer_t* L) {
         quantize_row(S->a + r * F, r, &S->qF);
     }
     step_barrier(S->bar);
-    tile_matmul_multi(&L->down, 1, &S->qF, B, S->f, D);
+    tile_matmul_multi(&L->down, 1, &S->qF, B, S->f, D, team);
     step_barrier(S->bar);
 }
 
@@ -267,6 +267,8 @@ void decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, con
     S.distinct = 1;
     for (int64_t r = 1; r < B && S.distinct; r++) if (seq[r] == seq[r - 1]) S.distinct = 0;  /* rows come grouped */
     spin_barrier_t bar = {0, 0, 1};
+    work_t work;
+    memset(&work, 0, sizeof(work));
     S.bar = &bar;
     step_t S0 = S, S1 = S;  /* S0: nothing to add yet (before layer 0); S1: f holds a block's output */
     S0.f_ready = 0; S1.f_ready = 1;
@@ -275,12 +277,13 @@ void decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, con
         #pragma omp single
         bar.n = omp_get_num_threads();  /* the team we got (its implicit barrier publishes it) */
         float* s = scores + (int64_t)omp_get_thread_num() * 4 * (lmax + 16);
+        team_t team = {&work, 0};
         residual_and_norm(&S0, NULL, M->layers[0].attn_norm);
         for (int64_t l = 0; l < M->n_layers; l++) {
             const dlayer_t* L = M->layers + l;
-            attention_block(&S1, L, s);
+            attention_block(&S1, L, s, &team);
             residual_and_norm(&S1, L->post_attn_norm, L->ffn_norm);
-            ffn_block(&S1, L);
+            ffn_block(&S1, L, &team);
             residual_and_norm(&S1, L->post_ffn_norm, l + 1 < M->n_layers ? M->layers[l + 1].attn_norm : NULL);
         }
         if (n_out > 0) {
@@ -290,7 +293,7 @@ void decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, con
                 quantize_row(S.h + i * D, i, &S.qD);
             }
             step_barrier(S.bar);
-            tile_matmul_multi(&M->head, 1, &S.qD, n_out, logits, M->head->n);
+            tile_matmul_multi(&M->head, 1, &S.qD, n_out, logits, M->head->n, &team);
         }
     }
 }

@@ -360,18 +360,68 @@ static inline const tmat_t* locate_tile(const tmat_t* const* mats, int64_t j, in
     return mats[m];
 }
 
-/* y[:, col_m + ...] = X @ W_m^T for `nm` matrices sharing the input X (fused q|k|v, gate|up); the row tiles of
-   all of them are shared out among the threads of the enclosing parallel region (orphaned `omp for`) in
-   contiguous halves: one token reads its weights once, as streams the prefetchers follow (on-demand chunks made
-   a one-token step 20 % slower). No barrier at the end: the caller places it. */
-void tile_matmul_multi(const tmat_t* const* mats, int nm, const qact_t* X, int64_t T, float* y, int64_t ldy) {
-    int64_t total = 0;
-    for (int m = 0; m < nm; m++) total += mats[m]->n / 16;
-#pragma omp for schedule(static) nowait
-    for (int64_t j = 0; j < total; j++) {
+/* ---- sharing the row tiles out (internal.h) ---- */
+
+#define SLOT(phase, next, end) (((uint64_t)(phase) << 48) | ((uint64_t)(next) << 24) | (uint64_t)(end))
+#define SLOT_PHASE(w) ((uint32_t)((w) >> 48))
+#define SLOT_NEXT(w) ((int64_t)(((w) >> 24) & 0xffffff))
+#define SLOT_END(w) ((int64_t)((w) & 0xffffff))
+
+/* make slot s hold [lo, hi) for `phase` unless some thread already did */
+static void slot_open(work_slot_t* s, uint32_t phase, int64_t lo, int64_t hi) {
+    uint64_t old = __atomic_load_n(&s->word, __ATOMIC_ACQUIRE);
+    while (SLOT_PHASE(old) != phase)
+        if (__atomic_compare_exchange_n(&s->word, &old, SLOT(phase, lo, hi), 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            return;
+}
+
+/* claim up to c tiles from the front (the owner) or the back (another thread) of slot s: [*a, *b), or 0 */
+static int slot_claim(work_slot_t* s, uint32_t phase, int64_t c, int front, int64_t* a, int64_t* b) {
+    uint64_t old = __atomic_load_n(&s->word, __ATOMIC_ACQUIRE);
+    for (;;) {
+        const int64_t next = SLOT_NEXT(old), end = SLOT_END(old);
+        if (SLOT_PHASE(old) != phase || next >= end) return 0;
+        const int64_t from = front ? next : (end - c > next ? end - c : next);
+        const int64_t upto = front ? (next + c < end ? next + c : end) : end;
+        const uint64_t claimed = front ? SLOT(phase, upto, end) : SLOT(phase, next, from);
+        if (__atomic_compare_exchange_n(&s->word, &old, claimed, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            *a = from;
+            *b = upto;
+            return 1;
+        }
+    }
+}
+
+static void tile_range(const tmat_t* const* mats, const qact_t* X, int64_t T, float* y, int64_t ldy, int64_t a,
+                       int64_t b) {
+    for (int64_t j = a; j < b; j++) {
         int64_t rt, col;
         const tmat_t* W = locate_tile(mats, j, &rt, &col);
         tile_rows(W, rt, X, T, y + col, ldy);
+    }
+}
+
+/* y[:, col_m + ...] = X @ W_m^T for `nm` matrices sharing the input X (fused q|k|v, gate|up); called by every
+   thread of the enclosing parallel region, which share out the row tiles of all of them (see internal.h). A
+   token's result does not depend on which thread computes its rows. No barrier at the end: the caller places it. */
+void tile_matmul_multi(const tmat_t* const* mats, int nm, const qact_t* X, int64_t T, float* y, int64_t ldy,
+                       team_t* team) {
+    int64_t total = 0;
+    for (int m = 0; m < nm; m++) total += mats[m]->n / 16;
+    const int n = omp_get_num_threads(), me = omp_get_thread_num();
+    if (n > FP_MAX_THREADS || total >= (1 << 24)) {  /* beyond the slots: contiguous parts, no stealing */
+        tile_range(mats, X, T, y, ldy, total * me / n, total * (me + 1) / n);
+        return;
+    }
+    const uint32_t phase = (team->calls++ % 0xffff) + 1;  /* 1 .. 65535: 0 is a zeroed slot's */
+    work_slot_t* slots = team->work->slot;
+    for (int t = 0; t < n; t++) slot_open(&slots[t], phase, total * t / n, total * (t + 1) / n);
+    const int64_t chunk = (total / n + 15) / 16 > 0 ? (total / n + 15) / 16 : 1;
+    int64_t a, b;
+    while (slot_claim(&slots[me], phase, chunk, 1, &a, &b)) tile_range(mats, X, T, y, ldy, a, b);
+    for (int k = 1; k < n; k++) {
+        const int other = (me + k) % n;
+        while (slot_claim(&slots[other], phase, chunk, 0, &a, &b)) tile_range(mats, X, T, y, ldy, a, b);
     }
 }
 
@@ -380,8 +430,13 @@ void tile_matmul(const tmat_t* const* mats, int64_t nm, const float* x, int64_t 
                  int32_t* s16, float* y, int64_t ldy, int64_t nthreads) {
     qact_t a = {q, dx, sx, s16, mats[0]->k, t};
     quantize_rows(x, t, mats[0]->k, mats[0]->k, q, dx, sx, s16);
+    work_t work;
+    memset(&work, 0, sizeof(work));
 #pragma omp parallel num_threads((int)nthreads)
-    tile_matmul_multi(mats, (int)nm, &a, t, y, ldy);
+    {
+        team_t team = {&work, 0};
+        tile_matmul_multi(mats, (int)nm, &a, t, y, ldy, &team);
+    }
 }
 
 /* ---- dequantization ---- */
