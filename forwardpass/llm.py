@@ -13,13 +13,14 @@ import torch
 from .engine.kv_groups import KVGroup, plan_kv_groups
 from .engine.llm_engine import LLMEngine
 from .engine.model_runner import ModelRunner
+from .engine.pooling import POOLING_METHODS, pooling_from_metadata
 from .engine.scheduler import SchedulerConfig
 from .errors import ChatTemplateError, ContextLengthError
 from .gguf.reader import GGUFFile
 from .kernels import release_heap
 from .models.base import DecoderLM, LoadOptions
 from .models.registry import load_model
-from .outputs import GenerationStats, RequestOutput
+from .outputs import EmbeddingOutput, GenerationStats, RequestOutput
 from .registry import resolve_model
 from .sampling import SamplingParams
 from .tokenizer import ChatTemplate, Tokenizer
@@ -70,6 +71,7 @@ class LLM:
         self.tokenizer = Tokenizer.from_gguf_metadata(self.metadata)
         self.chat_template = ChatTemplate.from_metadata(self.metadata)
         self.config = self.model.config
+        self.pooling = pooling_from_metadata(self.metadata, self.config.arch)  # how embed() pools by default
         self.ctx = self._context_size(ctx)
         kv_dtype = torch.float32 if reference else torch.bfloat16
         groups = self._plan_kv(kv_tokens, kv_memory, kv_dtype, max_num_seqs, max_num_batched_tokens)
@@ -124,6 +126,34 @@ class LLM:
             raise ContextLengthError(f"{len(token_ids)} tokens do not fit in the context of {self.ctx} tokens",
                                      n_prompt_tokens=len(token_ids), n_ctx=self.ctx)
         return self.engine.score(token_ids, first).cpu()
+
+    def embed(self, inputs: Prompt | Seq[Prompt], *, pooling: str | None = None,
+              normalize: bool = True) -> torch.Tensor:
+        """One vector per input (a string or a list of token ids): the final hidden states pooled (`pooling`: mean,
+        cls or last; by default what the GGUF says, else mean) and L2-normalized. (len(inputs), d_model) float32.
+
+        The inputs run through the engine as one batch, chunked like any prompt."""
+        pooling = pooling or self.pooling
+        if pooling not in POOLING_METHODS:
+            raise ValueError(f"pooling must be one of {POOLING_METHODS}, got {pooling!r}")
+        if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], int)):
+            inputs = [inputs]
+        if not inputs:
+            raise ValueError("inputs must not be empty")
+        prompts = [self.encode_prompt(p) for p in inputs]
+        for ids in prompts:
+            self.engine.validate_embed(ids)
+        requests = [self.engine.add_embed_request(ids, pooling, normalize=normalize) for ids in prompts]
+        results: dict[str, EmbeddingOutput] = {}
+        try:
+            while len(results) < len(requests):
+                for out in self.engine.step():
+                    if isinstance(out, EmbeddingOutput):
+                        results[out.request_id] = out
+        finally:
+            for r in requests:
+                self.engine.abort(r.request_id)
+        return torch.tensor([results[r.request_id].embedding for r in requests], dtype=torch.float32)
 
     # ---- generation ----
     def encode_prompt(self, prompt: Prompt) -> list[int]:

@@ -66,3 +66,17 @@ class GenerationStats:
     def decode_tok_s(self) -> float:
         decode_s = self.total_s - self.ttft_s
         return (self.generated_tokens - 1) / decode_s if self.generated_tokens > 1 and decode_s > 0 else 0.0
+
+
+@dataclass
+class EmbeddingOutput:
+    """The pooled final hidden states of one input (L2-normalized unless asked otherwise)."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    embedding: list[float] | None  # None only if the request was aborted
+    num_cached_tokens: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return True

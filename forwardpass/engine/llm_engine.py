@@ -12,13 +12,14 @@ from typing import NamedTuple
 import torch
 
 from ..errors import ContextLengthError
-from ..outputs import RequestOutput
+from ..outputs import EmbeddingOutput, RequestOutput
 from ..sampler import Sampler, SamplerOutput
 from ..sampling import SamplingParams
 from ..tokenizer import Tokenizer
 from .block_manager import BlockManager
 from .kv_groups import blocks_per_sequence
 from .model_runner import ModelRunner, SeqChunk
+from .pooling import EmbedRequest, Pooler
 from .request import Completion, Request
 from .scheduler import Scheduler, SchedulerConfig
 from .sequence import Sequence, Status
@@ -65,7 +66,7 @@ class LLMEngine:
                                  f"hold {what}; raise the KV memory or lower ctx")
         self.scheduler = Scheduler(scheduler_config, self.block_manager)
         self.sampler = Sampler()
-        self.requests: dict[str, Request] = {}
+        self.requests: dict[str, Request | EmbedRequest] = {}
         self._ids = itertools.count()
 
     # ---- requests ----
@@ -99,6 +100,36 @@ class LLMEngine:
         # n > 1: only the first sample computes the prompt; the others fork from it (sharing its blocks)
         self.scheduler.add(request.completions[0].seq)
         request.unforked = [c.seq for c in request.completions[1:]]
+        self.requests[request_id] = request
+        return request
+
+    def validate_embed(self, prompt_token_ids: list[int]) -> None:
+        """Raise `ContextLengthError` or `ValueError` if an embedding input can never run."""
+        n_prompt = len(prompt_token_ids)
+        if n_prompt == 0:
+            raise ValueError("an embedding input must contain at least one token")
+        if n_prompt > self.ctx:
+            raise ContextLengthError(f"the input has {n_prompt} tokens but the model's context holds {self.ctx} "
+                                     f"tokens", n_prompt_tokens=n_prompt, n_ctx=self.ctx)
+        vocab = self.runner.model.config.vocab_size
+        for t in prompt_token_ids:
+            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab:
+                raise ValueError(f"input: token id {t!r} is out of vocabulary (0..{vocab - 1})")
+
+    def add_embed_request(self, prompt_token_ids: list[int], pooling: str, request_id: str | None = None,
+                          normalize: bool = True) -> EmbedRequest:
+        """Queue a prompt whose final hidden states are pooled (`pooling`: mean, cls or last) into one vector."""
+        self.validate_embed(prompt_token_ids)
+        n_prompt = len(prompt_token_ids)
+        request_id = request_id or f"emb-{next(self._ids)}"
+        if request_id in self.requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        request = EmbedRequest(request_id, list(prompt_token_ids), pooling, normalize)
+        seq = Sequence(list(prompt_token_ids), n_prompt, self.ctx)
+        seq.owner = Pooler(seq, request, pooling)
+        seq.reuse_prefix = seq.owner.reuses_prefix
+        request.completions.append(seq.owner)
+        self.scheduler.add(seq)
         self.requests[request_id] = request
         return request
 
@@ -154,20 +185,26 @@ class LLMEngine:
         return bool(self.requests)
 
     # ---- the loop ----
-    def step(self) -> list[RequestOutput]:
+    def step(self) -> list[RequestOutput | EmbeddingOutput]:
         """Run one batch; return the outputs of every request that changed (finished ones for the last time)."""
         scheduled = self.scheduler.schedule()
         if not scheduled:
             return []
+        pooled = [(seq, n) for seq, n in scheduled if isinstance(seq.owner, Pooler)]
+        if pooled:
+            scheduled = [(seq, n) for seq, n in scheduled if not isinstance(seq.owner, Pooler)]
         sampling = [seq for seq, n in scheduled if seq.num_computed + n == seq.num_tokens]
         chunks = [SeqChunk(seq.token_ids[seq.num_computed:seq.num_computed + n], seq.num_computed,
                            seq.block_tables, "last" if seq.num_computed + n == seq.num_tokens else "none",
                            prompt_len=seq.num_prompt_tokens)
                   for seq, n in scheduled]
-        logits = self.runner.run(chunks)
+        logits = self.runner.run(chunks) if chunks else None
+        embedded = self._pool(pooled) if pooled else []
         for seq, n in scheduled:
             seq.num_computed += n
             self.block_manager.on_computed(seq)
+        if not sampling:
+            return embedded
         completions, rows = [], []
         for row, seq in enumerate(sampling):
             for s in [seq, *self._fork_siblings(seq)]:
@@ -176,7 +213,27 @@ class LLMEngine:
         if len(rows) != len(sampling):  # forked samples draw from their parent's logits
             logits = logits[torch.tensor(rows, device=logits.device)]
         sampled = self.sampler.sample(logits, [c.state for c in completions]) if completions else None
-        return self._update(completions, sampled)
+        return embedded + self._update(completions, sampled)
+
+    def _pool(self, pooled: list[tuple[Sequence, int]]) -> list[EmbeddingOutput]:
+        """Run the embedding requests' chunks; finish those whose whole prompt has now run."""
+        chunks = [SeqChunk(seq.token_ids[seq.num_computed:seq.num_computed + n], seq.num_computed,
+                           seq.block_tables, "none") for seq, n in pooled]
+        outputs = []
+        for (seq, n), hidden in zip(pooled, self.runner.hidden(chunks)):
+            pooler: Pooler = seq.owner
+            pooler.add(hidden, seq.num_computed)
+            seq.num_computed += n
+            self.block_manager.on_computed(seq)
+            if seq.num_computed == seq.num_tokens:
+                request = pooler.request
+                request.embedding = pooler.result(request.normalize)
+                request.finish_time = time.perf_counter()
+                pooler.finished = True
+                self.scheduler.finish(seq)
+                self.requests.pop(request.request_id, None)
+                outputs.append(request.snapshot())
+        return outputs
 
     def _fork_siblings(self, seq: Sequence) -> list[Sequence]:
         """When the first sample of an n > 1 request has its prompt computed, its siblings fork from it:
