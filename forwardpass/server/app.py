@@ -1,6 +1,6 @@
 """The ASGI app: routes, error handlers and middleware. ``create_app(config, state)`` builds it.
 
-Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET /metrics,
+Routes: POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings, GET /v1/models, GET /health, GET /metrics,
 GET /slots, POST /tokenize, POST /detokenize, and the web chat page (GET /, /chat.js, /chat.css).
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from . import fields
 from .errors import APIError, invalid, json_error, loading_response
 from .metrics import CONTENT_TYPE, ServerMetrics
+from .embeddings import embeddings
 from .openai_routes import chat_completions, completions, read_json
 from .protocol import parse_messages
 from .security import AuthMiddleware, BodyLimitMiddleware, GuardMiddleware, is_loopback
@@ -76,6 +77,7 @@ def create_app(config: ServerConfig, state: ServerState | None = None) -> FastAP
     _install_error_handlers(app)
     app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
     app.add_api_route("/v1/completions", completions, methods=["POST"])
+    app.add_api_route("/v1/embeddings", embeddings, methods=["POST"])
     app.add_api_route("/v1/models", models, methods=["GET"])
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/metrics", metrics, methods=["GET"])

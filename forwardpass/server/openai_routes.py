@@ -68,7 +68,7 @@ def check_context(n_prompt: int, max_tokens: int | None, n_ctx: int, param: str)
                             n_prompt, n_ctx, "max_tokens")
 
 
-async def _tokenize(fn: Callable[[], list[list[int]]]) -> list[list[int]]:
+async def tokenize_prompts(fn: Callable[[], list[list[int]]]) -> list[list[int]]:
     try:
         return await run_in_threadpool(fn)
     except ChatTemplateError as e:
@@ -106,7 +106,7 @@ async def generate(request: Request, req: GenerationRequest, rid: str, n_prompts
     timer: asyncio.TimerHandle | None = None
     streaming = False
     try:
-        prompts = await _tokenize(tokenize)
+        prompts = await tokenize_prompts(tokenize)
         assert state.limits is not None and state.engine is not None
         truncated = [False] * len(prompts)
         if req.truncate_prompt_tokens is not None:
