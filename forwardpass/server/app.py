@@ -1,8 +1,8 @@
 """The ASGI app: routes, error handlers and middleware. ``create_app(config, state)`` builds it.
 
 Routes: POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings, POST /v1/responses (GET and
-DELETE /v1/responses/{id}), POST /v1/messages, POST /v1/messages/count_tokens, GET /v1/models, GET /health, GET /metrics,
-GET /slots, POST /tokenize, POST /detokenize, and the web chat page (GET /, /chat.js, /chat.css).
+DELETE /v1/responses/{id}), POST /v1/messages, POST /v1/messages/count_tokens, GET /v1/models, GET /health,
+GET /metrics, GET /slots, POST /tokenize, POST /detokenize, and the web chat page (GET /, /chat.js, /chat.css).
 """
 from __future__ import annotations
 
@@ -48,7 +48,8 @@ def _middleware(config: ServerConfig) -> list[Middleware]:
     if config.cors_origins:
         stack.append(Middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_credentials=False,
                                 allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-                                allow_headers=["Authorization", "Content-Type", "x-api-key", "anthropic-version"], max_age=600))
+                                allow_headers=["Authorization", "Content-Type", "x-api-key", "anthropic-version"],
+                                max_age=600))
     stack.append(Middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes))
     stack.append(Middleware(AuthMiddleware, keys=config.api_keys))
     return stack
