@@ -172,8 +172,11 @@ class LLM:
         params = params or SamplingParams()
         if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
-        requests = [self.engine.add_request(self.encode_prompt(p), params,
-                                            prompt=p if isinstance(p, str) else None) for p in prompts]
+        encoded = [self.encode_prompt(p) for p in prompts]
+        for ids in encoded:  # raises bad input (a grammar that does not compile too) before anything runs
+            self.engine.validate(ids, params)
+        requests = [self.engine.add_request(ids, params, prompt=p if isinstance(p, str) else None)
+                    for ids, p in zip(encoded, prompts)]
         results: dict[str, RequestOutput] = {}
         try:
             while len(results) < len(requests):
@@ -190,6 +193,7 @@ class LLM:
         """Yield the text of the first sample as it grows, one delta per step; fills `stats` at the end."""
         params = params or SamplingParams()
         ids = self.encode_prompt(prompt)
+        self.engine.validate(ids, params)
         request = self.engine.add_request(ids, params, prompt=prompt if isinstance(prompt, str) else None)
         sent = 0
         try:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 import logging
 import time
 from collections.abc import Iterator
@@ -15,6 +16,8 @@ from ..errors import ContextLengthError
 from ..outputs import EmbeddingOutput, RequestOutput
 from ..sampler import Sampler, SamplerOutput
 from ..sampling import SamplingParams
+from ..structured.compiler import CompiledGrammar, GrammarCompiler
+from ..structured.guide import Guide
 from ..tokenizer import Tokenizer
 from .block_manager import BlockManager
 from .kv_groups import blocks_per_sequence
@@ -68,10 +71,21 @@ class LLMEngine:
         self.sampler = Sampler()
         self.requests: dict[str, Request | EmbedRequest] = {}
         self._ids = itertools.count()
+        self.grammars = GrammarCompiler(tokenizer, runner.model.config.vocab_size)
+        # structured-output requests whose grammar is still compiling: not scheduled until it is ready
+        self._compiling: dict[str, tuple[Request, Future[CompiledGrammar]]] = {}
+        self._failed: list[Request] = []  # ended before running (grammar failed); reported by the next step
 
     # ---- requests ----
     def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        """Raise `ContextLengthError` or `ValueError` if the request can never run."""
+        """Raise `ContextLengthError` or `ValueError` if the request can never run. A structured-output
+        constraint is compiled here, in the caller's thread (`StructuredOutputError` if it cannot be), so
+        the engine loop later finds it in the compiler's cache."""
+        self._check(prompt_token_ids, params)
+        if params.structured_outputs is not None:
+            self.grammars.compile(params.structured_outputs)
+
+    def _check(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
         n_prompt = len(prompt_token_ids)
         if n_prompt == 0:
             raise ValueError("the prompt must contain at least one token")
@@ -87,7 +101,9 @@ class LLMEngine:
 
     def add_request(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str | None = None,
                     prompt: str | None = None) -> Request:
-        self.validate(prompt_token_ids, params)
+        """Queue a request. One with a structured-output constraint joins the scheduler once its grammar is
+        compiled (at once when it is cached); a constraint that fails to compile raises here if already known."""
+        self._check(prompt_token_ids, params)
         n_prompt = len(prompt_token_ids)
         request_id = request_id or f"req-{next(self._ids)}"
         if request_id in self.requests:
@@ -97,11 +113,46 @@ class LLMEngine:
             seq = Sequence(list(prompt_token_ids), n_prompt, self.ctx)
             seq.owner = Completion(index, seq, params, self.tokenizer, request)
             request.completions.append(seq.owner)
+        request.unforked = [c.seq for c in request.completions[1:]]
+        if params.structured_outputs is not None:
+            grammar = self.grammars.future(params.structured_outputs)
+            if not grammar.done():
+                self._compiling[request_id] = (request, grammar)
+                self.requests[request_id] = request
+                return request
+            self._attach_guides(request, grammar.result())  # raises a compile error already known
+        self._schedule(request)
+        return request
+
+    def _schedule(self, request: Request) -> None:
         # n > 1: only the first sample computes the prompt; the others fork from it (sharing its blocks)
         self.scheduler.add(request.completions[0].seq)
-        request.unforked = [c.seq for c in request.completions[1:]]
-        self.requests[request_id] = request
-        return request
+        self.requests[request.request_id] = request
+
+    @staticmethod
+    def _attach_guides(request: Request, grammar: CompiledGrammar) -> None:
+        """Every sample gets its own matcher, at the start of the grammar (it sees only generated tokens)."""
+        for completion in request.completions:
+            completion.state.guide = Guide(grammar.new_matcher())
+
+    def _admit_compiled(self, wait_s: float = 0.0) -> None:
+        """Schedule the requests whose grammar is ready; finish those whose grammar failed (as aborted)."""
+        if wait_s > 0 and self._compiling:
+            wait([f for _, f in self._compiling.values()], timeout=wait_s, return_when=FIRST_COMPLETED)
+        for request_id, (request, grammar) in list(self._compiling.items()):
+            if not grammar.done():
+                continue
+            del self._compiling[request_id]
+            try:
+                self._attach_guides(request, grammar.result())
+            except (ValueError, RuntimeError) as e:
+                logger.warning("%s: structured output grammar failed: %s", request_id, e)
+                for completion in request.completions:
+                    completion.abort()
+                request.finish_time = time.perf_counter()
+                self._failed.append(request)
+                continue
+            self._schedule(request)
 
     def validate_embed(self, prompt_token_ids: list[int]) -> None:
         """Raise `ContextLengthError` or `ValueError` if an embedding input can never run."""
@@ -136,6 +187,7 @@ class LLMEngine:
     def abort(self, request_id: str) -> None:
         """Cancel a request wherever it is; its blocks return to the pool at once."""
         request = self.requests.pop(request_id, None)
+        self._compiling.pop(request_id, None)
         if request is None:
             return
         for completion in request.completions:
@@ -187,9 +239,13 @@ class LLMEngine:
     # ---- the loop ----
     def step(self) -> list[RequestOutput | EmbeddingOutput]:
         """Run one batch; return the outputs of every request that changed (finished ones for the last time)."""
+        self._admit_compiled()
+        failed = self._failed_outputs()
         scheduled = self.scheduler.schedule()
         if not scheduled:
-            return []
+            if not failed and self._compiling:  # nothing else to do: wait briefly for a grammar, not spin
+                self._admit_compiled(wait_s=0.01)
+            return failed
         pooled = [(seq, n) for seq, n in scheduled if isinstance(seq.owner, Pooler)]
         if pooled:
             scheduled = [(seq, n) for seq, n in scheduled if not isinstance(seq.owner, Pooler)]
@@ -199,7 +255,7 @@ class LLMEngine:
                            prompt_len=seq.num_prompt_tokens)
                   for seq, n in scheduled]
         logits = self.runner.run(chunks) if chunks else None
-        embedded = self._pool(pooled) if pooled else []
+        embedded = failed + (self._pool(pooled) if pooled else [])  # outputs that need no sampling
         for seq, n in scheduled:
             seq.num_computed += n
             self.block_manager.on_computed(seq)
@@ -234,6 +290,13 @@ class LLMEngine:
                 self.requests.pop(request.request_id, None)
                 outputs.append(request.snapshot())
         return outputs
+
+    def _failed_outputs(self) -> list[RequestOutput]:
+        """Requests that ended before running (their grammar failed to compile): reported once, then dropped."""
+        done, self._failed = self._failed, []
+        for request in done:
+            self.requests.pop(request.request_id, None)
+        return [r.snapshot() for r in done]
 
     def _fork_siblings(self, seq: Sequence) -> list[Sequence]:
         """When the first sample of an n > 1 request has its prompt computed, its siblings fork from it:
@@ -279,7 +342,7 @@ class LLMEngine:
     def stats(self) -> EngineStats:
         bm = self.block_manager
         return EngineStats(
-            running=len(self.scheduler.running), waiting=len(self.scheduler.waiting),
+            running=len(self.scheduler.running), waiting=len(self.scheduler.waiting) + len(self._compiling),
             kv_blocks_used=bm.num_used, kv_blocks_total=bm.num_blocks,
             prefix_cache_hit_rate=bm.prefix_hits / bm.prefix_queries if bm.prefix_queries else 0.0,
             preemptions=self.scheduler.num_preemptions,

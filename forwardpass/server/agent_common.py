@@ -32,23 +32,24 @@ def chat_request(body: dict[str, Any], limits: Limits, rename: Mapping[str, str]
         raise
 
 
-async def generate_chat(request: Request, req: ChatRequest, rid: str, param: str, stream_fn: StreamFn,
-                        body_fn: BodyFn, cap_max_tokens: int | None = None, prefill: str = "") -> Response:
-    """Run `req` like a chat completion. With `cap_max_tokens` (Anthropic's required max_tokens), the limit is
-    what is left of the context when that is less, instead of a 400: clients send one large value whatever the
-    model."""
+async def generate_chat(request: Request, req: ChatRequest, session: tool_seam.ToolSession, rid: str, param: str,
+                        stream_fn: StreamFn, body_fn: BodyFn, cap_max_tokens: int | None = None,
+                        prefill: str = "") -> Response:
+    """Run `req` like a chat completion, its prompt and constraint from `session`. With `cap_max_tokens`
+    (Anthropic's required max_tokens), the limit is what is left of the context when that is less, instead of a
+    400: clients send one large value whatever the model."""
     state: ServerState = request.app.state.server
-    llm = state.llm
-    assert llm is not None and state.limits is not None
+    assert state.limits is not None
     n_ctx = state.limits.n_ctx
+    render = session.tokenizer(prefill)
 
     def tokenize() -> list[list[int]]:
-        ids = tool_seam.render_prompt(llm, req, prefill)
+        prompts = render()
         if cap_max_tokens is not None:  # generate() reads req.params after this; no room at all stays a 400
-            req.params = replace(req.params, max_tokens=max(1, min(cap_max_tokens, n_ctx - len(ids))))
-        return [ids]
+            req.params = replace(req.params, max_tokens=max(1, min(cap_max_tokens, n_ctx - len(prompts[0]))))
+        return prompts
 
-    return await generate(request, req, rid, 1, tokenize, param, stream_fn, body_fn)
+    return await generate(request, req, rid, 1, tokenize, param, stream_fn, body_fn, session.structured_param)
 
 
 async def follow(group: RequestGroup) -> AsyncIterator[CompletionOutput]:

@@ -36,16 +36,15 @@ logger = logging.getLogger(__name__)
 ABORTED = "the request was aborted (the server is shutting down)"
 
 
-def _parse(request_body: dict[str, Any], state: ServerState, count_only: bool) -> tuple[MessagesRequest,
-                                                                                        ChatRequest]:
+def _parse(request_body: dict[str, Any], state: ServerState,
+           count_only: bool) -> tuple[MessagesRequest, ChatRequest, tool_seam.ToolSession]:
     assert state.limits is not None and state.llm is not None
     mreq = parse_messages_request(request_body, count_only)
-    tool_seam.check_history(mreq.chat_body["messages"], "messages")
     req = chat_request(mreq.chat_body, state.limits, RENAME)
     check_model(req.model, state)
     if state.llm.chat_template is None:
         raise invalid("this model has no chat template; use /v1/completions", "messages")
-    return mreq, req
+    return mreq, req, tool_seam.ToolSession(state, req, RENAME)
 
 
 def stop_reason(out: CompletionOutput, parsed: tool_seam.ParsedOutput,
@@ -81,15 +80,14 @@ def message(mid: str, model: str, content: list[dict[str, Any]], reason: str | N
 async def messages(request: Request) -> Response:
     state: ServerState = request.app.state.server
     state.check_accepting()
-    mreq, req = _parse(await read_json(request), state, count_only=False)
+    mreq, req, session = _parse(await read_json(request), state, count_only=False)
     mid = f"msg_{uuid.uuid4().hex}"
-    parser = tool_seam.OutputParser(req)
 
     def body_fn(outputs: list[RequestOutput], prompts: list[list[int]], truncated: list[bool]) -> dict[str, Any]:
         out = outputs[0].outputs[0]
         if out.finish_reason == "abort":
             raise APIError(503, ABORTED, type="unavailable_error")
-        _, parsed = parser.finish(out.text)
+        _, parsed = session.parser().finish(out.text)
         content = [{"type": "text", "text": parsed.text}] if parsed.text or not parsed.tool_calls else []
         content += [tool_use_block(c) for c in parsed.tool_calls]
         reason, sequence = stop_reason(out, parsed, mreq.stop_sequences)
@@ -97,20 +95,18 @@ async def messages(request: Request) -> Response:
                        usage(len(prompts[0]), len(out.token_ids), outputs[0].num_cached_tokens))
 
     def stream_fn(group: RequestGroup, prompts: list[list[int]], truncated: list[bool]) -> AsyncIterator[bytes]:
-        return message_events(group, mid, state.model_name, parser, mreq, len(prompts[0]))
+        return message_events(group, mid, state.model_name, session.parser(), mreq, len(prompts[0]))
 
-    return await generate_chat(request, req, mid, "messages", stream_fn, body_fn, cap_max_tokens=mreq.max_tokens,
-                               prefill=mreq.prefill)
+    return await generate_chat(request, req, session, mid, "messages", stream_fn, body_fn,
+                               cap_max_tokens=mreq.max_tokens, prefill=mreq.prefill)
 
 
 async def count_tokens(request: Request) -> Response:
     state: ServerState = request.app.state.server
     if not state.ready:
         state.check_accepting()
-    mreq, req = _parse(await read_json(request), state, count_only=True)
-    llm = state.llm
-    assert llm is not None
-    ids = await tokenize_prompts(lambda: [tool_seam.render_prompt(llm, req, mreq.prefill)])
+    mreq, req, session = _parse(await read_json(request), state, count_only=True)
+    ids = await tokenize_prompts(session.tokenizer(mreq.prefill), session.structured_param)
     return JSONResponse({"input_tokens": len(ids[0])})
 
 

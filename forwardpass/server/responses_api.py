@@ -166,14 +166,13 @@ async def create_response(request: Request) -> Response:
                            param="previous_response_id", code="previous_response_not_found")
         history = entry.messages
     conversation = history + rreq.input_messages
-    tool_seam.check_history(conversation, "input")
     system = [{"role": "system", "content": rreq.instructions}] if rreq.instructions else []
     req = chat_request({**rreq.chat_body, "messages": system + conversation}, state.limits, RENAME)
     check_model(req.model, state)
     if state.llm.chat_template is None:
         raise invalid("this model has no chat template; use /v1/completions", "input")
     builder = ResponseBuilder(_id("resp"), state.model_name, rreq, req)
-    parser = tool_seam.OutputParser(req)
+    session = tool_seam.ToolSession(state, req, RENAME)
 
     def save(response: dict[str, Any]) -> None:
         if rreq.store and response["status"] in ("completed", "incomplete"):
@@ -181,16 +180,16 @@ async def create_response(request: Request) -> Response:
 
     def body_fn(outputs: list[RequestOutput], prompts: list[list[int]], truncated: list[bool]) -> dict[str, Any]:
         out = outputs[0].outputs[0]
-        _, parsed = parser.finish(out.text)
+        _, parsed = session.parser().finish(out.text)
         status = "incomplete" if out.finish_reason == "length" else "completed"
         response = builder.final(builder.items(parsed, status), out, len(prompts[0]), outputs[0].num_cached_tokens)
         save(response)
         return response
 
     def stream_fn(group: RequestGroup, prompts: list[list[int]], truncated: list[bool]) -> AsyncIterator[bytes]:
-        return response_events(group, builder, parser, len(prompts[0]), save)
+        return response_events(group, builder, session.parser(), len(prompts[0]), save)
 
-    return await generate_chat(request, req, builder.rid, "input", stream_fn, body_fn)
+    return await generate_chat(request, req, session, builder.rid, "input", stream_fn, body_fn)
 
 
 class _ResponseStream:

@@ -3,9 +3,11 @@ official `openai` and `anthropic` clients: streamed text equals the whole at tem
 paraphrase above an unrelated sentence."""
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import anthropic
+import jsonschema
 import pytest
 import torch
 from openai import OpenAI
@@ -29,7 +31,7 @@ TRIPLES = [
 
 @pytest.fixture(scope="module")
 def real_server(smollm2_path) -> Iterator[ServerProcess]:
-    s = ServerProcess(smollm2_path, "--threads", "2")
+    s = ServerProcess(smollm2_path, "--threads", "2", "--ctx", "2048")
     yield s
     s.stop()
 
@@ -74,3 +76,59 @@ def test_messages_plain_streamed_and_counted(real_server):
         assert stream.get_final_message().stop_reason == whole.stop_reason
     counted = client.messages.count_tokens(model="default", system=kw["system"], messages=kw["messages"])
     assert counted.input_tokens == whole.usage.input_tokens + whole.usage.cache_read_input_tokens
+
+
+WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
+           "required": ["city"], "additionalProperties": False}
+QUESTION = "What is the weather in Paris?"
+
+
+def test_responses_required_tool_and_json_schema(oai):
+    tool = {"type": "function", "name": "get_weather", "description": "The weather of a city", "parameters": WEATHER}
+    kw = dict(model="default", input=QUESTION, tools=[tool], tool_choice="required", parallel_tool_calls=False,
+              max_output_tokens=60, temperature=0)
+    r = oai.responses.create(**kw)
+    calls = [o for o in r.output if o.type == "function_call"]
+    assert r.status == "completed" and len(calls) == 1 and calls[0].name == "get_weather"
+    jsonschema.validate(json.loads(calls[0].arguments), WEATHER)
+    events = list(oai.responses.create(stream=True, **kw))
+    assert "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta") == calls[0].arguments
+    done = [e for e in events if e.type == "response.function_call_arguments.done"]
+    assert len(done) == 1 and done[0].arguments == calls[0].arguments
+    answer = oai.responses.create(model="default", previous_response_id=r.id, tools=[tool], tool_choice="none",
+                                  input=[{"type": "function_call_output", "call_id": calls[0].call_id,
+                                          "output": "Sunny, 21 C"}], max_output_tokens=40, temperature=0)
+    fresh = oai.responses.create(model="default", input=QUESTION, tools=[tool], tool_choice="none",
+                                 max_output_tokens=1)
+    assert answer.status in ("completed", "incomplete") and answer.output_text
+    assert answer.usage.input_tokens > fresh.usage.input_tokens  # the call and its result are in the prompt
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"],
+              "additionalProperties": False}
+    doc = oai.responses.create(model="default", input="Give a JSON object with a number a", temperature=0,
+                               text={"format": {"type": "json_schema", "name": "doc", "schema": schema}},
+                               max_output_tokens=30)
+    jsonschema.validate(json.loads(doc.output_text), schema)
+
+
+def test_messages_tool_use_and_tool_result(real_server):
+    client = anthropic.Anthropic(base_url=real_server.url, api_key="x", max_retries=0, timeout=120)
+    tools = [{"name": "get_weather", "description": "The weather of a city", "input_schema": WEATHER}]
+    user = [{"role": "user", "content": QUESTION}]
+    kw = dict(model="default", max_tokens=60, messages=user, tools=tools, extra_body={"temperature": 0},
+              tool_choice={"type": "any", "disable_parallel_tool_use": True})
+    m = client.messages.create(**kw)
+    assert m.stop_reason == "tool_use" and [b.type for b in m.content] == ["tool_use"]
+    jsonschema.validate(m.content[0].input, WEATHER)
+    with client.messages.stream(**kw) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "tool_use" and final.content[0].input == m.content[0].input
+    call = m.content[0]
+    reply = client.messages.create(model="default", max_tokens=40, tools=tools, tool_choice={"type": "none"},
+                                   extra_body={"temperature": 0}, messages=[
+                                       *user, {"role": "assistant", "content": [call.model_dump(exclude_none=True)]},
+                                       {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id,
+                                                                     "content": "Sunny, 21 C"}]}])
+    assert reply.stop_reason in ("end_turn", "max_tokens") and reply.content[0].type == "text"
+    assert reply.content[0].text
+    assert client.messages.count_tokens(model="default", messages=user, tools=tools).input_tokens > \
+        client.messages.count_tokens(model="default", messages=user).input_tokens

@@ -76,13 +76,6 @@ def test_previous_response_continues_the_conversation(client):
         client.responses.create(model="default", input="x", previous_response_id=unstored.id)
 
 
-def test_function_call_items_in_history_need_tool_support(server):
-    body = {"input": [{"role": "user", "content": "weather?"},
-                      {"type": "function_call", "call_id": "c1", "name": "get", "arguments": "{}"},
-                      {"type": "function_call_output", "call_id": "c1", "output": "sunny"}]}
-    assert_error(server.post("/v1/responses", json=body), 400, "invalid_request_error", "input")
-
-
 def test_store_is_bounded():
     store = ResponseStore(max_entries=3, max_chars=10_000)
     for i in range(5):
