@@ -234,9 +234,36 @@ class LLM:
         text = self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, **kwargs)
         return self.encode_prompt(text)
 
-    def chat(self, messages: list[dict], params: SamplingParams | None = None) -> RequestOutput:
-        """Answer a conversation (a list of {"role", "content"} messages) using the chat template."""
-        return self.generate([self.chat_prompt(messages)], params)[0]
+    def chat(self, messages: list[dict], params: SamplingParams | None = None, *, tools: list[dict] | None = None,
+             tool_choice: str | dict | None = None, parallel_tool_calls: bool = True) -> RequestOutput:
+        """Answer a conversation (OpenAI-shaped messages, tool calls and results included) with the chat template.
+
+        With ``tools`` (OpenAI's function definitions) each output's ``tool_calls`` lists the calls the model
+        made (``finish_reason`` "tool_calls"), and ``text`` is the rest of the reply; ``tool_choice`` is "auto"
+        (default), "none", "required" or {"type": "function", "function": {"name": ...}}, and constrains the
+        output as the server does. On templates with ``<think>``, the reasoning goes to ``reasoning_content``."""
+        import dataclasses
+
+        from .tools import plan_tools
+
+        if self.chat_template is None:
+            raise ChatTemplateError("this model has no chat template (tokenizer.chat_template); "
+                                    "use generate() for plain completion")
+        params = params or SamplingParams()
+        plan = plan_tools(self.chat_template.source, tools, tool_choice, parallel_tool_calls)
+        prompt = plan.render(self.chat_template, messages)
+        constraint = plan.constraint()
+        if constraint is not None:
+            params = dataclasses.replace(params, structured_outputs=constraint)
+        out = self.generate([self.encode_prompt(prompt)], params)[0]
+        if plan.tools or plan.reasoning:
+            for o in out.outputs:
+                parsed = plan.parse(o.text, prompt)
+                o.text, o.reasoning_content = parsed.content, parsed.reasoning
+                o.tool_calls = parsed.tool_calls
+                if parsed.tool_calls and o.finish_reason == "stop":
+                    o.finish_reason = "tool_calls"
+        return out
 
     def _check_ids(self, ids: list[int], field: str = "token_ids") -> None:
         if not ids:

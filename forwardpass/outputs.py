@@ -21,6 +21,8 @@ class CompletionOutput:
     finish_reason: str | None = None  # "stop", "length" or "abort"; None while running
     logprobs: list[TokenLogprob] | None = None
     stop_reason: str | int | None = None  # the stop string or stop token id that ended it
+    tool_calls: list | None = None  # LLM.chat with tools: the calls (forwardpass.tools.ToolCall) the model made
+    reasoning_content: str | None = None  # LLM.chat on a reasoning template: the <think> part, apart from text
 
     @property
     def finished(self) -> bool:

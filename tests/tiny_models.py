@@ -90,7 +90,8 @@ class TensorMaker:
 
 
 def write_tiny_model(path: Path, arch: str, seed: int = 0, chat_template: str | None = None,
-                     tile_types: bool = False, sliding_window: int = 8, pooling_type: int | None = None) -> Path:
+                     tile_types: bool = False, sliding_window: int = 8, context_length: int = 256,
+                     pooling_type: int | None = None) -> Path:
     """Writes a tiny `arch` model to `path`: width 256, a few layers, several quant types (only those of the CPU
     tile kernels with `tile_types`), and `tokenizer.chat_template` when `chat_template` is given. gemma3's
     local layers (five of its six) attend `sliding_window` positions. `pooling_type` writes `{arch}.pooling_type`
@@ -104,7 +105,7 @@ def write_tiny_model(path: Path, arch: str, seed: int = 0, chat_template: str | 
         heads, kv_heads, head_dim = 2, 1, 128
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(n_layers)
-    w.add_context_length(256)
+    w.add_context_length(context_length)
     w.add_embedding_length(d)
     w.add_feed_forward_length(ff)
     w.add_head_count(heads)

@@ -4,6 +4,11 @@ Exactly one of ``json`` (a JSON schema, as a dict or its text), ``json_object`` 
 ``choice`` (one of these strings) or ``grammar`` (llguidance's Lark syntax; llama.cpp's GBNF is converted) is
 given. ``grammar_source()`` turns it into the llguidance grammar that ``compiler.GrammarCompiler`` compiles.
 
+Schemas are tightened where they leave a small model room to loop (``tightened``), as llama.cpp's schema
+converter does: objects that list their ``properties`` and say nothing of others get no others, and numbers
+without bounds get at most 16 integral digits (|x| <= 1e15). Every output still validates against the schema
+as given; the model just cannot pad a document with invented keys or digits until it runs out of tokens.
+
 JSON is compact by default: the separators are fixed at ``", "`` and ``": "`` (what ``json.dumps`` and most
 training data use) and no other whitespace is allowed, so a small model cannot loop on blank lines. A schema
 may override that with llguidance's top-level ``"x-guidance"`` options.
@@ -22,6 +27,37 @@ JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separ
 MAX_SOURCE_CHARS = 1 << 20  # a schema, regex or grammar larger than this is refused before compiling
 MAX_CHOICES = 4096
 FIELDS = ("json", "json_object", "regex", "choice", "grammar")
+
+
+_OPEN_KEYS = ("additionalProperties", "patternProperties", "unevaluatedProperties", "allOf", "$ref")
+
+
+NUMBER_LIMIT = 10**15
+
+
+def tightened(schema: Any) -> Any:
+    """The schema with ``additionalProperties: false`` on every object that lists ``properties`` and has no
+    keyword that could admit or merge in others (``allOf``, ``$ref``, pattern or unevaluated properties), and
+    +-1e15 bounds on integers and numbers that have none."""
+    if isinstance(schema, list):
+        return [tightened(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    for key in ("items", "anyOf", "oneOf", "prefixItems", "not", "additionalItems"):
+        if key in schema:
+            out[key] = tightened(schema[key])
+    for key in ("properties", "$defs", "definitions"):
+        if isinstance(schema.get(key), dict):
+            out[key] = {k: tightened(v) for k, v in schema[key].items()}
+    if isinstance(schema.get("properties"), dict) and not any(k in schema for k in _OPEN_KEYS):
+        out["additionalProperties"] = False
+    if schema.get("type") in ("integer", "number"):
+        if "minimum" not in schema and "exclusiveMinimum" not in schema:
+            out["minimum"] = -NUMBER_LIMIT
+        if "maximum" not in schema and "exclusiveMaximum" not in schema:
+            out["maximum"] = NUMBER_LIMIT
+    return out
 
 
 def _fail(field: str, message: str) -> StructuredOutputError:
@@ -97,8 +133,8 @@ class StructuredOutputsParams:
 
         kind = self.kind
         if kind in ("json", "json_object"):
-            schema = self.json if kind == "json" else '{"type": "object"}'
-            return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)  # type: ignore
+            schema = tightened(json.loads(self.json)) if kind == "json" else {"type": "object"}  # type: ignore[arg-type]
+            return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
         if kind == "regex":
             return llguidance.LLMatcher.grammar_from_regex(self.regex)  # type: ignore[arg-type]
         if kind == "choice":

@@ -17,31 +17,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..structured.params import JSON_OPTIONS, StructuredOutputsParams
+from ..structured.params import JSON_OPTIONS, StructuredOutputsParams, tightened
 from .parser import CallSyntax
 from .spec import Tool, ToolChoice, arguments_object, arguments_text
 
 
-def closed(schema: Any) -> Any:
-    """The schema with ``additionalProperties: false`` wherever an object lists its ``properties`` and says
-    nothing of others (as OpenAI's strict mode does): every output still validates against the declared
-    schema, and a small model cannot pad the arguments with invented keys until it runs out of tokens."""
-    if isinstance(schema, list):
-        return [closed(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: closed(v) if k in ("items", "anyOf", "oneOf", "allOf", "prefixItems") else v for k, v in schema.items()}
-    if isinstance(schema.get("properties"), dict):
-        out["properties"] = {k: closed(v) for k, v in schema["properties"].items()}
-        out.setdefault("additionalProperties", False)
-    for key in ("$defs", "definitions"):
-        if isinstance(schema.get(key), dict):
-            out[key] = {k: closed(v) for k, v in schema[key].items()}
-    return out
-
-
 def _call_schema(tool: Tool, args_key: str) -> dict:
-    return {"type": "object", "properties": {"name": {"const": tool.name}, args_key: closed(tool.parameters)},
+    return {"type": "object", "properties": {"name": {"const": tool.name}, args_key: tightened(tool.parameters)},
             "required": ["name", args_key], "additionalProperties": False}
 
 
