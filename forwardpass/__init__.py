@@ -12,6 +12,7 @@ from .errors import (
     ForwardpassError,
     GGUFError,
     ModelNotFoundError,
+    StructuredOutputError,
     TokenizerError,
     UnsupportedModelError,
 )
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 _LAZY = {  # imported on first use, so `import forwardpass` (and the CLI's --help) stays fast
     "LLM": ("llm", "LLM"),
     "SamplingParams": ("sampling", "SamplingParams"),
+    "StructuredOutputsParams": ("structured.params", "StructuredOutputsParams"),
     "RequestOutput": ("outputs", "RequestOutput"),
     "CompletionOutput": ("outputs", "CompletionOutput"),
     "GenerationStats": ("outputs", "GenerationStats"),
@@ -37,7 +39,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "LLM", "SamplingParams", "RequestOutput", "CompletionOutput", "GenerationStats",
+    "LLM", "SamplingParams", "StructuredOutputsParams", "RequestOutput", "CompletionOutput", "GenerationStats",
     "ChatTemplateError", "ContextLengthError", "ForwardpassError", "GGUFError", "ModelNotFoundError",
-    "TokenizerError", "UnsupportedModelError",
+    "StructuredOutputError", "TokenizerError", "UnsupportedModelError",
 ]

@@ -121,11 +121,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         prompt = sys.stdin.read()
     llm = _load(args, model)
     params = _sampling_params(args)
+    constraint = _constraint(args)
+    if constraint is not None:
+        import dataclasses
+
+        params = dataclasses.replace(params, structured_outputs=constraint)
     if llm.chat_template is not None and not args.raw:
         messages = ([{"role": "system", "content": args.system}] if args.system else [])
         prompt = llm.chat_prompt(messages + [{"role": "user", "content": prompt}])
     _stream_answer(llm, prompt, params)
     return 0
+
+
+def _constraint(args: argparse.Namespace):
+    """--json-schema FILE, --grammar FILE or --regex RE as a StructuredOutputsParams (None without them)."""
+    from .structured.params import StructuredOutputsParams
+
+    given = [(k, v) for k, v in (("json", args.json_schema), ("grammar", args.grammar), ("regex", args.regex)) if v]
+    if len(given) > 1:
+        raise ValueError("give one of --json-schema, --grammar and --regex")
+    if not given:
+        return None
+    kind, value = given[0]
+    if kind != "regex":
+        with open(value, encoding="utf-8") as f:
+            value = f.read()
+    return StructuredOutputsParams(**{kind: value})
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -216,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help=f"path to a .gguf file or a model name (default {registry.DEFAULT_MODEL})")
     p.add_argument("prompt", nargs="?", help="the prompt; '-' or none reads stdin")
     p.add_argument("--raw", action="store_true", help="plain completion, without the chat template")
+    p.add_argument("--json-schema", metavar="FILE", default=None, help="constrain the answer to this JSON schema")
+    p.add_argument("--grammar", metavar="FILE", default=None,
+                   help="constrain the answer to this grammar (llguidance Lark, or llama.cpp GBNF)")
+    p.add_argument("--regex", default=None, help="constrain the answer to this regular expression")
     p.add_argument("--system", default=None, help="system message (chat models)")
     _add_model_args(p)
     _add_sampling_args(p)

@@ -33,3 +33,14 @@ class ContextLengthError(ForwardpassError, ValueError):
 
 class ModelNotFoundError(ForwardpassError, LookupError):
     """A model name or path does not resolve to a GGUF file."""
+
+
+class StructuredOutputError(ForwardpassError, ValueError):
+    """A JSON schema, regex, choice list or grammar the constraint library cannot take.
+
+    ``field`` names the offending field of ``StructuredOutputsParams`` (``json``, ``regex``, ``choice``,
+    ``grammar``, ``json_object``), so that the server can name the request field it came from."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field

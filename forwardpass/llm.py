@@ -13,6 +13,7 @@ import torch
 from .engine.kv_groups import KVGroup, plan_kv_groups
 from .engine.llm_engine import LLMEngine
 from .engine.model_runner import ModelRunner
+from .engine.pooling import POOLING_METHODS, pooling_from_metadata
 from .engine.scheduler import SchedulerConfig
 from .errors import ChatTemplateError, ContextLengthError
 from .gguf.reader import GGUFFile
@@ -20,7 +21,7 @@ from .kernels import release_heap
 from .kernels.native import describe, select_kernels
 from .models.base import DecoderLM, LoadOptions
 from .models.registry import load_model
-from .outputs import GenerationStats, RequestOutput
+from .outputs import EmbeddingOutput, GenerationStats, RequestOutput
 from .registry import resolve_model
 from .sampling import SamplingParams
 from .tokenizer import ChatTemplate, Tokenizer
@@ -76,6 +77,7 @@ class LLM:
         self.tokenizer = Tokenizer.from_gguf_metadata(self.metadata)
         self.chat_template = ChatTemplate.from_metadata(self.metadata)
         self.config = self.model.config
+        self.pooling = pooling_from_metadata(self.metadata, self.config.arch)  # how embed() pools by default
         self.ctx = self._context_size(ctx)
         kv_dtype = torch.float32 if reference else torch.bfloat16
         groups = self._plan_kv(kv_tokens, kv_memory, kv_dtype, max_num_seqs, max_num_batched_tokens)
@@ -137,6 +139,34 @@ class LLM:
                                      n_prompt_tokens=len(token_ids), n_ctx=self.ctx)
         return self.engine.score(token_ids, first).cpu()
 
+    def embed(self, inputs: Prompt | Seq[Prompt], *, pooling: str | None = None,
+              normalize: bool = True) -> torch.Tensor:
+        """One vector per input (a string or a list of token ids): the final hidden states pooled (`pooling`: mean,
+        cls or last; by default what the GGUF says, else mean) and L2-normalized. (len(inputs), d_model) float32.
+
+        The inputs run through the engine as one batch, chunked like any prompt."""
+        pooling = pooling or self.pooling
+        if pooling not in POOLING_METHODS:
+            raise ValueError(f"pooling must be one of {POOLING_METHODS}, got {pooling!r}")
+        if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], int)):
+            inputs = [inputs]
+        if not inputs:
+            raise ValueError("inputs must not be empty")
+        prompts = [self.encode_prompt(p) for p in inputs]
+        for ids in prompts:
+            self.engine.validate_embed(ids)
+        requests = [self.engine.add_embed_request(ids, pooling, normalize=normalize) for ids in prompts]
+        results: dict[str, EmbeddingOutput] = {}
+        try:
+            while len(results) < len(requests):
+                for out in self.engine.step():
+                    if isinstance(out, EmbeddingOutput):
+                        results[out.request_id] = out
+        finally:
+            for r in requests:
+                self.engine.abort(r.request_id)
+        return torch.tensor([results[r.request_id].embedding for r in requests], dtype=torch.float32)
+
     # ---- generation ----
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         """Text -> ids as llama.cpp's completion does (BOS where the model uses one, special tokens parsed)."""
@@ -154,8 +184,11 @@ class LLM:
         params = params or SamplingParams()
         if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
-        requests = [self.engine.add_request(self.encode_prompt(p), params,
-                                            prompt=p if isinstance(p, str) else None) for p in prompts]
+        encoded = [self.encode_prompt(p) for p in prompts]
+        for ids in encoded:  # raises bad input (a grammar that does not compile too) before anything runs
+            self.engine.validate(ids, params)
+        requests = [self.engine.add_request(ids, params, prompt=p if isinstance(p, str) else None)
+                    for ids, p in zip(encoded, prompts)]
         results: dict[str, RequestOutput] = {}
         try:
             while len(results) < len(requests):
@@ -172,6 +205,7 @@ class LLM:
         """Yield the text of the first sample as it grows, one delta per step; fills `stats` at the end."""
         params = params or SamplingParams()
         ids = self.encode_prompt(prompt)
+        self.engine.validate(ids, params)
         request = self.engine.add_request(ids, params, prompt=prompt if isinstance(prompt, str) else None)
         sent = 0
         try:
@@ -212,9 +246,36 @@ class LLM:
         text = self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, **kwargs)
         return self.encode_prompt(text)
 
-    def chat(self, messages: list[dict], params: SamplingParams | None = None) -> RequestOutput:
-        """Answer a conversation (a list of {"role", "content"} messages) using the chat template."""
-        return self.generate([self.chat_prompt(messages)], params)[0]
+    def chat(self, messages: list[dict], params: SamplingParams | None = None, *, tools: list[dict] | None = None,
+             tool_choice: str | dict | None = None, parallel_tool_calls: bool = True) -> RequestOutput:
+        """Answer a conversation (OpenAI-shaped messages, tool calls and results included) with the chat template.
+
+        With ``tools`` (OpenAI's function definitions) each output's ``tool_calls`` lists the calls the model
+        made (``finish_reason`` "tool_calls"), and ``text`` is the rest of the reply; ``tool_choice`` is "auto"
+        (default), "none", "required" or {"type": "function", "function": {"name": ...}}, and constrains the
+        output as the server does. On templates with ``<think>``, the reasoning goes to ``reasoning_content``."""
+        import dataclasses
+
+        from .tools import plan_tools
+
+        if self.chat_template is None:
+            raise ChatTemplateError("this model has no chat template (tokenizer.chat_template); "
+                                    "use generate() for plain completion")
+        params = params or SamplingParams()
+        plan = plan_tools(self.chat_template.source, tools, tool_choice, parallel_tool_calls)
+        prompt = plan.render(self.chat_template, messages)
+        constraint = plan.constraint()
+        if constraint is not None:
+            params = dataclasses.replace(params, structured_outputs=constraint)
+        out = self.generate([self.encode_prompt(prompt)], params)[0]
+        if plan.tools or plan.reasoning:
+            for o in out.outputs:
+                parsed = plan.parse(o.text, prompt)
+                o.text, o.reasoning_content = parsed.content, parsed.reasoning
+                o.tool_calls = parsed.tool_calls
+                if parsed.tool_calls and o.finish_reason == "stop":
+                    o.finish_reason = "tool_calls"
+        return out
 
     def _check_ids(self, ids: list[int], field: str = "token_ids") -> None:
         if not ids:

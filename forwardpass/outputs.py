@@ -21,6 +21,8 @@ class CompletionOutput:
     finish_reason: str | None = None  # "stop", "length" or "abort"; None while running
     logprobs: list[TokenLogprob] | None = None
     stop_reason: str | int | None = None  # the stop string or stop token id that ended it
+    tool_calls: list | None = None  # LLM.chat with tools: the calls (forwardpass.tools.ToolCall) the model made
+    reasoning_content: str | None = None  # LLM.chat on a reasoning template: the <think> part, apart from text
 
     @property
     def finished(self) -> bool:
@@ -66,3 +68,17 @@ class GenerationStats:
     def decode_tok_s(self) -> float:
         decode_s = self.total_s - self.ttft_s
         return (self.generated_tokens - 1) / decode_s if self.generated_tokens > 1 and decode_s > 0 else 0.0
+
+
+@dataclass
+class EmbeddingOutput:
+    """The pooled final hidden states of one input (L2-normalized unless asked otherwise)."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    embedding: list[float] | None  # None only if the request was aborted
+    num_cached_tokens: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return True

@@ -2,7 +2,7 @@
 
 Every row carries its own ``SamplingParams``; the batch is processed with per-row parameter tensors, so rows
 with different settings share one set of kernels. The order (vLLM's and llama.cpp's) is: logit bias, penalties,
-min_tokens masking; then greedy rows take the argmax and the others go through temperature, top-k, top-p, min-p
+min_tokens masking, the grammar mask of constrained rows (structured output); then greedy rows take the argmax and the others go through temperature, top-k, top-p, min-p
 and a draw from their own ``torch.Generator``. A row's token therefore depends only on its logits, its params
 and its generator, never on what else is in the batch.
 
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from forwardpass.kernels.native import torch_argmax
 from forwardpass.sampling import SamplingParams
+from forwardpass.structured.guide import Guide, apply_masks
 
 logger = logging.getLogger(__name__)
 
@@ -73,12 +74,15 @@ class SamplingState:
         self._n_synced = 0  # output tokens already folded into _seen/_counts
         self._bias: tuple[torch.Tensor, torch.Tensor] | None = None  # (n,) int64 ids, (n,) float32 values
         self._stop_ids: torch.Tensor | None = None  # (m,) int64, masked while below min_tokens
+        self.guide: Guide | None = None  # the grammar state of a structured-output row (set by the engine)
 
     def append(self, token_id: int) -> None:
         """Record a generated token (counted for penalties and ``min_tokens`` from the next step on)."""
         if self.vocab_size is not None and not 0 <= token_id < self.vocab_size:
             raise ValueError(f"token id {token_id} is out of vocabulary (vocab size {self.vocab_size})")
         self.output_token_ids.append(token_id)
+        if self.guide is not None:
+            self.guide.accept(token_id)
 
     @property
     def generator(self) -> torch.Generator:
@@ -195,7 +199,8 @@ class Sampler:
         return out
 
     def apply_logits_processors(self, logits: torch.Tensor, rows: Sequence[SamplingState]) -> torch.Tensor:
-        """Return a float32 copy of ``logits`` (B, V) after logit bias, penalties and min_tokens masking."""
+        """Return a float32 copy of ``logits`` (B, V) after logit bias, penalties, min_tokens masking and the
+        grammar masks of constrained rows."""
         if logits.dim() != 2 or logits.shape[0] != len(rows):
             raise ValueError(f"logits must have shape (len(rows), vocab) = ({len(rows)}, V), "
                              f"got {tuple(logits.shape)}")
@@ -213,6 +218,7 @@ class Sampler:
             banned = state.banned_for_min_tokens()
             if banned is not None:
                 x[i].index_fill_(0, banned, _NEG_INF)
+        apply_masks(x, [s.guide for s in rows], fallback=logits)
         return x
 
 

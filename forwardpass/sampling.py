@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .structured.params import StructuredOutputsParams
+
 MAX_N = 128
 MAX_TEMPERATURE = 100.0
 MAX_LOGPROBS = 20
@@ -101,6 +103,9 @@ class SamplingParams:
       until that many tokens have been generated.
     - ``logprobs``: None = no logprobs; 0 = the chosen token's only; k = also the top k (at most 20). They are
       the model's raw log-probabilities, before any penalty or temperature (vLLM's default).
+    - ``structured_outputs``: a ``StructuredOutputsParams`` (JSON schema, JSON object, regex, choice or grammar)
+      the output must match; its tokens are masked before every sampler, and the output ends when the
+      grammar is complete.
     - ``seed`` makes one request reproducible whatever else is in the batch. With ``n > 1`` sample i uses
       ``seed + i``. ``n > 1`` at temperature 0 is allowed here (all samples equal); servers may refuse it.
     """
@@ -123,6 +128,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None
     skip_special_tokens: bool = True
+    structured_outputs: StructuredOutputsParams | None = None
 
     def __post_init__(self) -> None:
         # frozen=True: normalized values are written back with object.__setattr__.
@@ -155,6 +161,8 @@ class SamplingParams:
                 f"min_tokens must be <= max_tokens ({self.max_tokens}), got {self.min_tokens}")
         if self.logprobs is not None:
             put("logprobs", _check_int("logprobs", self.logprobs, 0, MAX_LOGPROBS))
+        if self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputsParams):
+            raise ValueError(f"structured_outputs must be a StructuredOutputsParams, got {self.structured_outputs!r}")
 
     @property
     def greedy(self) -> bool:

@@ -24,7 +24,8 @@ from forwardpass.kernels import make_linear
 from forwardpass.kernels.int4 import Int4PackLinear
 from forwardpass.kernels.int8 import Int8Linear, Int8PackLinear
 from forwardpass.kernels.linear import DenseLinear, Linear
-from forwardpass.kernels.native import NativeLinear, native_kernels
+from forwardpass.kernels.native import describe, runnable_variants, select_kernels
+from forwardpass.kernels.tiles import TileLinear, tile_supports
 from forwardpass.kernels.repack import INT4_GROUPERS, to_int4_groups, to_int8_rows
 from forwardpass.registry import resolve_model
 from gguf import GGMLQuantizationType as T
@@ -58,10 +59,12 @@ def with_threshold(linear: Linear, tokens: int) -> Linear:
 
 def backends(w: QuantWeight) -> dict[str, Callable[[QuantWeight], Linear]]:
     """name -> factory building that backend from a (copied) weight."""
-    out: dict[str, Callable[[QuantWeight], Linear]] = {"fast": lambda w: make_linear(w, mode="fast")}
-    if w.ggml_type in native_kernels():
-        out["native kernel"] = lambda w: with_threshold(NativeLinear(w), NEVER)
-        out["native->bf16 gemm"] = lambda w: with_threshold(NativeLinear(w), 0)
+    out: dict[str, Callable[[QuantWeight], Linear]] = {"fast": lambda w: make_linear(w, mode="fast",
+                                                                                     native=select_kernels())}
+    for variant in runnable_variants():  # the tile kernels of every build this CPU runs
+        lib = select_kernels(variant)
+        if tile_supports(w, lib):
+            out[f"tiles ({lib.name})"] = lambda w, lib=lib: TileLinear([w], lib)
     if w.ggml_type in INT4_GROUPERS:
         out["int4pack kernel"] = lambda w: with_threshold(Int4PackLinear(to_int4_groups(w)), NEVER)
         out["int4->bf16 gemm"] = lambda w: with_threshold(Int4PackLinear(to_int4_groups(w)), 0)
@@ -136,8 +139,7 @@ def main() -> None:
     ap.add_argument("--working-set", type=int, default=64, help="MB cycled through per backend (> L3)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, native kernels for types "
-          f"{sorted(T(t).name for t in native_kernels())}")
+    print(f"torch {torch.__version__}, {args.threads} threads, kernels {describe(select_kernels())}")
     with torch.inference_mode():
         for model in args.models:
             short, names, fusion_layer = MODELS[model]

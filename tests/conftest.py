@@ -16,24 +16,7 @@ def gemma3_path() -> str:
     return registry.resolve_model("gemma3-270m")
 
 
-def _native_params() -> list:
-    """Every build of the native kernels this CPU executes (plain AVX2 too where the CPU also has AVX-VNNI, whose
-    avx2 build would otherwise never run the vpmaddubsw path); none under FORWARDPASS_CPU=torch."""
-    from forwardpass.kernels import native
-
-    if native.resolve_cpu() == "torch":
-        return [pytest.param(None, marks=pytest.mark.skip(reason="native kernels switched off (FORWARDPASS_CPU=torch)"))]
-    params = []
-    for variant in native.runnable_variants():
-        if variant == "avx2" and "avx_vnni" in native.cpu_features():
-            params.append(pytest.param(("avx2", True), id="avx2+vnni"))
-            params.append(pytest.param(("avx2", False), id="avx2"))
-        else:
-            params.append(pytest.param((variant, None), id=variant))
-    return params or [pytest.param(None, marks=pytest.mark.skip(reason="no native kernel variant for this CPU"))]
-
-
-NATIVE_PARAMS = _native_params()
+from native_params import NATIVE_PARAMS  # noqa: E402
 
 
 @pytest.fixture(scope="session", params=NATIVE_PARAMS)

@@ -33,7 +33,7 @@ from forwardpass.kernels.repack import (INT4_GROUPERS, INT8_GROUP_TYPES, concat_
 from forwardpass.kernels.tiles import TILE_TYPES
 from forwardpass.models.base import LoadOptions
 from forwardpass.models.registry import load_model
-from conftest import NATIVE_PARAMS
+from native_params import NATIVE_PARAMS
 from tiny_models import write_tiny_model
 
 ALL_TYPES = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K,

@@ -4,6 +4,7 @@ neon)."""
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 
 import pytest
@@ -138,3 +139,54 @@ def test_a_struct_layout_mismatch_is_refused(native_lib, monkeypatch):
     monkeypatch.setattr(native, "abi_layout", lambda: [0] * 3)
     with pytest.raises(native.ABIError, match="differs from the ctypes mirror"):
         native.NativeLibrary(native_lib.path, native_lib.variant)
+
+
+def _logging_compiler(tmp_path, log) -> str:
+    """A `cc` that records each call, then runs the real compiler."""
+    real = shutil.which("cc") or shutil.which("gcc")
+    cc = tmp_path / "cc"
+    cc.write_text(f"#!/bin/sh\necho build >> {log}\nexec {real} \"$@\"\n")
+    cc.chmod(0o755)
+    return str(cc)
+
+
+def test_parallel_processes_build_a_variant_once(tmp_path):
+    """Two processes asking for the same build at once: one compiles (under the lock, into a temporary file in the
+    cache folder itself), the other waits and loads it; nothing is left behind but the library."""
+    import subprocess
+    import sys
+
+    from forwardpass.kernels import native
+
+    if not native.runnable_variants() or not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no native build for this CPU, or no C compiler")
+    variant = native.runnable_variants()[-1]
+    log = tmp_path / "calls.log"
+    env = {**os.environ, "FORWARDPASS_HOME": str(tmp_path / "home"), "CC": _logging_compiler(tmp_path, log)}
+    code = f"from forwardpass.kernels import native; print(native.build({variant!r}))"
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    paths = [p.communicate(timeout=600)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert paths[0] == paths[1] and paths[0].startswith(str(tmp_path / "home" / "kernels"))
+    assert log.read_text().count("build") == 1
+    left = sorted(p.name for p in (tmp_path / "home" / "kernels").iterdir() if not p.name.endswith(".lock"))
+    assert left == [os.path.basename(paths[0])]
+
+
+def test_a_failed_build_warns_with_the_compiler_output(tmp_path, monkeypatch, caplog):
+    from forwardpass.kernels import native
+
+    if not native.runnable_variants():
+        pytest.skip("no native build for this CPU")
+    cc = tmp_path / "cc"
+    cc.write_text("#!/bin/sh\necho 'fatal error: immintrin.h: No such file' >&2\nexit 1\n")
+    cc.chmod(0o755)
+    monkeypatch.setenv("CC", str(cc))
+    monkeypatch.setenv("FORWARDPASS_HOME", str(tmp_path / "home"))
+    with pytest.raises(native.BuildError, match="immintrin.h: No such file"):
+        native.build(native.runnable_variants()[0])
+    with caplog.at_level("WARNING", logger="forwardpass.kernels.native"):
+        assert native._load_library.__wrapped__(native.runnable_variants()[0], False) is None
+    assert "PyTorch layers run instead" in caplog.text and "immintrin.h" in caplog.text
+    assert not list((tmp_path / "home" / "kernels").glob("*.so")) and not list((tmp_path / "home" / "kernels").glob("*.tmp"))

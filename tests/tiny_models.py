@@ -90,10 +90,12 @@ class TensorMaker:
 
 
 def write_tiny_model(path: Path, arch: str, seed: int = 0, chat_template: str | None = None,
-                     tile_types: bool = False, sliding_window: int = 8) -> Path:
+                     tile_types: bool = False, sliding_window: int = 8, context_length: int = 256,
+                     pooling_type: int | None = None) -> Path:
     """Writes a tiny `arch` model to `path`: width 256, a few layers, several quant types (only those of the CPU
     tile kernels with `tile_types`), and `tokenizer.chat_template` when `chat_template` is given. gemma3's
-    local layers (five of its six) attend `sliding_window` positions."""
+    local layers (five of its six) attend `sliding_window` positions. `pooling_type` writes `{arch}.pooling_type`
+    (llama.cpp's enum: 1 mean, 2 cls, 3 last)."""
     d, ff, heads, kv_heads = 256, 512, 4, 2
     head_dim = 256 if arch == "gemma3" else d // heads
     n_layers = 6 if arch == "gemma3" else 3
@@ -103,7 +105,7 @@ def write_tiny_model(path: Path, arch: str, seed: int = 0, chat_template: str | 
         heads, kv_heads, head_dim = 2, 1, 128
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(n_layers)
-    w.add_context_length(256)
+    w.add_context_length(context_length)
     w.add_embedding_length(d)
     w.add_feed_forward_length(ff)
     w.add_head_count(heads)
@@ -116,6 +118,8 @@ def write_tiny_model(path: Path, arch: str, seed: int = 0, chat_template: str | 
     if arch == "gemma3":
         w.add_sliding_window(sliding_window)  # small, so a 24-token prompt exercises the window
     tokenizer_metadata(w)
+    if pooling_type is not None:
+        w.add_uint32(f"{arch}.pooling_type", pooling_type)
     if chat_template is not None:
         w.add_chat_template(chat_template)
     t = TensorMaker(w, seed, TensorMaker.TILE_CYCLE if tile_types else None)

@@ -15,13 +15,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ..errors import ForwardpassError
-from ..outputs import RequestOutput
+from ..outputs import EmbeddingOutput, RequestOutput
 from ..sampling import SamplingParams
 from .llm_engine import EngineStats, LLMEngine
 
 logger = logging.getLogger(__name__)
 
-Sink = Callable[[RequestOutput | BaseException], None]
+Sink = Callable[[RequestOutput | EmbeddingOutput | BaseException], None]
 
 
 class EngineDeadError(ForwardpassError):
@@ -67,6 +67,14 @@ class AsyncEngine:
             raise EngineDeadError(f"the engine has stopped: {self.error!r}")
         self.engine.validate(prompt_ids, params)  # raise bad input in the caller's thread
         self._commands.put(("add", (request_id, prompt_ids, params, sink)))
+        self._wakeup.set()
+
+    def submit_embed(self, request_id: str, prompt_ids: list[int], pooling: str, sink: Sink) -> None:
+        """Queue an embedding request; `sink` receives its one `EmbeddingOutput` or an exception."""
+        if self.error is not None:
+            raise EngineDeadError(f"the engine has stopped: {self.error!r}")
+        self.engine.validate_embed(prompt_ids)
+        self._commands.put(("embed", (request_id, prompt_ids, pooling, sink)))
         self._wakeup.set()
 
     def abort(self, request_id: str) -> None:
@@ -129,12 +137,19 @@ class AsyncEngine:
                     self._sinks[request_id] = sink
                 except (ForwardpassError, ValueError) as e:  # raced with a bad request; it alone fails
                     sink(e)
+            elif kind == "embed":
+                request_id, prompt_ids, pooling, sink = arg
+                try:
+                    self.engine.add_embed_request(prompt_ids, pooling, request_id)
+                    self._sinks[request_id] = sink
+                except (ForwardpassError, ValueError) as e:
+                    sink(e)
             elif kind == "abort":
                 self.engine.abort(arg)
                 self._sinks.pop(arg, None)
         self._stats = self.engine.stats()
 
-    def _deliver(self, out: RequestOutput) -> None:
+    def _deliver(self, out: RequestOutput | EmbeddingOutput) -> None:
         sink = self._sinks.get(out.request_id)
         if sink is None:
             return

@@ -113,7 +113,8 @@ class BlockManager:
     def allocate_prefix(self, seq: Sequence) -> bool:
         """Give a waiting sequence its cached prefix blocks; sets `num_computed`. False if a pool is full."""
         assert not seq.block_tables
-        hits, hashes, found = self._lookup_prefix(seq) if self.enable_prefix_caching else (0, [], [])
+        hits, hashes, found = self._lookup_prefix(seq) if self.enable_prefix_caching and seq.reuse_prefix \
+            else (0, [], [])
         start = hits * self.block_size
         taken = [found[g][self.first_needed(pool, start):hits] if hits else [] for g, pool in enumerate(self.pools)]
         for pool, blocks in zip(self.pools, taken):  # the revived blocks and one new block for the first token

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 import logging
 import time
 from collections.abc import Iterator
@@ -12,14 +13,17 @@ from typing import NamedTuple
 import torch
 
 from ..errors import ContextLengthError
-from ..outputs import RequestOutput
 from ..kernels.native import argmax_fn
+from ..outputs import EmbeddingOutput, RequestOutput
 from ..sampler import Sampler, SamplerOutput
 from ..sampling import SamplingParams
+from ..structured.compiler import CompiledGrammar, GrammarCompiler
+from ..structured.guide import Guide
 from ..tokenizer import Tokenizer
 from .block_manager import BlockManager
 from .kv_groups import blocks_per_sequence
 from .model_runner import ModelRunner, SeqChunk
+from .pooling import EmbedRequest, Pooler
 from .request import Completion, Request
 from .scheduler import Scheduler, SchedulerConfig
 from .sequence import Sequence, Status
@@ -66,12 +70,23 @@ class LLMEngine:
                                  f"hold {what}; raise the KV memory or lower ctx")
         self.scheduler = Scheduler(scheduler_config, self.block_manager)
         self.sampler = Sampler(argmax_fn(runner.model.options.cpu_native))
-        self.requests: dict[str, Request] = {}
+        self.requests: dict[str, Request | EmbedRequest] = {}
         self._ids = itertools.count()
+        self.grammars = GrammarCompiler(tokenizer, runner.model.config.vocab_size)
+        # structured-output requests whose grammar is still compiling: not scheduled until it is ready
+        self._compiling: dict[str, tuple[Request, Future[CompiledGrammar]]] = {}
+        self._failed: list[Request] = []  # ended before running (grammar failed); reported by the next step
 
     # ---- requests ----
     def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        """Raise `ContextLengthError` or `ValueError` if the request can never run."""
+        """Raise `ContextLengthError` or `ValueError` if the request can never run. A structured-output
+        constraint is compiled here, in the caller's thread (`StructuredOutputError` if it cannot be), so
+        the engine loop later finds it in the compiler's cache."""
+        self._check(prompt_token_ids, params)
+        if params.structured_outputs is not None:
+            self.grammars.compile(params.structured_outputs)
+
+    def _check(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
         n_prompt = len(prompt_token_ids)
         if n_prompt == 0:
             raise ValueError("the prompt must contain at least one token")
@@ -87,7 +102,9 @@ class LLMEngine:
 
     def add_request(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str | None = None,
                     prompt: str | None = None) -> Request:
-        self.validate(prompt_token_ids, params)
+        """Queue a request. One with a structured-output constraint joins the scheduler once its grammar is
+        compiled (at once when it is cached); a constraint that fails to compile raises here if already known."""
+        self._check(prompt_token_ids, params)
         n_prompt = len(prompt_token_ids)
         request_id = request_id or f"req-{next(self._ids)}"
         if request_id in self.requests:
@@ -97,15 +114,81 @@ class LLMEngine:
             seq = Sequence(list(prompt_token_ids), n_prompt, self.ctx)
             seq.owner = Completion(index, seq, params, self.tokenizer, request)
             request.completions.append(seq.owner)
+        request.unforked = [c.seq for c in request.completions[1:]]
+        if params.structured_outputs is not None:
+            grammar = self.grammars.future(params.structured_outputs)
+            if not grammar.done():
+                self._compiling[request_id] = (request, grammar)
+                self.requests[request_id] = request
+                return request
+            self._attach_guides(request, grammar.result())  # raises a compile error already known
+        self._schedule(request)
+        return request
+
+    def _schedule(self, request: Request) -> None:
         # n > 1: only the first sample computes the prompt; the others fork from it (sharing its blocks)
         self.scheduler.add(request.completions[0].seq)
-        request.unforked = [c.seq for c in request.completions[1:]]
+        self.requests[request.request_id] = request
+
+    @staticmethod
+    def _attach_guides(request: Request, grammar: CompiledGrammar) -> None:
+        """Every sample gets its own matcher, at the start of the grammar (it sees only generated tokens)."""
+        for completion in request.completions:
+            completion.state.guide = Guide(grammar.new_matcher())
+
+    def _admit_compiled(self, wait_s: float = 0.0) -> None:
+        """Schedule the requests whose grammar is ready; finish those whose grammar failed (as aborted)."""
+        if wait_s > 0 and self._compiling:
+            wait([f for _, f in self._compiling.values()], timeout=wait_s, return_when=FIRST_COMPLETED)
+        for request_id, (request, grammar) in list(self._compiling.items()):
+            if not grammar.done():
+                continue
+            del self._compiling[request_id]
+            try:
+                self._attach_guides(request, grammar.result())
+            except (ValueError, RuntimeError) as e:
+                logger.warning("%s: structured output grammar failed: %s", request_id, e)
+                for completion in request.completions:
+                    completion.abort()
+                request.finish_time = time.perf_counter()
+                self._failed.append(request)
+                continue
+            self._schedule(request)
+
+    def validate_embed(self, prompt_token_ids: list[int]) -> None:
+        """Raise `ContextLengthError` or `ValueError` if an embedding input can never run."""
+        n_prompt = len(prompt_token_ids)
+        if n_prompt == 0:
+            raise ValueError("an embedding input must contain at least one token")
+        if n_prompt > self.ctx:
+            raise ContextLengthError(f"the input has {n_prompt} tokens but the model's context holds {self.ctx} "
+                                     f"tokens", n_prompt_tokens=n_prompt, n_ctx=self.ctx)
+        vocab = self.runner.model.config.vocab_size
+        for t in prompt_token_ids:
+            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab:
+                raise ValueError(f"input: token id {t!r} is out of vocabulary (0..{vocab - 1})")
+
+    def add_embed_request(self, prompt_token_ids: list[int], pooling: str, request_id: str | None = None,
+                          normalize: bool = True) -> EmbedRequest:
+        """Queue a prompt whose final hidden states are pooled (`pooling`: mean, cls or last) into one vector."""
+        self.validate_embed(prompt_token_ids)
+        n_prompt = len(prompt_token_ids)
+        request_id = request_id or f"emb-{next(self._ids)}"
+        if request_id in self.requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        request = EmbedRequest(request_id, list(prompt_token_ids), pooling, normalize)
+        seq = Sequence(list(prompt_token_ids), n_prompt, self.ctx)
+        seq.owner = Pooler(seq, request, pooling)
+        seq.reuse_prefix = seq.owner.reuses_prefix
+        request.completions.append(seq.owner)
+        self.scheduler.add(seq)
         self.requests[request_id] = request
         return request
 
     def abort(self, request_id: str) -> None:
         """Cancel a request wherever it is; its blocks return to the pool at once."""
         request = self.requests.pop(request_id, None)
+        self._compiling.pop(request_id, None)
         if request is None:
             return
         for completion in request.completions:
@@ -155,20 +238,30 @@ class LLMEngine:
         return bool(self.requests)
 
     # ---- the loop ----
-    def step(self) -> list[RequestOutput]:
+    def step(self) -> list[RequestOutput | EmbeddingOutput]:
         """Run one batch; return the outputs of every request that changed (finished ones for the last time)."""
+        self._admit_compiled()
+        failed = self._failed_outputs()
         scheduled = self.scheduler.schedule()
         if not scheduled:
-            return []
+            if not failed and self._compiling:  # nothing else to do: wait briefly for a grammar, not spin
+                self._admit_compiled(wait_s=0.01)
+            return failed
+        pooled = [(seq, n) for seq, n in scheduled if isinstance(seq.owner, Pooler)]
+        if pooled:
+            scheduled = [(seq, n) for seq, n in scheduled if not isinstance(seq.owner, Pooler)]
         sampling = [seq for seq, n in scheduled if seq.num_computed + n == seq.num_tokens]
         chunks = [SeqChunk(seq.token_ids[seq.num_computed:seq.num_computed + n], seq.num_computed,
                            seq.block_tables, "last" if seq.num_computed + n == seq.num_tokens else "none",
                            prompt_len=seq.num_prompt_tokens)
                   for seq, n in scheduled]
-        logits = self.runner.run(chunks)
+        logits = self.runner.run(chunks) if chunks else None
+        embedded = failed + (self._pool(pooled) if pooled else [])  # outputs that need no sampling
         for seq, n in scheduled:
             seq.num_computed += n
             self.block_manager.on_computed(seq)
+        if not sampling:
+            return embedded
         completions, rows = [], []
         for row, seq in enumerate(sampling):
             for s in [seq, *self._fork_siblings(seq)]:
@@ -177,7 +270,34 @@ class LLMEngine:
         if len(rows) != len(sampling):  # forked samples draw from their parent's logits
             logits = logits[torch.tensor(rows, device=logits.device)]
         sampled = self.sampler.sample(logits, [c.state for c in completions]) if completions else None
-        return self._update(completions, sampled)
+        return embedded + self._update(completions, sampled)
+
+    def _pool(self, pooled: list[tuple[Sequence, int]]) -> list[EmbeddingOutput]:
+        """Run the embedding requests' chunks; finish those whose whole prompt has now run."""
+        chunks = [SeqChunk(seq.token_ids[seq.num_computed:seq.num_computed + n], seq.num_computed,
+                           seq.block_tables, "none") for seq, n in pooled]
+        outputs = []
+        for (seq, n), hidden in zip(pooled, self.runner.hidden(chunks)):
+            pooler: Pooler = seq.owner
+            pooler.add(hidden, seq.num_computed)
+            seq.num_computed += n
+            self.block_manager.on_computed(seq)
+            if seq.num_computed == seq.num_tokens:
+                request = pooler.request
+                request.embedding = pooler.result(request.normalize)
+                request.finish_time = time.perf_counter()
+                pooler.finished = True
+                self.scheduler.finish(seq)
+                self.requests.pop(request.request_id, None)
+                outputs.append(request.snapshot())
+        return outputs
+
+    def _failed_outputs(self) -> list[RequestOutput]:
+        """Requests that ended before running (their grammar failed to compile): reported once, then dropped."""
+        done, self._failed = self._failed, []
+        for request in done:
+            self.requests.pop(request.request_id, None)
+        return [r.snapshot() for r in done]
 
     def _fork_siblings(self, seq: Sequence) -> list[Sequence]:
         """When the first sample of an n > 1 request has its prompt computed, its siblings fork from it:
@@ -223,7 +343,7 @@ class LLMEngine:
     def stats(self) -> EngineStats:
         bm = self.block_manager
         return EngineStats(
-            running=len(self.scheduler.running), waiting=len(self.scheduler.waiting),
+            running=len(self.scheduler.running), waiting=len(self.scheduler.waiting) + len(self._compiling),
             kv_blocks_used=bm.num_used, kv_blocks_total=bm.num_blocks,
             prefix_cache_hit_rate=bm.prefix_hits / bm.prefix_queries if bm.prefix_queries else 0.0,
             preemptions=self.scheduler.num_preemptions,

@@ -99,7 +99,20 @@ class ModelRunner:
             return len(chunk.token_ids) - chunk.logits_from
         return 1 if chunk.logits == "last" else 0
 
-    def _forward(self, chunks: list[SeqChunk], prefill: bool) -> torch.Tensor:
+    @torch.inference_mode()
+    def hidden(self, chunks: list[SeqChunk]) -> list[torch.Tensor]:
+        """Runs prompt chunks (embedding requests) and returns each one's final hidden states: (n_i, d_model)
+        float32 after the output norm. A pass of its own, so the rows sampled from in the same step keep their
+        usual kernels."""
+        native = self.model.native_decoder
+        prefill = None if native is not None and native.accepts(self.cache) else True
+        ids_t, positions_t, meta, _ = self._pack(chunks, prefill)
+        hidden = self.model.forward(ids_t, positions_t, meta, self.cache).float()  # (T, d_model)
+        return list(hidden.split([len(c.token_ids) for c in chunks]))
+
+    def _pack(self, chunks: list[SeqChunk], prefill: bool | None
+              ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
+        """The flat batch: token ids, positions, attention metadata and the rows that want logits."""
         ids, positions, rows = [], [], []
         slots: list[list[int]] = [[] for _ in self.cache.groups]  # (G, T)
         bs = self.block_size
@@ -122,6 +135,11 @@ class ModelRunner:
         dev = self.device
         ids_t = torch.tensor(ids, dtype=torch.int64, device=dev)
         positions_t = torch.tensor(positions, dtype=torch.int64, device=dev)
+        return ids_t, positions_t, meta, rows
+
+    def _forward(self, chunks: list[SeqChunk], prefill: bool | None) -> torch.Tensor:
+        ids_t, positions_t, meta, rows = self._pack(chunks, prefill)
+        dev = self.device
         if not rows:
             self.model.forward(ids_t, positions_t, meta, self.cache)  # fills the cache
             return torch.empty(0, self.model.config.vocab_size, device=dev)

@@ -41,6 +41,9 @@ class Completion:
         out.text += text
         if stopped:
             return self._finish("stop", self.stops.matched)
+        guide = self.state.guide
+        if guide is not None and (guide.done or guide.failed):  # the document is complete: nothing may follow
+            return self._finish("stop", None)
         seq = self.seq
         if (self.params.max_tokens is not None and seq.num_output_tokens >= self.params.max_tokens) \
                 or seq.num_tokens >= seq.max_tokens:

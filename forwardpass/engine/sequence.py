@@ -27,6 +27,7 @@ class Sequence:
     num_cached: int = 0  # prompt tokens found in the prefix cache at admission
     block_tables: list[list[int]] = field(default_factory=list)  # one per KV group, all of the same length
     block_hashes: list[int] = field(default_factory=list)  # hash of each full block of the tables, in order
+    reuse_prefix: bool = True  # may take blocks from the prefix cache (not mean-pooled embeddings: see pooling.py)
 
     @property
     def block_table(self) -> list[int]:

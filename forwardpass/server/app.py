@@ -1,7 +1,8 @@
 """The ASGI app: routes, error handlers and middleware. ``create_app(config, state)`` builds it.
 
-Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET /metrics,
-GET /slots, POST /tokenize, POST /detokenize, and the web chat page (GET /, /chat.js, /chat.css).
+Routes: POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings, POST /v1/responses (GET and
+DELETE /v1/responses/{id}), POST /v1/messages, POST /v1/messages/count_tokens, GET /v1/models, GET /health,
+GET /metrics, GET /slots, POST /tokenize, POST /detokenize, and the web chat page (GET /, /chat.js, /chat.css).
 """
 from __future__ import annotations
 
@@ -18,8 +19,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from . import fields
-from .errors import APIError, invalid, json_error, loading_response
+from .errors import APIError, invalid, is_anthropic_path, loading_response
 from .metrics import CONTENT_TYPE, ServerMetrics
+from .anthropic_api import count_tokens, messages
+from .embeddings import embeddings
+from .responses_api import ResponseStore, create_response, delete_response, get_response
 from .openai_routes import chat_completions, completions, read_json
 from .protocol import parse_messages
 from .security import AuthMiddleware, BodyLimitMiddleware, GuardMiddleware, is_loopback
@@ -43,27 +47,32 @@ def _middleware(config: ServerConfig) -> list[Middleware]:
     stack = [Middleware(GuardMiddleware, allowed_hosts=allowed_hosts)]
     if config.cors_origins:
         stack.append(Middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_credentials=False,
-                                allow_methods=["GET", "POST", "OPTIONS"],
-                                allow_headers=["Authorization", "Content-Type"], max_age=600))
+                                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                                allow_headers=["Authorization", "Content-Type", "x-api-key", "anthropic-version"],
+                                max_age=600))
     stack.append(Middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes))
     stack.append(Middleware(AuthMiddleware, keys=config.api_keys))
     return stack
 
 
 def _install_error_handlers(app: FastAPI) -> None:
+    def anthropic(request: Request) -> bool:
+        return is_anthropic_path(AuthMiddleware.relative_path(request.scope))
+
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
-        return exc.response()
+        return exc.response(anthropic(request))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return json_error(exc.status_code, str(exc.detail), kind, headers=getattr(exc, "headers", None))
+        return APIError(exc.status_code, str(exc.detail), type=kind,
+                        headers=getattr(exc, "headers", None)).response(anthropic(request))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unexpected error answering %s %r", request.method, request.url.path)
-        return json_error(500, "internal server error", "server_error")
+        return APIError(500, "internal server error", type="server_error").response(anthropic(request))
 
 
 def create_app(config: ServerConfig, state: ServerState | None = None) -> FastAPI:
@@ -76,6 +85,13 @@ def create_app(config: ServerConfig, state: ServerState | None = None) -> FastAP
     _install_error_handlers(app)
     app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
     app.add_api_route("/v1/completions", completions, methods=["POST"])
+    app.add_api_route("/v1/embeddings", embeddings, methods=["POST"])
+    app.state.response_store = ResponseStore()
+    app.add_api_route("/v1/responses", create_response, methods=["POST"])
+    app.add_api_route("/v1/responses/{response_id}", get_response, methods=["GET"])
+    app.add_api_route("/v1/responses/{response_id}", delete_response, methods=["DELETE"])
+    app.add_api_route("/v1/messages", messages, methods=["POST"])
+    app.add_api_route("/v1/messages/count_tokens", count_tokens, methods=["POST"])
     app.add_api_route("/v1/models", models, methods=["GET"])
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/metrics", metrics, methods=["GET"])

@@ -1,4 +1,6 @@
-"""HTTP errors in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``, never a traceback."""
+"""HTTP errors in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``, never a traceback; on the
+Anthropic Messages routes in Anthropic's: ``{"type": "error", "error": {"type", "message"}}``, the type chosen by
+the status as Anthropic's API does."""
 from __future__ import annotations
 
 from typing import Any
@@ -37,8 +39,24 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code,
                           **self.extra}}
 
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+    def anthropic_body(self) -> dict[str, Any]:
+        kind = ANTHROPIC_TYPES.get(self.status, "invalid_request_error" if self.status < 500 else "api_error")
+        return {"type": "error", "error": {"type": kind, "message": self.message}}
+
+    def response(self, anthropic: bool = False) -> JSONResponse:
+        return JSONResponse(self.anthropic_body() if anthropic else self.body(), status_code=self.status,
+                            headers=self.headers)
+
+
+ANTHROPIC_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
+ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                   404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
+                   503: "overloaded_error", 529: "overloaded_error"}
+
+
+def is_anthropic_path(path: str) -> bool:
+    """Whether errors on `path` (relative to the root path) take Anthropic's shape."""
+    return path.rstrip("/") in ANTHROPIC_PATHS
 
 
 def invalid(message: str, param: str | None = None, code: str | None = None) -> APIError:

@@ -189,18 +189,18 @@ async def collect(group: RequestGroup, receive: Receive) -> list[RequestOutput]:
     Starlette does not notice a client that leaves during a plain request, so without this watcher the
     request would run to the end for nobody.
     """
-    return await _unless_disconnected(group.wait_finished(), group, receive)
+    return await unless_disconnected(group.wait_finished(), group, receive)
 
 
 async def wait_started(group: RequestGroup, receive: Receive) -> None:
     """Wait for the first output of a request (raising its error, such as ``QueueTimeout``), watching for a
     disconnect meanwhile (which aborts it and raises ``ClientDisconnected``)."""
-    await _unless_disconnected(group.wait_first(), group, receive)
+    await unless_disconnected(group.wait_first(), group, receive)
     if group.error is not None:
         raise group.error
 
 
-async def _unless_disconnected(awaitable: Awaitable[R], group: RequestGroup, receive: Receive) -> R:
+async def unless_disconnected(awaitable: Awaitable[R], group: RequestGroup, receive: Receive) -> R:
     """The result of `awaitable`, unless the client leaves first: then the request is aborted at once and
     ``ClientDisconnected`` raised."""
     work = asyncio.ensure_future(awaitable)

@@ -12,6 +12,7 @@ only once the first output is there, so that a queue timeout can still be a plai
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -22,7 +23,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..engine.async_engine import EngineDeadError
-from ..errors import ChatTemplateError, ContextLengthError, TokenizerError
+from ..errors import ChatTemplateError, ContextLengthError, StructuredOutputError, TokenizerError
+from ..structured.params import StructuredOutputsParams
+from ..tools import ToolError, ToolPlan, plan_tools
 from ..outputs import RequestOutput
 from . import responses as R
 from .errors import APIError, invalid, short_repr, unavailable
@@ -68,9 +71,14 @@ def check_context(n_prompt: int, max_tokens: int | None, n_ctx: int, param: str)
                             n_prompt, n_ctx, "max_tokens")
 
 
-async def _tokenize(fn: Callable[[], list[list[int]]]) -> list[list[int]]:
+async def tokenize_prompts(fn: Callable[[], list[list[int]]], structured_param: str | None = None
+                           ) -> list[list[int]]:
     try:
         return await run_in_threadpool(fn)
+    except StructuredOutputError as e:  # the schema or grammar did not compile
+        param = structured_param or "structured_outputs"
+        message = str(e).replace("structured_outputs.", f"{param}: ", 1) if param != "structured_outputs" else str(e)
+        raise invalid(message[:400], param) from None
     except ChatTemplateError as e:
         logger.warning("chat template failed: %r", str(e))
         raise APIError(500, f"the model's chat template failed: {e}", type="server_error",
@@ -96,7 +104,7 @@ BodyFn = Callable[[list[RequestOutput], list[list[int]], list[bool]], dict[str, 
 
 async def generate(request: Request, req: GenerationRequest, rid: str, n_prompts: int,
                    tokenize: Callable[[], list[list[int]]], param: str, stream_fn: StreamFn,
-                   body_fn: BodyFn) -> Response:
+                   body_fn: BodyFn, structured_param: str | None = None) -> Response:
     """Admission, tokenization, context checks, then a streamed or a whole answer."""
     state: ServerState = request.app.state.server
     n_seqs = req.params.n * n_prompts
@@ -106,7 +114,7 @@ async def generate(request: Request, req: GenerationRequest, rid: str, n_prompts
     timer: asyncio.TimerHandle | None = None
     streaming = False
     try:
-        prompts = await _tokenize(tokenize)
+        prompts = await tokenize_prompts(tokenize, structured_param)
         assert state.limits is not None and state.engine is not None
         truncated = [False] * len(prompts)
         if req.truncate_prompt_tokens is not None:
@@ -172,6 +180,34 @@ def _logprob_formatter(request: Request, wanted: bool) -> R.LogprobFormatter | N
     return R.LogprobFormatter(request.app.state.server.llm.tokenizer) if wanted else None
 
 
+def _with_constraint(state: ServerState, req: GenerationRequest, constraint: StructuredOutputsParams | None,
+                     tokenize: Callable[[], list[list[int]]]) -> Callable[[], list[list[int]]]:
+    """Put the constraint in the request's params; compile it with the tokenization, in the worker thread (a
+    schema that does not compile is a 400 before any byte is sent, and the engine loop finds it cached)."""
+    if constraint is None:
+        return tokenize
+    req.params = dataclasses.replace(req.params, structured_outputs=constraint)
+
+    def run() -> list[list[int]]:
+        assert state.llm is not None
+        state.llm.engine.grammars.compile(constraint)
+        return tokenize()
+    return run
+
+
+def _chat_plan(req: ChatRequest, template_source: str) -> tuple[ToolPlan, StructuredOutputsParams | None, str | None]:
+    """The request's tool plan and the one constraint it runs under (a tool_choice's grammar wins over
+    response_format), with the field a compile error is blamed on."""
+    try:
+        plan = plan_tools(template_source, req.tools, req.tool_choice, req.parallel_tool_calls)
+    except ToolError as e:
+        raise invalid(str(e), e.param) from None
+    tool_constraint = plan.constraint()
+    if tool_constraint is not None:
+        return plan, tool_constraint, "tools"
+    return plan, req.structured, req.structured_param
+
+
 async def chat_completions(request: Request) -> Response:
     state: ServerState = request.app.state.server
     state.check_accepting()
@@ -183,18 +219,26 @@ async def chat_completions(request: Request) -> Response:
         raise invalid("this model has no chat template; use /v1/completions", "messages")
     rid, created = R.new_id("chatcmpl"), int(time.time())
     fmt = _logprob_formatter(request, req.logprobs)
+    plan, constraint, structured_param = _chat_plan(req, llm.chat_template.source)
+    parsed = bool(plan.tools) or plan.reasoning or any(m.get("tool_calls") for m in req.messages)
+    prompt_text = [""]
+
+    def tokenize() -> list[list[int]]:
+        prompt_text[0] = plan.render(llm.chat_template, req.messages, **req.template_kwargs)
+        return [llm.encode_prompt(prompt_text[0])]
 
     def stream_fn(group: RequestGroup, prompts: list[list[int]], truncated: list[bool]) -> AsyncIterator[bytes]:
         info = StreamInfo(rid, created, state.model_name, req.include_usage, fmt, len(prompts[0]),
-                          _truncated(req, truncated))
+                          _truncated(req, truncated), (lambda: plan.parser(prompt_text[0])) if parsed else None)
         return chat_events(group, info)
 
     def body_fn(outputs: list[RequestOutput], prompts: list[list[int]], truncated: list[bool]) -> dict[str, Any]:
         return R.chat_response(rid, created, state.model_name, outputs[0].outputs, len(prompts[0]), fmt,
-                               outputs[0].num_cached_tokens)
+                               outputs[0].num_cached_tokens,
+                               (lambda text: plan.parse(text, prompt_text[0])) if parsed else None)
 
-    return await generate(request, req, rid, 1, lambda: [llm.chat_prompt(req.messages, **req.template_kwargs)],
-                          "messages", stream_fn, body_fn)
+    return await generate(request, req, rid, 1, _with_constraint(state, req, constraint, tokenize),
+                          "messages", stream_fn, body_fn, structured_param)
 
 
 async def completions(request: Request) -> Response:
@@ -231,5 +275,6 @@ async def completions(request: Request) -> Response:
                        sum(out.num_cached_tokens for out in outputs))
         return R.completion_body(rid, created, state.model_name, choices, used)
 
-    return await generate(request, req, rid, len(req.prompts), lambda: [llm.encode_prompt(p) for p in req.prompts],
-                          "prompt", stream_fn, body_fn)
+    tokenize = _with_constraint(state, req, req.structured, lambda: [llm.encode_prompt(p) for p in req.prompts])
+    return await generate(request, req, rid, len(req.prompts), tokenize, "prompt", stream_fn, body_fn,
+                          req.structured_param)

@@ -1,8 +1,13 @@
 """The OpenAI request bodies, validated at the edge into dataclasses; JSON goes no further than this module.
 
-Unknown fields are ignored, as OpenAI-compatible servers do. Known fields we cannot honour (tools,
-``response_format`` other than text, ``suffix``, a request-supplied ``chat_template``) are refused with a
-400 rather than silently dropped.
+Unknown fields are ignored, as OpenAI-compatible servers do. Known fields we cannot honour (``suffix``, a
+request-supplied ``chat_template``) are refused with a 400 rather than silently dropped.
+
+Structured output: ``response_format`` (``text``, ``json_object``, ``json_schema`` with ``{"name", "schema",
+"strict"}``) or vLLM's ``structured_outputs`` (``json``, ``json_object``, ``regex``, ``choice``, ``grammar``), on
+chat and completions. Tools (chat): ``tools``, ``tool_choice``, ``parallel_tool_calls``, and messages carrying
+``tool_calls`` (assistant) and ``tool_call_id`` (tool). Errors name the field (``param``); a schema or grammar
+that does not compile is a 400 too, found when the route compiles it.
 
 Context fields beyond OpenAI's:
 
@@ -20,7 +25,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Union
 
+from ..errors import StructuredOutputError
 from ..sampling import SamplingParams
+from ..structured.params import StructuredOutputsParams
+from ..tools.spec import ToolError, parse_tool_choice, parse_tools
 from . import fields
 from .errors import invalid, short_repr
 from .jsonbody import json_type
@@ -57,6 +65,8 @@ class GenerationRequest:
     include_usage: bool
     user: str | None
     truncate_prompt_tokens: int | None  # keep the last N prompt tokens; -1: as many as fit; None: never truncate
+    structured: StructuredOutputsParams | None  # from response_format or structured_outputs
+    structured_param: str | None  # the field it came from (errors name it)
 
 
 @dataclass
@@ -65,6 +75,9 @@ class ChatRequest(GenerationRequest):
     template_kwargs: dict[str, Any]
     logprobs: bool
     top_logprobs: int
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool = True
 
 
 @dataclass
@@ -105,9 +118,52 @@ def _common(body: dict[str, Any], limits: Limits, max_tokens_keys: tuple[str, ..
     stream = fields.boolean(body, "stream", False)
     options = fields.obj(body, "stream_options") or {}
     include_usage = fields.boolean(options, "include_usage", False) if stream else False
+    structured, structured_param = parse_structured(body)
     return dict(model=fields.string(body, "model", 256), params=params, stream=stream,
                 include_usage=include_usage, user=fields.string(body, "user", MAX_USER_CHARS),
-                truncate_prompt_tokens=truncate)
+                truncate_prompt_tokens=truncate, structured=structured, structured_param=structured_param)
+
+
+# ---- structured output ----
+def _response_format(fmt: Any) -> StructuredOutputsParams | None:
+    if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
+        raise invalid("response_format must be an object with a string 'type'", "response_format")
+    kind = fmt["type"]
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return StructuredOutputsParams(json_object=True)
+    if kind != "json_schema":
+        raise invalid(f"response_format type must be text, json_object or json_schema, got {short_repr(kind)}",
+                      "response_format")
+    spec = fmt.get("json_schema")
+    if not isinstance(spec, dict):
+        raise invalid("response_format json_schema needs a 'json_schema' object with a 'schema'", "response_format")
+    schema = spec.get("schema")
+    if not isinstance(schema, (dict, bool)):
+        raise invalid("response_format json_schema.schema must be a JSON schema object", "response_format")
+    return StructuredOutputsParams(json=schema)
+
+
+def parse_structured(body: dict[str, Any]) -> tuple[StructuredOutputsParams | None, str | None]:
+    """``response_format`` or ``structured_outputs`` (not both) as one constraint, and the field's name."""
+    fmt, so = body.get("response_format"), body.get("structured_outputs")
+    if fmt is not None and so is not None:
+        raise invalid("give response_format or structured_outputs, not both", "structured_outputs")
+    try:
+        if fmt is not None:
+            return _response_format(fmt), "response_format"
+        if so is None:
+            return None, None
+        if not isinstance(so, dict):
+            raise invalid("structured_outputs must be an object", "structured_outputs")
+        known = {"json", "json_object", "regex", "choice", "grammar"}
+        args = {k: v for k, v in so.items() if k in known and v is not None}
+        return StructuredOutputsParams(**args), "structured_outputs"
+    except StructuredOutputError as e:
+        param = "response_format" if fmt is not None else "structured_outputs"
+        raise invalid(str(e).replace("structured_outputs.", f"{param}: ", 1) if fmt is not None else str(e),
+                      param) from None
 
 
 def _context_shift_fields(body: dict[str, Any], limits: Limits) -> None:
@@ -167,6 +223,13 @@ def parse_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
         if not isinstance(role, str) or role not in ROLES:
             raise invalid(f"messages[{i}].role must be one of {sorted(ROLES)}, got {short_repr(role)}", "messages")
         item: dict[str, Any] = {"role": role, "content": _content_text(message.get("content"), i, role)}
+        if role == "assistant" and message.get("tool_calls") is not None:
+            item["tool_calls"] = _tool_calls(message["tool_calls"], i)
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            if call_id is not None and (not isinstance(call_id, str) or len(call_id) > 256):
+                raise invalid(f"messages[{i}].tool_call_id must be a string", "messages")
+            item["tool_call_id"] = call_id or ""
         name = message.get("name")
         if name is not None:
             if not isinstance(name, str) or len(name) > 256:
@@ -174,6 +237,25 @@ def parse_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
             item["name"] = name
         out.append(item)
     return out
+
+
+def _tool_calls(value: Any, i: int) -> list[dict[str, Any]]:
+    """An assistant message's ``tool_calls``: [{"id", "type": "function", "function": {"name", "arguments"}}]."""
+    if not isinstance(value, list) or len(value) > 128:
+        raise invalid(f"messages[{i}].tool_calls must be an array of at most 128 calls", "messages")
+    calls = []
+    for call in value:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or \
+                not isinstance(fn.get("arguments", "{}"), (str, dict)):
+            raise invalid(f"messages[{i}].tool_calls items must be {{\"type\": \"function\", \"function\": "
+                          f"{{\"name\", \"arguments\"}}}}", "messages")
+        call_id = call.get("id") or ""
+        if not isinstance(call_id, str):
+            raise invalid(f"messages[{i}].tool_calls[].id must be a string", "messages")
+        calls.append({"id": call_id, "type": "function",
+                      "function": {"name": fn["name"], "arguments": fn.get("arguments", "{}")}})
+    return calls
 
 
 def _template_kwargs(body: dict[str, Any]) -> dict[str, Any]:
@@ -192,34 +274,28 @@ def _template_kwargs(body: dict[str, Any]) -> dict[str, Any]:
     return dict(value)
 
 
-def _refuse_unsupported_chat(body: dict[str, Any]) -> None:
-    fmt = body.get("response_format")
-    if fmt is not None:
-        if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
-            raise invalid("response_format must be an object with a string 'type'", "response_format")
-        if fmt["type"] != "text":
-            raise invalid(f"response_format type {short_repr(fmt['type'])} is not supported yet", "response_format")
-    tools = body.get("tools")
-    if tools is not None:
-        if not isinstance(tools, list) or not all(
-                isinstance(t, dict) and isinstance(t.get("function"), dict)
-                and isinstance(t["function"].get("name"), str) for t in tools):
-            raise invalid("tools must be a list of {\"type\": \"function\", \"function\": {\"name\", ...}}", "tools")
-        if tools:
-            raise invalid("tool calling is not supported yet", "tools")
+def _tools(body: dict[str, Any]) -> dict[str, Any]:
+    """``tools``, ``tool_choice`` and ``parallel_tool_calls``, validated (the route plans the format)."""
+    try:
+        tools = parse_tools(body.get("tools"))
+        parse_tool_choice(body.get("tool_choice"), tools)
+    except ToolError as e:
+        raise invalid(str(e), e.param) from None
+    return dict(tools=body.get("tools") or None, tool_choice=body.get("tool_choice"),
+                parallel_tool_calls=fields.boolean(body, "parallel_tool_calls", True))
 
 
 def parse_chat_request(body: dict[str, Any], limits: Limits) -> ChatRequest:
     """Validate a /v1/chat/completions body."""
     messages = parse_messages(body)
-    _refuse_unsupported_chat(body)
+    tools = _tools(body)
     logprobs = fields.boolean(body, "logprobs", False)
     top = fields.integer(body, "top_logprobs", None, 0, MAX_TOP_LOGPROBS)
     if top is not None and not logprobs and top > 0:
         raise invalid("top_logprobs needs logprobs set to true", "top_logprobs")
     common = _common(body, limits, ("max_completion_tokens", "max_tokens"), (top or 0) if logprobs else None)
     return ChatRequest(**common, messages=messages, template_kwargs=_template_kwargs(body), logprobs=logprobs,
-                       top_logprobs=top or 0)
+                       top_logprobs=top or 0, **tools)
 
 
 # ---- completions ----

@@ -6,10 +6,12 @@ completions use the legacy ``{"tokens", "token_logprobs", "top_logprobs", "text_
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from ..outputs import CompletionOutput, TokenLogprob
 from ..tokenizer import Tokenizer
+from ..tools import Event, ParsedOutput
 
 MIN_LOGPROB = -9999.0  # what OpenAI reports for a (near) impossible token; -inf is not valid JSON
 
@@ -69,11 +71,30 @@ class LogprobFormatter:
                 "top_logprobs": tops, "text_offset": offsets}
 
 
+def chat_message(o: CompletionOutput, parse: Callable[[str], ParsedOutput] | None) -> tuple[dict[str, Any], str | None]:
+    """The assistant message of one output (content, tool_calls, reasoning_content) and its finish reason:
+    ``tool_calls`` when the model called tools and was not cut off."""
+    if parse is None:
+        return {"role": "assistant", "content": o.text}, o.finish_reason
+    parsed = parse(o.text)
+    message: dict[str, Any] = {"role": "assistant", "content": parsed.content or (None if parsed.tool_calls else "")}
+    if parsed.reasoning is not None:
+        message["reasoning_content"] = parsed.reasoning
+    finish = o.finish_reason
+    if parsed.tool_calls:
+        message["tool_calls"] = [c.openai() for c in parsed.tool_calls]
+        finish = "tool_calls" if finish == "stop" else finish
+    return message, finish
+
+
 def chat_response(rid: str, created: int, model: str, outputs: list[CompletionOutput], prompt_tokens: int,
-                  fmt: LogprobFormatter | None, cached_tokens: int | None = None) -> dict[str, Any]:
-    choices = [{"index": o.index, "message": {"role": "assistant", "content": o.text},
-                "logprobs": fmt.chat(o.logprobs or []) if fmt is not None else None,
-                "finish_reason": o.finish_reason} for o in outputs]
+                  fmt: LogprobFormatter | None, cached_tokens: int | None = None,
+                  parse: Callable[[str], ParsedOutput] | None = None) -> dict[str, Any]:
+    choices = []
+    for o in outputs:
+        message, finish = chat_message(o, parse)
+        choices.append({"index": o.index, "message": message,
+                        "logprobs": fmt.chat(o.logprobs or []) if fmt is not None else None, "finish_reason": finish})
     return {"id": rid, "object": "chat.completion", "created": created, "model": model, "choices": choices,
             "usage": usage(prompt_tokens, sum(len(o.token_ids) for o in outputs), cached_tokens)}
 
@@ -101,3 +122,15 @@ def completion_body(rid: str, created: int, model: str, choices: list[dict[str, 
 def usage_chunk(rid: str, created: int, model: str, obj: str, usage_: dict[str, Any]) -> dict[str, Any]:
     """The final chunk of a stream with ``stream_options.include_usage``: no choices, the usage."""
     return {"id": rid, "object": obj, "created": created, "model": model, "choices": [], "usage": usage_}
+
+
+def tool_delta(event: Event) -> dict[str, Any]:
+    """The chat chunk delta of one parser event (OpenAI's shapes: a call's id and name first, then arguments)."""
+    if event.kind == "content":
+        return {"content": event.text}
+    if event.kind == "reasoning":
+        return {"reasoning_content": event.text}
+    if event.kind == "call_start":
+        return {"tool_calls": [{"index": event.index, "id": event.id, "type": "function",
+                                "function": {"name": event.name, "arguments": ""}}]}
+    return {"tool_calls": [{"index": event.index, "function": {"arguments": event.text}}]}

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import APIError
+from .errors import APIError, is_anthropic_path
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +44,9 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 
 
 def _error(status: int, message: str, type: str, code: str | None = None,
-           headers: dict[str, str] | None = None) -> JSONResponse:
-    return APIError(status, message, type=type, code=code, headers=headers).response()
+           headers: dict[str, str] | None = None, scope: Scope | None = None) -> JSONResponse:
+    anthropic = scope is not None and is_anthropic_path(AuthMiddleware.relative_path(scope))
+    return APIError(status, message, type=type, code=code, headers=headers).response(anthropic)
 
 
 class GuardMiddleware:
@@ -64,13 +65,13 @@ class GuardMiddleware:
         if len(headers) > MAX_HEADERS or sum(len(k) + len(v) for k, v in headers) > MAX_HEADER_BYTES:
             return await _error(431, f"request headers too large (at most {MAX_HEADERS} headers and "
                                      f"{MAX_HEADER_BYTES} bytes)", "invalid_request_error",
-                                "request_header_fields_too_large")(scope, receive, send)
+                                "request_header_fields_too_large", scope=scope)(scope, receive, send)
         if self.allowed_hosts is not None:
             host = _header(scope, b"host")
             if host is not None and self._hostname(host) not in self.allowed_hosts:
                 logger.warning("refused request with Host %r", host[:100])
                 return await _error(403, "forbidden Host header: this server only answers to its loopback names",
-                                    "permission_error", "forbidden_host")(scope, receive, send)
+                                    "permission_error", "forbidden_host", scope=scope)(scope, receive, send)
         await self.app(scope, receive, send)
 
     @staticmethod
@@ -99,10 +100,12 @@ class BodyLimitMiddleware:
         declared = _header(scope, b"content-length")
         if declared is not None:
             if not declared.isdigit() or len(declared) > 18:
-                return await _error(400, "invalid Content-Length", "invalid_request_error")(scope, receive, send)
+                return await _error(400, "invalid Content-Length", "invalid_request_error",
+                                    scope=scope)(scope, receive, send)
             if int(declared) > self.max_bytes:
                 await _drain(receive, int(declared))
-                return await _BodyTooLarge(self.max_bytes).response()(scope, receive, send)
+                anthropic = is_anthropic_path(AuthMiddleware.relative_path(scope))
+                return await _BodyTooLarge(self.max_bytes).response(anthropic)(scope, receive, send)
         received = 0
 
         async def limited() -> Message:
@@ -132,7 +135,8 @@ async def _drain(receive: Receive, limit: int) -> None:
 
 
 class AuthMiddleware:
-    """``Authorization: Bearer KEY`` on every path but ``PUBLIC_PATHS``; keys compared in constant time."""
+    """``Authorization: Bearer KEY`` (or Anthropic's ``x-api-key: KEY``) on every path but ``PUBLIC_PATHS``; keys
+    compared in constant time."""
 
     def __init__(self, app: ASGIApp, keys: Sequence[str], public_paths: frozenset[str] = PUBLIC_PATHS) -> None:
         self.app = app
@@ -142,27 +146,28 @@ class AuthMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.keys:
             return await self.app(scope, receive, send)
-        if scope["method"] in ("GET", "HEAD") and self._relative_path(scope) in self.public_paths:
+        if scope["method"] in ("GET", "HEAD") and self.relative_path(scope) in self.public_paths:
             return await self.app(scope, receive, send)
-        if not self._authorized(_header(scope, b"authorization")):
-            return await _error(401, "invalid or missing API key: send 'Authorization: Bearer <key>'",
-                                "authentication_error", "invalid_api_key",
-                                {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+        if not self._authorized(_header(scope, b"authorization"), _header(scope, b"x-api-key")):
+            return await _error(401, "invalid or missing API key: send 'Authorization: Bearer <key>' or "
+                                "'x-api-key: <key>'", "authentication_error", "invalid_api_key",
+                                {"WWW-Authenticate": "Bearer"}, scope)(scope, receive, send)
         await self.app(scope, receive, send)
 
     @staticmethod
-    def _relative_path(scope: Scope) -> str:
+    def relative_path(scope: Scope) -> str:
         path, root = scope.get("path", ""), scope.get("root_path", "")
         return path[len(root):] if root and path.startswith(root) else path
 
-    def _authorized(self, header: bytes | None) -> bool:
-        if header is None:
-            return False
-        scheme, _, token = header.partition(b" ")
-        if scheme.lower() != b"bearer":
-            return False
-        token = token.strip()
+    def _authorized(self, header: bytes | None, x_api_key: bytes | None) -> bool:
+        """A key as ``Bearer`` in Authorization, or in x-api-key (Anthropic's clients): either one matching."""
+        tokens = [x_api_key.strip()] if x_api_key is not None else []
+        if header is not None:
+            scheme, _, token = header.partition(b" ")
+            if scheme.lower() == b"bearer":
+                tokens.append(token.strip())
         ok = False
-        for key in self.keys:  # no early exit: the time taken does not depend on which key matched
-            ok |= hmac.compare_digest(token, key)
+        for token in tokens:
+            for key in self.keys:  # no early exit: the time taken does not depend on which key matched
+                ok |= hmac.compare_digest(token, key)
         return ok

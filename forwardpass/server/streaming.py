@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..outputs import CompletionOutput
+from ..tools import OutputParser
 from . import responses as R
 from .generation import RequestGroup
 from .sse import DONE, event
@@ -31,6 +32,7 @@ class StreamInfo:
     fmt: R.LogprobFormatter | None  # set when logprobs were asked for
     prompt_tokens: int
     truncated: bool | None = None  # reported when the request asked for truncate_prompt_tokens
+    parser: Callable[[], OutputParser] | None = None  # chat with tools or reasoning: a parser per choice
 
     def final(self, chunk: dict[str, Any]) -> bytes:
         """A finish or usage chunk, with ``truncated`` when it is to be reported."""
@@ -83,18 +85,29 @@ async def chat_events(group: RequestGroup, info: StreamInfo) -> AsyncIterator[by
     for k in range(group.params.n):
         yield chunk(k, {"role": "assistant", "content": ""})
     completion_tokens = 0
+    parsers = {k: info.parser() for k in range(group.params.n)} if info.parser is not None else {}
     try:
         async for batch in _follow(group):
             for _, o, c in batch:
                 if c.finished:
                     continue
                 text, lps = _new_tokens(o, c)
-                if text or (info.fmt is not None and lps):
-                    yield chunk(o.index, {"content": text}, None, info.fmt.chat(lps) if info.fmt else None)
+                lp = info.fmt.chat(lps) if info.fmt is not None else None
+                if o.index in parsers:
+                    parser = parsers[o.index]
+                    events = parser.feed(text) + (parser.finish() if o.finished else [])
+                    deltas = [R.tool_delta(e) for e in events] or ([{"content": ""}] if lps and lp is not None else [])
+                    for i, delta in enumerate(deltas):
+                        yield chunk(o.index, delta, None, lp if i == 0 else None)
+                elif text or (info.fmt is not None and lps):
+                    yield chunk(o.index, {"content": text}, None, lp)
                 if o.finished:
                     c.finished = True
                     completion_tokens += len(o.token_ids)
-                    yield info.final(R.chat_chunk(info.rid, info.created, info.model, o.index, {}, o.finish_reason))
+                    finish = o.finish_reason
+                    if o.index in parsers and parsers[o.index].result().tool_calls and finish == "stop":
+                        finish = "tool_calls"
+                    yield info.final(R.chat_chunk(info.rid, info.created, info.model, o.index, {}, finish))
         if info.include_usage:
             yield info.final(R.usage_chunk(info.rid, info.created, info.model, "chat.completion.chunk",
                                            R.usage(info.prompt_tokens, completion_tokens, _cached_tokens(group))))

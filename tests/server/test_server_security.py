@@ -34,11 +34,15 @@ def test_every_route_needs_the_key_but_the_allowlist(auth_server):
     assert security.PUBLIC_PATHS == PUBLIC
     calls = _route_calls()
     assert {"/v1/chat/completions", "/v1/completions", "/v1/models", "/metrics", "/slots", "/tokenize",
-            "/detokenize"} <= {path for _, path in calls}
+            "/detokenize", "/v1/embeddings", "/v1/responses", "/v1/messages",
+            "/v1/messages/count_tokens"} <= {path for _, path in calls}
     for method, path in calls:
         r = auth_server.client.request(method, path, json={})
         if path in PUBLIC:
             assert r.status_code == 200, (method, path, r.status_code)
+        elif path.startswith("/v1/messages"):  # Anthropic's routes answer in Anthropic's error shape
+            assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error", r.text
+            assert r.headers["www-authenticate"] == "Bearer"
         else:
             assert_error(r, 401, "authentication_error", code="invalid_api_key")
             assert r.headers["www-authenticate"] == "Bearer"
