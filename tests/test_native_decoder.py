@@ -190,3 +190,21 @@ def test_a_failed_build_warns_with_the_compiler_output(tmp_path, monkeypatch, ca
         assert native._load_library.__wrapped__(native.runnable_variants()[0], False) is None
     assert "PyTorch layers run instead" in caplog.text and "immintrin.h" in caplog.text
     assert not list((tmp_path / "home" / "kernels").glob("*.so")) and not list((tmp_path / "home" / "kernels").glob("*.tmp"))
+
+
+@pytest.mark.parametrize("one_is_faster", [True, False])
+def test_adaptive_threads_follow_the_faster_count(monkeypatch, one_is_faster):
+    """With a busy neighbour one thread can beat two (the step waits for its slowest thread at every barrier):
+    the step's thread count follows the measured times, and keeps trying the other count."""
+    from forwardpass.models.native_decoder import AdaptiveThreads
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    chooser, picks = AdaptiveThreads(), []
+    for _ in range(400):
+        n = chooser.pick(1)
+        picks.append(n)
+        chooser.record(1, n, (1.0 if n == 1 else 1.8) if one_is_faster else (1.0 if n == 2 else 1.7))
+    best = 1 if one_is_faster else 2
+    assert picks[:3] == [2, 2, 1]  # two warm-up steps on the full count, then one thread is tried
+    assert picks[-200:].count(best) >= 190 and picks[-200:].count(3 - best) >= 2  # exploits, still explores
+    assert chooser.pick(64) == 2  # another size class starts over

@@ -8,6 +8,7 @@ activation rounding.
 from __future__ import annotations
 
 import ctypes
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -99,6 +100,7 @@ class NativeDecoder:
             self.model.head = ctypes.pointer(head[0][0].struct)
         self.vocab = model.config.vocab_size
         self._workspace = torch.empty(0, dtype=torch.uint8)  # grown as needed, reused by every step
+        self.threads = AdaptiveThreads()
         self._bound: KVCache | None = None
 
     @classmethod
@@ -146,15 +148,59 @@ class NativeDecoder:
         rope = torch.stack(tables).contiguous()
         ctx, seq = meta.ctx_slots.contiguous(), meta.row_seq.contiguous()  # ctx: (G, S, L)
         lens, slots = meta.row_lens.contiguous(), meta.slot_mapping.contiguous()  # slots: (G, B)
-        threads = torch.get_num_threads()
+        threads = self.threads.pick(x.shape[0])
         need = self.lib.decoder_workspace(ctypes.byref(self.model), x.shape[0], int(lens.max()), threads)
         if self._workspace.numel() < need:
             self._workspace = torch.empty(need + need // 4, dtype=torch.uint8)
         n_out = 0 if logit_rows is None else logit_rows.shape[0]
         logits = torch.empty(n_out, self.vocab) if n_out else None
         rows = logit_rows.contiguous() if n_out else None
+        t0 = time.perf_counter()
         self.lib.decoder_step(ctypes.byref(self.model), x.data_ptr(), x.shape[0], rope.data_ptr(), slots.data_ptr(),
                 ctx.data_ptr(), ctx.shape[2], ctx.shape[1] * ctx.shape[2], seq.data_ptr(), lens.data_ptr(),
                 None if rows is None else rows.data_ptr(), n_out, None if logits is None else logits.data_ptr(),
                 self._workspace.data_ptr(), threads)
+        self.threads.record(x.shape[0], threads, time.perf_counter() - t0)
         return x if logit_rows is None else logits
+
+
+class AdaptiveThreads:
+    """How many threads a step runs on: all of them (torch's setting) unless fewer measure faster.
+
+    The step's phases end at barriers, so a step is as slow as its slowest thread. With every core free that is
+    the right count; with another process busy on one of two cores, the thread sharing a core with it holds up
+    every phase and one thread decodes faster than two. Steps are timed per size class (tokens rounded up to a
+    power of two) for the full count and for one thread: the faster by its running average is used, the other
+    tried again every `explore` steps (more often while the two are close), so the choice follows the load.
+    A token's result never depends on the thread count (each is computed alone, in a fixed order)."""
+
+    explore = 64
+    alpha = 0.25  # weight of a new timing in the running average
+
+    def __init__(self) -> None:
+        self._avg: dict[tuple[int, int], float] = {}  # (size class, threads) -> seconds per step
+        self._calls: dict[int, int] = {}
+
+    @staticmethod
+    def _size(tokens: int) -> int:
+        return 1 << max(0, tokens - 1).bit_length()
+
+    def pick(self, tokens: int) -> int:
+        full = torch.get_num_threads()
+        if full <= 1:
+            return full
+        size = self._size(tokens)
+        n = self._calls[size] = self._calls.get(size, 0) + 1
+        many, one = self._avg.get((size, full)), self._avg.get((size, 1))
+        if many is None or n < 3:  # the first steps: the full count (warm-up, caches)
+            return full
+        if one is None:
+            return 1
+        best, other = (1, full) if one < many else (full, 1)
+        close = max(one, many) < 1.25 * min(one, many)
+        return other if n % (self.explore // 8 if close else self.explore) == 0 else best
+
+    def record(self, tokens: int, threads: int, seconds: float) -> None:
+        key = (self._size(tokens), threads)
+        old = self._avg.get(key)
+        self._avg[key] = seconds if old is None else (1 - self.alpha) * old + self.alpha * seconds
