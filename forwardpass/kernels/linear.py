@@ -79,7 +79,8 @@ def fast_linear(weight: QuantWeight, bias: torch.Tensor | None = None,
     3. Q4_0, Q4_1, Q4_K on CPU, N % 16 == 0: `Int4PackLinear`, torch's int4 kernel on an exact repacking (up to
        bf16 scales).
     4. other Q4_0, Q4_1, Q4_K: `Int4Linear` (any device).
-    5. Q5_0, Q5_1, Q8_0, Q6_K: `Int8GroupLinear` (any device), exact codes with per-group scales.
+    5. Q5_0, Q5_1, Q8_0, Q6_K: `Int8GroupLinear` (any device), exact codes with per-group scales for the prompt;
+       on CPU generated tokens read an int8 copy requantized per row and block of 96 columns.
     6. every other type (Q2_K, Q3_K, Q5_K, IQ4_*): int8 per row (`Int8PackLinear` on CPU, `Int8Linear`
        elsewhere), a requantization whose error is at most half an int8 step of the row's max |w|.
     """
