@@ -89,16 +89,14 @@ class Int8GroupLinear(_JustInTimeLinear):
     of the weight requantized to int8 per row and block of `decode_block` columns (`requantize_blocks`), one
     kernel call per block summed in float32. The prompt keeps the exact weights."""
 
-    # Columns per requantized block (3 Q8_0 groups): a narrower block tracks the group scales more closely, and
-    # each block is one more kernel call. SmolLM2's Q8_0 head, decode KL against the exact path (docs/benchmarks.md,
-    # "PyTorch fallback"): 1.9e-3 whole rows, 1.1e-3 at 192, 8.4e-4 at 96, where the exact weights gave 7.8e-4.
-    decode_block = 96
     dense_min_tokens = 8  # as Int8PackLinear: below this many tokens (with prefill=None) the int8 kernel
 
-    def __init__(self, groups: Int8Groups, bias: torch.Tensor | None = None) -> None:
+    def __init__(self, groups: Int8Groups, bias: torch.Tensor | None = None, decode_block: int | None = None) -> None:
+        """`decode_block`: columns per requantized block of the CPU decode copy (None: whole rows)."""
         self.groups = groups
         self.bias = bias
         self.out_features, self.in_features = groups.q.shape
+        self.decode_block = decode_block or self.in_features
         self.blocks: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []  # (first col, last col, q, bf16 scale)
         if groups.q.device.type == "cpu":
             start = 0
