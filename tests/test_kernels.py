@@ -5,8 +5,9 @@ Error budget of the fast path, relative to the output norm ||x W^T||:
 - bf16 activations and bf16 outputs: each rounds with relative error <= 2^-9 (RMS ~1.1e-3 over a random-sign
   sum), so about 3e-3 together; the bf16 rounding of int4 scales/zeros and of just-in-time bf16 weights adds
   similar amounts, independently per group or element.
-- Int8 per-row requantization (torch fallback for 5-, 6- and 8-bit types): |w_fast - w| <= scale / 2
-  element-wise, checked exactly below; relative to the output that is ~(max|w| / rms(w)) / 440 ~ 0.5-2 %.
+- Int8 per-row requantization (torch fallback for the rarer K- and IQ-quants, and the CPU decode kernel of the
+  5-, 6- and 8-bit types per block of columns): |w_fast - w| <= scale / 2 element-wise, checked exactly below;
+  relative to the output that is ~(max|w| / rms(w)) / 440 ~ 0.5-2 % (less for narrow blocks).
 So kernels are checked against their own weight at 1e-2 (a wrong layout or scale gives ~1), the repacks against
 the element-wise bounds above, and the whole against the reference at 1e-2 (exact mappings) or 3e-2.
 """
@@ -26,10 +27,10 @@ from forwardpass.kernels import int8 as int8_module
 from forwardpass.kernels import linear as linear_module
 from forwardpass.kernels import make_linear
 from forwardpass.kernels.int4 import Int4Linear, Int4PackLinear, _cpu_layout_known, pack_int4_cpu, unpack_int4_cpu_t
-from forwardpass.kernels.int8 import Int8Linear, Int8PackLinear
+from forwardpass.kernels.int8 import Int8GroupLinear, Int8Linear, Int8PackLinear
 from forwardpass.kernels.native import argmax_fn
-from forwardpass.kernels.repack import (INT4_GROUPERS, INT8_GROUP_TYPES, concat_rows, release_heap, to_int4_groups,
-                                       to_int8_groups, to_int8_rows)
+from forwardpass.kernels.repack import (INT4_GROUPERS, INT8_GROUP_TYPES, concat_rows, release_heap,
+                                       requantize_blocks, to_int4_groups, to_int8_groups, to_int8_rows)
 from forwardpass.kernels.tiles import TILE_TYPES
 from forwardpass.models.base import LoadOptions
 from forwardpass.models.registry import load_model
@@ -255,6 +256,42 @@ def test_int8_groups_hold_the_weights_exactly(qtype, monkeypatch):
     whole = fast(x)
     monkeypatch.setattr(int8_module, "DENSE_CHUNK_BYTES", 32 * 512 * 4)  # 32 rows at a time
     assert torch.equal(fast(x), whole)
+
+
+@pytest.mark.parametrize("width", [96, 512, 1000])
+@pytest.mark.parametrize("qtype", INT8_GROUP_TYPES, ids=lambda t: t.name)
+def test_int8_blocks_error_is_half_a_step(qtype, width):
+    """The CPU decode copy of the 5-, 6- and 8-bit weights: per row and block of `width` columns (the last one
+    narrower), bf16-exact scales and an error of at most half a step."""
+    weight = random_weight(qtype, 64, 512)
+    blocks = requantize_blocks(to_int8_groups(weight), width)
+    assert [b.q.shape[1] for b in blocks] == [min(width, 512 - a) for a in range(0, 512, width)]
+    exact = weight.dequantize()
+    start = 0
+    for b in blocks:
+        assert b.q.dtype == torch.int8 and torch.equal(b.scale.to(torch.bfloat16).float(), b.scale)
+        err = (b.dequantize() - exact[:, start:start + b.q.shape[1]]).abs()
+        assert (err <= 0.5 * b.scale.unsqueeze(1) * (1 + 1e-6)).all()
+        start += b.q.shape[1]
+
+
+@pytest.mark.parametrize("qtype", INT8_GROUP_TYPES, ids=lambda t: t.name)
+def test_int8_group_decode_kernel(qtype):
+    """Generated tokens read the requantized blocks: close to their own weight and to the exact one, and a row's
+    result is bit-identical whatever the rows beside it (a decode step batches any number of sequences)."""
+    weight = random_weight(qtype, 160, 512)
+    fast = make_linear(weight, mode="fast")
+    assert isinstance(fast, Int8GroupLinear) and len(fast.blocks) == -(-512 // fast.decode_block)
+    own = torch.cat([requantize_blocks(fast.groups, fast.decode_block)[i].dequantize()
+                     for i in range(len(fast.blocks))], dim=1)
+    x = torch.randn(20, 512)
+    full = fast(x, prefill=False)
+    assert rel_err(full, x @ own.t()) <= 1e-2
+    assert rel_err(full, x @ weight.dequantize().t()) <= 1e-2
+    for rows in (slice(0, 1), slice(7, 8), slice(19, 20), slice(3, 9), slice(0, 16)):
+        assert torch.equal(fast(x[rows], prefill=False), full[rows]), rows
+    assert torch.equal(fast(x[:1]), full[:1])  # one row without a role: the decode kernel
+    assert rel_err(fast(x, prefill=True), x @ weight.dequantize().t()) <= 1e-2  # the prompt: exact weights
 
 
 @pytest.mark.parametrize("qtype", [T.F32, T.Q4_1, T.Q6_K, T.Q3_K], ids=lambda t: t.name)

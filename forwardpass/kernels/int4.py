@@ -111,6 +111,7 @@ class Int4PackLinear:
         self.scale_zero = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous()  # (K / 32, N, 2)
         self.bias = bias
         self.prefill = prefill
+        self.can_dense = prefill is not None or _cpu_layout_known()
         if prefill is not None:
             self.dense_min_tokens = self.dense_min_tokens_with_prefill
         elif not _cpu_layout_known():
@@ -125,8 +126,7 @@ class Int4PackLinear:
 
     def __call__(self, x: torch.Tensor, prefill: bool | None = None) -> torch.Tensor:
         x = x.to(torch.bfloat16).contiguous()
-        can_dense = self.prefill is not None or _cpu_layout_known()
-        if (x.shape[0] >= self.dense_min_tokens) if prefill is None else (prefill and can_dense):
+        if (x.shape[0] >= self.dense_min_tokens) if prefill is None else (prefill and self.can_dense):
             y = self.prefill(x) if self.prefill is not None else torch.matmul(x, self.weight_t())
         else:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, GROUP, self.scale_zero)  # (T, N) bf16

@@ -13,7 +13,7 @@ import threading
 import torch
 
 from .gemm import gemm_in_chunks
-from .repack import Int8Groups, Int8Rows
+from .repack import Int8Groups, Int8Rows, requantize_blocks
 
 DENSE_CHUNK_BYTES = 8 << 20  # largest bf16 copy of the weight made at once: cache-sized (a 335 MB head in bf16)
 
@@ -82,12 +82,39 @@ class Int8GroupLinear(_JustInTimeLinear):
     """Any device: the 5-, 6- and 8-bit GGUF weights held exactly as uint8 codes with a scale and zero per group
     (`Int8Groups`), dequantized to bf16 just in time in row chunks for one bf16 GEMM. x: (T, K) -> (T, N) bf16.
     The exact fallback where neither the tile nor the native float kernels run (other CPUs, CUDA): 1.125 bytes
-    a weight (1.5 for Q6_K) instead of the per-row requantization's 1, and no rounding of the weights but bf16's."""
+    a weight (1.5 for Q6_K) instead of the per-row requantization's 1, and no rounding of the weights but bf16's.
 
-    def __init__(self, groups: Int8Groups, bias: torch.Tensor | None = None) -> None:
+    On the CPU, generated tokens (decode) take `_weight_int8pack_mm` instead, which reads int8 codes directly
+    (dequantizing the weight for every generated token cost 8 ms a step for SmolLM2's head alone): a second copy
+    of the weight requantized to int8 per row and block of `decode_block` columns (`requantize_blocks`), one
+    kernel call per block summed in float32. The prompt keeps the exact weights."""
+
+    dense_min_tokens = 8  # as Int8PackLinear: below this many tokens (with prefill=None) the int8 kernel
+
+    def __init__(self, groups: Int8Groups, bias: torch.Tensor | None = None, decode_block: int | None = None) -> None:
+        """`decode_block`: columns per requantized block of the CPU decode copy (None: whole rows)."""
         self.groups = groups
         self.bias = bias
         self.out_features, self.in_features = groups.q.shape
+        self.decode_block = decode_block or self.in_features
+        self.blocks: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []  # (first col, last col, q, bf16 scale)
+        if groups.q.device.type == "cpu":
+            start = 0
+            for rows in requantize_blocks(groups, self.decode_block):
+                stop = start + rows.q.shape[1]
+                self.blocks.append((start, stop, rows.q, rows.scale.to(torch.bfloat16)))
+                start = stop
+
+    def __call__(self, x: torch.Tensor, prefill: bool | None = None) -> torch.Tensor:
+        decode = not ((x.shape[0] >= self.dense_min_tokens) if prefill is None else prefill)
+        if not (decode and self.blocks):
+            return super().__call__(x, prefill)
+        x = x.to(torch.bfloat16)
+        y = None
+        for start, stop, q, scale in self.blocks:  # (T, N) per block; each row alone: batch-invariant
+            part = torch.ops.aten._weight_int8pack_mm(x[:, start:stop].contiguous(), q, scale)
+            y = part if len(self.blocks) == 1 else part.float() if y is None else y.add_(part)
+        return y if self.bias is None else y + self.bias
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         n, k = self.groups.q.shape

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Callable, Protocol
 
 import torch
+from gguf import GGMLQuantizationType
 
 from ..gguf.weights import QuantWeight
 from .gemm import matmul_rows
@@ -63,6 +64,12 @@ class DequantLinear:
         return y if self.bias is None else y + self.bias
 
 
+# Columns per requantized block of `Int8GroupLinear`'s CPU decode copy, by type (others: whole rows). A narrower
+# block follows the group scales more closely, and each block is one more kernel call; the requantization matters
+# most for Q8_0, whose own steps are the finest. Decode KL against the exact path (docs/benchmarks.md, "PyTorch
+# fallback"), SmolLM2's Q8_0 head: 1.9e-3 whole rows, 1.1e-3 at 192, 8.4e-4 at 96 (7.8e-4 with the exact weights).
+INT8_DECODE_BLOCK = {GGMLQuantizationType.Q8_0: 96}
+
 # torch >= 2.6 has the CPU int4 kernel; older releases take the other backends
 _HAS_INT4_CPU = hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
 
@@ -79,7 +86,8 @@ def fast_linear(weight: QuantWeight, bias: torch.Tensor | None = None,
     3. Q4_0, Q4_1, Q4_K on CPU, N % 16 == 0: `Int4PackLinear`, torch's int4 kernel on an exact repacking (up to
        bf16 scales).
     4. other Q4_0, Q4_1, Q4_K: `Int4Linear` (any device).
-    5. Q5_0, Q5_1, Q8_0, Q6_K: `Int8GroupLinear` (any device), exact codes with per-group scales.
+    5. Q5_0, Q5_1, Q8_0, Q6_K: `Int8GroupLinear` (any device), exact codes with per-group scales for the prompt;
+       on CPU generated tokens read an int8 copy requantized per row (per block of 96 columns for Q8_0).
     6. every other type (Q2_K, Q3_K, Q5_K, IQ4_*): int8 per row (`Int8PackLinear` on CPU, `Int8Linear`
        elsewhere), a requantization whose error is at most half an int8 step of the row's max |w|.
     """
@@ -93,7 +101,7 @@ def fast_linear(weight: QuantWeight, bias: torch.Tensor | None = None,
     if weight.ggml_type in INT4_GROUPERS:
         return Int4Linear(to_int4_groups(weight), bias)
     if weight.ggml_type in INT8_GROUP_TYPES:
-        return Int8GroupLinear(to_int8_groups(weight), bias)
+        return Int8GroupLinear(to_int8_groups(weight), bias, INT8_DECODE_BLOCK.get(weight.ggml_type))
     rows = to_int8_rows(weight)
     return Int8PackLinear(rows, bias) if cpu else Int8Linear(rows, bias)
 

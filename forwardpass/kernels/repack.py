@@ -119,6 +119,13 @@ def _bf16_at_least(x: torch.Tensor) -> torch.Tensor:
     return torch.where(y.float() < x, up, y).float()
 
 
+def _int8_round(w: torch.Tensor) -> Int8Rows:
+    """(rows, K) float32 -> `Int8Rows`: each row rounded to 255 levels of its own max |w| (a bf16 scale)."""
+    s = _bf16_at_least(w.abs().amax(dim=1) / 127)
+    s = torch.where(s > 0, s, torch.ones_like(s))  # all-zero rows: any scale works
+    return Int8Rows(torch.round(w / s.unsqueeze(1)).clamp_(-127, 127).to(torch.int8), s)
+
+
 def to_int8_rows(weight: QuantWeight) -> Int8Rows:
     """Any type -> `Int8Rows`: each row dequantized exactly, then rounded to 255 levels of its own max |w|."""
     n, k = weight.shape
@@ -129,10 +136,8 @@ def to_int8_rows(weight: QuantWeight) -> Int8Rows:
     for start, raw in _row_chunks(weight, k):
         rows = raw.shape[0]
         w = dequant(raw.reshape(-1, type_size)).view(rows, k)  # (rows, K) float32, exact
-        s = _bf16_at_least(w.abs().amax(dim=1) / 127)
-        s = torch.where(s > 0, s, torch.ones_like(s))  # all-zero rows: any scale works
-        q[start:start + rows] = torch.round(w / s.unsqueeze(1)).clamp_(-127, 127).to(torch.int8)
-        scale[start:start + rows] = s
+        block = _int8_round(w)
+        q[start:start + rows], scale[start:start + rows] = block.q, block.scale
     return Int8Rows(q, scale)
 
 
@@ -161,6 +166,24 @@ class Int8Groups:
 
 
 INT8_GROUP_TYPES = (T.Q5_0, T.Q5_1, T.Q8_0, T.Q6_K)
+
+
+def requantize_blocks(groups: Int8Groups, width: int) -> list[Int8Rows]:
+    """`Int8Groups` -> one `Int8Rows` per block of `width` columns (the last may be narrower): each row of each
+    block rounded to int8 with its own bf16 scale, an error of at most half a step of that block's max |w| (a
+    narrower block follows the group scales more closely: less error, more kernel calls)."""
+    n, k = groups.q.shape
+    bounds = [(a, min(k, a + width)) for a in range(0, k, width)]
+    q = [torch.empty(n, b - a, dtype=torch.int8, device=groups.q.device) for a, b in bounds]
+    scale = [torch.empty(n, device=groups.q.device) for _ in bounds]
+    step = max(1, CHUNK_BYTES // (4 * k))
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        w = groups.dequantize_rows(start, stop)  # (rows, K) float32, exact
+        for i, (a, b) in enumerate(bounds):
+            rows = _int8_round(w[:, a:b])
+            q[i][start:stop], scale[i][start:stop] = rows.q, rows.scale
+    return [Int8Rows(qi, si) for qi, si in zip(q, scale)]
 
 
 def to_int8_groups(weight: QuantWeight) -> Int8Groups:

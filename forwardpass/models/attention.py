@@ -79,9 +79,15 @@ class AttentionMetadata:
             self._shared[key] = make()
         return self._shared[key]
 
-    def decode_context(self, group: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def only_decode(self) -> bool:
+        """Every row is a one-token sequence of the batched decode path (each decode step): rows in order."""
+        return len(self.decode) == len(self.query_lens)
+
+    def decode_context(self, group: int, window: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """For the torch fallback, which attends all one-token sequences (`decode`) in one padded batch: the
-        (B, W) cache slots in `group`'s pool of the keys each may see, and which of them are real (B, W) bool.
+        (B, W) cache slots in `group`'s pool of the keys each may see, and which of them are padding as a
+        (B, 1, 1, W) bool, or None where every column is real (one sequence, or equal lengths).
         With a window the columns are each sequence's last `window` positions, so released blocks are never
         gathered. Padding columns repeat one of the sequence's own keys (masked), so every gathered key is one
         the model wrote, never whatever a free block holds. Built on first use: the native kernel needs none."""
@@ -96,7 +102,9 @@ class AttentionMetadata:
             self.decode_rows = torch.tensor([starts[s] for s in self.decode], device=device)
             self.decode_lens = torch.tensor([self.seq_lens[s] for s in self.decode], device=device)
         lens = self.decode_lens[:, None]
-        width = max(self.seq_lens[s] for s in self.decode)
+        lengths = [self.seq_lens[s] for s in self.decode]
+        width = max(lengths)
+        real = min(lengths) >= (window if 0 < window < width else width)  # no padding column (no device sync)
         if 0 < window < width:
             pos = lens - window + torch.arange(window, device=device)[None, :]  # the last `window`, left-padded
             mask = pos >= 0
@@ -104,8 +112,9 @@ class AttentionMetadata:
             pos = torch.arange(width, device=device)[None, :].expand(len(self.decode), width)  # right-padded
             mask = pos < lens
         slots = self.ctx_slots[group, self.decode].gather(1, torch.minimum(pos.clamp(min=0), lens - 1))
-        self._decode_ctx[key] = slots, mask
-        return slots, mask
+        padding = None if real else ~mask[:, None, None, :]
+        self._decode_ctx[key] = slots, padding
+        return slots, padding
 
 
 class KVCache:
@@ -152,10 +161,13 @@ def attention(q: torch.Tensor, cache: KVCache, layer: int, meta: AttentionMetada
     bf16 CPU cache, the native kernel attends each row alone in a fixed order: batch-invariant by construction.
     """
     group = cache.layer_group[layer]
-    ctx = meta.ctx_slots[group]  # (S, L_max)
     if native is not None and cache.k[layer].dtype == torch.bfloat16 and q.device.type == "cpu":
-        return native.paged_attention_into(q, cache.k[layer], cache.v[layer], ctx, meta.row_seq, meta.row_lens,
-                                           scale, window)
+        return native.paged_attention_into(q, cache.k[layer], cache.v[layer], meta.ctx_slots[group], meta.row_seq,
+                                           meta.row_lens, scale, window)
+    if meta.only_decode:  # a decode step: no per-sequence rows, no scatter into an output
+        slots, padding = meta.decode_context(group, window)
+        return _decode_attention(q, cache.k[layer], cache.v[layer], slots, padding, scale)
+    ctx = meta.ctx_slots[group]  # (S, L_max)
     out = torch.empty_like(q)
     batched = set(meta.decode)
     start = 0
@@ -169,9 +181,9 @@ def attention(q: torch.Tensor, cache: KVCache, layer: int, meta: AttentionMetada
             out[start:start + n] = _sequence_attention(q[start:start + n], k, v, scale, window)
         start += n
     if batched:
-        slots, mask = meta.decode_context(group, window)
-        out[meta.decode_rows] = _decode_attention(q[meta.decode_rows], cache.k[layer][slots], cache.v[layer][slots],
-                                                  mask, scale)
+        slots, padding = meta.decode_context(group, window)
+        out[meta.decode_rows] = _decode_attention(q[meta.decode_rows], cache.k[layer], cache.v[layer], slots,
+                                                  padding, scale)
     return out
 
 
@@ -183,20 +195,22 @@ def attention(q: torch.Tensor, cache: KVCache, layer: int, meta: AttentionMetada
 ACC_DTYPE = torch.float64
 
 
-def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-                      scale: float) -> torch.Tensor:
-    """B decoding sequences at once: q (B, H, D) over their padded contexts k, v (B, L, H_kv, D), of which
-    `mask` (B, L) says which are real -> (B, H, D)."""
+def _decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor,
+                      padding: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """B decoding sequences at once: q (B, H, D) over the keys and values of the pools (slots, H_kv, D) at their
+    padded contexts' `slots` (B, L), of which `padding` (B, 1, 1, L) says which are padding -> (B, H, D)."""
     b, n_heads, head_dim = q.shape
-    n_kv = k.shape[2]
-    group = n_heads // n_kv
+    n_kv, width = k_pool.shape[1], slots.shape[1]
     acc = ACC_DTYPE
-    qh = q.view(b, n_kv, group, head_dim).to(acc)  # (B, H_kv, group, D)
-    kh = k.permute(0, 2, 3, 1).to(acc)  # (B, H_kv, D, L)
-    scores = torch.matmul(qh, kh) * scale  # (B, H_kv, group, L)
-    probs = torch.softmax(scores.masked_fill(~mask[:, None, None, :], float("-inf")), dim=-1)
+    k = k_pool.index_select(0, slots.view(-1)).view(b, width, n_kv, head_dim)
+    v = v_pool.index_select(0, slots.view(-1)).view(b, width, n_kv, head_dim)
+    qh = q.view(b, n_kv, n_heads // n_kv, head_dim).to(acc)  # (B, H_kv, group, D)
+    scores = torch.matmul(qh, k.permute(0, 2, 3, 1).to(acc)).mul_(scale)  # (B, H_kv, group, L)
+    if padding is not None:
+        scores.masked_fill_(padding, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
     out = torch.matmul(probs, v.permute(0, 2, 1, 3).to(acc))  # (B, H_kv, group, D)
-    return out.reshape(b, n_heads, head_dim).to(q.dtype)
+    return out.view(b, n_heads, head_dim).to(q.dtype)
 
 
 def _sequence_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,

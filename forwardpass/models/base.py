@@ -31,6 +31,12 @@ class MultiLinear:
             return list(self.linears[0](x, prefill).split(self.sizes, dim=-1))
         return [linear(x, prefill) for linear in self.linears]
 
+    def fused(self, x: torch.Tensor, prefill: bool | None = None) -> torch.Tensor:
+        """The projections side by side: (T, sum(sizes))."""
+        if len(self.linears) == 1:
+            return self.linears[0](x, prefill)
+        return torch.cat([linear(x, prefill) for linear in self.linears], dim=-1)
+
 
 @dataclass
 class LoadOptions:
@@ -110,9 +116,16 @@ class DecoderLM:
     def attend(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                meta: AttentionMetadata, cache: KVCache) -> torch.Tensor:
         """Rotate q and k, store k and v in the cache, attend. q: (T, H, D); k, v: (T, H_kv, D)."""
-        rotary = self.rotary[i]
-        factors = meta.cached(("rope", id(rotary)), lambda: rotary.factors(positions))
-        q, k = rotary(q, factors), rotary(k, factors)
+        return self.attend_qk(i, torch.cat((q, k), dim=1), v, positions, meta, cache)
+
+    def attend_qk(self, i: int, qk: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                  meta: AttentionMetadata, cache: KVCache) -> torch.Tensor:
+        """`attend` with q and k side by side, qk: (T, H + H_kv, D), as a fused projection gives them: one
+        rotation for both."""
+        rotary, n_heads = self.rotary[i], self.config.n_heads
+        rotation = meta.cached(("rotation", id(rotary)), lambda: rotary.rotation(positions))
+        qk = rotary(qk, rotation)  # float32
+        q, k = qk[:, :n_heads], qk[:, n_heads:]
         cache.write(i, meta.slot_mapping, k, v)
         o = attention(q, cache, i, meta, self.config.scale, self.config.sliding_window[i], self.options.cpu_native)
         return o.reshape(q.shape[0], -1)

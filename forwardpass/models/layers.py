@@ -21,10 +21,11 @@ def _inv_freq(base: float, dims: int) -> torch.Tensor:
 class Rotary:
     """Rotary position embedding over the first `dims` features of each head.
 
-    out = x * cos + rotate(x) * sin, with cos and sin repeated over each feature pair; the tables for a step's
-    positions are made once (`factors`) and shared by q, k and every layer with this base. Plain multiplies and
-    adds (never a fused complex multiply, whose vector and scalar paths round differently), so a token's result
-    is the same whatever else is in the batch."""
+    out = x * cos + turn(x) * sin, where turn(x) pairs each feature with its partner (i + dims/2 for NEOX halves,
+    the neighbour for adjacent pairs) and sin carries the rotation's sign; the tables for a step's positions are
+    made once (`rotation`) and shared by q, k and every layer with this base. Plain multiplies and adds (never a
+    fused complex multiply, whose vector and scalar paths round differently), so a token's result is the same
+    whatever else is in the batch."""
 
     def __init__(self, dims: int, base: float, neox: bool, scale: float = 1.0,
                  freq_factors: torch.Tensor | None = None) -> None:
@@ -33,32 +34,49 @@ class Rotary:
         if freq_factors is not None:  # Llama 3.1 style per-frequency divisors (rope_freqs.weight)
             inv = inv / freq_factors.double()
         self.inv_freq = inv
-        self._cos = self._sin = torch.empty(0)
+        self._cos = self._sin = self._signed_sin = torch.empty(0)
+
+    def _tables(self, positions: torch.Tensor) -> None:
+        """Grow the cos / sin tables (positions x dims, float32) to cover `positions`."""
+        n = int(positions.max()) + 1 if positions.numel() else 1
+        if self._cos.shape[0] >= n and self._cos.device == positions.device:
+            return
+        size = max(n, 2 * self._cos.shape[0], 256)
+        angles = torch.outer(torch.arange(size, dtype=torch.float64) / self.scale, self.inv_freq)
+        if self.neox:  # halves: feature i pairs with i + dims/2
+            angles = torch.cat((angles, angles), dim=-1)
+        else:  # adjacent pairs: GGUF llama weights are permuted for this form
+            angles = angles.repeat_interleave(2, dim=-1)
+        self._cos = angles.cos().float().to(positions.device)
+        self._sin = angles.sin().float().to(positions.device)
+        # turn(x) below is (x[pair], ...) unsigned: the first of each pair takes -sin
+        sign = torch.ones(self.dims, dtype=torch.float32, device=positions.device)
+        if self.neox:
+            sign[: self.dims // 2] = -1
+        else:
+            sign[0::2] = -1
+        self._signed_sin = self._sin * sign
 
     def factors(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(T,) positions -> cos, sin: (T, 1, dims) float32, laid out like the features they rotate."""
-        n = int(positions.max()) + 1 if positions.numel() else 1
-        if self._cos.shape[0] < n or self._cos.device != positions.device:
-            size = max(n, 2 * self._cos.shape[0], 256)
-            angles = torch.outer(torch.arange(size, dtype=torch.float64) / self.scale, self.inv_freq)
-            if self.neox:  # halves: feature i pairs with i + dims/2
-                angles = torch.cat((angles, angles), dim=-1)
-            else:  # adjacent pairs: GGUF llama weights are permuted for this form
-                angles = angles.repeat_interleave(2, dim=-1)
-            self._cos = angles.cos().float().to(positions.device)
-            self._sin = angles.sin().float().to(positions.device)
+        """(T,) positions -> cos, sin: (T, 1, dims) float32, laid out like the features they rotate (the native
+        step's form)."""
+        self._tables(positions)
         return self._cos[positions].unsqueeze(1), self._sin[positions].unsqueeze(1)
 
-    def __call__(self, x: torch.Tensor, factors: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def rotation(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T,) positions -> cos and the signed sin that `__call__` takes: (T, 1, dims) float32 each."""
+        self._tables(positions)
+        return self._cos[positions].unsqueeze(1), self._signed_sin[positions].unsqueeze(1)
+
+    def __call__(self, x: torch.Tensor, rotation: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """x: (T, heads, head_dim) -> rotated, float32."""
-        cos, sin = factors
+        cos, signed_sin = rotation
         rot = x[..., : self.dims].float()
-        if self.neox:
-            half = self.dims // 2
-            turned = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
-        else:
-            turned = torch.stack((-rot[..., 1::2], rot[..., 0::2]), dim=-1).flatten(-2)
-        out = rot * cos + turned * sin
+        if self.neox:  # (x[half:], x[:half]); the signed sin makes it (-x[half:], x[:half])
+            turned = torch.roll(rot, self.dims // 2, dims=-1)
+        else:  # (x1, x0, x3, x2, ...); the signed sin makes it (-x1, x0, -x3, x2, ...)
+            turned = rot.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+        out = rot * cos + turned * signed_sin
         if self.dims == x.shape[-1]:
             return out
         return torch.cat((out, x[..., self.dims:].float()), dim=-1)

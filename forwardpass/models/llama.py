@@ -96,6 +96,10 @@ class LlamaLM(DecoderLM):
     def attention(self, i: int, layer: LlamaLayer, h: torch.Tensor, positions: torch.Tensor,
                   meta: AttentionMetadata, cache: KVCache) -> torch.Tensor:
         c, n = self.config, h.shape[0]
+        if layer.q_norm is None:  # q and k straight from the fused projection: no split, one rotation
+            qkv = layer.wqkv.fused(h, meta.prefill).view(n, -1, c.head_dim)  # (T, H + 2 H_kv, D)
+            return self.attend_qk(i, qkv[:, :c.n_heads + c.n_kv_heads], qkv[:, c.n_heads + c.n_kv_heads:],
+                                  positions, meta, cache)
         q, k, v = layer.wqkv(h, meta.prefill)
         q = q.reshape(n, c.n_heads, c.head_dim)
         k = k.reshape(n, c.n_kv_heads, c.head_dim)
