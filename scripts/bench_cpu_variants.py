@@ -43,7 +43,8 @@ def main() -> int:
     ap.add_argument("--builds", nargs="+", default=["avx512", "avx2", "avx2+vnni"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--batch", action="store_true", help="also forwardpass --batch 16 / --batch 1")
+    ap.add_argument("--batch", nargs="*", default=[], metavar="MODEL",
+                    help="also forwardpass --batch 16 for these models (the batch-16 / batch-1 ratio)")
     ap.add_argument("--busy", action="store_true", help="a busy process beside both engines")
     args = ap.parse_args()
     llama = dict(item.split("=", 1) for item in args.llama)
@@ -54,27 +55,28 @@ def main() -> int:
     try:
         for model in args.models:
             path = resolve_model(model)
+            anchors: dict[str, dict] = {}
             for build in args.builds:
                 anchor_build = "avx2" if build.startswith("avx2") else build
-                ref = (run_json([llama[anchor_build], str(ANCHOR), path, *flags]) if anchor_build in llama
-                       else None)
+                if anchor_build in llama and anchor_build not in anchors:  # llama.cpp once per build and model
+                    anchors[anchor_build] = run_json([llama[anchor_build], str(ANCHOR), path, *flags])
                 env = {"FORWARDPASS_AVXVNNI": "0" if build == "avx2" else "1"}
                 ours = run_json([sys.executable, "-m", "forwardpass.cli", "bench", path, "--json", "--cpu",
                                  anchor_build, *flags], env)
                 b16 = (run_json([sys.executable, "-m", "forwardpass.cli", "bench", path, "--json", "--cpu",
-                                 anchor_build, "--batch", "16", *flags], env) if args.batch else None)
-                rows.append((model, build, ours, ref, b16))
+                                 anchor_build, "--batch", "16", *flags], env) if model in args.batch else None)
+                rows.append((model, build, ours, anchors.get(anchor_build), b16))
     finally:
         if busy is not None:
             busy.kill()
     print(f"\n| model | build | forwardpass tg / pp512 | llama.cpp tg / pp512 | ratio tg / pp |"
-          f"{' batch 16 tg (x batch 1) |' if args.batch else ''}")
-    print(f"|---|---|---|---|---|{'---|' if args.batch else ''}")
+          " batch 16 tg (x batch 1) |")
+    print("|---|---|---|---|---|---|")
     for model, build, ours, ref, b16 in rows:
         theirs = f"{ref['tg_tok_s']:.1f} / {ref['pp_tok_s']:.1f}" if ref else "-"
         ratio = (f"{ours['tg_tok_s'] / ref['tg_tok_s']:.2f}x / {ours['pp_tok_s'] / ref['pp_tok_s']:.2f}x"
                  if ref else "-")
-        extra = f" {b16['tg_tok_s']:.1f} ({b16['tg_tok_s'] / ours['tg_tok_s']:.2f}x) |" if b16 else ""
+        extra = f" {b16['tg_tok_s']:.1f} ({b16['tg_tok_s'] / ours['tg_tok_s']:.2f}x) |" if b16 else " - |"
         print(f"| {model} | {ours['kernels']} | {ours['tg_tok_s']:.1f} / {ours['pp_tok_s']:.1f} | {theirs} | "
               f"{ratio} |{extra}")
     return 0

@@ -43,22 +43,6 @@ def test_sixteen_prompts_batched_equal_alone(request, model, device, native_lib,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["smollm2", "gemma3"])
-def test_sixteen_prompts_batched_equal_alone_torch_layers(request, model):
-    """The PyTorch fallback on CPU (`cpu="torch"`: CPUs without native kernels), whatever $FORWARDPASS_CPU says:
-    its decode kernels (int4 / int8 matmuls, the batched float64 attention) keep a request's greedy tokens
-    independent of the batch, the prompt chunking and the prefix cache."""
-    path = request.getfixturevalue(f"{model}_path")
-    llm = LLM(path, ctx=1024, enable_prefix_caching=False, cpu="torch")
-    prompts = [llm.encode_prompt(f"{SYSTEM}Tell me something about {t}.") for t in TOPICS]
-    alone = [llm.generate([p], greedy())[0].token_ids for p in prompts]
-    assert [o.token_ids for o in llm.generate(prompts, greedy())] == alone
-    chunked = LLM(path, ctx=1024, max_num_batched_tokens=16, cpu="torch")
-    chunked.generate([llm.encode_prompt(SYSTEM + "Hello.")], greedy(2))  # caches the shared prefix
-    assert [o.token_ids for o in chunked.generate(prompts, greedy())] == alone
-
-
-@pytest.mark.slow
 def test_gemma3_past_its_window_equals_keeping_whole_contexts(gemma3_path):
     """Prompts of ~700 tokens on Gemma 3 (window 512): the local layers release what left their window, in
     chunks and in a batch, and still give the tokens of a run that keeps whole contexts in every layer."""
