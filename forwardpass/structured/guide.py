@@ -63,27 +63,44 @@ class Guide:
         return copy
 
 
-def fill_masks(guides: Sequence[Guide], vocab_size: int) -> torch.Tensor:
-    """(R, vocab_size) bool on the CPU: which tokens each guide allows next, filled in one batched call."""
+def _mask_bits(guides: Sequence[Guide], vocab_size: int) -> np.ndarray:
+    """(R, vocab_size) bool: which tokens each guide allows next, filled in one batched call."""
     words = (vocab_size + 31) // 32
-    bits = torch.zeros((len(guides), words), dtype=torch.int32)  # (R, W), bit j of word w = token 32w + j
-    _get_executor().unsafe_compute_mask_ptr([(g.matcher, i) for i, g in enumerate(guides)], bits.data_ptr(),
+    bits = np.zeros((len(guides), words), dtype=np.int32)  # (R, W), bit j of word w = token 32w + j
+    _get_executor().unsafe_compute_mask_ptr([(g.matcher, i) for i, g in enumerate(guides)], bits.ctypes.data,
                                             words * 4, len(guides))
     # Little-endian words: byte k holds tokens 8k..8k+7, bit i = token 8k + i.
-    unpacked = np.unpackbits(bits.numpy().view(np.uint8), axis=1, bitorder="little")[:, :vocab_size]
-    return torch.from_numpy(unpacked).view(torch.bool)
+    return np.unpackbits(bits.view(np.uint8), axis=1, bitorder="little")[:, :vocab_size].view(np.bool_)
+
+
+def fill_masks(guides: Sequence[Guide], vocab_size: int) -> torch.Tensor:
+    """(R, vocab_size) bool on the CPU: which tokens each guide allows next."""
+    return torch.from_numpy(np.ascontiguousarray(_mask_bits(guides, vocab_size)))
 
 
 def apply_masks(x: torch.Tensor, guides: Sequence[Guide | None], fallback: torch.Tensor | None = None) -> None:
-    """In place on x (B, V): -inf for every token a row's guide forbids (rows without a guide untouched).
+    """In place on x (B, V) float32: -inf for every token a row's guide forbids (rows without a guide untouched).
 
     If bias or min_tokens left a constrained row nothing the grammar allows, the grammar wins: the row's
     ``fallback`` logits (B, V: before those processors) are used under the mask instead, so the row still
-    samples a token that keeps its output valid."""
+    samples a token that keeps its output valid. On the CPU this runs in numpy, one thread: torch's parallel
+    element-wise kernels cost milliseconds per call when the cores are busy (each waits for its threads)."""
     rows = [i for i, g in enumerate(guides) if g is not None]
     if not rows:
         return
-    allowed = fill_masks([guides[i] for i in rows], x.shape[1]).to(x.device)  # (R, V)
+    allowed = _mask_bits([guides[i] for i in rows], x.shape[1])  # (R, V)
+    if x.device.type != "cpu":
+        return _apply_on_device(x, rows, torch.from_numpy(np.ascontiguousarray(allowed)).to(x.device), fallback)
+    xa = x.numpy()
+    for j, i in enumerate(rows):
+        row = xa[i]
+        np.copyto(row, -np.inf, where=~allowed[j])
+        if np.isneginf(row).all():
+            base = (fallback[i] if fallback is not None else x[i]).to(torch.float32).numpy()
+            np.copyto(row, np.where(allowed[j], base, -np.inf))
+
+
+def _apply_on_device(x: torch.Tensor, rows: list[int], allowed: torch.Tensor, fallback: torch.Tensor | None) -> None:
     idx = torch.tensor(rows, device=x.device)
     sub = x.index_select(0, idx).masked_fill_(~allowed, float("-inf"))  # (R, V)
     empty = torch.isneginf(sub).all(dim=1)  # (R,)
