@@ -7,9 +7,8 @@ incomplete (hit max_tokens), rejected (a 400: the server refused the schema), er
 
     forwardpass serve smollm2-135m-instruct --port 8080 &
     python scripts/bench_jsonschema.py --url http://127.0.0.1:8080 --label forwardpass --out ours.json
-    python -m llama_cpp.server --model SmolLM2-135M-Instruct.Q4_1.gguf --port 8081 --n_ctx 8192 &
     python scripts/bench_jsonschema.py --url http://127.0.0.1:8081 --label llama-server --llama-cpp-python \
-        --concurrency 1 --out theirs.json
+        --concurrency 1 --out theirs.json --server-cmd "python -m llama_cpp.server --model ... --port 8081"
 
 llama-cpp-python's server takes the schema as ``{"type": "json_object", "schema": ...}`` (it refuses
 OpenAI's ``json_schema`` type) and turns it into a GBNF grammar with llama.cpp's converter; the flag
@@ -21,6 +20,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shlex
+import subprocess
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -74,13 +75,47 @@ async def one(client: httpx.AsyncClient, path: Path, model: str, max_tokens: int
     return out
 
 
-async def run(args: argparse.Namespace) -> list[dict]:
+class Supervisor:
+    """Starts the server under test (``--server-cmd``) and starts it again whenever a request finds it dead:
+    llama-cpp-python's server process dies on some grammars; that schema counts as an error."""
+
+    def __init__(self, cmd: str | None, url: str) -> None:
+        self.cmd, self.url, self.proc = cmd, url, None
+        self.restarts = 0
+
+    async def ensure(self) -> None:
+        if self.cmd is None or (self.proc is not None and self.proc.poll() is None):
+            return
+        if self.proc is not None:
+            self.restarts += 1
+        self.proc = subprocess.Popen(shlex.split(self.cmd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        async with httpx.AsyncClient(base_url=self.url, timeout=5) as c:
+            for _ in range(300):
+                try:
+                    if (await c.get("/v1/models")).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(1)
+        raise RuntimeError(f"the server did not start: {self.cmd}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+
+async def run(args: argparse.Namespace, sup: Supervisor) -> list[dict]:
     files = sorted(Path(args.data).glob("*.json"))[: args.limit or None]
     sem = asyncio.Semaphore(args.concurrency)
+    await sup.ensure()
     async with httpx.AsyncClient(base_url=args.url, timeout=args.timeout) as client:
         async def task(p: Path) -> dict:
             async with sem:
+                await sup.ensure()
                 r = await one(client, p, args.model, args.max_tokens, args.llama_cpp_python)
+                if r["status"] == 0 and sup.cmd is not None:
+                    r["detail"] = "the server process died"
                 print(json.dumps(r), flush=True)
                 return r
         return await asyncio.gather(*(task(p) for p in files))
@@ -109,6 +144,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--server-cmd", default=None, help="start this server, and again whenever it dies")
     ap.add_argument("--llama-cpp-python", action="store_true", help="send llama-cpp-python's response_format shape")
     ap.add_argument("--out")
     ap.add_argument("--table", nargs="+", metavar="REPORT", help="print the comparison table of saved reports")
@@ -117,9 +153,13 @@ def main() -> None:
         print(table([json.loads(Path(p).read_text()) for p in args.table]))
         return
     t0 = time.perf_counter()
-    results = asyncio.run(run(args))
-    report = {"label": args.label, "url": args.url, "max_tokens": args.max_tokens,
-              "seconds": round(time.perf_counter() - t0, 1), "results": results}
+    sup = Supervisor(args.server_cmd, args.url)
+    try:
+        results = asyncio.run(run(args, sup))
+    finally:
+        sup.stop()
+    report = {"label": args.label, "url": args.url, "max_tokens": args.max_tokens, "server_cmd": args.server_cmd,
+              "server_restarts": sup.restarts, "seconds": round(time.perf_counter() - t0, 1), "results": results}
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
     by_cat: dict[str, Counter] = defaultdict(Counter)
