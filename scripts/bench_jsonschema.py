@@ -107,6 +107,10 @@ class Supervisor:
 
 async def run(args: argparse.Namespace, sup: Supervisor) -> list[dict]:
     files = sorted(Path(args.data).glob("*.json"))[: args.limit or None]
+    if args.per_category:  # the first K schemas of each category (a subset both engines can run)
+        seen: Counter = Counter()
+        files = [f for f in files if seen.update([f.name.split("__")[0]]) or seen[f.name.split("__")[0]]
+                 <= args.per_category]
     sem = asyncio.Semaphore(args.concurrency)
     await sup.ensure()
     async with httpx.AsyncClient(base_url=args.url, timeout=args.timeout) as client:
@@ -144,13 +148,21 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--per-category", type=int, default=0, metavar="K", help="only the first K schemas per category")
+    ap.add_argument("--only", nargs="+", metavar="REPORT", help="with --table: restrict to the schemas of the "
+                    "first report")
     ap.add_argument("--server-cmd", default=None, help="start this server, and again whenever it dies")
     ap.add_argument("--llama-cpp-python", action="store_true", help="send llama-cpp-python's response_format shape")
     ap.add_argument("--out")
     ap.add_argument("--table", nargs="+", metavar="REPORT", help="print the comparison table of saved reports")
     args = ap.parse_args()
     if args.table:
-        print(table([json.loads(Path(p).read_text()) for p in args.table]))
+        reports = [json.loads(Path(p).read_text()) for p in args.table]
+        if args.only:
+            keep = {r["schema"] for r in json.loads(Path(args.only[0]).read_text())["results"]}
+            for rep in reports:
+                rep["results"] = [r for r in rep["results"] if r["schema"] in keep]
+        print(table(reports))
         return
     t0 = time.perf_counter()
     sup = Supervisor(args.server_cmd, args.url)
