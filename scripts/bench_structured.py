@@ -36,6 +36,35 @@ def decode_tok_s(llm: LLM, prompts: list[list[int]], params: SamplingParams) -> 
     return tokens / (end - first)
 
 
+def sampler_ms(llm: LLM, batch: int, constrained: bool, repeat: int = 200) -> float:
+    """Median CPU time (this thread's, so that a busy machine's waits do not count) of the logits processors
+    over `batch` rows of random logits, with the masks when constrained (every row's matcher a few tokens into
+    a document): the per-step cost the mask adds."""
+    import torch
+
+    from forwardpass.sampler import Sampler, SamplingState
+    from forwardpass.structured.guide import Guide
+
+    so = StructuredOutputsParams(json=SCHEMA)
+    grammar = llm.engine.grammars.compile(so)
+    prefix = llm.tokenizer.encode('{"people": [{"name": "Ann Lee", "age": 31, "city": "Oslo"}, {"name": "')
+    states = []
+    for _ in range(batch):
+        st = SamplingState(SamplingParams(temperature=0, max_tokens=10**6))
+        if constrained:
+            st.guide = Guide(grammar.new_matcher())
+            for t in prefix:
+                st.guide.accept(t)
+        states.append(st)
+    logits = torch.randn(batch, llm.vocab_size)
+    sampler, times = Sampler(), []
+    for _ in range(repeat):
+        t0 = time.thread_time()
+        sampler.apply_logits_processors(logits, states)
+        times.append(time.thread_time() - t0)
+    return 1000 * statistics.median(times)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("model", nargs="?", default=None)
@@ -43,8 +72,15 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--sampler-only", action="store_true", help="time the logits processors alone, per step")
     args = ap.parse_args()
     llm = LLM(args.model, threads=args.threads)
+    if args.sampler_only:
+        for batch in [int(b) for b in args.batch.split(",")]:
+            row = {"batch": batch, "processors_cpu_ms": round(sampler_ms(llm, batch, False), 3),
+                   "with_json_schema_mask_cpu_ms": round(sampler_ms(llm, batch, True), 3)}
+            print(json.dumps(row), flush=True)
+        return
     base = llm.chat_prompt([{"role": "user", "content": PROMPT}])
     so = StructuredOutputsParams(json=SCHEMA)
     llm.engine.grammars.compile(so)
