@@ -2,9 +2,9 @@
 
 Every row carries its own ``SamplingParams``; the batch is processed with per-row parameter tensors, so rows
 with different settings share one set of kernels. The order (vLLM's and llama.cpp's) is: logit bias, penalties,
-min_tokens masking, the grammar mask of constrained rows (structured output); then greedy rows take the argmax and the others go through temperature, top-k, top-p, min-p
-and a draw from their own ``torch.Generator``. A row's token therefore depends only on its logits, its params
-and its generator, never on what else is in the batch.
+min_tokens masking, the grammar mask of constrained rows (structured output); then greedy rows take the argmax
+and the others go through temperature, top-k, top-p, min-p and a draw from their own ``torch.Generator``. A row's
+token therefore depends only on its logits, its params and its generator, never on what else is in the batch.
 
 The same code runs on CPU and CUDA tensors. On CUDA the only device -> host sync is the single ``.tolist()`` at
 the end; small parameter tensors go host -> device through pinned memory so that they do not sync either. (On

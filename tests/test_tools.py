@@ -18,7 +18,8 @@ TOOLS = [{"type": "function", "function": {"name": "get_weather", "description":
              "type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}}}}]
 HERMES = CallSyntax(start="<tool_call>", end="</tool_call>", bare_json=True)
 OUTPUTS = [
-    (HERMES, 'Sure, é😀 <b>.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Pa\\"ris}"}}\n</tool_call>\n'
+    (HERMES, 'Sure, é😀 <b>.\n<tool_call>\n{"name": "get_weather", "arguments": '
+             '{"city": "Pa\\"ris}"}}\n</tool_call>\n'
              '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": -2.5e3}}\n</tool_call>',
      "Sure, é😀 <b>.", [("get_weather", {"city": 'Pa"ris}'}), ("add", {"a": 1, "b": -2500.0})], None),
     (HERMES, '{"name": "add", "arguments": {"a": 1, "b": 2}}', "", [("add", {"a": 1, "b": 2})], None),
@@ -97,7 +98,8 @@ def test_generic_format_renders_history_for_any_template():
     plan = plan_tools(template.source, TOOLS, "auto")
     history = [{"role": "user", "content": "Weather in Oslo?"},
                {"role": "assistant", "content": None, "tool_calls": [
-                   {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+                   {"id": "c1", "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
                {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
     text = plan.render(template, history)
     assert text.startswith("[system]You can call these functions") and '"get_weather"' in text

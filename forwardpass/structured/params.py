@@ -133,7 +133,8 @@ class StructuredOutputsParams:
 
         kind = self.kind
         if kind in ("json", "json_object"):
-            schema = tightened(json.loads(self.json)) if kind == "json" else {"type": "object"}  # type: ignore[arg-type]
+            text: str = self.json if kind == "json" else '{"type": "object"}'  # type: ignore[assignment]
+            schema = tightened(json.loads(text))
             return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
         if kind == "regex":
             return llguidance.LLMatcher.grammar_from_regex(self.regex)  # type: ignore[arg-type]
