@@ -16,6 +16,7 @@ import time
 import psutil
 import torch
 
+from .config import EngineConfig
 from .engine.model_runner import SeqChunk
 from .kernels.native import argmax_fn, describe
 from .llm import LLM
@@ -51,12 +52,13 @@ def _time_decode(llm: LLM, prompt: list[int], gen_tokens: int, batch: int) -> fl
         return time.perf_counter() - t0
 
 
-def run_bench(model: str | None, *, threads: int | None = None, prompt_tokens: int = 512,
-              gen_tokens: int = 128, repeat: int = 3, batch: int = 1, device: str = "cpu",
-              reference: bool = False, cpu: str | None = None) -> dict:
+def run_bench(config: EngineConfig, *, prompt_tokens: int = 512, gen_tokens: int = 128, repeat: int = 3,
+              batch: int = 1) -> dict:
+    """The figures for `config`'s model; without a KV budget in `config`, the cache holds what the runs need."""
     t0 = time.perf_counter()
-    llm = LLM(model, threads=threads, device=device, reference=reference,
-              kv_tokens=max(batch * (gen_tokens + 16), prompt_tokens + 16), cpu=cpu)
+    if config.kv_tokens is None and config.kv_memory is None:
+        config = config.replace(kv_tokens=max(batch * (gen_tokens + 16), prompt_tokens + 16))
+    llm = LLM(config=config)
     print(llm.system_info(), file=sys.stderr, flush=True)
     load_s = time.perf_counter() - t0
     rss_loaded = psutil.Process().memory_info().rss / 2**20
@@ -69,8 +71,8 @@ def run_bench(model: str | None, *, threads: int | None = None, prompt_tokens: i
     return {
         "engine": "forwardpass",
         "model": os.path.basename(llm.path),
-        "device": device,
-        "kernels": llm.kernels.name if llm.kernels is not None else ("reference" if reference else "torch"),
+        "device": config.device,
+        "kernels": llm.kernels.name if llm.kernels is not None else ("reference" if config.reference else "torch"),
         "threads": torch.get_num_threads(),
         "prompt_tokens": prompt_tokens,
         "gen_tokens": gen_tokens,

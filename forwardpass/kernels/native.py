@@ -33,11 +33,12 @@ from pathlib import Path
 
 import torch
 
+from ..config import CPU_CHOICES, CPU_VARIANTS
+
 logger = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
-VARIANTS = ("avx512", "avx2", "neon")
-CPU_CHOICES = ("auto", *VARIANTS, "torch")
+VARIANTS = CPU_VARIANTS
 
 COMMON_FLAGS = ["-std=gnu11", "-O3", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off", "-fvisibility=hidden"]
 WARNING_FLAGS = ["-Wall", "-Wextra", "-Werror"]
