@@ -18,7 +18,7 @@ import torch
 
 from .config import EngineConfig
 from .engine.model_runner import SeqChunk
-from .kernels.native import argmax_fn, describe
+from .kernels.native import argmax_fn
 from .llm import LLM
 
 TEXT = "The quick brown fox jumps over the lazy dog. "

@@ -12,7 +12,7 @@ import psutil
 import torch
 
 from .config import DEFAULT_KV_TOKENS, DEFAULT_MAX_CTX, EngineConfig
-from .engine.kv_groups import KVGroup, plan_kv_groups
+from .engine.kv_groups import plan_kv_groups
 from .engine.llm_engine import LLMEngine
 from .engine.model_runner import ModelRunner
 from .engine.pooling import POOLING_METHODS, pooling_from_metadata
@@ -20,13 +20,15 @@ from .engine.scheduler import SchedulerConfig
 from .errors import ChatTemplateError, ContextLengthError
 from .gguf.reader import GGUFFile
 from .kernels import release_heap
-from .kernels.native import describe, select_kernels
+from .kernels.native import describe
+from .kernels.select import select_kernels
+from .models.attention import KVGroup
 from .models.base import DecoderLM, LoadOptions
 from .models.registry import load_model
 from .outputs import EmbeddingOutput, GenerationStats, RequestOutput
 from .registry import resolve_model
 from .sampling import SamplingParams
-from .tokenizer import ChatTemplate, Tokenizer
+from .tokenizer import ChatTemplate, tokenizer_from_metadata
 
 if TYPE_CHECKING:
     from .engine.async_engine import AsyncEngine
@@ -81,7 +83,7 @@ class LLM:
         self.model: DecoderLM = load_model(self.gguf, options)
         release_heap()  # load-time repacking leaves freed heap behind; give it back to the OS
         self.gguf.release_pages()  # the repacked weights replace the file's bytes, which are read only on demand
-        self.tokenizer = Tokenizer.from_gguf_metadata(self.metadata)
+        self.tokenizer = tokenizer_from_metadata(self.metadata)
         self.chat_template = ChatTemplate.from_metadata(self.metadata)
         self.config = self.model.config
         self.pooling = pooling_from_metadata(self.metadata, self.config.arch)  # how embed() pools by default

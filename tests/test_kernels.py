@@ -62,9 +62,9 @@ def backend(request) -> Backend:
     right."""
     if request.param is None:
         return Backend("torch")
-    from forwardpass.kernels import native
+    from forwardpass.kernels import select
 
-    lib = native.load_library(*request.param)
+    lib = select.load_library(*request.param)
     assert lib is not None
     return Backend("tiles", lib)
 

@@ -19,7 +19,7 @@ from gguf import GGMLQuantizationType as T
 
 from forwardpass import LLM
 from forwardpass.engine.model_runner import SeqChunk
-from forwardpass.kernels import native
+from forwardpass.kernels import native, select
 from forwardpass.kernels.tiles import TILE_TYPES, TileMatrix, tile_matmul
 from native_remote import CROSS, cross_tools_present, remote_library
 from test_fidelity import decode_logits
@@ -27,7 +27,7 @@ from test_kernels import random_weight, rel_err
 from tiny_models import write_tiny_model
 
 REQUIRED = os.environ.get("FORWARDPASS_REQUIRE_CROSS") == "1"
-HOST = native.select_kernels("auto") if native.resolve_cpu() != "torch" else None
+HOST = select.select_kernels("auto") if select.resolve_cpu() != "torch" else None
 
 
 def _remote_params() -> list:
