@@ -17,7 +17,7 @@ import psutil
 import torch
 
 from .config import EngineConfig
-from .engine.model_runner import SeqChunk
+from .engine.model_runner import Logits, SeqChunk
 from .kernels.native import argmax_fn
 from .llm import LLM
 
@@ -34,7 +34,7 @@ def _prompt(llm: LLM, n: int) -> list[int]:
 def _time_prefill(llm: LLM, prompt: list[int]) -> float:
     with llm.engine.scratch_blocks(len(prompt)) as (table,):
         t0 = time.perf_counter()
-        logits = llm.runner.run([SeqChunk(prompt, 0, table, "last")])
+        logits = llm.runner.run([SeqChunk(prompt, 0, table, Logits.LAST)])
         int(logits.argmax(-1)[0])  # the first token: includes any device sync
         return time.perf_counter() - t0
 
@@ -42,10 +42,10 @@ def _time_prefill(llm: LLM, prompt: list[int]) -> float:
 def _time_decode(llm: LLM, prompt: list[int], gen_tokens: int, batch: int) -> float:
     argmax = argmax_fn(llm.kernels)
     with llm.engine.scratch_blocks(1 + gen_tokens, batch) as tables:
-        llm.runner.run([SeqChunk([prompt[b % len(prompt)]], 0, t, "last") for b, t in enumerate(tables)])
+        llm.runner.run([SeqChunk([prompt[b % len(prompt)]], 0, t, Logits.LAST) for b, t in enumerate(tables)])
         t0 = time.perf_counter()
         for i in range(gen_tokens):
-            chunks = [SeqChunk([prompt[(1 + i + b) % len(prompt)]], 1 + i, t, "last", prompt_len=1)
+            chunks = [SeqChunk([prompt[(1 + i + b) % len(prompt)]], 1 + i, t, Logits.LAST, prompt_len=1)
                       for b, t in enumerate(tables)]  # generated tokens: the decode kernels
             next_ids = argmax(llm.runner.run(chunks))
         next_ids.tolist()

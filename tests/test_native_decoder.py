@@ -12,7 +12,7 @@ import torch
 from gguf import GGMLQuantizationType as T
 
 from forwardpass import LLM
-from forwardpass.engine.model_runner import SeqChunk
+from forwardpass.engine.model_runner import Logits, SeqChunk
 from forwardpass.kernels import tiles as tiles_module
 from forwardpass.kernels.tiles import TILE_TYPES, TileLinear, TileMatrix, tile_matmul
 from test_fidelity import decode_logits
@@ -96,9 +96,9 @@ def test_native_step_is_batch_invariant(tiny, use_native):
     prompts = [IDS[:12], IDS[5:20], IDS[3:7]]
     with llm.engine.scratch_blocks(32, len(prompts)) as tables:
         for ids, table in zip(prompts, tables):  # prompts in the cache, then one decode step for all three
-            llm.runner.run([SeqChunk(ids, 0, table, "none")])
-        together = llm.runner.run([SeqChunk([9], len(ids), t, "last", prompt_len=0) for ids, t in zip(prompts, tables)])
-        alone = [llm.runner.run([SeqChunk([9], len(ids), t, "last", prompt_len=0)]) for ids, t in zip(prompts, tables)]
+            llm.runner.run([SeqChunk(ids, 0, table, Logits.NONE)])
+        together = llm.runner.run([SeqChunk([9], len(ids), t, Logits.LAST, prompt_len=0) for ids, t in zip(prompts, tables)])
+        alone = [llm.runner.run([SeqChunk([9], len(ids), t, Logits.LAST, prompt_len=0)]) for ids, t in zip(prompts, tables)]
     assert torch.equal(together, torch.cat(alone))
 
 

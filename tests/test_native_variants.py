@@ -18,7 +18,7 @@ import torch
 from gguf import GGMLQuantizationType as T
 
 from forwardpass import LLM
-from forwardpass.engine.model_runner import SeqChunk
+from forwardpass.engine.model_runner import Logits, SeqChunk
 from forwardpass.kernels import native, select
 from forwardpass.kernels.tiles import TILE_TYPES, TileMatrix, tile_matmul
 from native_remote import CROSS, cross_tools_present, remote_library
@@ -129,7 +129,7 @@ def test_native_step_on_the_remote_build(remote, arch, tmp_path):
     prompts = [IDS[:12], IDS[5:20], IDS[3:7]]
     with llm.engine.scratch_blocks(32, len(prompts)) as tables:
         for ids, table in zip(prompts, tables):
-            llm.runner.run([SeqChunk(ids, 0, table, "none")])
-        together = llm.runner.run([SeqChunk([9], len(ids), t, "last", prompt_len=0) for ids, t in zip(prompts, tables)])
-        alone = [llm.runner.run([SeqChunk([9], len(ids), t, "last", prompt_len=0)]) for ids, t in zip(prompts, tables)]
+            llm.runner.run([SeqChunk(ids, 0, table, Logits.NONE)])
+        together = llm.runner.run([SeqChunk([9], len(ids), t, Logits.LAST, prompt_len=0) for ids, t in zip(prompts, tables)])
+        alone = [llm.runner.run([SeqChunk([9], len(ids), t, Logits.LAST, prompt_len=0)]) for ids, t in zip(prompts, tables)]
     assert torch.equal(together, torch.cat(alone))
