@@ -67,9 +67,6 @@ class Tokenizer:
         """True for control and unknown tokens: the ones decode(skip_special=True) drops."""
         return bool(self.vocab.attr(token_id) & _HIDDEN_UNLESS_SPECIAL)
 
-    def is_eog(self, token_id: int) -> bool:
-        return token_id in self.vocab.eog_ids
-
     # ------------------------------------------------------------------ encoding
     def encode(self, text: str, add_bos: bool = False, special: bool = False) -> list[int]:
         """Token ids of ``text``, as llama.cpp's llama_tokenize(text, add_special=add_bos, parse_special=special).

@@ -41,10 +41,6 @@ def category_flags(cp: int) -> int:
     return flags[bisect.bisect_right(starts, cp) - 1]
 
 
-def is_whitespace(cp: int) -> bool:
-    return cp in unicode_data.WHITESPACE
-
-
 class _CollapseMap(dict):
     """A str.translate table filled lazily: a text only pays for the distinct characters it holds."""
 
