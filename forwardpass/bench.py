@@ -16,8 +16,9 @@ import time
 import psutil
 import torch
 
-from .engine.model_runner import SeqChunk
-from .kernels.native import argmax_fn, describe
+from .config import EngineConfig
+from .engine.model_runner import Logits, SeqChunk
+from .kernels.native import argmax_fn
 from .llm import LLM
 
 TEXT = "The quick brown fox jumps over the lazy dog. "
@@ -33,7 +34,7 @@ def _prompt(llm: LLM, n: int) -> list[int]:
 def _time_prefill(llm: LLM, prompt: list[int]) -> float:
     with llm.engine.scratch_blocks(len(prompt)) as (table,):
         t0 = time.perf_counter()
-        logits = llm.runner.run([SeqChunk(prompt, 0, table, "last")])
+        logits = llm.runner.run([SeqChunk(prompt, 0, table, Logits.LAST)])
         int(logits.argmax(-1)[0])  # the first token: includes any device sync
         return time.perf_counter() - t0
 
@@ -41,22 +42,23 @@ def _time_prefill(llm: LLM, prompt: list[int]) -> float:
 def _time_decode(llm: LLM, prompt: list[int], gen_tokens: int, batch: int) -> float:
     argmax = argmax_fn(llm.kernels)
     with llm.engine.scratch_blocks(1 + gen_tokens, batch) as tables:
-        llm.runner.run([SeqChunk([prompt[b % len(prompt)]], 0, t, "last") for b, t in enumerate(tables)])
+        llm.runner.run([SeqChunk([prompt[b % len(prompt)]], 0, t, Logits.LAST) for b, t in enumerate(tables)])
         t0 = time.perf_counter()
         for i in range(gen_tokens):
-            chunks = [SeqChunk([prompt[(1 + i + b) % len(prompt)]], 1 + i, t, "last", prompt_len=1)
+            chunks = [SeqChunk([prompt[(1 + i + b) % len(prompt)]], 1 + i, t, Logits.LAST, prompt_len=1)
                       for b, t in enumerate(tables)]  # generated tokens: the decode kernels
             next_ids = argmax(llm.runner.run(chunks))
         next_ids.tolist()
         return time.perf_counter() - t0
 
 
-def run_bench(model: str | None, *, threads: int | None = None, prompt_tokens: int = 512,
-              gen_tokens: int = 128, repeat: int = 3, batch: int = 1, device: str = "cpu",
-              reference: bool = False, cpu: str | None = None) -> dict:
+def run_bench(config: EngineConfig, *, prompt_tokens: int = 512, gen_tokens: int = 128, repeat: int = 3,
+              batch: int = 1) -> dict:
+    """The figures for `config`'s model; without a KV budget in `config`, the cache holds what the runs need."""
     t0 = time.perf_counter()
-    llm = LLM(model, threads=threads, device=device, reference=reference,
-              kv_tokens=max(batch * (gen_tokens + 16), prompt_tokens + 16), cpu=cpu)
+    if config.kv_tokens is None and config.kv_memory is None:
+        config = config.replace(kv_tokens=max(batch * (gen_tokens + 16), prompt_tokens + 16))
+    llm = LLM(config=config)
     print(llm.system_info(), file=sys.stderr, flush=True)
     load_s = time.perf_counter() - t0
     rss_loaded = psutil.Process().memory_info().rss / 2**20
@@ -69,8 +71,8 @@ def run_bench(model: str | None, *, threads: int | None = None, prompt_tokens: i
     return {
         "engine": "forwardpass",
         "model": os.path.basename(llm.path),
-        "device": device,
-        "kernels": llm.kernels.name if llm.kernels is not None else ("reference" if reference else "torch"),
+        "device": config.device,
+        "kernels": llm.kernels.name if llm.kernels is not None else ("reference" if config.reference else "torch"),
         "threads": torch.get_num_threads(),
         "prompt_tokens": prompt_tokens,
         "gen_tokens": gen_tokens,

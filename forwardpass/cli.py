@@ -8,25 +8,11 @@ import sys
 from collections.abc import Sequence
 
 from . import registry
+from .config import EngineConfig, add_engine_args
 from .errors import ForwardpassError
 from .server.cli import add_server_commands
 
 logger = logging.getLogger("forwardpass")
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", "-t", type=int, default=None, help="CPU threads (default: physical cores)")
-    p.add_argument("--ctx", "-c", type=int, default=None, help="context size in tokens (default: model's, <= 8192)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--reference", action="store_true", help="exact float32 math on dequantized weights (slow)")
-    _add_cpu_arg(p)
-
-
-def _add_cpu_arg(p: argparse.ArgumentParser) -> None:
-    from .kernels.native import CPU_CHOICES
-
-    p.add_argument("--cpu", default=None, choices=CPU_CHOICES, metavar="KERNELS",
-                   help="CPU kernels: auto (the best this CPU runs), avx512, avx2, neon or torch (default $FORWARDPASS_CPU, else auto)")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -77,7 +63,7 @@ def _parse_logit_bias(items: list[str] | None) -> dict[int, float] | None:
 def _load(args: argparse.Namespace, model: str | None):
     from .llm import LLM
 
-    llm = LLM(model, reference=args.reference, threads=args.threads, device=args.device, ctx=args.ctx, cpu=args.cpu)
+    llm = LLM(config=EngineConfig.from_args(args, model=model))
     print(llm.system_info(), file=sys.stderr, flush=True)
     return llm
 
@@ -207,9 +193,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from .bench import format_table, run_bench
 
-    result = run_bench(args.model, threads=args.threads, prompt_tokens=args.prompt_tokens,
-                       gen_tokens=args.gen_tokens, repeat=args.repeat, batch=args.batch, device=args.device,
-                       reference=args.reference, cpu=args.cpu)
+    result = run_bench(EngineConfig.from_args(args), prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
+                       repeat=args.repeat, batch=args.batch)
     print(json.dumps(result) if args.json else format_table(result))
     return 0
 
@@ -242,34 +227,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="constrain the answer to this grammar (llguidance Lark, or llama.cpp GBNF)")
     p.add_argument("--regex", default=None, help="constrain the answer to this regular expression")
     p.add_argument("--system", default=None, help="system message (chat models)")
-    _add_model_args(p)
+    add_engine_args(p)
     _add_sampling_args(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("chat", help="interactive multi-turn chat")
     p.add_argument("model", nargs="?", help="path or name (default %(default)s)", default=None)
     p.add_argument("--system", default=None, help="system message")
-    _add_model_args(p)
+    add_engine_args(p)
     _add_sampling_args(p)
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("bench", help="prompt and generation speed, llama-bench style")
     p.add_argument("model", nargs="?", default=None)
-    p.add_argument("--threads", "-t", type=int, default=None)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--reference", action="store_true")
+    add_engine_args(p)
     p.add_argument("--prompt-tokens", "-p", type=int, default=512)
     p.add_argument("--gen-tokens", "-n", type=int, default=128)
     p.add_argument("--repeat", "-r", type=int, default=3)
     p.add_argument("--batch", "-b", type=int, default=1, help="sequences decoding together")
-    _add_cpu_arg(p)
     p.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("perplexity", help="perplexity of a text file, llama-perplexity's method")
     p.add_argument("model", nargs="?", default=None)
     p.add_argument("--file", "-f", required=True, help="a UTF-8 text file")
-    _add_model_args(p)
+    add_engine_args(p)
     p.set_defaults(func=cmd_perplexity)
 
     p = sub.add_parser("pull", help="download a model by name into the cache")

@@ -1,16 +1,18 @@
 """`LLM`: the Python API. Load a GGUF model once, then score, generate, stream and chat."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
 from collections.abc import Iterator, Sequence as Seq
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import psutil
 import torch
 
-from .engine.kv_groups import KVGroup, plan_kv_groups
+from .config import DEFAULT_KV_TOKENS, DEFAULT_MAX_CTX, EngineConfig
+from .engine.kv_groups import plan_kv_groups
 from .engine.llm_engine import LLMEngine
 from .engine.model_runner import ModelRunner
 from .engine.pooling import POOLING_METHODS, pooling_from_metadata
@@ -18,13 +20,15 @@ from .engine.scheduler import SchedulerConfig
 from .errors import ChatTemplateError, ContextLengthError
 from .gguf.reader import GGUFFile
 from .kernels import release_heap
-from .kernels.native import describe, select_kernels
+from .kernels.native import describe
+from .kernels.select import select_kernels
+from .models.attention import KVGroup
 from .models.base import DecoderLM, LoadOptions
 from .models.registry import load_model
 from .outputs import EmbeddingOutput, GenerationStats, RequestOutput
 from .registry import resolve_model
 from .sampling import SamplingParams
-from .tokenizer import ChatTemplate, Tokenizer
+from .tokenizer import ChatTemplate, tokenizer_from_metadata
 
 if TYPE_CHECKING:
     from .engine.async_engine import AsyncEngine
@@ -32,7 +36,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BLOCK_SIZE = 16
-DEFAULT_MAX_CTX = 8192
 Prompt = Union[str, list[int]]
 
 
@@ -43,65 +46,66 @@ def default_threads() -> int:
 class LLM:
     """A loaded model, ready to run.
 
-    `model` is a path to a `.gguf` file or a short name (`forwardpass list` shows the cached ones; the default
-    model is pulled on first use). `reference=True` computes every matmul in float32 on dequantized weights:
-    slow and exact. `ctx` is the most tokens one sequence may hold (prompt and output), by default the model's
-    context length up to 8192; `kv_tokens` sizes the shared KV cache pool (default: max(ctx, 16384) tokens): that
-    many tokens' keys and values in every layer, split among the layers' groups (sliding-window layers need only
-    their window, so the global layers get the rest), and never less than one request needs. `kv_memory` (bytes)
-    sizes it by memory instead: the KV cache never takes more, and a budget too small for one request of `ctx`
-    tokens is an error. `cpu` picks the CPU kernels: "auto" (the best this CPU runs), "avx512", "avx2", "neon"
-    or "torch" (the PyTorch layers only); the default is $FORWARDPASS_CPU, else "auto".
+    `LLM(model, **options)` or `LLM(config=EngineConfig(...))` (with `model` and options on top of it): the
+    options are `EngineConfig`'s fields (`forwardpass/config.py`, where each is documented and checked). `model`
+    is a path to a `.gguf` file or a short name (`forwardpass list` shows the cached ones; the default model is
+    pulled on first use). `reference=True` computes every matmul in float32 on dequantized weights: slow and
+    exact. `ctx` is the most tokens one sequence may hold (prompt and output), by default the model's context
+    length up to 8192; `kv_tokens` sizes the shared KV cache pool (default: max(ctx, 16384) tokens): that many
+    tokens' keys and values in every layer, split among the layers' groups (sliding-window layers need only their
+    window, so the global layers get the rest), and never less than one request needs. `kv_memory` (bytes) sizes
+    it by memory instead: the KV cache never takes more, and a budget too small for one request of `ctx` tokens
+    is an error. `cpu` picks the CPU kernels: "auto" (the best this CPU runs), "avx512", "avx2", "neon" or
+    "torch" (the PyTorch layers only); the default is $FORWARDPASS_CPU, else "auto".
     """
 
-    def __init__(self, model: str | None = None, *, reference: bool = False, threads: int | None = None,
-                 device: str = "cpu", ctx: int | None = None, kv_tokens: int | None = None,
-                 kv_memory: int | None = None, max_num_seqs: int = 64, max_num_batched_tokens: int = 512,
-                 enable_prefix_caching: bool = True, cpu: str | None = None) -> None:
+    def __init__(self, model: str | None = None, *, config: EngineConfig | None = None, **options: Any) -> None:
         t0 = time.perf_counter()
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"threads must be a positive integer, got {threads!r}")
-        torch.set_num_threads(threads or default_threads())
-        self.device, self.reference = device, reference
-        self.path = resolve_model(model)
+        names = {f.name for f in dataclasses.fields(EngineConfig)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise TypeError(f"LLM() got unexpected keyword arguments: {', '.join(unknown)}")
+        if model is not None:
+            options["model"] = model
+        config = (config or EngineConfig()).replace(**options) if options else (config or EngineConfig())
+        self.engine_config = config
+        torch.set_num_threads(config.threads or default_threads())
+        self.device, self.reference = config.device, config.reference
+        self.path = resolve_model(config.model)
         self.gguf = GGUFFile(self.path)
         self.metadata = self.gguf.metadata
         # the CPU kernels: the best variant this CPU runs, or `cpu` ("avx512", "avx2", "neon", "torch"; default
         # $FORWARDPASS_CPU, else "auto"); only used in fast mode on a CPU
-        on_cpu = torch.device(device).type == "cpu"
-        self.kernels = select_kernels(cpu) if on_cpu and not reference else None
-        options = LoadOptions(mode="reference" if reference else "fast", device=device, native=self.kernels)
+        on_cpu = torch.device(config.device).type == "cpu"
+        self.kernels = select_kernels(config.cpu) if on_cpu and not config.reference else None
+        mode = "reference" if config.reference else "fast"
+        options = LoadOptions(mode=mode, device=config.device, native=self.kernels)
         self.model: DecoderLM = load_model(self.gguf, options)
         release_heap()  # load-time repacking leaves freed heap behind; give it back to the OS
         self.gguf.release_pages()  # the repacked weights replace the file's bytes, which are read only on demand
-        self.tokenizer = Tokenizer.from_gguf_metadata(self.metadata)
+        self.tokenizer = tokenizer_from_metadata(self.metadata)
         self.chat_template = ChatTemplate.from_metadata(self.metadata)
         self.config = self.model.config
         self.pooling = pooling_from_metadata(self.metadata, self.config.arch)  # how embed() pools by default
-        self.ctx = self._context_size(ctx)
-        kv_dtype = torch.float32 if reference else torch.bfloat16
-        groups = self._plan_kv(kv_tokens, kv_memory, kv_dtype, max_num_seqs, max_num_batched_tokens)
-        self.runner = ModelRunner(self.model, groups, BLOCK_SIZE, kv_dtype, device)
-        self.engine = LLMEngine(self.runner, self.tokenizer, self.ctx,
-                                SchedulerConfig(max_num_seqs, max_num_batched_tokens), enable_prefix_caching)
+        self.ctx = self._context_size(config.ctx)
+        kv_dtype = torch.float32 if config.reference else torch.bfloat16
+        groups = self._plan_kv(config, kv_dtype)
+        self.runner = ModelRunner(self.model, groups, BLOCK_SIZE, kv_dtype, config.device)
+        scheduler = SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens)
+        self.engine = LLMEngine(self.runner, self.tokenizer, self.ctx, scheduler, config.enable_prefix_caching)
         self.load_s = time.perf_counter() - t0
         logger.info("loaded %s (%s) in %.2f s", self.path, self.config.arch, self.load_s)
 
-    def _plan_kv(self, kv_tokens: int | None, kv_memory: int | None, kv_dtype: torch.dtype, max_num_seqs: int,
-                 max_num_batched_tokens: int) -> list[KVGroup]:
+    def _plan_kv(self, config: EngineConfig, kv_dtype: torch.dtype) -> list[KVGroup]:
         """The KV cache's groups of layers and their pools, from a budget in tokens or in bytes."""
-        for name, value in (("kv_tokens", kv_tokens), ("kv_memory", kv_memory)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if kv_tokens is not None and kv_memory is not None:
-            raise ValueError("give kv_tokens or kv_memory, not both")
+        kv_tokens, kv_memory = config.kv_tokens, config.kv_memory
         c = self.config
         token_bytes = 2 * c.n_kv_heads * c.head_dim * kv_dtype.itemsize  # keys and values of one token, one layer
         if kv_memory is not None:  # whole blocks: the plan rounds a budget up to blocks
             kv_tokens = kv_memory // (token_bytes * c.n_layers) // BLOCK_SIZE * BLOCK_SIZE
-        budget = kv_tokens if kv_tokens is not None else max(self.ctx, 16384)
-        groups = plan_kv_groups(c.sliding_window, max(budget, 1), BLOCK_SIZE, self.ctx, max_num_seqs,
-                                max_num_batched_tokens)
+        budget = kv_tokens if kv_tokens is not None else max(self.ctx, DEFAULT_KV_TOKENS)
+        groups = plan_kv_groups(c.sliding_window, max(budget, 1), BLOCK_SIZE, self.ctx, config.max_num_seqs,
+                                config.max_num_batched_tokens)
         need = sum(g.num_blocks * BLOCK_SIZE * len(g.layers) * token_bytes for g in groups)
         if kv_memory is not None and need > kv_memory:
             raise ValueError(f"kv_memory of {kv_memory / 2**20:.1f} MiB cannot hold one request of ctx {self.ctx} "
@@ -113,7 +117,7 @@ class LLM:
         limit = self.config.context_length
         if ctx is None:
             return min(limit, DEFAULT_MAX_CTX)
-        if isinstance(ctx, bool) or not isinstance(ctx, int) or not 2 <= ctx <= limit:
+        if ctx > limit:
             raise ValueError(f"ctx must be an integer in 2..{limit} (the model's context length), got {ctx!r}")
         return ctx
 

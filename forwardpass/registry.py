@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -178,9 +177,3 @@ def list_cached() -> list[tuple[str, Path, int]]:
             out.append((by_file.get(path.name, path.stem), path, path.stat().st_size))
     return out
 
-
-def remove_incomplete() -> None:
-    """Remove leftovers of interrupted pulls."""
-    folder = home() / "models"
-    for tmp in folder.glob("pull-*"):
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from forwardpass import LLM
-from forwardpass.engine.model_runner import SeqChunk
+from forwardpass.engine.model_runner import Logits, SeqChunk
 from forwardpass.kernels import native
 
 
@@ -54,14 +54,14 @@ def main() -> int:
         times: dict[str, list[float]] = {"A": [], "B": [], "pA": [], "pB": []}
         n = args.steps * args.rounds + 2
         with llm.engine.scratch_blocks(n + 1, args.batch) as tables:
-            llm.runner.run([SeqChunk([ids[b]], 0, t, "last") for b, t in enumerate(tables)])
+            llm.runner.run([SeqChunk([ids[b]], 0, t, Logits.LAST) for b, t in enumerate(tables)])
             pos = 1
             for r in range(args.rounds):
                 for name in ("AB" if r % 2 == 0 else "BA"):
                     decoder.lib = libs[name]
                     t0 = time.perf_counter()
                     for _ in range(args.steps):
-                        llm.runner.run([SeqChunk([ids[pos + b]], pos, t, "last", prompt_len=1)
+                        llm.runner.run([SeqChunk([ids[pos + b]], pos, t, Logits.LAST, prompt_len=1)
                                         for b, t in enumerate(tables)])
                         pos += 1
                     times[name].append((time.perf_counter() - t0) / args.steps)
@@ -72,7 +72,7 @@ def main() -> int:
                     for name in ("AB" if r % 2 == 0 else "BA"):
                         decoder.lib = libs[name]
                         t0 = time.perf_counter()
-                        llm.runner.run([SeqChunk(ids[:args.prompt_tokens], 0, table, "last")])
+                        llm.runner.run([SeqChunk(ids[:args.prompt_tokens], 0, table, Logits.LAST)])
                         times["p" + name].append(time.perf_counter() - t0)
     a, b = statistics.median(times["A"]), statistics.median(times["B"])
     print(f"{llm.system_info()}; batch {args.batch}: decode step A {1000 * a:.2f} ms, B {1000 * b:.2f} ms, "

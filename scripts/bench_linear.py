@@ -24,7 +24,8 @@ from forwardpass.kernels import make_linear
 from forwardpass.kernels.int4 import Int4PackLinear
 from forwardpass.kernels.int8 import Int8Linear, Int8PackLinear
 from forwardpass.kernels.linear import DenseLinear, Linear
-from forwardpass.kernels.native import describe, runnable_variants, select_kernels
+from forwardpass.kernels.native import describe, runnable_variants
+from forwardpass.kernels.select import select_kernels
 from forwardpass.kernels.tiles import TileLinear, tile_supports
 from forwardpass.kernels.repack import INT4_GROUPERS, to_int4_groups, to_int8_rows
 from forwardpass.registry import resolve_model

@@ -36,10 +36,10 @@ def compare(exact: torch.Tensor, other: torch.Tensor) -> dict:
 
 def decode_logits(llm: LLM, ids: list[int]) -> torch.Tensor:
     """Teacher-forced logits with every token after the first through the generated-token (decode) kernels."""
-    from forwardpass.engine.model_runner import SeqChunk
+    from forwardpass.engine.model_runner import Logits, SeqChunk
 
     with llm.engine.scratch_blocks(len(ids)) as (table,):
-        return llm.runner.run([SeqChunk(ids, 0, table, "all", prompt_len=1)]).cpu()
+        return llm.runner.run([SeqChunk(ids, 0, table, Logits.ALL, prompt_len=1)]).cpu()
 
 
 def main() -> None:

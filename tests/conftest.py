@@ -22,10 +22,10 @@ from native_params import NATIVE_PARAMS  # noqa: E402
 @pytest.fixture(scope="session", params=NATIVE_PARAMS)
 def native_lib(request):
     """Each native library this machine can execute, built and self-tested (a build failure fails the test)."""
-    from forwardpass.kernels import native
+    from forwardpass.kernels import select
 
     variant, avxvnni = request.param
-    lib = native.load_library(variant, avxvnni)
+    lib = select.load_library(variant, avxvnni)
     assert lib is not None, f"the {variant} kernels must build and pass their self-test on this CPU"
     return lib
 

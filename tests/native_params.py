@@ -7,9 +7,9 @@ import pytest
 def _native_params() -> list:
     """Every build of the native kernels this CPU executes (plain AVX2 too where the CPU also has AVX-VNNI, whose
     avx2 build would otherwise never run the vpmaddubsw path); none under FORWARDPASS_CPU=torch."""
-    from forwardpass.kernels import native
+    from forwardpass.kernels import native, select
 
-    if native.resolve_cpu() == "torch":
+    if select.resolve_cpu() == "torch":
         return [pytest.param(None, marks=pytest.mark.skip(reason="native kernels switched off (FORWARDPASS_CPU=torch)"))]
     params = []
     for variant in native.runnable_variants():

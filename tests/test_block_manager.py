@@ -93,11 +93,11 @@ def run_until_done(sched: Scheduler, bm: BlockManager, max_new: int, steps: int 
         batch = sched.schedule()
         if not batch:
             break
-        log.append([(s.seq_id, n) for s, n in batch])
-        for s, n in batch:
-            s.num_computed += n
-            bm.on_computed(s)
-            if s.num_computed == s.num_tokens:
+        log.append([(x.seq.seq_id, x.num_tokens) for x in batch.scheduled])
+        sched.update(batch)
+        for x in batch.scheduled:
+            s = x.seq
+            if x.samples:
                 s.token_ids.append(1000 + s.num_tokens)
                 if s.num_output_tokens >= max_new:
                     sched.finish(s)

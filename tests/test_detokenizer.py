@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from forwardpass.gguf.reader import GGUFFile
-from forwardpass.tokenizer import BPETokenizer, StreamingDetokenizer, Tokenizer
+from forwardpass.tokenizer import BPETokenizer, StreamingDetokenizer, Tokenizer, tokenizer_from_metadata
 from forwardpass.tokenizer.bpe import BYTE_TO_CHAR
 from test_tokenizer import tiny_bpe_metadata, tiny_spm_metadata
 
@@ -18,12 +18,12 @@ FUZZ_EXAMPLES = int(os.environ.get("FORWARDPASS_FUZZ_EXAMPLES", "150"))
 
 @pytest.fixture(scope="module")
 def smollm2(smollm2_path: str) -> Tokenizer:
-    return Tokenizer.from_gguf_metadata(GGUFFile(smollm2_path).metadata)
+    return tokenizer_from_metadata(GGUFFile(smollm2_path).metadata)
 
 
 @pytest.fixture(scope="module")
 def gemma3(gemma3_path: str) -> Tokenizer:
-    return Tokenizer.from_gguf_metadata(GGUFFile(gemma3_path).metadata)
+    return tokenizer_from_metadata(GGUFFile(gemma3_path).metadata)
 
 
 def stream(tok: Tokenizer, ids: list[int], skip_special: bool = True) -> list[str]:
@@ -38,7 +38,7 @@ def byte_tokens(tok: Tokenizer, data: bytes) -> list[int]:
 @pytest.mark.parametrize("text,n_bytes", [("👍", 4), ("中", 3), ("é", 2)])
 def test_tiny_byte_fallback_vocabulary(text: str, n_bytes: int) -> None:
     """S2 without a real model: an SPM vocabulary with only byte tokens for these characters."""
-    tok = Tokenizer.from_gguf_metadata(tiny_spm_metadata())
+    tok = tokenizer_from_metadata(tiny_spm_metadata())
     ids = tok.encode("h" + text + "h")
     assert len(ids) == 2 + n_bytes
     deltas = stream(tok, ids)
@@ -140,7 +140,7 @@ CLEAN_SPACES_TOKENS = ["Ġ", "'", "s", "m", "re", "ve", "t", "?", "!", ".", ",",
 @given(pieces=st.lists(st.sampled_from(CLEAN_SPACES_TOKENS), max_size=30))
 def test_streaming_with_clean_spaces(pieces: list[str]) -> None:
     """gpt-2 style vocabularies clean up " ," and " 's" on decode; streaming must agree at every cut."""
-    tok = Tokenizer.from_gguf_metadata(tiny_bpe_metadata(extra=["re", "ve", "Ġ'", "'s"]))
+    tok = tokenizer_from_metadata(tiny_bpe_metadata(extra=["re", "ve", "Ġ'", "'s"]))
     assert tok.vocab.clean_spaces
     ids = [tok.vocab.token_to_id[p] for p in pieces]
     assert "".join(stream(tok, ids)) == tok.decode(ids, skip_special=True)

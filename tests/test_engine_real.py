@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from forwardpass import LLM, SamplingParams
-from forwardpass.kernels.native import resolve_cpu, select_kernels
+from forwardpass.kernels.select import resolve_cpu, select_kernels
 
 NATIVE_DEFAULT = select_kernels() if resolve_cpu() != "torch" else None
 

@@ -11,7 +11,6 @@ from forwardpass.engine.block_manager import FREED
 from forwardpass.engine.kv_groups import blocks_for, plan_kv_groups
 from forwardpass.engine.llm_engine import LLMEngine
 from forwardpass.engine.model_runner import ModelRunner
-from forwardpass.models import attention as attention_module
 from forwardpass.models.attention import KVGroup
 from tiny_models import write_tiny_model
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType as T
 
-from forwardpass.engine.model_runner import ModelRunner, SeqChunk
+from forwardpass.engine.model_runner import Logits, ModelRunner, SeqChunk
 from forwardpass.gguf.reader import GGUFFile
 from forwardpass.gguf.weights import QuantWeight
 from forwardpass.kernels import gemm as gemm_module
@@ -63,9 +63,9 @@ def backend(request) -> Backend:
     right."""
     if request.param is None:
         return Backend("torch")
-    from forwardpass.kernels import native
+    from forwardpass.kernels import select
 
-    lib = native.load_library(*request.param)
+    lib = select.load_library(*request.param)
     assert lib is not None
     return Backend("tiles", lib)
 
@@ -213,7 +213,7 @@ def tiny_logits(path: str, mode: str, ids: list[int], device: str = "cpu", nativ
     model = load_model(GGUFFile(path), LoadOptions(mode=mode, device=device, native=native))
     kv_dtype = torch.float32 if mode == "reference" else torch.bfloat16
     runner = ModelRunner(model, kv_groups=4, block_size=16, kv_dtype=kv_dtype, device=device)
-    return runner.run([SeqChunk(ids, 0, [[0, 1, 2]], "all")]).cpu()
+    return runner.run([SeqChunk(ids, 0, [[0, 1, 2]], Logits.ALL)]).cpu()
 
 
 TINY_IDS = [(5 * i + 1) % 380 + 4 for i in range(40)]

@@ -12,7 +12,7 @@ import torch
 from gguf import GGMLQuantizationType as T
 
 from forwardpass import LLM
-from forwardpass.engine.model_runner import SeqChunk
+from forwardpass.engine.model_runner import Logits, SeqChunk
 from forwardpass.kernels import tiles as tiles_module
 from forwardpass.kernels.tiles import TILE_TYPES, TileLinear, TileMatrix, tile_matmul
 from test_fidelity import decode_logits
@@ -96,9 +96,9 @@ def test_native_step_is_batch_invariant(tiny, use_native):
     prompts = [IDS[:12], IDS[5:20], IDS[3:7]]
     with llm.engine.scratch_blocks(32, len(prompts)) as tables:
         for ids, table in zip(prompts, tables):  # prompts in the cache, then one decode step for all three
-            llm.runner.run([SeqChunk(ids, 0, table, "none")])
-        together = llm.runner.run([SeqChunk([9], len(ids), t, "last", prompt_len=0) for ids, t in zip(prompts, tables)])
-        alone = [llm.runner.run([SeqChunk([9], len(ids), t, "last", prompt_len=0)]) for ids, t in zip(prompts, tables)]
+            llm.runner.run([SeqChunk(ids, 0, table, Logits.NONE)])
+        together = llm.runner.run([SeqChunk([9], len(ids), t, Logits.LAST, prompt_len=0) for ids, t in zip(prompts, tables)])
+        alone = [llm.runner.run([SeqChunk([9], len(ids), t, Logits.LAST, prompt_len=0)]) for ids, t in zip(prompts, tables)]
     assert torch.equal(together, torch.cat(alone))
 
 
@@ -106,27 +106,27 @@ def test_every_variant_builds_where_the_cpu_runs_it():
     """Where this CPU executes a variant and a C compiler exists, its library must build, match the ctypes
     mirror of the structs and pass its self-test: a source that stops compiling would otherwise only show up as
     a slow fallback. The best one is what `auto` picks."""
-    from forwardpass.kernels import native
+    from forwardpass.kernels import native, select
 
     if not shutil.which("cc") and not shutil.which("gcc"):
         pytest.skip("no C compiler here")
-    if native.resolve_cpu() == "torch":
+    if select.resolve_cpu() == "torch":
         pytest.skip("native kernels switched off (FORWARDPASS_CPU=torch)")
-    built = [native.load_library(v) for v in native.runnable_variants()]
+    built = [select.load_library(v) for v in native.runnable_variants()]
     assert all(lib is not None for lib in built)
     if built:
-        assert native.select_kernels("auto") is built[0]
+        assert select.select_kernels("auto") is built[0]
 
 
 def test_asking_for_a_variant_this_cpu_lacks_is_a_clear_error():
-    from forwardpass.kernels import native
+    from forwardpass.kernels import native, select
 
     missing = [v for v in native.VARIANTS if not native.cpu_runs(v)]
     with pytest.raises(ValueError, match=f"cannot execute the {missing[0]} kernels"):
-        native.select_kernels(missing[0])
+        select.select_kernels(missing[0])
     with pytest.raises(ValueError, match="cpu must be one of"):
-        native.select_kernels("sse2")
-    assert native.select_kernels("torch") is None
+        select.select_kernels("sse2")
+    assert select.select_kernels("torch") is None
 
 
 def test_a_struct_layout_mismatch_is_refused(native_lib, monkeypatch):
@@ -175,7 +175,7 @@ def test_parallel_processes_build_a_variant_once(tmp_path):
 
 
 def test_a_failed_build_warns_with_the_compiler_output(tmp_path, monkeypatch, caplog):
-    from forwardpass.kernels import native
+    from forwardpass.kernels import native, select
 
     if not native.runnable_variants():
         pytest.skip("no native build for this CPU")
@@ -186,8 +186,8 @@ def test_a_failed_build_warns_with_the_compiler_output(tmp_path, monkeypatch, ca
     monkeypatch.setenv("FORWARDPASS_HOME", str(tmp_path / "home"))
     with pytest.raises(native.BuildError, match="immintrin.h: No such file"):
         native.build(native.runnable_variants()[0])
-    with caplog.at_level("WARNING", logger="forwardpass.kernels.native"):
-        assert native._load_library.__wrapped__(native.runnable_variants()[0], False) is None
+    with caplog.at_level("WARNING", logger="forwardpass.kernels.select"):
+        assert select._load_library.__wrapped__(native.runnable_variants()[0], False) is None
     assert "PyTorch layers run instead" in caplog.text and "immintrin.h" in caplog.text
     assert not list((tmp_path / "home" / "kernels").glob("*.so")) and not list((tmp_path / "home" / "kernels").glob("*.tmp"))
 

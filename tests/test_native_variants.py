@@ -18,8 +18,8 @@ import torch
 from gguf import GGMLQuantizationType as T
 
 from forwardpass import LLM
-from forwardpass.engine.model_runner import SeqChunk
-from forwardpass.kernels import native
+from forwardpass.engine.model_runner import Logits, SeqChunk
+from forwardpass.kernels import native, select
 from forwardpass.kernels.tiles import TILE_TYPES, TileMatrix, tile_matmul
 from native_remote import CROSS, cross_tools_present, remote_library
 from test_fidelity import decode_logits
@@ -27,7 +27,7 @@ from test_kernels import random_weight, rel_err
 from tiny_models import write_tiny_model
 
 REQUIRED = os.environ.get("FORWARDPASS_REQUIRE_CROSS") == "1"
-HOST = native.select_kernels("auto") if native.resolve_cpu() != "torch" else None
+HOST = select.select_kernels("auto") if select.resolve_cpu() != "torch" else None
 
 
 def _remote_params() -> list:
@@ -129,7 +129,7 @@ def test_native_step_on_the_remote_build(remote, arch, tmp_path):
     prompts = [IDS[:12], IDS[5:20], IDS[3:7]]
     with llm.engine.scratch_blocks(32, len(prompts)) as tables:
         for ids, table in zip(prompts, tables):
-            llm.runner.run([SeqChunk(ids, 0, table, "none")])
-        together = llm.runner.run([SeqChunk([9], len(ids), t, "last", prompt_len=0) for ids, t in zip(prompts, tables)])
-        alone = [llm.runner.run([SeqChunk([9], len(ids), t, "last", prompt_len=0)]) for ids, t in zip(prompts, tables)]
+            llm.runner.run([SeqChunk(ids, 0, table, Logits.NONE)])
+        together = llm.runner.run([SeqChunk([9], len(ids), t, Logits.LAST, prompt_len=0) for ids, t in zip(prompts, tables)])
+        alone = [llm.runner.run([SeqChunk([9], len(ids), t, Logits.LAST, prompt_len=0)]) for ids, t in zip(prompts, tables)]
     assert torch.equal(together, torch.cat(alone))

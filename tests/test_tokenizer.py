@@ -17,7 +17,7 @@ import pytest
 
 from forwardpass.errors import TokenizerError
 from forwardpass.gguf.reader import GGUFFile
-from forwardpass.tokenizer import BPETokenizer, SPMTokenizer, Tokenizer
+from forwardpass.tokenizer import BPETokenizer, SPMTokenizer, Tokenizer, tokenizer_from_metadata
 from forwardpass.tokenizer.base import clean_spaces
 from forwardpass.tokenizer.bpe import BYTE_TO_CHAR
 
@@ -32,7 +32,7 @@ def load_golden(name: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def tokenizers(smollm2_path: str, gemma3_path: str) -> dict[str, Tokenizer]:
-    return {name: Tokenizer.from_gguf_metadata(GGUFFile(path).metadata)
+    return {name: tokenizer_from_metadata(GGUFFile(path).metadata)
             for name, path in (("smollm2", smollm2_path), ("gemma3", gemma3_path))}
 
 
@@ -118,13 +118,13 @@ def test_model_specific_facts(tokenizers: dict[str, Tokenizer]) -> None:
 def test_loading_is_fast(request: pytest.FixtureRequest, name: str, path_fixture: str) -> None:
     path = request.getfixturevalue(path_fixture)
     start = time.perf_counter()
-    Tokenizer.from_gguf_metadata(GGUFFile(path).metadata)
+    tokenizer_from_metadata(GGUFFile(path).metadata)
     assert time.perf_counter() - start < 2.0
 
 
 def test_unknown_tokenizer_model_is_rejected() -> None:
     with pytest.raises(TokenizerError, match="supported: gpt2, llama"):
-        Tokenizer.from_gguf_metadata({"tokenizer.ggml.model": "t5", "tokenizer.ggml.tokens": ["a"]})
+        tokenizer_from_metadata({"tokenizer.ggml.model": "t5", "tokenizer.ggml.tokens": ["a"]})
 
 
 def tiny_bpe_metadata(pre: str = "gpt-2", extra: list[str] | None = None, merges: list[str] | None = None,
@@ -140,13 +140,13 @@ def tiny_bpe_metadata(pre: str = "gpt-2", extra: list[str] | None = None, merges
 
 def test_unknown_pre_tokenizer_is_rejected() -> None:
     with pytest.raises(TokenizerError, match="unsupported BPE pre-tokenizer 'no-such-pre'"):
-        Tokenizer.from_gguf_metadata(tiny_bpe_metadata(pre="no-such-pre"))
+        tokenizer_from_metadata(tiny_bpe_metadata(pre="no-such-pre"))
 
 
 def test_tiny_bpe_merges_by_rank() -> None:
     extra = ["he", "ll", "hell", "hello", "Ġw", "Ġwo"]
     merges = ["h e", "l l", "he ll", "hell o", "Ġ w", "Ġw o"]
-    tok = Tokenizer.from_gguf_metadata(tiny_bpe_metadata(extra=extra, merges=merges))
+    tok = tokenizer_from_metadata(tiny_bpe_metadata(extra=extra, merges=merges))
     ids = tok.encode("hello world")
     assert [tok.vocab.tokens[i] for i in ids] == ["hello", "Ġwo", "r", "l", "d"]
     assert tok.decode(ids) == "hello world"
@@ -162,9 +162,9 @@ def test_clean_spaces_follows_llama_cpp() -> None:
     assert clean_spaces(b"I 'm he 's we 're you 've") == b"I'm he's we're you've"
     assert clean_spaces(b"don 't we 'd they 'll") == b"don 't we 'd they 'll"  # llama.cpp leaves these
     assert clean_spaces(b"") == b""
-    tok = Tokenizer.from_gguf_metadata(tiny_bpe_metadata())  # gpt-2 pre-tokenizer: clean_spaces on
+    tok = tokenizer_from_metadata(tiny_bpe_metadata())  # gpt-2 pre-tokenizer: clean_spaces on
     assert tok.decode(tok.encode("Hi , there !")) == "Hi, there!"
-    smollm = Tokenizer.from_gguf_metadata(tiny_bpe_metadata(pre="smollm"))  # off for smollm
+    smollm = tokenizer_from_metadata(tiny_bpe_metadata(pre="smollm"))  # off for smollm
     assert smollm.decode(smollm.encode("Hi , there !")) == "Hi , there !"
 
 
@@ -182,7 +182,7 @@ def tiny_spm_metadata(**more: Any) -> dict[str, Any]:
 
 
 def test_tiny_spm_merges_by_score_with_byte_fallback() -> None:
-    tok = Tokenizer.from_gguf_metadata(tiny_spm_metadata())
+    tok = tokenizer_from_metadata(tiny_spm_metadata())
     assert isinstance(tok, SPMTokenizer) and tok.add_bos and tok.vocab.add_space_prefix  # llama.cpp's defaults
     ids = tok.encode("hello world", add_bos=True)
     assert [tok.vocab.tokens[i] for i in ids] == ["<s>", "▁hello", "▁world"]
@@ -198,7 +198,7 @@ def test_tiny_spm_merges_by_score_with_byte_fallback() -> None:
 
 
 def test_tiny_spm_metadata_flags() -> None:
-    tok = Tokenizer.from_gguf_metadata(tiny_spm_metadata(add_space_prefix=False, add_bos_token=False,
+    tok = tokenizer_from_metadata(tiny_spm_metadata(add_space_prefix=False, add_bos_token=False,
                                                          add_eos_token=True))
     assert [tok.vocab.tokens[i] for i in tok.encode("hello", add_bos=True)] == ["he", "llo", "</s>"]
     assert tok.encode("", add_bos=True) == [2]

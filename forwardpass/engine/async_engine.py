@@ -6,12 +6,11 @@ stay in this thread, and an abort takes effect before the next step (its blocks 
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import ForwardpassError
@@ -80,24 +79,6 @@ class AsyncEngine:
     def abort(self, request_id: str) -> None:
         self._commands.put(("abort", request_id))
         self._wakeup.set()
-
-    async def generate(self, request_id: str, prompt_ids: list[int],
-                       params: SamplingParams) -> AsyncIterator[RequestOutput]:
-        """Stream a request's outputs to an asyncio task; leaving the loop early aborts the request."""
-        loop = asyncio.get_running_loop()
-        outputs: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
-        self.submit(request_id, prompt_ids, params, lambda out: loop.call_soon_threadsafe(outputs.put_nowait, out))
-        finished = False
-        try:
-            while not finished:
-                out = await outputs.get()
-                if isinstance(out, BaseException):
-                    raise out
-                finished = out.finished
-                yield out
-        finally:
-            if not finished:
-                self.abort(request_id)
 
     # ---- the loop (engine thread) ----
     def _loop(self) -> None:

@@ -1,4 +1,5 @@
-"""How the KV cache memory is split among groups of layers. Pure arithmetic: no torch here.
+"""How the KV cache memory is split among groups of layers (`KVGroup`, kept next to the KV cache in
+`models/attention.py`). Pure arithmetic.
 
 Layers are grouped by window (`config.sliding_window[i]`, 0 = global). A global layer keeps every position of a
 sequence; a sliding layer keeps only what a query still to be computed can see (the block manager releases the
@@ -11,16 +12,8 @@ sliding one.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class KVGroup:
-    """Layers whose keys and values share one pool of blocks (and one block table per sequence)."""
-
-    window: int  # positions of a sequence the group keeps: 0 = all (global layers), w = the last w (sliding)
-    layers: tuple[int, ...]
-    num_blocks: int
+from ..models.attention import KVGroup
 
 
 def blocks_for(num_tokens: int, block_size: int) -> int:

@@ -1,4 +1,4 @@
-"""LLMEngine: requests in, tokens out. One step = schedule -> run -> update."""
+"""LLMEngine: requests in, tokens out. One step = schedule -> run -> sample -> update."""
 from __future__ import annotations
 
 import contextlib
@@ -22,10 +22,10 @@ from ..structured.guide import Guide
 from ..tokenizer import Tokenizer
 from .block_manager import BlockManager
 from .kv_groups import blocks_per_sequence
-from .model_runner import ModelRunner, SeqChunk
+from .model_runner import Logits, ModelRunner, SeqChunk
 from .pooling import EmbedRequest, Pooler
 from .request import Completion, Request
-from .scheduler import Scheduler, SchedulerConfig
+from .scheduler import ScheduledSeq, Scheduler, SchedulerConfig, SchedulerOutput
 from .sequence import Sequence, Status
 
 logger = logging.getLogger(__name__)
@@ -114,7 +114,8 @@ class LLMEngine:
             seq = Sequence(list(prompt_token_ids), n_prompt, self.ctx)
             seq.owner = Completion(index, seq, params, self.tokenizer, request)
             request.completions.append(seq.owner)
-        request.unforked = [c.seq for c in request.completions[1:]]
+        # n > 1: only the first sample computes the prompt; the others fork from it (sharing its blocks)
+        request.completions[0].seq.forks = [c.seq for c in request.completions[1:]]
         if params.structured_outputs is not None:
             grammar = self.grammars.future(params.structured_outputs)
             if not grammar.done():
@@ -126,7 +127,6 @@ class LLMEngine:
         return request
 
     def _schedule(self, request: Request) -> None:
-        # n > 1: only the first sample computes the prompt; the others fork from it (sharing its blocks)
         self.scheduler.add(request.completions[0].seq)
         self.requests[request.request_id] = request
 
@@ -225,7 +225,7 @@ class LLMEngine:
                 if not bm.ensure_slots(seq, end):
                     raise RuntimeError(f"the KV cache has no room for 1 x {len(token_ids)} tokens now")
                 skip = max(0, first - start)
-                mode = "all" if skip < end - start else "none"
+                mode = Logits.ALL if skip < end - start else Logits.NONE
                 parts.append(self.runner.run([SeqChunk(token_ids[start:end], start, seq.block_tables, mode, skip)]))
                 seq.num_computed = end
                 bm.release_out_of_window(seq)
@@ -241,46 +241,45 @@ class LLMEngine:
     def step(self) -> list[RequestOutput | EmbeddingOutput]:
         """Run one batch; return the outputs of every request that changed (finished ones for the last time)."""
         self._admit_compiled()
-        failed = self._failed_outputs()
-        scheduled = self.scheduler.schedule()
-        if not scheduled:
-            if not failed and self._compiling:  # nothing else to do: wait briefly for a grammar, not spin
+        done = self._failed_outputs()  # outputs that need no run
+        output = self.scheduler.schedule()
+        if not output:
+            if not done and self._compiling:  # nothing else to do: wait briefly for a grammar, not spin
                 self._admit_compiled(wait_s=0.01)
-            return failed
-        pooled = [(seq, n) for seq, n in scheduled if isinstance(seq.owner, Pooler)]
-        if pooled:
-            scheduled = [(seq, n) for seq, n in scheduled if not isinstance(seq.owner, Pooler)]
-        sampling = [seq for seq, n in scheduled if seq.num_computed + n == seq.num_tokens]
-        chunks = [SeqChunk(seq.token_ids[seq.num_computed:seq.num_computed + n], seq.num_computed,
-                           seq.block_tables, "last" if seq.num_computed + n == seq.num_tokens else "none",
-                           prompt_len=seq.num_prompt_tokens)
-                  for seq, n in scheduled]
-        logits = self.runner.run(chunks) if chunks else None
-        embedded = failed + (self._pool(pooled) if pooled else [])  # outputs that need no sampling
-        for seq, n in scheduled:
-            seq.num_computed += n
-            self.block_manager.on_computed(seq)
-        if not sampling:
-            return embedded
-        completions, rows = [], []
-        for row, seq in enumerate(sampling):
-            for s in [seq, *self._fork_siblings(seq)]:
-                completions.append(s.owner)
+            return done
+        generating = SchedulerOutput([s for s in output.scheduled if not isinstance(s.seq.owner, Pooler)])
+        pooled = [s for s in output.scheduled if isinstance(s.seq.owner, Pooler)]
+        logits = self._run(generating)
+        done += self._pool(pooled) if pooled else []
+        update = self.scheduler.update(generating)
+        for group, src, dst in update.block_copies:
+            self.runner.cache.copy_block(group, src, dst)
+        completions, rows = [], []  # each sample and the row of the logits it draws from
+        for row, s in enumerate(x for x in generating.scheduled if x.samples):
+            for seq in [s.seq, *update.forked.get(s.seq.seq_id, ())]:  # forks draw from their parent's logits
+                completions.append(seq.owner)
                 rows.append(row)
-        if len(rows) != len(sampling):  # forked samples draw from their parent's logits
+        if not completions:
+            return done
+        if len(rows) != logits.shape[0]:
             logits = logits[torch.tensor(rows, device=logits.device)]
-        sampled = self.sampler.sample(logits, [c.state for c in completions]) if completions else None
-        return embedded + self._update(completions, sampled)
+        sampled = self.sampler.sample(logits, [c.state for c in completions])
+        return done + self._update(completions, sampled)
 
-    def _pool(self, pooled: list[tuple[Sequence, int]]) -> list[EmbeddingOutput]:
+    def _run(self, output: SchedulerOutput) -> torch.Tensor | None:
+        """The logits of the scheduled sequences that sample this step, in order (None if nothing runs)."""
+        chunks = [SeqChunk(s.token_ids, s.start, s.seq.block_tables, Logits.LAST if s.samples else Logits.NONE,
+                           prompt_len=s.seq.num_prompt_tokens) for s in output.scheduled]
+        return self.runner.run(chunks) if chunks else None
+
+    def _pool(self, pooled: list[ScheduledSeq]) -> list[EmbeddingOutput]:
         """Run the embedding requests' chunks; finish those whose whole prompt has now run."""
-        chunks = [SeqChunk(seq.token_ids[seq.num_computed:seq.num_computed + n], seq.num_computed,
-                           seq.block_tables, "none") for seq, n in pooled]
+        chunks = [SeqChunk(s.token_ids, s.start, s.seq.block_tables, Logits.NONE) for s in pooled]
         outputs = []
-        for (seq, n), hidden in zip(pooled, self.runner.hidden(chunks)):
-            pooler: Pooler = seq.owner
+        for s, hidden in zip(pooled, self.runner.hidden(chunks)):
+            seq, pooler = s.seq, s.seq.owner
             pooler.add(hidden, seq.num_computed)
-            seq.num_computed += n
+            seq.num_computed += s.num_tokens
             self.block_manager.on_computed(seq)
             if seq.num_computed == seq.num_tokens:
                 request = pooler.request
@@ -299,25 +298,7 @@ class LLMEngine:
             self.requests.pop(request.request_id, None)
         return [r.snapshot() for r in done]
 
-    def _fork_siblings(self, seq: Sequence) -> list[Sequence]:
-        """When the first sample of an n > 1 request has its prompt computed, its siblings fork from it:
-        full blocks are shared, the partial last block is copied (copy-on-write at the divergence)."""
-        request = seq.owner.request
-        if not request.unforked or seq is not request.completions[0].seq:
-            return []
-        forked = []
-        for child in request.unforked:
-            if not self.block_manager.can_fork(seq):  # no block for the copy: compute the prompt (prefix-cached)
-                self.scheduler.add(child)
-                continue
-            for group, src, dst in self.block_manager.fork(seq, child):
-                self.runner.cache.copy_block(group, src, dst)
-            self.scheduler.add_running(child)
-            forked.append(child)
-        request.unforked = []
-        return forked
-
-    def _update(self, completions: list[Completion], sampled: SamplerOutput | None) -> list[RequestOutput]:
+    def _update(self, completions: list[Completion], sampled: SamplerOutput) -> list[RequestOutput]:
         now = time.perf_counter()
         changed: dict[str, Request] = {}
         for i, completion in enumerate(completions):

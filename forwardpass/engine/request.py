@@ -67,7 +67,6 @@ class Request:
     prompt_token_ids: list[int]
     params: SamplingParams
     completions: list[Completion] = field(default_factory=list)
-    unforked: list[Sequence] = field(default_factory=list)  # samples waiting to fork from the first one
     prompt: str | None = None
     arrival: float = field(default_factory=time.perf_counter)
     first_token_time: float | None = None

@@ -5,6 +5,10 @@ get a chunk, all within `max_num_batched_tokens` and `max_num_seqs`, so prefill 
 one batch. Running sequences go first (oldest first); waiting ones are admitted while budget and blocks last.
 When blocks run out, the newest running sequence is preempted: its blocks are freed and it goes back to the
 front of the queue, to be recomputed later (its prefix-cached blocks make that cheap).
+
+A step: `schedule()` says what runs (`SchedulerOutput`), the runner computes it, then `update(output)` records
+the computed tokens and forks the other samples of an n > 1 request from the first one, whose prompt is now in
+the cache; the block copies that takes are the runner's to do.
 """
 from __future__ import annotations
 
@@ -27,6 +31,43 @@ class SchedulerConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
+@dataclass
+class ScheduledSeq:
+    """`num_tokens` of `seq`'s next tokens run this step, from position `start`."""
+
+    seq: Sequence
+    num_tokens: int
+    start: int
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.seq.token_ids[self.start:self.start + self.num_tokens]
+
+    @property
+    def samples(self) -> bool:
+        """Whether this step reaches the end of the sequence, so its next token is sampled."""
+        return self.start + self.num_tokens == self.seq.num_tokens
+
+
+@dataclass
+class SchedulerOutput:
+    """What one step runs, oldest running sequence first, then the newly admitted ones."""
+
+    scheduled: list[ScheduledSeq]
+
+    def __bool__(self) -> bool:
+        return bool(self.scheduled)
+
+
+@dataclass
+class StepUpdate:
+    """What `Scheduler.update` did after the run: samples forked (each sampling from the logits of the sequence
+    it forked from) and the (group, source, destination) blocks the runner must copy for them."""
+
+    forked: dict[int, list[Sequence]]  # parent seq_id -> its forks that joined the running batch
+    block_copies: list[tuple[int, int, int]]
+
+
 class Scheduler:
     def __init__(self, config: SchedulerConfig, block_manager: BlockManager) -> None:
         self.config = config
@@ -44,19 +85,16 @@ class Scheduler:
         seq.status = Status.RUNNING
         self.running.append(seq)
 
-    def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
-
-    def schedule(self) -> list[tuple[Sequence, int]]:
-        """(sequence, number of its next tokens to compute) for this step."""
+    def schedule(self) -> SchedulerOutput:
+        """Which sequences run this step, and how many of their next tokens each."""
         budget = self.config.max_num_batched_tokens
-        scheduled: list[tuple[Sequence, int]] = []
+        scheduled: list[ScheduledSeq] = []
         for seq in list(self.running):
             if seq.status is not Status.RUNNING or budget == 0:
                 continue  # preempted earlier in this loop
             n = min(seq.num_uncomputed, budget)
             if self._reserve(seq, n):
-                scheduled.append((seq, n))
+                scheduled.append(ScheduledSeq(seq, n, seq.num_computed))
                 budget -= n
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
@@ -69,9 +107,35 @@ class Scheduler:
             self.waiting.popleft()
             seq.status = Status.RUNNING
             self.running.append(seq)
-            scheduled.append((seq, n))
+            scheduled.append(ScheduledSeq(seq, n, seq.num_computed))
             budget -= n
-        return scheduled
+        return SchedulerOutput(scheduled)
+
+    def update(self, output: SchedulerOutput) -> StepUpdate:
+        """After the run: the scheduled tokens are in the cache; sequences whose prompt is now computed fork
+        their pending samples (`Sequence.forks`)."""
+        forked: dict[int, list[Sequence]] = {}
+        copies: list[tuple[int, int, int]] = []
+        for s in output.scheduled:
+            s.seq.num_computed += s.num_tokens
+            self.blocks.on_computed(s.seq)
+            if s.seq.forks and s.samples:
+                forked[s.seq.seq_id] = self._fork(s.seq, copies)
+        return StepUpdate(forked, copies)
+
+    def _fork(self, parent: Sequence, copies: list[tuple[int, int, int]]) -> list[Sequence]:
+        """Full blocks are shared, the partial last block is copied (copy-on-write at the divergence); a sample
+        for whose copy no block is free is queued to compute the prompt itself (prefix-cached)."""
+        forked = []
+        for child in parent.forks:
+            if not self.blocks.can_fork(parent):
+                self.add(child)
+                continue
+            copies.extend(self.blocks.fork(parent, child))
+            self.add_running(child)
+            forked.append(child)
+        parent.forks = []
+        return forked
 
     def _reserve(self, seq: Sequence, n: int) -> bool:
         """Blocks for `n` more tokens of a running sequence, preempting the newest ones if needed."""

@@ -28,6 +28,8 @@ class Sequence:
     block_tables: list[list[int]] = field(default_factory=list)  # one per KV group, all of the same length
     block_hashes: list[int] = field(default_factory=list)  # hash of each full block of the tables, in order
     reuse_prefix: bool = True  # may take blocks from the prefix cache (not mean-pooled embeddings: see pooling.py)
+    forks: list[Sequence] = field(default_factory=list)  # the other samples of an n > 1 request: they fork from
+    # this one (sharing its blocks) once its prompt is computed
 
     @property
     def block_table(self) -> list[int]:

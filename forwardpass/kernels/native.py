@@ -8,9 +8,7 @@ prefill dequantization), best first:
   256-bit `vpdpbusd` where the CPU has it;
 - ``neon``: AArch64 with the dot-product extension (`sdot`).
 
-`select_kernels(cpu)` picks the best variant this CPU runs, or the one asked for (``LLM(cpu=...)``, ``--cpu``,
-or ``FORWARDPASS_CPU=avx512|avx2|neon|torch`` as the default of both); ``torch`` runs the PyTorch layers only.
-Each variant is compiled on first use with the system C compiler (about a second per file) into
+`kernels/select.py` picks the variant to run (``select_kernels(cpu)``) and loads it. Each variant is compiled on first use with the system C compiler (about a second per file) into
 ``$FORWARDPASS_HOME/kernels`` (default ``~/.cache/forwardpass/kernels``), through a temporary file in that folder
 and under a file lock, so parallel processes build it once; a failed build logs a WARNING with the compiler's
 last lines and what is lost. On load the library reports its struct layout (`fp_abi_layout`), which must equal
@@ -33,11 +31,12 @@ from pathlib import Path
 
 import torch
 
+from ..config import CPU_VARIANTS
+
 logger = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
-VARIANTS = ("avx512", "avx2", "neon")
-CPU_CHOICES = ("auto", *VARIANTS, "torch")
+VARIANTS = CPU_VARIANTS
 
 COMMON_FLAGS = ["-std=gnu11", "-O3", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off", "-fvisibility=hidden"]
 WARNING_FLAGS = ["-Wall", "-Wextra", "-Werror"]
@@ -266,71 +265,6 @@ class NativeLibrary:
         out = torch.empty(x.shape[0], dtype=torch.int64)
         self.argmax_rows(x.data_ptr(), x.shape[0], x.shape[1], out.data_ptr(), torch.get_num_threads())
         return out
-
-
-def load_library(variant: str, avxvnni: bool | None = None) -> NativeLibrary | None:
-    """`variant`'s library, built if needed and self-tested; None (with a WARNING saying why) where it cannot be.
-    `avxvnni=False` builds avx2 without AVX-VNNI even where the CPU has it (to measure or test plain AVX2)."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown kernel variant {variant!r}; expected one of {', '.join(VARIANTS)}")
-    if not cpu_runs(variant):
-        return None
-    has_vnni = variant == "avx2" and "avx_vnni" in cpu_features()
-    return _load_library(variant, has_vnni if avxvnni is None else has_vnni and avxvnni)
-
-
-@functools.lru_cache(maxsize=None)  # one load per build: a process maps each library once
-def _load_library(variant: str, avxvnni: bool) -> NativeLibrary | None:
-    try:
-        lib = NativeLibrary(build(variant, avxvnni), variant)
-    except BuildError as e:
-        logger.warning("could not build the %s kernels, so the PyTorch layers run instead (several times slower "
-                       "on CPU): %s", variant, e)
-        return None
-    except (OSError, ABIError) as e:
-        logger.warning("could not load the %s kernels, so the PyTorch layers run instead: %s", variant, e)
-        return None
-    from .tiles import self_test  # noqa: PLC0415 (tiles builds on this module)
-    failed = self_test(lib)
-    if failed:
-        logger.warning("the %s kernels failed their self-test (%s), so the PyTorch layers run instead", variant,
-                       failed)
-        return None
-    return lib
-
-
-def resolve_cpu(cpu: str | None = None) -> str:
-    """The kernel choice asked for: `cpu`, else $FORWARDPASS_CPU, else "auto" (FORWARDPASS_NATIVE=0: "torch")."""
-    choice = cpu or os.environ.get("FORWARDPASS_CPU") or ("torch" if os.environ.get("FORWARDPASS_NATIVE") == "0"
-                                                          else "auto")
-    choice = choice.strip().lower()
-    if choice not in CPU_CHOICES:
-        raise ValueError(f"cpu must be one of {', '.join(CPU_CHOICES)}, got {choice!r}")
-    return choice
-
-
-def select_kernels(cpu: str | None = None) -> NativeLibrary | None:
-    """The native library to run: the best variant this CPU runs ("auto"), or the one asked for; None for
-    "torch" or where no variant builds. Asking for a variant this CPU cannot execute is a ValueError.
-    FORWARDPASS_AVXVNNI=0 keeps AVX-VNNI out of the avx2 build (plain AVX2, to compare with builds without it)."""
-    choice = resolve_cpu(cpu)
-    if choice == "torch":
-        return None
-    avxvnni = False if os.environ.get("FORWARDPASS_AVXVNNI") == "0" else None
-    if choice != "auto":
-        if not cpu_runs(choice):
-            have = ", ".join(runnable_variants()) or "none"
-            raise ValueError(f"cpu={choice!r}: this CPU ({platform.machine()}) cannot execute the {choice} kernels "
-                             f"(it runs: {have}, torch)")
-        return load_library(choice, avxvnni)
-    for variant in runnable_variants():
-        lib = load_library(variant, avxvnni)
-        if lib is not None:
-            return lib
-    if not runnable_variants():
-        logger.warning("no native kernels for this CPU (%s); the PyTorch layers run (several times slower)",
-                       platform.machine())
-    return None
 
 
 def describe(lib: NativeLibrary | None) -> str:

@@ -7,7 +7,7 @@ bytes a weight for Q4_0, 0.625 for Q4_1, ...), and once built, nothing reads the
 `TileLinear` is the CPU fast path's `Linear` for these types: `tile_matmul`, int8-quantized activations times the
 tiles, bandwidth-bound for a few tokens and compute-bound (16 tokens per pass over a tile) for many; `dense`, a
 bf16 GEMM on tiles dequantized exactly, for callers that want unquantized activations. The native forward step
-(`models/native_decoder.py`) reads the same tiles.
+(`kernels/native_decoder.py`) reads the same tiles.
 """
 from __future__ import annotations
 

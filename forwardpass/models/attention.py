@@ -16,8 +16,17 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..engine.kv_groups import KVGroup
 from ..kernels.native import NativeLibrary
+
+
+@dataclass(frozen=True)
+class KVGroup:
+    """Layers whose keys and values share one pool of blocks (and one block table per sequence); how many blocks
+    each group gets is planned by `engine/kv_groups.py`."""
+
+    window: int  # positions of a sequence the group keeps: 0 = all (global layers), w = the last w (sliding)
+    layers: tuple[int, ...]
+    num_blocks: int
 
 
 @dataclass

@@ -12,30 +12,12 @@ from typing import Any, ClassVar
 import torch
 
 from ..gguf.weights import QuantWeight, WeightStore
-from ..kernels import Linear, concat_rows, make_linear
+from ..kernels import Linear, MultiLinear, make_linear, make_multi_linear
 from ..kernels.native import NativeLibrary
-from ..kernels.tiles import TileLinear, tile_supports
+from ..kernels.native_decoder import LayerSpec, NativeDecoder
 from .attention import AttentionMetadata, KVCache, attention
 from .config import ModelConfig
 from .layers import Rotary, rms_norm, softcap
-
-
-class MultiLinear:
-    """Several projections of one input (q|k|v, gate|up): one fused matmul when the weights share a type."""
-
-    def __init__(self, linears: list[Linear], sizes: list[int]) -> None:
-        self.linears, self.sizes = linears, sizes
-
-    def __call__(self, x: torch.Tensor, prefill: bool | None = None) -> list[torch.Tensor]:
-        if len(self.linears) == 1:
-            return list(self.linears[0](x, prefill).split(self.sizes, dim=-1))
-        return [linear(x, prefill) for linear in self.linears]
-
-    def fused(self, x: torch.Tensor, prefill: bool | None = None) -> torch.Tensor:
-        """The projections side by side: (T, sum(sizes))."""
-        if len(self.linears) == 1:
-            return self.linears[0](x, prefill)
-        return torch.cat([linear(x, prefill) for linear in self.linears], dim=-1)
 
 
 @dataclass
@@ -73,8 +55,7 @@ class DecoderLM:
         self.lm_head = self.linear(output)
         store.check_all_claimed()
         self._store = None
-        from .native_decoder import NativeDecoder  # noqa: PLC0415 (imports this module's types)
-        self.native_decoder = NativeDecoder.build(self)
+        self.native_decoder = self._native_decoder()
 
     # ---- what an architecture provides ----
     @classmethod
@@ -88,9 +69,28 @@ class DecoderLM:
               cache: KVCache) -> torch.Tensor:
         raise NotImplementedError
 
-    def decoder_layer(self, i: int) -> Any:
-        """Layer i as a `native_decoder.LayerSpec`, for the native CPU decode step; None opts out."""
+    def decoder_layer(self, i: int) -> LayerSpec | None:
+        """Layer i as a `kernels.native_decoder.LayerSpec`, for the native CPU step; None opts out."""
         return None
+
+    def _native_decoder(self) -> NativeDecoder | None:
+        """The native step over this model's tiles where it can run (CPU fast mode with native kernels)."""
+        lib = self.options.cpu_native
+        if lib is None:
+            return None
+        self._rotaries = list({id(r): r for r in self.rotary}.values())  # distinct tables, in layer order
+        index = {id(r): i for i, r in enumerate(self._rotaries)}
+        specs = [self.decoder_layer(i) for i in range(self.config.n_layers)]
+        return NativeDecoder.build(self.config, specs, [index[id(r)] for r in self.rotary], self.rope_neox,
+                                   self.lm_head, self.output_norm, lib)
+
+    def _native_rope(self, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """(R, T, 2, rope_dims): cos and sin of each distinct rope table at each position, for the native step."""
+        tables = []
+        for r in self._rotaries:
+            cos, sin = meta.cached(("rope", id(r)), lambda r=r: r.factors(positions))
+            tables.append(torch.stack((cos[:, 0], sin[:, 0]), dim=1))  # (T, 2, dims)
+        return torch.stack(tables)
 
     # ---- helpers for architectures ----
     def linear(self, weight: QuantWeight, bias: torch.Tensor | None = None) -> Linear:
@@ -99,16 +99,9 @@ class DecoderLM:
                            native=self.options.cpu_native)
 
     def multi_linear(self, weights: list[QuantWeight], biases: list[torch.Tensor] | None = None) -> MultiLinear:
-        sizes = [w.shape[0] for w in weights]
-        if len({w.ggml_type for w in weights}) == 1:
-            bias = torch.cat(biases).to(self.options.device) if biases else None
-            native = self.options.cpu_native  # tiles are CPU-only: no trial copy to a GPU
-            if native is not None and all(tile_supports(w, native) for w in weights):
-                release = self._store.release if self._store is not None else None
-                return MultiLinear([TileLinear(weights, native, bias, release)], sizes)  # rows stacked: no copy
-            fused = concat_rows(weights, "+".join(w.name for w in weights))
-            return MultiLinear([self.linear(fused, bias)], sizes)
-        return MultiLinear([self.linear(w, b) for w, b in zip(weights, biases or [None] * len(weights))], sizes)
+        release = self._store.release if self._store is not None else None
+        return make_multi_linear(weights, biases, mode=self.options.mode, device=self.options.device,
+                                 release=release, native=self.options.cpu_native)
 
     def norm(self, store: WeightStore, name: str, size: int) -> torch.Tensor:
         return store.get_f32(name, (size,)).to(self.options.device)
@@ -141,7 +134,7 @@ class DecoderLM:
         """(T,) ids at (T,) positions -> (T, d_model) final hidden states (after the output norm)."""
         x = self.embed(input_ids)
         if self.native_decoder is not None and self.native_decoder.accepts(cache):
-            x = self.native_decoder.step(x, positions, meta, cache)
+            x = self.native_decoder.step(x, self._native_rope(positions, meta), meta, cache)
         else:
             for i in range(self.config.n_layers):
                 x = self.block(i, x, positions, meta, cache)
@@ -153,7 +146,7 @@ class DecoderLM:
         the head in the same call where it can."""
         native = self.native_decoder
         if native is not None and native.has_head and native.accepts(cache) and rows.numel():
-            logits = native.step(self.embed(input_ids), positions, meta, cache, rows)
+            logits = native.step(self.embed(input_ids), self._native_rope(positions, meta), meta, cache, rows)
             return softcap(logits, self.config.final_logit_softcap)
         hidden = self.forward(input_ids, positions, meta, cache)
         if rows.numel() != hidden.shape[0]:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import GGUFError
@@ -28,7 +28,6 @@ class ModelConfig:
     attn_scale: float = 0.0  # 0 -> 1/sqrt(head_dim)
     embed_scale: float = 1.0
     final_logit_softcap: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("n_layers", "d_model", "n_ff", "n_heads", "n_kv_heads", "head_dim", "vocab_size",
@@ -50,11 +49,6 @@ class ModelConfig:
     @property
     def scale(self) -> float:
         return self.attn_scale or 1.0 / math.sqrt(self.head_dim)
-
-    @property
-    def uses_sliding_window(self) -> bool:
-        return any(self.sliding_window)
-
 
 class MetadataView:
     """Typed access to `{arch}.*` metadata keys, with errors that name the missing or mistyped key."""
@@ -81,9 +75,6 @@ class MetadataView:
     def float(self, key: str, default: Any = None) -> float:
         default = _REQUIRED if default is None else default
         return float(self._get(key, default, (int, float)))
-
-    def has(self, key: str) -> bool:
-        return f"{self.arch}.{key}" in self.metadata
 
     def raw(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(f"{self.arch}.{key}", default)

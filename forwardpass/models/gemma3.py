@@ -17,12 +17,12 @@ import torch
 
 from ..errors import GGUFError
 from ..gguf.weights import QuantWeight, WeightStore
-from ..kernels import Linear
+from ..kernels import Linear, MultiLinear
+from ..kernels.native_decoder import LayerSpec
 from .attention import AttentionMetadata, KVCache
-from .base import DecoderLM, MultiLinear
+from .base import DecoderLM
 from .config import MetadataView, ModelConfig, vocab_size_of
 from .layers import gelu_tanh_mul, rms_norm
-from .native_decoder import LayerSpec
 
 SWA_PERIOD = 6  # llama.cpp's and transformers' default: every sixth layer is global
 LOCAL_ROPE_BASE = 10_000.0

@@ -12,12 +12,12 @@ from typing import Any, ClassVar
 import torch
 
 from ..gguf.weights import QuantWeight, WeightStore
-from ..kernels import Linear
+from ..kernels import Linear, MultiLinear
+from ..kernels.native_decoder import LayerSpec
 from .attention import AttentionMetadata, KVCache
-from .base import DecoderLM, MultiLinear
+from .base import DecoderLM
 from .config import MetadataView, ModelConfig, vocab_size_of
 from .layers import rms_norm, silu_mul
-from .native_decoder import LayerSpec
 
 
 @dataclass

@@ -5,31 +5,8 @@ import argparse
 import logging
 import os
 
-from ..kernels.native import CPU_CHOICES
+from ..config import EngineConfig, add_engine_args, positive_int
 from .config import DEFAULT_MAX_BODY, ServerConfig
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def _memory_size(text: str) -> int:
-    """'512M', '2G', '1.5GiB', '800MB' or plain bytes -> bytes (binary units)."""
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = t[-1:] if t[-1:] in _UNITS and t[-1:] else ""
-    try:
-        value = float(t[:len(t) - len(unit)]) * _UNITS[unit]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a size such as 512M or 2G, got {text!r}") from None
-    if not 1 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive size, got {text!r}")
-    return int(value)
 
 
 def _concurrency_list(text: str) -> list[int]:
@@ -50,31 +27,19 @@ def add_server_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     p.add_argument("--api-key", action="append", default=None,
                    help="require 'Authorization: Bearer KEY' (repeatable; also $FORWARDPASS_API_KEY)")
-    p.add_argument("--ctx", "-c", type=_positive_int, default=None, help="context size per sequence in tokens")
-    p.add_argument("--max-num-seqs", type=_positive_int, default=32, help="sequences decoded together (default 32)")
     p.add_argument("--max-queue", type=int, default=64,
                    help="sequences allowed to wait beyond the running ones; more get 503 (default 64)")
-    p.add_argument("--max-num-batched-tokens", type=_positive_int, default=512,
-                   help="tokens computed per engine step, so also the prefill chunk size (default 512)")
     p.add_argument("--queue-timeout", type=float, default=0.0,
                    help="seconds a request may wait for a free slot; then it gets 503 and leaves the queue "
                         "(default 0: no limit)")
-    p.add_argument("--threads", "-t", type=_positive_int, default=None, help="CPU threads (default: physical cores)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--cpu", default=None, choices=CPU_CHOICES, metavar="KERNELS",
-                   help="CPU kernels: auto (the best this CPU runs), avx512, avx2, neon or torch (default $FORWARDPASS_CPU, else auto)")
-    kv = p.add_mutually_exclusive_group()
-    kv.add_argument("--kv-tokens", type=_positive_int, default=None,
-                    help="KV cache budget in tokens of whole contexts (default max(ctx, 16384))")
-    kv.add_argument("--kv-memory", type=_memory_size, default=None,
-                    help="KV cache budget in bytes, e.g. 512M or 2G: the cache never takes more")
+    add_engine_args(p)
     p.add_argument("--cors-origin", action="append", default=None,
                    help="allow browser calls from this origin (repeatable; default: none)")
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds in-flight requests may take to finish after SIGTERM (default 30)")
     p.add_argument("--stall-timeout", type=float, default=30.0,
                    help="/health turns 503 when the engine has work but no step finished for this long (default 30)")
-    p.add_argument("--max-body-bytes", type=_positive_int, default=DEFAULT_MAX_BODY,
+    p.add_argument("--max-body-bytes", type=positive_int, default=DEFAULT_MAX_BODY,
                    help="largest request body (default 2 MiB)")
     p.add_argument("--root-path", default="", help="ASGI root_path when served behind a path-prefixing proxy")
     p.add_argument("--served-model-name", default=None, help="the model name clients use (default: from the file)")
@@ -83,10 +48,10 @@ def add_server_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench-serve", help="load-test an OpenAI-compatible server (TTFT, ITL, tok/s)")
     p.add_argument("--url", default="http://127.0.0.1:8080", help="server base URL")
     p.add_argument("--concurrency", type=_concurrency_list, default=[1, 8, 32], help="e.g. 1,8,32")
-    p.add_argument("--requests", type=_positive_int, default=None,
+    p.add_argument("--requests", type=positive_int, default=None,
                    help="requests per concurrency level (default: 4 x concurrency, at least 8)")
-    p.add_argument("--max-tokens", type=_positive_int, default=64, help="output tokens per request (default 64)")
-    p.add_argument("--prompt-tokens", type=_positive_int, default=128, help="prompt length (default 128)")
+    p.add_argument("--max-tokens", type=positive_int, default=64, help="output tokens per request (default 64)")
+    p.add_argument("--prompt-tokens", type=positive_int, default=128, help="prompt length (default 128)")
     p.add_argument("--api-key", default=None, help="API key (default $FORWARDPASS_API_KEY)")
     p.add_argument("--endpoint", choices=["completions", "chat"], default="completions")
     p.add_argument("--temperature", type=float, default=0.7)
@@ -106,12 +71,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if os.environ.get("FORWARDPASS_API_KEY"):
         keys.append(os.environ["FORWARDPASS_API_KEY"])
     config = ServerConfig(
-        model=args.model, host=args.host, port=args.port, api_keys=tuple(keys), ctx=args.ctx,
-        max_num_seqs=args.max_num_seqs, max_queue=args.max_queue, threads=args.threads, device=args.device,
-        cpu=args.cpu, cors_origins=tuple(args.cors_origin or ()), shutdown_timeout=args.shutdown_timeout,
+        engine=EngineConfig.from_args(args), host=args.host, port=args.port, api_keys=tuple(keys),
+        max_queue=args.max_queue, cors_origins=tuple(args.cors_origin or ()), shutdown_timeout=args.shutdown_timeout,
         stall_timeout=args.stall_timeout, max_body_bytes=args.max_body_bytes, root_path=args.root_path,
-        served_model_name=args.served_model_name, kv_tokens=args.kv_tokens, kv_memory=args.kv_memory,
-        max_num_batched_tokens=args.max_num_batched_tokens, queue_timeout=args.queue_timeout)
+        served_model_name=args.served_model_name, queue_timeout=args.queue_timeout)
     return run_server(config)
 
 

@@ -190,7 +190,7 @@ async def embeddings(request: Request) -> Response:
     req = parse_embedding_request(await read_json(request), state.limits, llm.config.d_model)
     check_model(req.model, state)
     rid = R.new_id("embd")
-    window = min(len(req.inputs), state.config.max_num_seqs)
+    window = min(len(req.inputs), state.config.engine.max_num_seqs)
     state.admit(window)
     release = release_once(lambda: state.release(window))
     group: EmbedGroup | None = None

@@ -7,14 +7,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from .state import ServerState
+
+class ServerView(Protocol):
+    """What the gauges read of the server's state (`state.ServerState`)."""
+
+    engine: Any  # the AsyncEngine once loaded, else None
+    active_requests: int
+    engine_steps: int
+
+    @property
+    def ready(self) -> bool: ...
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0,
@@ -25,7 +33,7 @@ _E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 120
 class EngineCollector(Collector):
     """Gauges read from the engine's latest stats (all zero until the model is loaded)."""
 
-    def __init__(self, state: "ServerState") -> None:
+    def __init__(self, state: ServerView) -> None:
         self.state = state
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
@@ -55,7 +63,7 @@ class EngineCollector(Collector):
 class ServerMetrics:
     """One registry per app, so tests can build several apps in one process."""
 
-    def __init__(self, state: "ServerState") -> None:
+    def __init__(self, state: ServerView) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.ttft = Histogram("forwardpass_time_to_first_token_seconds", "Time to first token",

@@ -47,7 +47,7 @@ class ServerState:
         self._ready = threading.Event()
         self.fault = faults.from_env()
         self.groups: set[RequestGroup] = set()  # live requests, so a forced shutdown can abort them
-        self.slots = SlotTable(config.max_num_seqs)
+        self.slots = SlotTable(config.engine.max_num_seqs)
         self.engine_steps = 0  # engine steps run (counted in the engine thread, read by /metrics)
 
     # ---- loading (background thread) ----
@@ -59,23 +59,20 @@ class ServerState:
 
         try:
             faults.delay_load(self.fault)
-            c = self.config
-            llm = LLM(c.model, threads=c.threads, device=c.device, ctx=c.ctx, max_num_seqs=c.max_num_seqs,
-                      kv_tokens=c.kv_tokens, kv_memory=c.kv_memory,
-                      max_num_batched_tokens=c.max_num_batched_tokens, cpu=c.cpu)
+            llm = LLM(config=self.config.engine)
             print(llm.system_info(), file=sys.stderr, flush=True)
             engine = llm.start_async()
             engine.step_hook = self._step_hook(faults.step_hook(self.fault) if self.fault is not None else None)
         except Exception as e:  # noqa: BLE001 - any load failure ends the server with one clear line
             self.load_error = e
-            logger.error("cannot load model %r: %s", self.config.model, e)
+            logger.error("cannot load model %r: %s", self.config.engine.model, e)
             loop.call_soon_threadsafe(self.request_exit, 1)
             return
         self.llm, self.engine = llm, engine
         self.limits = Limits(vocab_size=llm.vocab_size, n_ctx=llm.ctx)
         self._ready.set()
         logger.info("model %r ready (context %d tokens, %d max sequences)", self.model_name, llm.ctx,
-                    self.config.max_num_seqs)
+                    self.config.engine.max_num_seqs)
 
     def _step_hook(self, fault_hook: Callable[[], None] | None) -> Callable[[], None]:
         """Runs in the engine thread before every step: counts steps, then the test fault (if any)."""
@@ -115,7 +112,7 @@ class ServerState:
     # ---- admission ----
     def admit(self, n_seqs: int) -> None:
         """Reserve room for ``n_seqs`` sequences or raise 503 (queue full) at once."""
-        capacity = self.config.max_num_seqs + self.config.max_queue
+        capacity = self.config.engine.max_num_seqs + self.config.max_queue
         if n_seqs > capacity:
             raise APIError(400, f"this request needs {n_seqs} sequences but the server holds at most {capacity}",
                            param="n")

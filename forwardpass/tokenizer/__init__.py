@@ -4,6 +4,8 @@ from .base import Tokenizer
 from .bpe import BPETokenizer
 from .chat_template import ChatTemplate
 from .detokenizer import StreamingDetokenizer
+from .load import TOKENIZERS, tokenizer_from_metadata
 from .spm import SPMTokenizer
 
-__all__ = ["BPETokenizer", "ChatTemplate", "SPMTokenizer", "StreamingDetokenizer", "Tokenizer"]
+__all__ = ["BPETokenizer", "ChatTemplate", "SPMTokenizer", "StreamingDetokenizer", "TOKENIZERS", "Tokenizer",
+           "tokenizer_from_metadata"]

@@ -6,10 +6,10 @@ feeds a model the exact ids llama.cpp would, for the same GGUF file.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 from ..errors import TokenizerError
-from .vocab import KEY, TokenAttr, Vocab, text_bytes
+from .vocab import TokenAttr, Vocab, text_bytes
 
 _C_SPACE = " \t\n\v\f\r"  # C isspace() in the "C" locale, used by llama.cpp's lstrip/rstrip
 _RAW_TEXT = int(TokenAttr.CONTROL | TokenAttr.UNKNOWN | TokenAttr.USER_DEFINED)  # rendered as their text
@@ -19,9 +19,7 @@ Fragment = str | int  # raw text still to tokenize, or a special token id
 
 
 class Tokenizer:
-    """Text <-> token ids for one GGUF vocabulary. Build it with :meth:`from_gguf_metadata`."""
-
-    registry: ClassVar[dict[str, type[Tokenizer]]] = {}
+    """Text <-> token ids for one GGUF vocabulary. Build it with `tokenizer.load.tokenizer_from_metadata`."""
 
     def __init__(self, vocab: Vocab) -> None:
         self.vocab = vocab
@@ -30,21 +28,6 @@ class Tokenizer:
         self._pieces: list[bytes | None] = [None] * vocab.n_tokens
 
     # ------------------------------------------------------------------ construction
-    @classmethod
-    def from_gguf_metadata(cls, metadata: Mapping[str, Any]) -> Tokenizer:
-        """The tokenizer for GGUF metadata, chosen by ``tokenizer.ggml.model`` (gpt2: BPE, llama: SPM).
-
-        Raises TokenizerError for an unsupported model or inconsistent metadata.
-        """
-        from . import bpe, spm  # noqa: F401  (they register themselves)
-
-        model = metadata.get(KEY + "model")
-        impl = cls.registry.get(str(model))
-        if impl is None:
-            supported = ", ".join(sorted(cls.registry))
-            raise TokenizerError(f"unsupported tokenizer model {model!r} ({KEY}model); supported: {supported}")
-        return impl.from_metadata(metadata)
-
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> Tokenizer:
         raise NotImplementedError
@@ -83,9 +66,6 @@ class Tokenizer:
     def is_special(self, token_id: int) -> bool:
         """True for control and unknown tokens: the ones decode(skip_special=True) drops."""
         return bool(self.vocab.attr(token_id) & _HIDDEN_UNLESS_SPECIAL)
-
-    def is_eog(self, token_id: int) -> bool:
-        return token_id in self.vocab.eog_ids
 
     # ------------------------------------------------------------------ encoding
     def encode(self, text: str, add_bos: bool = False, special: bool = False) -> list[int]:

@@ -117,6 +117,3 @@ def _decode_text(text: str) -> bytes:
             utf8 = ch.encode("utf-8", "surrogatepass")
             out += b"[UNK_BYTE_0x" + utf8.hex().encode() + text.encode("utf-8", "surrogatepass") + b"]"
     return bytes(out)
-
-
-Tokenizer.registry["gpt2"] = BPETokenizer

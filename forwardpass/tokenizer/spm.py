@@ -101,6 +101,3 @@ class SPMTokenizer(Tokenizer):
 
     def _normal_piece(self, text: str) -> bytes:
         return text_bytes(text.replace(SPACE, " "))
-
-
-Tokenizer.registry["llama"] = SPMTokenizer

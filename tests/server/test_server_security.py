@@ -176,7 +176,7 @@ def test_hostile_chat_templates(make_server, tmp_path):
     t.start()
     assert s.post("/v1/chat/completions", json=chat_body("fine", max_tokens=2)).status_code == 200
     t.join()
-    assert time.perf_counter() - t0 < 3
+    assert time.perf_counter() - t0 < 60  # a deadline against a render that never ends, not a speed bound
     assert_error(results["dos"], 500, "server_error")
     assert not (tmp_path / "pwned_marker").exists()
     assert s.get("/health").status_code == 200

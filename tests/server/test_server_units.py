@@ -115,14 +115,14 @@ def test_context_shift_and_truncation_fields_parse():
 
 
 @pytest.mark.parametrize("kw", [{"queue_timeout": -1}, {"queue_timeout": float("nan")}, {"queue_timeout": True},
-                                {"max_num_batched_tokens": 0}, {"max_num_batched_tokens": 1.5}])
+                                {"port": 70000}, {"engine": {"max_num_seqs": 8}}])
 def test_bad_server_config(kw):
     with pytest.raises(ValueError):
         ServerConfig(**kw)
 
 
 def test_kv_memory_sizes_parse():
-    from forwardpass.server.cli import _memory_size
+    from forwardpass.config import memory_size as _memory_size
 
     assert _memory_size("512M") == 512 << 20 and _memory_size("2G") == 2 << 30
     assert _memory_size("1.5GiB") == 3 << 29 and _memory_size("800MB") == 800 << 20 and _memory_size("4096") == 4096

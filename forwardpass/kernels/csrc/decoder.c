@@ -12,7 +12,7 @@
      f = tiles(a);  x += post_ffn_norm ? rmsnorm(f) * post_ffn_norm : f
 
    which covers llama, qwen2 (biases), qwen3 (q/k norms) and gemma3 (sandwich norms, GELU, sliding windows). The
-   architecture files describe their layers with `models/native_decoder.py`'s spec; the PyTorch code in each
+   architecture files describe their layers with `kernels/native_decoder.py`'s spec; the PyTorch code in each
    architecture file stays the definition (prompt tokens and CUDA run it) and the tests hold the two together.
    Each token is computed alone (its own norm, quantization, dot products and attention), so its result never
    depends on the other tokens of the step. */

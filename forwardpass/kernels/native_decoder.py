@@ -3,35 +3,50 @@
 An architecture opts in by describing each layer as a `LayerSpec` (`DecoderLM.decoder_layer`): which norms,
 projections and activation it has. The PyTorch `block` of the architecture file stays the definition: prompt
 tokens and every other device run it, and tests check that this step gives the same logits within the int8
-activation rounding.
+activation rounding. This module knows the model only through what it is handed (its shape, the layer specs,
+the head): it imports nothing from `models/`.
 """
 from __future__ import annotations
 
 import ctypes
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 
-from ..kernels.native import DLayer, DModel, NativeLibrary
-from ..kernels.tiles import TileLinear, TileMatrix
-from .attention import AttentionMetadata, KVCache
-
-if TYPE_CHECKING:
-    from .base import DecoderLM, MultiLinear
+from .fused import MultiLinear
+from .linear import Linear
+from .native import DLayer, DModel, NativeLibrary
+from .tiles import TileLinear, TileMatrix
 
 ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}
+
+
+class DecoderShape(Protocol):
+    """The hyperparameters the step needs (a `models.config.ModelConfig`)."""
+
+    n_layers: int
+    d_model: int
+    n_ff: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    rope_dims: int
+    rms_eps: float
+    scale: float
+    vocab_size: int
+    sliding_window: list[int]
 
 
 @dataclass
 class LayerSpec:
     attn_norm: torch.Tensor
-    qkv: "MultiLinear"  # -> q, k, v
-    o: object  # Linear
+    qkv: MultiLinear  # -> q, k, v
+    o: Linear
     ffn_norm: torch.Tensor
-    gate_up: "MultiLinear"  # -> gate, up
-    down: object  # Linear
+    gate_up: MultiLinear  # -> gate, up
+    down: Linear
     act: str = "silu"
     q_norm: torch.Tensor | None = None
     k_norm: torch.Tensor | None = None
@@ -52,12 +67,14 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 
 
 class NativeDecoder:
-    def __init__(self, model: "DecoderLM", specs: list[LayerSpec], lib: NativeLibrary) -> None:
-        c = model.config
+    """The step of every layer for a batch of tokens in one call. `rope_index[i]`: which of the step's rope
+    tables layer i uses; `lm_head` and `output_norm`: the head, computed in the same call where it is tiled."""
+
+    def __init__(self, shape: DecoderShape, specs: list[LayerSpec], rope_index: list[int], rope_neox: bool,
+                 lm_head: Linear, output_norm: torch.Tensor, lib: NativeLibrary) -> None:
+        c = shape
         self.lib = lib
         self.config = c
-        self.rotaries = list({id(r): r for r in model.rotary}.values())
-        rope_index = {id(r): i for i, r in enumerate(self.rotaries)}
         self._keep: list[object] = []  # tensors the C structs point into
         self.layers = (DLayer * c.n_layers)()
         act = {ACTIVATIONS[s.act] for s in specs}
@@ -88,64 +105,62 @@ class NativeDecoder:
             layer.n_gu = len(gu)
             layer.o, layer.down = ctypes.pointer(o.struct), ctypes.pointer(down.struct)
             layer.window = c.sliding_window[i]
-            layer.rope = rope_index[id(model.rotary[i])]
+            layer.rope = rope_index[i]
         self.model = DModel(c.n_layers, c.d_model, c.n_ff, c.n_heads, c.n_kv_heads, c.head_dim, c.rope_dims,
-                            int(model.rope_neox), act.pop(), c.rms_eps, c.scale, self.layers)
-        head = _tiles(model.lm_head)
+                            int(rope_neox), act.pop(), c.rms_eps, c.scale, self.layers)
+        head = _tiles(lm_head)
         self.has_head = head is not None and len(head[0]) == 1 and head[1][0] is None
         if self.has_head:  # the final norm and the head in the same call
-            out_norm = model.output_norm.float().contiguous()
+            out_norm = output_norm.float().contiguous()
             self._keep += [out_norm, head[0][0]]
             self.model.out_norm = out_norm.data_ptr()
             self.model.head = ctypes.pointer(head[0][0].struct)
-        self.vocab = model.config.vocab_size
+        self.vocab = c.vocab_size
         self._workspace = torch.empty(0, dtype=torch.uint8)  # grown as needed, reused by every step
         self.threads = AdaptiveThreads()
-        self._bound: KVCache | None = None
+        self._bound: Any = None
 
     @classmethod
-    def build(cls, model: "DecoderLM") -> "NativeDecoder | None":
-        """A native step for `model`, or None where it cannot run (not CPU fast mode, no kernels, a layer the
-        architecture does not describe, a weight that is not tiled, a shape the kernel does not handle)."""
-        c = model.config
-        lib = model.options.cpu_native
+    def build(cls, shape: DecoderShape, specs: list[LayerSpec | None], rope_index: list[int], rope_neox: bool,
+              lm_head: Linear, output_norm: torch.Tensor, lib: NativeLibrary | None) -> NativeDecoder | None:
+        """A native step, or None where it cannot run (no kernels, a layer the architecture does not describe, a
+        weight that is not tiled, a shape the kernel does not handle)."""
+        c = shape
         if lib is None:
             return None
         if c.d_model % 32 or c.n_ff % 32 or (c.n_heads * c.head_dim) % 32 or c.head_dim % 16:
             return None
-        specs = [model.decoder_layer(i) for i in range(c.n_layers)]
         if any(s is None for s in specs):
             return None
         for s in specs:
             if any(_tiles(lin) is None for lin in (s.qkv, s.o, s.gate_up, s.down)):
                 return None
         try:
-            return cls(model, specs, lib)
+            return cls(shape, specs, rope_index, rope_neox, lm_head, output_norm, lib)
         except ValueError:
             return None
 
-    def accepts(self, cache: KVCache) -> bool:
+    def accepts(self, cache: Any) -> bool:
+        """Whether this step can run on `cache` (a `models.attention.KVCache`): bf16 pools on the CPU."""
         return cache.dtype == torch.bfloat16 and cache.k[0].device.type == "cpu"
 
-    def _bind(self, cache: KVCache) -> None:
+    def _bind(self, cache: Any) -> None:
         for i in range(self.config.n_layers):
             self.layers[i].kc, self.layers[i].vc = cache.k[i].data_ptr(), cache.v[i].data_ptr()
             self.layers[i].group = cache.layer_group[i]
         self._bound = cache
 
-    def step(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, cache: KVCache,
+    def step(self, x: torch.Tensor, rope: torch.Tensor, meta: Any, cache: Any,
              logit_rows: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (T, d_model) float32 embeddings of the batch's T tokens (prompt chunks and generated tokens alike)
-        -> final hidden states before the output norm (in place), or with `logit_rows` (and `has_head`) the
-        logits of those rows: (len(logit_rows), vocab) float32, before any soft-capping."""
+        """x: (T, d_model) float32 embeddings of the batch's T tokens (prompt chunks and generated tokens alike),
+        rope: (R, T, 2, rope_dims) cos and sin of each rope table at each token's position, `meta` and `cache`
+        the batch's `models.attention.AttentionMetadata` and `KVCache` -> final hidden states before the output
+        norm (in place), or with `logit_rows` (and `has_head`) the logits of those rows: (len(logit_rows), vocab)
+        float32, before any soft-capping."""
         if cache is not self._bound:
             self._bind(cache)
         x = x.float().contiguous()
-        tables = []
-        for r in self.rotaries:
-            cos, sin = meta.cached(("rope", id(r)), lambda r=r: r.factors(positions))
-            tables.append(torch.stack((cos[:, 0], sin[:, 0]), dim=1))  # (B, 2, dims)
-        rope = torch.stack(tables).contiguous()
+        rope = rope.contiguous()
         ctx, seq = meta.ctx_slots.contiguous(), meta.row_seq.contiguous()  # ctx: (G, S, L)
         lens, slots = meta.row_lens.contiguous(), meta.slot_mapping.contiguous()  # slots: (G, B)
         threads = self.threads.pick(x.shape[0])
