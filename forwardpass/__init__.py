@@ -2,6 +2,7 @@
 
 The public surface: `LLM`, `SamplingParams`, the output types and the errors.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -39,7 +40,18 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "LLM", "SamplingParams", "StructuredOutputsParams", "RequestOutput", "CompletionOutput", "GenerationStats",
-    "ChatTemplateError", "ContextLengthError", "ForwardpassError", "GGUFError", "ModelNotFoundError",
-    "StructuredOutputError", "TokenizerError", "UnsupportedModelError",
+    "LLM",
+    "SamplingParams",
+    "StructuredOutputsParams",
+    "RequestOutput",
+    "CompletionOutput",
+    "GenerationStats",
+    "ChatTemplateError",
+    "ContextLengthError",
+    "ForwardpassError",
+    "GGUFError",
+    "ModelNotFoundError",
+    "StructuredOutputError",
+    "TokenizerError",
+    "UnsupportedModelError",
 ]

@@ -5,6 +5,7 @@ tg: tokens/s decoding `gen_tokens` tokens one step at a time after a 1-token pro
     summed over `batch` sequences decoding together.
 Each figure is the median of `repeat` runs after a warm-up run, like llama-bench.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,15 +46,18 @@ def _time_decode(llm: LLM, prompt: list[int], gen_tokens: int, batch: int) -> fl
         llm.runner.run([SeqChunk([prompt[b % len(prompt)]], 0, t, Logits.LAST) for b, t in enumerate(tables)])
         t0 = time.perf_counter()
         for i in range(gen_tokens):
-            chunks = [SeqChunk([prompt[(1 + i + b) % len(prompt)]], 1 + i, t, Logits.LAST, prompt_len=1)
-                      for b, t in enumerate(tables)]  # generated tokens: the decode kernels
+            chunks = [
+                SeqChunk([prompt[(1 + i + b) % len(prompt)]], 1 + i, t, Logits.LAST, prompt_len=1)
+                for b, t in enumerate(tables)
+            ]  # generated tokens: the decode kernels
             next_ids = argmax(llm.runner.run(chunks))
         next_ids.tolist()
         return time.perf_counter() - t0
 
 
-def run_bench(config: EngineConfig, *, prompt_tokens: int = 512, gen_tokens: int = 128, repeat: int = 3,
-              batch: int = 1) -> dict:
+def run_bench(
+    config: EngineConfig, *, prompt_tokens: int = 512, gen_tokens: int = 128, repeat: int = 3, batch: int = 1
+) -> dict:
     """The figures for `config`'s model; without a KV budget in `config`, the cache holds what the runs need."""
     t0 = time.perf_counter()
     if config.kv_tokens is None and config.kv_memory is None:
@@ -91,8 +95,16 @@ def run_bench(config: EngineConfig, *, prompt_tokens: int = 512, gen_tokens: int
 
 
 def format_table(r: dict) -> str:
-    rows = [("model", r["model"]), ("threads", r["threads"]), ("batch", r["batch"]),
-            (f"pp{r['prompt_tokens']} tok/s", r["pp_tok_s"]), (f"tg{r['gen_tokens']} tok/s", r["tg_tok_s"]),
-            ("ttft ms", r["ttft_ms"]), ("load s", r["load_s"]), ("peak rss MB", r["rss_mb"]),
-            ("file MB", r["file_mb"]), ("decode GB/s (weights)", r["decode_gb_s"])]
+    rows = [
+        ("model", r["model"]),
+        ("threads", r["threads"]),
+        ("batch", r["batch"]),
+        (f"pp{r['prompt_tokens']} tok/s", r["pp_tok_s"]),
+        (f"tg{r['gen_tokens']} tok/s", r["tg_tok_s"]),
+        ("ttft ms", r["ttft_ms"]),
+        ("load s", r["load_s"]),
+        ("peak rss MB", r["rss_mb"]),
+        ("file MB", r["file_mb"]),
+        ("decode GB/s (weights)", r["decode_gb_s"]),
+    ]
     return "\n".join(f"{k:<24}{v}" for k, v in rows)

@@ -1,4 +1,5 @@
 """The `forwardpass` command: run, chat, pull, list, inspect."""
+
 from __future__ import annotations
 
 import argparse
@@ -25,24 +26,43 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--presence-penalty", type=float, default=0.0)
     g.add_argument("--frequency-penalty", type=float, default=0.0)
     g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--max-tokens", "-n", type=int, default=None,
-                   help="most tokens to generate (default: until end of generation or the context is full)")
+    g.add_argument(
+        "--max-tokens",
+        "-n",
+        type=int,
+        default=None,
+        help="most tokens to generate (default: until end of generation or the context is full)",
+    )
     g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     g.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-generation tokens")
     g.add_argument("--min-tokens", type=int, default=0, help="generate at least this many tokens")
-    g.add_argument("--logit-bias", action="append", default=None, metavar="TOKEN=BIAS",
-                   help="add BIAS (-100..100) to a token id's logit (repeatable)")
+    g.add_argument(
+        "--logit-bias",
+        action="append",
+        default=None,
+        metavar="TOKEN=BIAS",
+        help="add BIAS (-100..100) to a token id's logit (repeatable)",
+    )
 
 
 def _sampling_params(args: argparse.Namespace):
     from .sampling import SamplingParams
 
     return SamplingParams(
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-        repetition_penalty=args.repeat_penalty, presence_penalty=args.presence_penalty,
-        frequency_penalty=args.frequency_penalty, seed=args.seed, max_tokens=args.max_tokens,
-        stop=args.stop, ignore_eos=args.ignore_eos, min_tokens=args.min_tokens,
-        logit_bias=_parse_logit_bias(args.logit_bias))
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repeat_penalty,
+        presence_penalty=args.presence_penalty,
+        frequency_penalty=args.frequency_penalty,
+        seed=args.seed,
+        max_tokens=args.max_tokens,
+        stop=args.stop,
+        ignore_eos=args.ignore_eos,
+        min_tokens=args.min_tokens,
+        logit_bias=_parse_logit_bias(args.logit_bias),
+    )
 
 
 def _parse_logit_bias(items: list[str] | None) -> dict[int, float] | None:
@@ -82,7 +102,8 @@ def _print_stats(stats) -> None:
     sys.stderr.write(
         f"\nprompt: {stats.prompt_tokens} tokens{cached}, {stats.prompt_tok_s:.1f} tok/s | "
         f"first token: {stats.ttft_s * 1000:.0f} ms | "
-        f"generated: {stats.generated_tokens} tokens, {stats.decode_tok_s:.1f} tok/s\n")
+        f"generated: {stats.generated_tokens} tokens, {stats.decode_tok_s:.1f} tok/s\n"
+    )
     sys.stderr.flush()
 
 
@@ -113,7 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         params = dataclasses.replace(params, structured_outputs=constraint)
     if llm.chat_template is not None and not args.raw:
-        messages = ([{"role": "system", "content": args.system}] if args.system else [])
+        messages = [{"role": "system", "content": args.system}] if args.system else []
         prompt = llm.chat_prompt(messages + [{"role": "user", "content": prompt}])
     _stream_answer(llm, prompt, params)
     return 0
@@ -138,8 +159,9 @@ def _constraint(args: argparse.Namespace):
 def cmd_chat(args: argparse.Namespace) -> int:
     llm = _load(args, args.model)
     if llm.chat_template is None:
-        raise ForwardpassError(f"{os.path.basename(llm.path)} has no chat template: use `forwardpass run` "
-                               "for plain completion")
+        raise ForwardpassError(
+            f"{os.path.basename(llm.path)} has no chat template: use `forwardpass run` for plain completion"
+        )
     params = _sampling_params(args)
     system = [{"role": "system", "content": args.system}] if args.system else []
     history: list[dict] = []
@@ -193,8 +215,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from .bench import format_table, run_bench
 
-    result = run_bench(EngineConfig.from_args(args), prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
-                       repeat=args.repeat, batch=args.batch)
+    result = run_bench(
+        EngineConfig.from_args(args),
+        prompt_tokens=args.prompt_tokens,
+        gen_tokens=args.gen_tokens,
+        repeat=args.repeat,
+        batch=args.batch,
+    )
     print(json.dumps(result) if args.json else format_table(result))
     return 0
 
@@ -205,11 +232,14 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     with open(args.file, encoding="utf-8") as f:
         text = f.read()
     llm = _load(args, args.model)
-    result = perplexity(llm, text, args.ctx or 512,
-                        on_chunk=lambda i, ppl: sys.stderr.write(f"[{i}]{ppl:.4f},") or sys.stderr.flush())
+    result = perplexity(
+        llm, text, args.ctx or 512, on_chunk=lambda i, ppl: sys.stderr.write(f"[{i}]{ppl:.4f},") or sys.stderr.flush()
+    )
     sys.stderr.write("\n")
-    print(f"Final estimate: PPL = {result.ppl:.4f} +/- {result.stderr:.5f} "
-          f"({result.chunks} chunks, {result.tokens_scored} tokens scored)")
+    print(
+        f"Final estimate: PPL = {result.ppl:.4f} +/- {result.stderr:.5f} "
+        f"({result.chunks} chunks, {result.tokens_scored} tokens scored)"
+    )
     return 0
 
 
@@ -223,8 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt", nargs="?", help="the prompt; '-' or none reads stdin")
     p.add_argument("--raw", action="store_true", help="plain completion, without the chat template")
     p.add_argument("--json-schema", metavar="FILE", default=None, help="constrain the answer to this JSON schema")
-    p.add_argument("--grammar", metavar="FILE", default=None,
-                   help="constrain the answer to this grammar (llguidance Lark, or llama.cpp GBNF)")
+    p.add_argument(
+        "--grammar",
+        metavar="FILE",
+        default=None,
+        help="constrain the answer to this grammar (llguidance Lark, or llama.cpp GBNF)",
+    )
     p.add_argument("--regex", default=None, help="constrain the answer to this regular expression")
     p.add_argument("--system", default=None, help="system message (chat models)")
     add_engine_args(p)
@@ -270,8 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return args.func(args)
     except (ForwardpassError, ValueError) as e:

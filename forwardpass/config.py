@@ -5,6 +5,7 @@ take this one object. Each field carries its command-line flags and help text, s
 same flags for `run`, `chat`, `perplexity`, `bench` and `serve`, and `EngineConfig.from_args` reads them back.
 No torch here: the CLI's `--help` stays fast.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,28 +60,49 @@ class EngineConfig:
     at load, where the model is known."""
 
     model: str | None = _option(None, "path to a .gguf file or a short name (default: the default model)")
-    reference: bool = _option(False, "exact float32 math on dequantized weights (slow)", "--reference",
-                              action="store_true")
-    threads: int | None = _option(None, "CPU threads (default: physical cores)", "--threads", "-t",
-                                  type=positive_int)
+    reference: bool = _option(
+        False, "exact float32 math on dequantized weights (slow)", "--reference", action="store_true"
+    )
+    threads: int | None = _option(None, "CPU threads (default: physical cores)", "--threads", "-t", type=positive_int)
     device: str = _option("cpu", "cpu or cuda (default cpu)", "--device")
     cpu: str | None = _option(
-        None, "CPU kernels: auto (the best this CPU runs), avx512, avx2, neon or torch "
-              "(default $FORWARDPASS_CPU, else auto)", "--cpu", choices=CPU_CHOICES, metavar="KERNELS")
-    ctx: int | None = _option(None, f"most tokens one sequence holds (default: the model's, <= {DEFAULT_MAX_CTX})",
-                              "--ctx", "-c", type=positive_int)
+        None,
+        "CPU kernels: auto (the best this CPU runs), avx512, avx2, neon or torch (default $FORWARDPASS_CPU, else auto)",
+        "--cpu",
+        choices=CPU_CHOICES,
+        metavar="KERNELS",
+    )
+    ctx: int | None = _option(
+        None,
+        f"most tokens one sequence holds (default: the model's, <= {DEFAULT_MAX_CTX})",
+        "--ctx",
+        "-c",
+        type=positive_int,
+    )
     kv_tokens: int | None = _option(
-        None, f"KV cache budget in tokens of whole contexts (default max(ctx, {DEFAULT_KV_TOKENS}))",
-        "--kv-tokens", type=positive_int)
-    kv_memory: int | None = _option(None, "KV cache budget in bytes, e.g. 512M or 2G: the cache never takes more",
-                                    "--kv-memory", type=memory_size)
-    max_num_seqs: int = _option(64, "sequences one engine step may hold (default 64)", "--max-num-seqs",
-                                type=positive_int)
+        None,
+        f"KV cache budget in tokens of whole contexts (default max(ctx, {DEFAULT_KV_TOKENS}))",
+        "--kv-tokens",
+        type=positive_int,
+    )
+    kv_memory: int | None = _option(
+        None, "KV cache budget in bytes, e.g. 512M or 2G: the cache never takes more", "--kv-memory", type=memory_size
+    )
+    max_num_seqs: int = _option(
+        64, "sequences one engine step may hold (default 64)", "--max-num-seqs", type=positive_int
+    )
     max_num_batched_tokens: int = _option(
-        512, "tokens one engine step computes, so also the prefill chunk size (default 512)",
-        "--max-num-batched-tokens", type=positive_int)
-    enable_prefix_caching: bool = _option(True, "reuse the KV blocks of prompt prefixes seen before (default on)",
-                                          "--no-prefix-caching", action="store_false")
+        512,
+        "tokens one engine step computes, so also the prefill chunk size (default 512)",
+        "--max-num-batched-tokens",
+        type=positive_int,
+    )
+    enable_prefix_caching: bool = _option(
+        True,
+        "reuse the KV blocks of prompt prefixes seen before (default on)",
+        "--no-prefix-caching",
+        action="store_false",
+    )
 
     def __post_init__(self) -> None:
         if self.model is not None and (not isinstance(self.model, str) or not self.model):
@@ -102,8 +124,7 @@ class EngineConfig:
                 raise ValueError(f"{name} must be an integer in 1..{hi}, got {value!r}")
         kind, _, index = self.device.partition(":") if isinstance(self.device, str) else ("", "", "")
         if kind not in DEVICE_TYPES or (index and not index.isdigit()):
-            raise ValueError(f"device must be one of {', '.join(DEVICE_TYPES)} (optionally ':N'), "
-                             f"got {self.device!r}")
+            raise ValueError(f"device must be one of {', '.join(DEVICE_TYPES)} (optionally ':N'), got {self.device!r}")
         if self.cpu is not None and (not isinstance(self.cpu, str) or self.cpu.strip().lower() not in CPU_CHOICES):
             raise ValueError(f"cpu must be one of {', '.join(CPU_CHOICES)}, got {self.cpu!r}")
 
@@ -114,8 +135,9 @@ class EngineConfig:
     @classmethod
     def from_args(cls, args: argparse.Namespace, **overrides: Any) -> EngineConfig:
         """The options `add_engine_args` put on `args` (those given), then `overrides`."""
-        given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-                 if getattr(args, f.name, None) is not None}
+        given = {
+            f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None
+        }
         return cls(**{**given, **overrides})
 
 

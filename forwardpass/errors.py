@@ -1,4 +1,5 @@
 """The exceptions forwardpass raises: one base class, one subclass per concern."""
+
 from __future__ import annotations
 
 

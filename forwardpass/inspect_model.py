@@ -1,4 +1,5 @@
 """`forwardpass inspect`: what a GGUF file holds, without loading its weights."""
+
 from __future__ import annotations
 
 import os
@@ -31,6 +32,9 @@ def describe(path: str) -> str:
                 lines.append(f"  {key}: {text[:100]}{'...' if len(text) > 100 else ''}")
         params = sum(t.n_elements for t in f.tensors.values())
         types = Counter(_type_name(t.ggml_type) for t in f.tensors.values())
-        lines += ["", f"tensors: {len(f.tensors)}, parameters: {params / 1e6:.1f} M",
-                  "types: " + ", ".join(f"{name} x{n}" for name, n in types.most_common())]
+        lines += [
+            "",
+            f"tensors: {len(f.tensors)}, parameters: {params / 1e6:.1f} M",
+            "types: " + ", ".join(f"{name} x{n}" for name, n in types.most_common()),
+        ]
     return "\n".join(lines)

@@ -1,11 +1,13 @@
 """`LLM`: the Python API. Load a GGUF model once, then score, generate, stream and chat."""
+
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence as Seq
+from collections.abc import Iterator
+from collections.abc import Sequence as Seq
 from typing import TYPE_CHECKING, Any, Union
 
 import psutil
@@ -104,13 +106,16 @@ class LLM:
         if kv_memory is not None:  # whole blocks: the plan rounds a budget up to blocks
             kv_tokens = kv_memory // (token_bytes * c.n_layers) // BLOCK_SIZE * BLOCK_SIZE
         budget = kv_tokens if kv_tokens is not None else max(self.ctx, DEFAULT_KV_TOKENS)
-        groups = plan_kv_groups(c.sliding_window, max(budget, 1), BLOCK_SIZE, self.ctx, config.max_num_seqs,
-                                config.max_num_batched_tokens)
+        groups = plan_kv_groups(
+            c.sliding_window, max(budget, 1), BLOCK_SIZE, self.ctx, config.max_num_seqs, config.max_num_batched_tokens
+        )
         need = sum(g.num_blocks * BLOCK_SIZE * len(g.layers) * token_bytes for g in groups)
         if kv_memory is not None and need > kv_memory:
-            raise ValueError(f"kv_memory of {kv_memory / 2**20:.1f} MiB cannot hold one request of ctx {self.ctx} "
-                             f"tokens (that needs {need / 2**20:.1f} MiB of keys and values); raise kv_memory or "
-                             f"lower ctx")
+            raise ValueError(
+                f"kv_memory of {kv_memory / 2**20:.1f} MiB cannot hold one request of ctx {self.ctx} "
+                f"tokens (that needs {need / 2**20:.1f} MiB of keys and values); raise kv_memory or "
+                f"lower ctx"
+            )
         return groups
 
     def _context_size(self, ctx: int | None) -> int:
@@ -124,8 +129,10 @@ class LLM:
     def system_info(self) -> str:
         """One line on what runs, as llama.cpp's system info: the kernels, threads and device."""
         kernels = "reference (float32)" if self.reference else describe(self.kernels)
-        return (f"forwardpass: {self.config.arch} | kernels {kernels} | threads {torch.get_num_threads()} | "
-                f"device {self.device}")
+        return (
+            f"forwardpass: {self.config.arch} | kernels {kernels} | threads {torch.get_num_threads()} | "
+            f"device {self.device}"
+        )
 
     @property
     def vocab_size(self) -> int:
@@ -139,12 +146,16 @@ class LLM:
         token_ids = list(token_ids)
         self._check_ids(token_ids)
         if len(token_ids) > self.ctx:
-            raise ContextLengthError(f"{len(token_ids)} tokens do not fit in the context of {self.ctx} tokens",
-                                     n_prompt_tokens=len(token_ids), n_ctx=self.ctx)
+            raise ContextLengthError(
+                f"{len(token_ids)} tokens do not fit in the context of {self.ctx} tokens",
+                n_prompt_tokens=len(token_ids),
+                n_ctx=self.ctx,
+            )
         return self.engine.score(token_ids, first).cpu()
 
-    def embed(self, inputs: Prompt | Seq[Prompt], *, pooling: str | None = None,
-              normalize: bool = True) -> torch.Tensor:
+    def embed(
+        self, inputs: Prompt | Seq[Prompt], *, pooling: str | None = None, normalize: bool = True
+    ) -> torch.Tensor:
         """One vector per input (a string or a list of token ids): the final hidden states pooled (`pooling`: mean,
         cls or last; by default what the GGUF says, else mean) and L2-normalized. (len(inputs), d_model) float32.
 
@@ -191,8 +202,10 @@ class LLM:
         encoded = [self.encode_prompt(p) for p in prompts]
         for ids in encoded:  # raises bad input (a grammar that does not compile too) before anything runs
             self.engine.validate(ids, params)
-        requests = [self.engine.add_request(ids, params, prompt=p if isinstance(p, str) else None)
-                    for ids, p in zip(encoded, prompts)]
+        requests = [
+            self.engine.add_request(ids, params, prompt=p if isinstance(p, str) else None)
+            for ids, p in zip(encoded, prompts)
+        ]
         results: dict[str, RequestOutput] = {}
         try:
             while len(results) < len(requests):
@@ -204,8 +217,9 @@ class LLM:
                 self.engine.abort(r.request_id)  # no-op for finished ones; frees blocks after an exception
         return [results[r.request_id] for r in requests]
 
-    def stream(self, prompt: Prompt, params: SamplingParams | None = None, *,
-               stats: GenerationStats | None = None) -> Iterator[str]:
+    def stream(
+        self, prompt: Prompt, params: SamplingParams | None = None, *, stats: GenerationStats | None = None
+    ) -> Iterator[str]:
         """Yield the text of the first sample as it grows, one delta per step; fills `stats` at the end."""
         params = params or SamplingParams()
         ids = self.encode_prompt(prompt)
@@ -245,13 +259,21 @@ class LLM:
     def chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs) -> list[int]:
         """Render `messages` with the model's chat template and tokenize the result."""
         if self.chat_template is None:
-            raise ChatTemplateError("this model has no chat template (tokenizer.chat_template); "
-                                    "use generate() for plain completion")
+            raise ChatTemplateError(
+                "this model has no chat template (tokenizer.chat_template); use generate() for plain completion"
+            )
         text = self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, **kwargs)
         return self.encode_prompt(text)
 
-    def chat(self, messages: list[dict], params: SamplingParams | None = None, *, tools: list[dict] | None = None,
-             tool_choice: str | dict | None = None, parallel_tool_calls: bool = True) -> RequestOutput:
+    def chat(
+        self,
+        messages: list[dict],
+        params: SamplingParams | None = None,
+        *,
+        tools: list[dict] | None = None,
+        tool_choice: str | dict | None = None,
+        parallel_tool_calls: bool = True,
+    ) -> RequestOutput:
         """Answer a conversation (OpenAI-shaped messages, tool calls and results included) with the chat template.
 
         With ``tools`` (OpenAI's function definitions) each output's ``tool_calls`` lists the calls the model
@@ -263,8 +285,9 @@ class LLM:
         from .tools import plan_tools
 
         if self.chat_template is None:
-            raise ChatTemplateError("this model has no chat template (tokenizer.chat_template); "
-                                    "use generate() for plain completion")
+            raise ChatTemplateError(
+                "this model has no chat template (tokenizer.chat_template); use generate() for plain completion"
+            )
         params = params or SamplingParams()
         plan = plan_tools(self.chat_template.source, tools, tool_choice, parallel_tool_calls)
         prompt = plan.render(self.chat_template, messages)

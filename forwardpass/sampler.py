@@ -10,6 +10,7 @@ The same code runs on CPU and CUDA tensors. On CUDA the only device -> host sync
 the end; small parameter tensors go host -> device through pinned memory so that they do not sync either. (On
 CPU, top-p also reads one flag back to avoid a full sort, which costs nothing there.)
 """
+
 from __future__ import annotations
 
 import logging
@@ -95,14 +96,18 @@ class SamplingState:
         """Validate ids against the vocabulary and create the device tensors; a no-op once bound."""
         if self.vocab_size is not None:
             if (vocab_size, device) != (self.vocab_size, self.device):
-                raise ValueError(f"SamplingState bound to vocab {self.vocab_size} on {self.device}, "
-                                 f"now given vocab {vocab_size} on {device}")
+                raise ValueError(
+                    f"SamplingState bound to vocab {self.vocab_size} on {self.device}, "
+                    f"now given vocab {vocab_size} on {device}"
+                )
             return
         params = self.params
         params.verify_vocab(vocab_size)
-        for name, ids in (("prompt_token_ids", self.prompt_token_ids),
-                          ("output_token_ids", self.output_token_ids),
-                          ("eos_token_ids", self._min_tokens_ids)):
+        for name, ids in (
+            ("prompt_token_ids", self.prompt_token_ids),
+            ("output_token_ids", self.output_token_ids),
+            ("eos_token_ids", self._min_tokens_ids),
+        ):
             bad = [i for i in ids if not 0 <= i < vocab_size]
             if bad:
                 raise ValueError(f"{name} has token id {bad[0]}, out of vocabulary (vocab size {vocab_size})")
@@ -115,8 +120,10 @@ class SamplingState:
         if params.presence_penalty != 0.0 or params.frequency_penalty != 0.0:
             self._counts = torch.zeros(vocab_size, dtype=torch.int32, device=device)
         if params.logit_bias:
-            self._bias = (_to_device(list(params.logit_bias), torch.int64, device),
-                          _to_device(list(params.logit_bias.values()), torch.float32, device))
+            self._bias = (
+                _to_device(list(params.logit_bias), torch.int64, device),
+                _to_device(list(params.logit_bias.values()), torch.float32, device),
+            )
         if params.min_tokens > 0 and self._min_tokens_ids:
             self._stop_ids = _to_device(list(self._min_tokens_ids), torch.int64, device)
         self.vocab_size, self.device = vocab_size, device
@@ -146,7 +153,7 @@ class SamplingState:
 
     def _sync(self) -> None:
         """Fold tokens appended since the last call into the dense tensors: O(new tokens), not O(V)."""
-        new = self.output_token_ids[self._n_synced:]
+        new = self.output_token_ids[self._n_synced :]
         self._n_synced = len(self.output_token_ids)
         if not new:
             return
@@ -202,8 +209,7 @@ class Sampler:
         """Return a float32 copy of ``logits`` (B, V) after logit bias, penalties, min_tokens masking and the
         grammar masks of constrained rows."""
         if logits.dim() != 2 or logits.shape[0] != len(rows):
-            raise ValueError(f"logits must have shape (len(rows), vocab) = ({len(rows)}, V), "
-                             f"got {tuple(logits.shape)}")
+            raise ValueError(f"logits must have shape (len(rows), vocab) = ({len(rows)}, V), got {tuple(logits.shape)}")
         vocab_size = logits.shape[1]
         for state in rows:
             state.bind(vocab_size, logits.device)
@@ -363,8 +369,9 @@ def _inverse_cdf(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, (1.0 - u) * cdf[:, -1:])
 
 
-def _choose_tokens(x: torch.Tensor, rows: Sequence[SamplingState],
-                   argmax: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def _choose_tokens(
+    x: torch.Tensor, rows: Sequence[SamplingState], argmax: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
     """Greedy rows take the argmax (ties -> lowest id); the others are sampled. x (B, V) -> (B,) int64."""
     greedy = [s.params.greedy for s in rows]
     if all(greedy):
@@ -384,9 +391,7 @@ def _log_softmax_if_needed(logits: torch.Tensor, rows: Sequence[SamplingState]) 
     return torch.log_softmax(logits.to(torch.float32), dim=-1)
 
 
-def _gather_output(
-    tokens: torch.Tensor, logprobs: torch.Tensor | None, rows: Sequence[SamplingState]
-) -> SamplerOutput:
+def _gather_output(tokens: torch.Tensor, logprobs: torch.Tensor | None, rows: Sequence[SamplingState]) -> SamplerOutput:
     """Bring tokens (B,) and the requested logprobs to the host in one transfer."""
     batch = tokens.shape[0]
     if logprobs is None:
@@ -400,9 +405,9 @@ def _gather_output(
     # One float64 tensor, one .tolist(), one sync: token ids < 2**53 survive the round trip exactly.
     flat = torch.cat(parts).tolist()
     token_ids = [int(t) for t in flat[:batch]]
-    chosen_lp = flat[batch:2 * batch]
-    ids_flat = flat[2 * batch:2 * batch + batch * n_top]
-    vals_flat = flat[2 * batch + batch * n_top:]
+    chosen_lp = flat[batch : 2 * batch]
+    ids_flat = flat[2 * batch : 2 * batch + batch * n_top]
+    vals_flat = flat[2 * batch + batch * n_top :]
     out_lp: list[float | None] = []
     out_top: list[list[tuple[int, float]]] = []
     for i, state in enumerate(rows):

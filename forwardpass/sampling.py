@@ -4,6 +4,7 @@ The torch side (the batched sampler) lives in ``forwardpass.sampler``; stop stri
 These limits are the Python API's; the HTTP server may apply stricter ones of its own (OpenAI's 0..2 range for
 temperature, 4 stop strings, ...), and it checks ids against the model's vocabulary with ``verify_vocab``.
 """
+
 from __future__ import annotations
 
 import math
@@ -141,8 +142,10 @@ class SamplingParams:
         put("top_k", 0 if top_k == -1 else top_k)
         put("top_p", _check_float("top_p", self.top_p, 0.0, 1.0, lo_open=True))
         put("min_p", _check_float("min_p", self.min_p, 0.0, 1.0))
-        put("repetition_penalty", _check_float(
-            "repetition_penalty", self.repetition_penalty, 0.0, math.inf, lo_open=True))
+        put(
+            "repetition_penalty",
+            _check_float("repetition_penalty", self.repetition_penalty, 0.0, math.inf, lo_open=True),
+        )
         put("presence_penalty", _check_float("presence_penalty", self.presence_penalty, -2.0, 2.0))
         put("frequency_penalty", _check_float("frequency_penalty", self.frequency_penalty, -2.0, 2.0))
         put("logit_bias", _normalize_logit_bias(self.logit_bias))
@@ -157,8 +160,7 @@ class SamplingParams:
             put("max_tokens", _check_int("max_tokens", self.max_tokens, 1))
         put("min_tokens", _check_int("min_tokens", self.min_tokens, 0))
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
-            raise ValueError(
-                f"min_tokens must be <= max_tokens ({self.max_tokens}), got {self.min_tokens}")
+            raise ValueError(f"min_tokens must be <= max_tokens ({self.max_tokens}), got {self.min_tokens}")
         if self.logprobs is not None:
             put("logprobs", _check_int("logprobs", self.logprobs, 0, MAX_LOGPROBS))
         if self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputsParams):
@@ -174,5 +176,4 @@ class SamplingParams:
         for name, ids in (("logit_bias", self.logit_bias or ()), ("stop_token_ids", self.stop_token_ids)):
             bad = [i for i in ids if i >= vocab_size]
             if bad:
-                raise ValueError(
-                    f"{name} has token id {bad[0]}, out of vocabulary (vocab size {vocab_size})")
+                raise ValueError(f"{name} has token id {bad[0]}, out of vocabulary (vocab size {vocab_size})")

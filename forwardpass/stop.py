@@ -6,6 +6,7 @@ result independent of how the text is cut into deltas: the concatenation of ever
 return equals the non-streamed output, and no stop string (with ``include_in_output=False``) ever shows up in a
 delta, even when it is split across tokens.
 """
+
 from __future__ import annotations
 
 

@@ -7,6 +7,7 @@ steps (and prompt passes) alternate between build A and build B, so machine nois
 A csrc folder is compiled as the variant's build would be (default B: this checkout's). Prints each build's
 median step time and B/A.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,7 +49,10 @@ def main() -> int:
     llm = LLM(args.model, threads=args.threads, cpu=args.variant)
     variant = llm.kernels.variant
     with tempfile.TemporaryDirectory() as tmp:
-        libs = {"A": build_from(args.a, variant, Path(tmp) / "a.so"), "B": build_from(args.b, variant, Path(tmp) / "b.so")}
+        libs = {
+            "A": build_from(args.a, variant, Path(tmp) / "a.so"),
+            "B": build_from(args.b, variant, Path(tmp) / "b.so"),
+        }
         decoder = llm.model.native_decoder
         ids = llm.tokenizer.encode("The quick brown fox jumps over the lazy dog. " * 200)
         times: dict[str, list[float]] = {"A": [], "B": [], "pA": [], "pB": []}
@@ -57,30 +61,35 @@ def main() -> int:
             llm.runner.run([SeqChunk([ids[b]], 0, t, Logits.LAST) for b, t in enumerate(tables)])
             pos = 1
             for r in range(args.rounds):
-                for name in ("AB" if r % 2 == 0 else "BA"):
+                for name in "AB" if r % 2 == 0 else "BA":
                     decoder.lib = libs[name]
                     t0 = time.perf_counter()
                     for _ in range(args.steps):
-                        llm.runner.run([SeqChunk([ids[pos + b]], pos, t, Logits.LAST, prompt_len=1)
-                                        for b, t in enumerate(tables)])
+                        llm.runner.run(
+                            [SeqChunk([ids[pos + b]], pos, t, Logits.LAST, prompt_len=1) for b, t in enumerate(tables)]
+                        )
                         pos += 1
                     times[name].append((time.perf_counter() - t0) / args.steps)
                     pos -= args.steps  # overwrite the same positions: every round decodes the same context
         if args.prompt_tokens:
             with llm.engine.scratch_blocks(args.prompt_tokens) as (table,):
                 for r in range(max(4, args.rounds // 4)):
-                    for name in ("AB" if r % 2 == 0 else "BA"):
+                    for name in "AB" if r % 2 == 0 else "BA":
                         decoder.lib = libs[name]
                         t0 = time.perf_counter()
-                        llm.runner.run([SeqChunk(ids[:args.prompt_tokens], 0, table, Logits.LAST)])
+                        llm.runner.run([SeqChunk(ids[: args.prompt_tokens], 0, table, Logits.LAST)])
                         times["p" + name].append(time.perf_counter() - t0)
     a, b = statistics.median(times["A"]), statistics.median(times["B"])
-    print(f"{llm.system_info()}; batch {args.batch}: decode step A {1000 * a:.2f} ms, B {1000 * b:.2f} ms, "
-          f"B/A {b / a:.3f}")
+    print(
+        f"{llm.system_info()}; batch {args.batch}: decode step A {1000 * a:.2f} ms, B {1000 * b:.2f} ms, "
+        f"B/A {b / a:.3f}"
+    )
     if args.prompt_tokens:
         pa, pb = statistics.median(times["pA"]), statistics.median(times["pB"])
-        print(f"prompt {args.prompt_tokens}: A {args.prompt_tokens / pa:.1f} tok/s, B {args.prompt_tokens / pb:.1f} tok/s, "
-              f"B/A time {pb / pa:.3f}")
+        print(
+            f"prompt {args.prompt_tokens}: A {args.prompt_tokens / pa:.1f} tok/s, B {args.prompt_tokens / pb:.1f} tok/s, "
+            f"B/A time {pb / pa:.3f}"
+        )
     return 0
 
 

@@ -11,6 +11,7 @@ For each model: llama.cpp built for the same instruction set (a venv with llama-
 Build names: avx512, avx2 (plain AVX2: FORWARDPASS_AVXVNNI=0, as llama.cpp built without GGML_AVX_VNNI),
 avx2+vnni. Prints every raw JSON line, then a markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,20 +37,39 @@ def run_json(cmd: list[str], env: dict[str, str] | None = None) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--llama", action="append", default=[], metavar="BUILD=PYTHON",
-                    help="the python of a venv whose llama-cpp-python is built for BUILD (avx512 or avx2)")
-    ap.add_argument("--models", nargs="+", default=["smollm2-135m-instruct", "gemma3-270m",
-                                                     "qwen2.5-coder-0.5b-instruct"])
+    ap.add_argument(
+        "--llama",
+        action="append",
+        default=[],
+        metavar="BUILD=PYTHON",
+        help="the python of a venv whose llama-cpp-python is built for BUILD (avx512 or avx2)",
+    )
+    ap.add_argument(
+        "--models", nargs="+", default=["smollm2-135m-instruct", "gemma3-270m", "qwen2.5-coder-0.5b-instruct"]
+    )
     ap.add_argument("--builds", nargs="+", default=["avx512", "avx2", "avx2+vnni"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--batch", nargs="*", default=[], metavar="MODEL",
-                    help="also forwardpass --batch 16 for these models (the batch-16 / batch-1 ratio)")
+    ap.add_argument(
+        "--batch",
+        nargs="*",
+        default=[],
+        metavar="MODEL",
+        help="also forwardpass --batch 16 for these models (the batch-16 / batch-1 ratio)",
+    )
     ap.add_argument("--busy", action="store_true", help="a busy process beside both engines")
     args = ap.parse_args()
     llama = dict(item.split("=", 1) for item in args.llama)
-    flags = ["--threads", str(args.threads), "--prompt-tokens", "512", "--gen-tokens", "128", "--repeat",
-             str(args.repeat)]
+    flags = [
+        "--threads",
+        str(args.threads),
+        "--prompt-tokens",
+        "512",
+        "--gen-tokens",
+        "128",
+        "--repeat",
+        str(args.repeat),
+    ]
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
     rows = []
     try:
@@ -61,24 +81,46 @@ def main() -> int:
                 if anchor_build in llama and anchor_build not in anchors:  # llama.cpp once per build and model
                     anchors[anchor_build] = run_json([llama[anchor_build], str(ANCHOR), path, *flags])
                 env = {"FORWARDPASS_AVXVNNI": "0" if build == "avx2" else "1"}
-                ours = run_json([sys.executable, "-m", "forwardpass.cli", "bench", path, "--json", "--cpu",
-                                 anchor_build, *flags], env)
-                b16 = (run_json([sys.executable, "-m", "forwardpass.cli", "bench", path, "--json", "--cpu",
-                                 anchor_build, "--batch", "16", *flags], env) if model in args.batch else None)
+                ours = run_json(
+                    [sys.executable, "-m", "forwardpass.cli", "bench", path, "--json", "--cpu", anchor_build, *flags],
+                    env,
+                )
+                b16 = (
+                    run_json(
+                        [
+                            sys.executable,
+                            "-m",
+                            "forwardpass.cli",
+                            "bench",
+                            path,
+                            "--json",
+                            "--cpu",
+                            anchor_build,
+                            "--batch",
+                            "16",
+                            *flags,
+                        ],
+                        env,
+                    )
+                    if model in args.batch
+                    else None
+                )
                 rows.append((model, build, ours, anchors.get(anchor_build), b16))
     finally:
         if busy is not None:
             busy.kill()
-    print(f"\n| model | build | forwardpass tg / pp512 | llama.cpp tg / pp512 | ratio tg / pp |"
-          " batch 16 tg (x batch 1) |")
+    print(
+        "\n| model | build | forwardpass tg / pp512 | llama.cpp tg / pp512 | ratio tg / pp | batch 16 tg (x batch 1) |"
+    )
     print("|---|---|---|---|---|---|")
     for model, build, ours, ref, b16 in rows:
         theirs = f"{ref['tg_tok_s']:.1f} / {ref['pp_tok_s']:.1f}" if ref else "-"
-        ratio = (f"{ours['tg_tok_s'] / ref['tg_tok_s']:.2f}x / {ours['pp_tok_s'] / ref['pp_tok_s']:.2f}x"
-                 if ref else "-")
+        ratio = f"{ours['tg_tok_s'] / ref['tg_tok_s']:.2f}x / {ours['pp_tok_s'] / ref['pp_tok_s']:.2f}x" if ref else "-"
         extra = f" {b16['tg_tok_s']:.1f} ({b16['tg_tok_s'] / ours['tg_tok_s']:.2f}x) |" if b16 else " - |"
-        print(f"| {model} | {ours['kernels']} | {ours['tg_tok_s']:.1f} / {ours['pp_tok_s']:.1f} | {theirs} | "
-              f"{ratio} |{extra}")
+        print(
+            f"| {model} | {ours['kernels']} | {ours['tg_tok_s']:.1f} / {ours['pp_tok_s']:.1f} | {theirs} | "
+            f"{ratio} |{extra}"
+        )
     return 0
 
 

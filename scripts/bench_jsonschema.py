@@ -15,6 +15,7 @@ OpenAI's ``json_schema`` type) and turns it into a GBNF grammar with llama.cpp's
 ``--llama-cpp-python`` sends that shape. Same prompt, same sampling.
     python scripts/bench_jsonschema.py --table ours.json theirs.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,10 @@ import jsonschema
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "jsonschema"
 KINDS = ("valid", "invalid", "incomplete", "rejected", "error")
-PROMPT = ("Write an example JSON document that follows this JSON schema. Reply with the JSON document only.\n\n"
-          "Schema:\n{schema}")
+PROMPT = (
+    "Write an example JSON document that follows this JSON schema. Reply with the JSON document only.\n\n"
+    "Schema:\n{schema}"
+)
 
 
 def classify(status: int, body: dict, schema: dict) -> str:
@@ -56,20 +59,35 @@ def classify(status: int, body: dict, schema: dict) -> str:
 
 async def one(client: httpx.AsyncClient, path: Path, model: str, max_tokens: int, lcp: bool) -> dict:
     schema = json.loads(path.read_text())
-    fmt = {"type": "json_object", "schema": schema} if lcp else \
-        {"type": "json_schema", "json_schema": {"name": "document", "schema": schema}}
-    body = {"model": model, "temperature": 0, "max_tokens": max_tokens, "response_format": fmt,
-            "messages": [{"role": "user", "content": PROMPT.format(schema=json.dumps(schema))}]}
+    fmt = (
+        {"type": "json_object", "schema": schema}
+        if lcp
+        else {"type": "json_schema", "json_schema": {"name": "document", "schema": schema}}
+    )
+    body = {
+        "model": model,
+        "temperature": 0,
+        "max_tokens": max_tokens,
+        "response_format": fmt,
+        "messages": [{"role": "user", "content": PROMPT.format(schema=json.dumps(schema))}],
+    }
     t0 = time.perf_counter()
     try:
         r = await client.post("/v1/chat/completions", json=body)
-        status, payload = r.status_code, (r.json() if r.headers.get("content-type", "").startswith(
-            "application/json") else {})
+        status, payload = (
+            r.status_code,
+            (r.json() if r.headers.get("content-type", "").startswith("application/json") else {}),
+        )
     except httpx.HTTPError as e:
         status, payload = 0, {"error": repr(e)}
     kind = classify(status, payload, schema) if status in (200, 400, 422, 500) else "error"
-    out = {"schema": path.name, "category": path.name.split("__")[0], "result": kind, "status": status,
-           "seconds": round(time.perf_counter() - t0, 2)}
+    out = {
+        "schema": path.name,
+        "category": path.name.split("__")[0],
+        "result": kind,
+        "status": status,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
     if kind in ("invalid", "error", "rejected"):
         out["detail"] = json.dumps(payload)[:300]
     return out
@@ -109,11 +127,13 @@ async def run(args: argparse.Namespace, sup: Supervisor) -> list[dict]:
     files = sorted(Path(args.data).glob("*.json"))[: args.limit or None]
     if args.per_category:  # the first K schemas of each category (a subset both engines can run)
         seen: Counter = Counter()
-        files = [f for f in files if seen.update([f.name.split("__")[0]]) or seen[f.name.split("__")[0]]
-                 <= args.per_category]
+        files = [
+            f for f in files if seen.update([f.name.split("__")[0]]) or seen[f.name.split("__")[0]] <= args.per_category
+        ]
     sem = asyncio.Semaphore(args.concurrency)
     await sup.ensure()
     async with httpx.AsyncClient(base_url=args.url, timeout=args.timeout) as client:
+
         async def task(p: Path) -> dict:
             async with sem:
                 await sup.ensure()
@@ -122,6 +142,7 @@ async def run(args: argparse.Namespace, sup: Supervisor) -> list[dict]:
                     r["detail"] = "the server process died"
                 print(json.dumps(r), flush=True)
                 return r
+
         return await asyncio.gather(*(task(p) for p in files))
 
 
@@ -149,8 +170,9 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--per-category", type=int, default=0, metavar="K", help="only the first K schemas per category")
-    ap.add_argument("--only", nargs="+", metavar="REPORT", help="with --table: restrict to the schemas of the "
-                    "first report")
+    ap.add_argument(
+        "--only", nargs="+", metavar="REPORT", help="with --table: restrict to the schemas of the first report"
+    )
     ap.add_argument("--server-cmd", default=None, help="start this server, and again whenever it dies")
     ap.add_argument("--llama-cpp-python", action="store_true", help="send llama-cpp-python's response_format shape")
     ap.add_argument("--out")
@@ -170,8 +192,15 @@ def main() -> None:
         results = asyncio.run(run(args, sup))
     finally:
         sup.stop()
-    report = {"label": args.label, "url": args.url, "max_tokens": args.max_tokens, "server_cmd": args.server_cmd,
-              "server_restarts": sup.restarts, "seconds": round(time.perf_counter() - t0, 1), "results": results}
+    report = {
+        "label": args.label,
+        "url": args.url,
+        "max_tokens": args.max_tokens,
+        "server_cmd": args.server_cmd,
+        "server_restarts": sup.restarts,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "results": results,
+    }
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
     by_cat: dict[str, Counter] = defaultdict(Counter)

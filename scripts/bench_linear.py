@@ -9,6 +9,7 @@ memory, not cache, each backend rotates through enough copies of the weight to e
 calls after a warm-up; run with nothing else busy on the machine (two threads on two cores halve or worse when
 another process competes), and compare backends within one run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,6 +18,7 @@ import time
 from typing import Callable
 
 import torch
+from gguf import GGMLQuantizationType as T
 
 from forwardpass.gguf.reader import GGUFFile
 from forwardpass.gguf.weights import QuantWeight, WeightStore
@@ -25,19 +27,38 @@ from forwardpass.kernels.int4 import Int4PackLinear
 from forwardpass.kernels.int8 import Int8Linear, Int8PackLinear
 from forwardpass.kernels.linear import DenseLinear, Linear
 from forwardpass.kernels.native import describe, runnable_variants
+from forwardpass.kernels.repack import INT4_GROUPERS, to_int4_groups, to_int8_rows
 from forwardpass.kernels.select import select_kernels
 from forwardpass.kernels.tiles import TileLinear, tile_supports
-from forwardpass.kernels.repack import INT4_GROUPERS, to_int4_groups, to_int8_rows
 from forwardpass.registry import resolve_model
-from gguf import GGMLQuantizationType as T
 
 # short name -> (registry name, tensors to time, a layer whose q/k/v share one type, for the fusion figures)
 MODELS = {
-    "smollm2": ("smollm2-135m-instruct", ["blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.ffn_up.weight",
-                                          "blk.0.ffn_down.weight", "token_embd.weight"], "blk.0."),
-    "gemma3": ("gemma3-270m", ["blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight",
-                               "blk.0.ffn_gate.weight", "blk.0.attn_output.weight", "blk.0.ffn_down.weight",
-                               "blk.2.ffn_down.weight", "token_embd.weight"], "blk.2."),
+    "smollm2": (
+        "smollm2-135m-instruct",
+        [
+            "blk.0.attn_q.weight",
+            "blk.0.attn_k.weight",
+            "blk.0.ffn_up.weight",
+            "blk.0.ffn_down.weight",
+            "token_embd.weight",
+        ],
+        "blk.0.",
+    ),
+    "gemma3": (
+        "gemma3-270m",
+        [
+            "blk.0.attn_q.weight",
+            "blk.0.attn_k.weight",
+            "blk.0.attn_v.weight",
+            "blk.0.ffn_gate.weight",
+            "blk.0.attn_output.weight",
+            "blk.0.ffn_down.weight",
+            "blk.2.ffn_down.weight",
+            "token_embd.weight",
+        ],
+        "blk.2.",
+    ),
 }
 NEVER = 1 << 30  # a dense_min_tokens that keeps a backend on its decode kernel
 
@@ -60,8 +81,9 @@ def with_threshold(linear: Linear, tokens: int) -> Linear:
 
 def backends(w: QuantWeight) -> dict[str, Callable[[QuantWeight], Linear]]:
     """name -> factory building that backend from a (copied) weight."""
-    out: dict[str, Callable[[QuantWeight], Linear]] = {"fast": lambda w: make_linear(w, mode="fast",
-                                                                                     native=select_kernels())}
+    out: dict[str, Callable[[QuantWeight], Linear]] = {
+        "fast": lambda w: make_linear(w, mode="fast", native=select_kernels())
+    }
     for variant in runnable_variants():  # the tile kernels of every build this CPU runs
         lib = select_kernels(variant)
         if tile_supports(w, lib):
@@ -120,15 +142,21 @@ def bench_fusion(store: WeightStore, prefix: str, groups: list[list[str]], repea
         ws = [store.get(prefix + nm, tuple(store.gguf.tensors[prefix + nm].shape)) for nm in names]
         if len({w.ggml_type for w in ws}) > 1:
             continue
-        fused = QuantWeight("+".join(names), ws[0].ggml_type, (sum(w.shape[0] for w in ws), ws[0].shape[1]),
-                            torch.cat([w.raw for w in ws]))
+        fused = QuantWeight(
+            "+".join(names),
+            ws[0].ggml_type,
+            (sum(w.shape[0] for w in ws), ws[0].shape[1]),
+            torch.cat([w.raw for w in ws]),
+        )
         parts = [make_linear(w, mode="fast") for w in ws]
         whole = make_linear(fused, mode="fast")
         t_parts = median_time([lambda x: [p(x) for p in parts]], x, repeat)
         t_whole = median_time([whole], x, repeat)
         kinds = ", ".join(sorted({type(p).__name__ for p in parts}))
-        print(f"  {prefix}{{{','.join(n.split('.')[0] for n in names)}}} ({kinds}): separate {t_parts * 1e6:6.1f} us,"
-              f" fused {t_whole * 1e6:6.1f} us")
+        print(
+            f"  {prefix}{{{','.join(n.split('.')[0] for n in names)}}} ({kinds}): separate {t_parts * 1e6:6.1f} us,"
+            f" fused {t_whole * 1e6:6.1f} us"
+        )
 
 
 def main() -> None:
@@ -149,8 +177,12 @@ def main() -> None:
                 info = store.gguf.tensors[name]
                 bench_weight(store.get(name, tuple(info.shape)), args.tokens, args.repeat, args.working_set << 20)
             print(f"\n{model}: projection fusion at T=1")
-            bench_fusion(store, fusion_layer, [["attn_q.weight", "attn_k.weight", "attn_v.weight"],
-                                           ["ffn_gate.weight", "ffn_up.weight"]], args.repeat)
+            bench_fusion(
+                store,
+                fusion_layer,
+                [["attn_q.weight", "attn_k.weight", "attn_v.weight"], ["ffn_gate.weight", "ffn_up.weight"]],
+                args.repeat,
+            )
 
 
 if __name__ == "__main__":

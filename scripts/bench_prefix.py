@@ -4,6 +4,7 @@
 
 Prints one JSON object: the first request's TTFT (cold cache), the second's (prefix cached), their ratio.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,8 +12,10 @@ import json
 
 from forwardpass import LLM, GenerationStats, SamplingParams
 
-TEXT = ("In the beginning the universe was created. This has made a lot of people very angry and been widely "
-        "regarded as a bad move. ")
+TEXT = (
+    "In the beginning the universe was created. This has made a lot of people very angry and been widely "
+    "regarded as a bad move. "
+)
 
 
 def main() -> None:
@@ -29,13 +32,17 @@ def main() -> None:
     first, second = GenerationStats(), GenerationStats()
     list(llm.stream(prefix + llm.tokenizer.encode(" Question one?"), params, stats=first))
     list(llm.stream(prefix + llm.tokenizer.encode(" Another question?"), params, stats=second))
-    print(json.dumps({
-        "prefix_tokens": args.prefix_tokens,
-        "first_ttft_ms": round(first.ttft_s * 1000, 1),
-        "second_ttft_ms": round(second.ttft_s * 1000, 1),
-        "second_cached_tokens": second.cached_tokens,
-        "speedup": round(first.ttft_s / second.ttft_s, 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "prefix_tokens": args.prefix_tokens,
+                "first_ttft_ms": round(first.ttft_s * 1000, 1),
+                "second_ttft_ms": round(second.ttft_s * 1000, 1),
+                "second_cached_tokens": second.cached_tokens,
+                "speedup": round(first.ttft_s / second.ttft_s, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ reports generated tokens per second from the first token to the last (prefill ex
 
     python scripts/bench_structured.py smollm2-135m-instruct --batch 1,16 --tokens 128
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,10 +16,21 @@ import time
 
 from forwardpass import LLM, SamplingParams, StructuredOutputsParams
 
-SCHEMA = {"type": "object", "properties": {"people": {"type": "array", "minItems": 60, "items": {
-    "type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
-                                     "city": {"type": "string"}}, "required": ["name", "age", "city"]}}},
-          "required": ["people"]}
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "people": {
+            "type": "array",
+            "minItems": 60,
+            "items": {
+                "type": "object",
+                "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "city": {"type": "string"}},
+                "required": ["name", "age", "city"],
+            },
+        }
+    },
+    "required": ["people"],
+}
 PROMPT = "List many people with their name, age and city, as JSON."
 
 
@@ -77,8 +89,11 @@ def main() -> None:
     llm = LLM(args.model, threads=args.threads)
     if args.sampler_only:
         for batch in [int(b) for b in args.batch.split(",")]:
-            row = {"batch": batch, "processors_cpu_ms": round(sampler_ms(llm, batch, False), 3),
-                   "with_json_schema_mask_cpu_ms": round(sampler_ms(llm, batch, True), 3)}
+            row = {
+                "batch": batch,
+                "processors_cpu_ms": round(sampler_ms(llm, batch, False), 3),
+                "with_json_schema_mask_cpu_ms": round(sampler_ms(llm, batch, True), 3),
+            }
             print(json.dumps(row), flush=True)
         return
     base = llm.chat_prompt([{"role": "user", "content": PROMPT}])
@@ -95,8 +110,12 @@ def main() -> None:
         for _ in range(args.repeat):  # interleaved, so that load drifts hit both alike
             f.append(decode_tok_s(llm, prompts, free))
             c.append(decode_tok_s(llm, prompts, constrained))
-        row = {"batch": batch, "tokens": args.tokens, "unconstrained_tok_s": round(statistics.median(f), 1),
-               "json_schema_tok_s": round(statistics.median(c), 1)}
+        row = {
+            "batch": batch,
+            "tokens": args.tokens,
+            "unconstrained_tok_s": round(statistics.median(f), 1),
+            "json_schema_tok_s": round(statistics.median(c), 1),
+        }
         row["ratio"] = round(row["json_schema_tok_s"] / row["unconstrained_tok_s"], 3)
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -4,6 +4,7 @@ and neon (with the aarch64 cross compiler where this is not an Arm machine). CI 
 
     python scripts/build_kernels.py [--require-cross]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,8 +15,12 @@ from pathlib import Path
 
 from forwardpass.kernels import native
 
-BUILDS = [("avx512", native.variant_flags("avx512")), ("avx2", native.variant_flags("avx2", avxvnni=False)),
-          ("avx2+vnni", native.variant_flags("avx2", avxvnni=True)), ("neon", native.variant_flags("neon"))]
+BUILDS = [
+    ("avx512", native.variant_flags("avx512")),
+    ("avx2", native.variant_flags("avx2", avxvnni=False)),
+    ("avx2+vnni", native.variant_flags("avx2", avxvnni=True)),
+    ("neon", native.variant_flags("neon")),
+]
 X86_CC, ARM_CC = "x86_64-linux-gnu-gcc", "aarch64-linux-gnu-gcc"
 
 

@@ -8,6 +8,7 @@ preemption, chunked scoring, and the pool all free after each. Trimmed and untri
 other, not with a run alone, so the check holds where attention's rounding depends on the batch shape (CUDA).
 Prints one line per check; exit status 1 if any failed.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -17,11 +18,12 @@ import tempfile
 import torch
 
 sys.path[:0] = ["tests", "."]
+from tiny_models import write_tiny_model  # noqa: E402
+
 import forwardpass.llm as llm_module  # noqa: E402
 from forwardpass import LLM, SamplingParams  # noqa: E402
 from forwardpass.engine.kv_groups import blocks_for  # noqa: E402
 from forwardpass.models.attention import KVGroup  # noqa: E402
-from tiny_models import write_tiny_model  # noqa: E402
 
 WINDOW = 20
 PROMPTS = [[4 + (i * 7 + j * 3) % 300 for j in range(30 + 23 * i)] for i in range(6)]  # 30 .. 145 tokens
@@ -37,7 +39,8 @@ def make(path: str, device: str, trim: bool = True, **kw) -> LLM:
     plan = llm_module.plan_kv_groups
     if not trim:
         llm_module.plan_kv_groups = lambda windows, budget, bs, ctx, *args: [
-            KVGroup(0, tuple(range(len(windows))), blocks_for(max(ctx, budget), bs))]
+            KVGroup(0, tuple(range(len(windows))), blocks_for(max(ctx, budget), bs))
+        ]
     try:
         return LLM(path, device=device, ctx=256, **kw)
     finally:
@@ -78,8 +81,9 @@ def checks(path: str, device: str) -> dict[str, bool]:
         results[f"chunk {chunk}: NaN free blocks never read"] = poisoned_run(poisoned, PROMPTS, greedy()) == expected
         results[f"chunk {chunk}: all free"] = trimmed.engine.block_manager.num_used == 0
     params = SamplingParams(n=4, temperature=1.0, seed=3, max_tokens=60, ignore_eos=True)
-    forks = [[o.token_ids for o in make(path, device, trim).generate([SHARED], params)[0].outputs]
-             for trim in (True, False)]
+    forks = [
+        [o.token_ids for o in make(path, device, trim).generate([SHARED], params)[0].outputs] for trim in (True, False)
+    ]
     results["n=4 forks: trimmed == untrimmed"] = forks[0] == forks[1]
     hits = []
     for trim in (True, False):
@@ -92,7 +96,8 @@ def checks(path: str, device: str) -> dict[str, bool]:
     loose = make(path, device, False, kv_tokens=256, max_num_batched_tokens=32)
     same = tokens(tight, PROMPTS, greedy()) == tokens(loose, PROMPTS, greedy())
     results["preemption: trimmed == untrimmed, all free"] = (
-        same and tight.engine.scheduler.num_preemptions > 0 and tight.engine.block_manager.num_used == 0)
+        same and tight.engine.scheduler.num_preemptions > 0 and tight.engine.block_manager.num_used == 0
+    )
     ids = [4 + (5 * i) % 300 for i in range(200)]
     chunked = make(path, device, kv_tokens=64, max_num_seqs=1, max_num_batched_tokens=16).logits(ids, first=20)
     whole = make(path, device, False).logits(ids, first=20)

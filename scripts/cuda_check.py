@@ -9,6 +9,7 @@ change with the batch. `model` compares the real model on the device against the
 teacher-forced KL and top-1, greedy tokens of 16 prompts alone, together and chunked with a cached prefix, and
 perplexity. Each result is one JSON line on stdout. Without a GPU both print a skip line and exit 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,8 +71,15 @@ def check_ops(device: str) -> None:
             for on in (False, True):
                 with invariance(on):
                     bad, gap = _rows_differ(lambda v: gemm.matmul_rows(v, wt), xd)
-                emit(check="gemm", shape=name, dtype=str(dtype), blocked=on, slices_differing=bad,
-                     of=len(SLICES), max_abs_gap=gap)
+                emit(
+                    check="gemm",
+                    shape=name,
+                    dtype=str(dtype),
+                    blocked=on,
+                    slices_differing=bad,
+                    of=len(SLICES),
+                    max_abs_gap=gap,
+                )
     x = torch.randn(512, 576, device=device, generator=gen)
     weight = torch.rand(576, device=device, generator=gen) + 0.5
     bad, gap = _rows_differ(lambda v: F.rms_norm(v, (576,), weight, 1e-5), x)
@@ -106,9 +114,15 @@ def _decode_attention_gaps(device: str, gen: torch.Generator) -> dict:
     q = torch.randn(len(lens), 9, 64, device=device, generator=gen)
 
     def run(idx: list[int]) -> torch.Tensor:
-        meta = AttentionMetadata.build([1] * len(idx), [lens[i] for i in idx], [[tables[i]] for i in idx],
-                                       [[tables[i][(lens[i] - 1) // bs] * bs + (lens[i] - 1) % bs for i in idx]],
-                                       bs, torch.device(device), prefill=False)
+        meta = AttentionMetadata.build(
+            [1] * len(idx),
+            [lens[i] for i in idx],
+            [[tables[i]] for i in idx],
+            [[tables[i][(lens[i] - 1) // bs] * bs + (lens[i] - 1) % bs for i in idx]],
+            bs,
+            torch.device(device),
+            prefill=False,
+        )
         return attention(q[idx], cache, 0, meta, 0.125)
 
     alone = run([0])
@@ -132,10 +146,16 @@ def _prefill_attention_gaps(device: str, gen: torch.Generator) -> dict:
     q = torch.randn(length, 9, 64, device=device, generator=gen)
 
     def run(n: int) -> torch.Tensor:
-        meta = AttentionMetadata.build([n], [length], [[table]], [[table[p // bs] * bs + p % bs
-                                                                for p in range(length - n, length)]],
-                                       bs, torch.device(device), prefill=True)
-        return attention(q[length - n:], cache, 0, meta, 0.125)[-1:]
+        meta = AttentionMetadata.build(
+            [n],
+            [length],
+            [[table]],
+            [[table[p // bs] * bs + p % bs for p in range(length - n, length)]],
+            bs,
+            torch.device(device),
+            prefill=True,
+        )
+        return attention(q[length - n :], cache, 0, meta, 0.125)[-1:]
 
     whole = run(length)
     bad, gap = 0, 0.0
@@ -148,19 +168,41 @@ def _prefill_attention_gaps(device: str, gen: torch.Generator) -> dict:
 
 
 # ---- model ----
-TOPICS = ["the ocean", "a robot", "the moon", "coffee", "a library", "winter", "trains", "the desert",
-          "music", "a city at night", "bees", "mathematics", "a lighthouse", "rain", "chess", "volcanoes"]
-SYSTEM = ("You are a careful assistant. Answer in plain English, in two or three sentences, without lists. "
-          "Prefer concrete facts to opinions, and say so when you are unsure. ")
+TOPICS = [
+    "the ocean",
+    "a robot",
+    "the moon",
+    "coffee",
+    "a library",
+    "winter",
+    "trains",
+    "the desert",
+    "music",
+    "a city at night",
+    "bees",
+    "mathematics",
+    "a lighthouse",
+    "rain",
+    "chess",
+    "volcanoes",
+]
+SYSTEM = (
+    "You are a careful assistant. Answer in plain English, in two or three sentences, without lists. "
+    "Prefer concrete facts to opinions, and say so when you are unsure. "
+)
 
 
 def compare(exact: torch.Tensor, other: torch.Tensor) -> dict:
     p = torch.log_softmax(exact.double(), -1)
     q = torch.log_softmax(other.double(), -1)
     kl = (p.exp() * (p - q)).sum(-1)
-    return {"mean_kl": float(kl.mean()), "max_kl": float(kl.max()),
-            "top1": float((exact.argmax(-1) == other.argmax(-1)).double().mean()),
-            "max_abs_logit_gap": float((exact - other).abs().max()), "logit_range": float(exact.abs().max())}
+    return {
+        "mean_kl": float(kl.mean()),
+        "max_kl": float(kl.max()),
+        "top1": float((exact.argmax(-1) == other.argmax(-1)).double().mean()),
+        "max_abs_logit_gap": float((exact - other).abs().max()),
+        "logit_range": float(exact.abs().max()),
+    }
 
 
 def decode_logits(llm, ids: list[int]) -> torch.Tensor:
@@ -182,12 +224,19 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 def _agreement(name: str, got: list[list[int]], want: list[list[int]]) -> None:
     prefixes = [_common_prefix(g, w) for g, w in zip(got, want)]
-    emit(check="greedy", compare=name, identical=sum(g == w for g, w in zip(got, want)), of=len(want),
-         mean_common_prefix=sum(prefixes) / len(prefixes), first_divergence=[p for p in prefixes if p < len(want[0])])
+    emit(
+        check="greedy",
+        compare=name,
+        identical=sum(g == w for g, w in zip(got, want)),
+        of=len(want),
+        mean_common_prefix=sum(prefixes) / len(prefixes),
+        first_divergence=[p for p in prefixes if p < len(want[0])],
+    )
 
 
-def check_model(path: str, text_path: str, device: str, tokens: int, gen_tokens: int, ppl_ctx: int,
-                ctx: int = 1024) -> None:
+def check_model(
+    path: str, text_path: str, device: str, tokens: int, gen_tokens: int, ppl_ctx: int, ctx: int = 1024
+) -> None:
     from forwardpass import LLM, SamplingParams
     from forwardpass.perplexity import perplexity
 
@@ -199,13 +248,23 @@ def check_model(path: str, text_path: str, device: str, tokens: int, gen_tokens:
     emit(check="load", seconds=round(time.perf_counter() - t0, 1), cpu_threads=torch.get_num_threads())
     ids = cpu_ref.tokenizer.encode(text, add_bos=True)[:tokens]
     exact = cpu_ref.logits(ids)
-    emit(check="fidelity", path=f"{device} fast, prompt kernels", tokens=len(ids), **compare(exact, dev_fast.logits(ids)))
-    emit(check="fidelity", path=f"{device} fast, decode kernels", tokens=len(ids),
-         **compare(exact, decode_logits(dev_fast, ids)))
+    emit(
+        check="fidelity", path=f"{device} fast, prompt kernels", tokens=len(ids), **compare(exact, dev_fast.logits(ids))
+    )
+    emit(
+        check="fidelity",
+        path=f"{device} fast, decode kernels",
+        tokens=len(ids),
+        **compare(exact, decode_logits(dev_fast, ids)),
+    )
     emit(check="fidelity", path=f"{device} reference (float32)", tokens=len(ids), **compare(exact, dev_ref.logits(ids)))
     cpu_fast = LLM(path, ctx=ctx, kv_tokens=4096)
-    emit(check="fidelity", path="cpu fast" + (" (native step)" if cpu_fast.model.native_decoder else " (torch)"),
-         tokens=len(ids), **compare(exact, cpu_fast.logits(ids)))
+    emit(
+        check="fidelity",
+        path="cpu fast" + (" (native step)" if cpu_fast.model.native_decoder else " (torch)"),
+        tokens=len(ids),
+        **compare(exact, cpu_fast.logits(ids)),
+    )
     del cpu_fast
 
     params = SamplingParams(temperature=0, max_tokens=gen_tokens, ignore_eos=True)
@@ -218,7 +277,9 @@ def check_model(path: str, text_path: str, device: str, tokens: int, gen_tokens:
             alone = [solo_llm.generate([p], params)[0].token_ids for p in prompts]
             together = [o.token_ids for o in solo_llm.generate(prompts, params)]
             chunked_llm = LLM(path, device=device, ctx=ctx, kv_tokens=4096, max_num_batched_tokens=16)
-            chunked_llm.generate([dev_fast.encode_prompt(SYSTEM + "Hello.")], SamplingParams(temperature=0, max_tokens=2))
+            chunked_llm.generate(
+                [dev_fast.encode_prompt(SYSTEM + "Hello.")], SamplingParams(temperature=0, max_tokens=2)
+            )
             chunked = [o.token_ids for o in chunked_llm.generate(prompts, params)]
             del chunked_llm, solo_llm
             tag = "on" if on else "off"
@@ -234,16 +295,31 @@ def check_model(path: str, text_path: str, device: str, tokens: int, gen_tokens:
             with invariance(on):
                 _time_decode(dev_fast, _prompt(dev_fast, 64), 4, batch)  # warm-up
                 seconds = _time_decode(dev_fast, _prompt(dev_fast, 64), steps, batch)
-            emit(check="decode_speed", invariance=on, batch=batch, tok_s=round(batch * steps / seconds, 1),
-                 ms_per_step=round(1000 * seconds / steps, 2))
-    _agreement(f"{device} reference vs cpu reference (together)",
-               [o.token_ids for o in dev_ref.generate(prompts, params)], want)
+            emit(
+                check="decode_speed",
+                invariance=on,
+                batch=batch,
+                tok_s=round(batch * steps / seconds, 1),
+                ms_per_step=round(1000 * seconds / steps, 2),
+            )
+    _agreement(
+        f"{device} reference vs cpu reference (together)",
+        [o.token_ids for o in dev_ref.generate(prompts, params)],
+        want,
+    )
 
     for name, llm in ((f"{device} fast", dev_fast), (f"{device} reference", dev_ref)):
         t0 = time.perf_counter()
         r = perplexity(llm, text, ppl_ctx)
-        emit(check="perplexity", path=name, ctx=ppl_ctx, ppl=round(r.ppl, 4), stderr=round(r.stderr, 4),
-             chunks=r.chunks, seconds=round(time.perf_counter() - t0, 1))
+        emit(
+            check="perplexity",
+            path=name,
+            ctx=ppl_ctx,
+            ppl=round(r.ppl, 4),
+            stderr=round(r.stderr, 4),
+            chunks=r.chunks,
+            seconds=round(time.perf_counter() - t0, 1),
+        )
 
 
 def main() -> int:

@@ -3,6 +3,7 @@ llama.cpp's on the same token ids (its logits from scripts/llamacpp_reference.py
 
     python scripts/fidelity.py MODEL [--llamacpp-python /path/to/venv/bin/python] [--tokens 128]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,14 +18,16 @@ import torch
 
 from forwardpass import LLM
 
-TEXT = ("The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
-        "movable metal type, oil-based inks and a wooden press adapted from those used to make wine. Within fifty "
-        "years, presses had spread to more than two hundred cities across Europe, and the cost of books fell so "
-        "far that reading, once the privilege of clergy and nobles, became part of everyday life for merchants "
-        "and craftsmen. Historians still argue about how much the press changed religion, science and politics, "
-        "but few doubt that it changed them. Printers became publishers, editors and booksellers at once; they "
-        "standardized spelling, invented title pages and page numbers, and argued with censors in a dozen "
-        "languages.")
+TEXT = (
+    "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
+    "movable metal type, oil-based inks and a wooden press adapted from those used to make wine. Within fifty "
+    "years, presses had spread to more than two hundred cities across Europe, and the cost of books fell so "
+    "far that reading, once the privilege of clergy and nobles, became part of everyday life for merchants "
+    "and craftsmen. Historians still argue about how much the press changed religion, science and politics, "
+    "but few doubt that it changed them. Printers became publishers, editors and booksellers at once; they "
+    "standardized spelling, invented title pages and page numbers, and argued with censors in a dozen "
+    "languages."
+)
 
 
 def compare(exact: torch.Tensor, other: torch.Tensor) -> dict:
@@ -55,8 +58,12 @@ def main() -> None:
     del exact_llm
     fast_llm = LLM(path)
     fast = fast_llm.logits(ids)
-    result = {"model": os.path.basename(path), "tokens": len(ids), "forwardpass": compare(exact, fast),
-              "forwardpass_decode": compare(exact, decode_logits(fast_llm, ids))}
+    result = {
+        "model": os.path.basename(path),
+        "tokens": len(ids),
+        "forwardpass": compare(exact, fast),
+        "forwardpass_decode": compare(exact, decode_logits(fast_llm, ids)),
+    }
     if args.llamacpp_python:
         with tempfile.TemporaryDirectory() as tmp:
             ids_file, out = os.path.join(tmp, "ids.json"), os.path.join(tmp, "logits.npy")

@@ -11,6 +11,7 @@ For each model it writes tests/data/tokenizer_golden_<name>.json holding the cor
 the non-normal token attributes and a digest of every token's piece. The corpus lives here so that the output
 is deterministic; regenerate after changing it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,13 +85,13 @@ HANDWRITTEN = [
     "def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n",
     "for (int i = 0; i < n; ++i) {\n\tsum += a[i] * b[i];\n}\n",
     '{"name": "forwardpass", "version": "0.1.0", "tags": ["llm", "gguf"], "n": 3}',
-    "<html><body><div class=\"x\">Hi</div></body></html>",
+    '<html><body><div class="x">Hi</div></body></html>',
     "<table><tr><td>1</td><td>2</td></tr></table>",
     "<h1>Title</h1><p>Para <b>bold</b> <i>it</i> <code>x=1</code></p>",
     "SELECT * FROM users WHERE id = 42 AND name LIKE '%bob%';",
     "import numpy as np\nx = np.arange(10)[::-1]  # reversed\nprint(x @ x.T)",
-    "#include <stdio.h>\nint main(void) { printf(\"%d\\n\", 42); return 0; }",
-    "fn main() { let v: Vec<u8> = vec![1, 2, 3]; println!(\"{:?}\", v); }",
+    '#include <stdio.h>\nint main(void) { printf("%d\\n", 42); return 0; }',
+    'fn main() { let v: Vec<u8> = vec![1, 2, 3]; println!("{:?}", v); }',
     "^[a-zA-Z0-9._%+-]+@[a-zA-Z0-9.-]+\\.[a-zA-Z]{2,}$",
     "https://example.com/path?query=1&other=two#frag",
     "user@example.com",
@@ -252,15 +253,17 @@ def golden_for(path: Path, corpus: list[str]) -> dict:
     cases = []
     for text in corpus:
         ids = {k: llm.tokenize(text.encode("utf-8"), add_bos=b, special=s) for k, (b, s) in COMBOS.items()}
-        cases.append({
-            "text": text,
-            "ids": ids,
-            "detok_hex": {
-                "FF": detokenize(vocab, ids["FF"], False, True).hex(),
-                "TT": detokenize(vocab, ids["TT"], False, True).hex(),
-                "TT_skip": detokenize(vocab, ids["TT"], False, False).hex(),
-            },
-        })
+        cases.append(
+            {
+                "text": text,
+                "ids": ids,
+                "detok_hex": {
+                    "FF": detokenize(vocab, ids["FF"], False, True).hex(),
+                    "TT": detokenize(vocab, ids["TT"], False, True).hex(),
+                    "TT_skip": detokenize(vocab, ids["TT"], False, False).hex(),
+                },
+            }
+        )
     attrs = {t: int(llama_cpp.llama_vocab_get_attr(vocab, t)) for t in range(n_vocab)}
     return {
         "gguf": path.name,

@@ -8,6 +8,7 @@ Run with an interpreter that has llama-cpp-python (keep it in its own virtual en
 ctx tokens with BOS in place of the first token, the second half of each chunk scored) and prints the same
 "Final estimate: PPL = X +/- Y" line. `logits` writes llama.cpp's teacher-forced logits for the given token ids.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,16 @@ import numpy as np
 def load(path: str, n_ctx: int, threads: int):
     from llama_cpp import Llama
 
-    return Llama(model_path=path, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
-                 n_threads=threads, n_threads_batch=threads, verbose=False)
+    return Llama(
+        model_path=path,
+        n_ctx=n_ctx,
+        n_batch=n_ctx,
+        n_ubatch=n_ctx,
+        logits_all=True,
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
+    )
 
 
 def chunk_logits(llm, ids: list[int]) -> np.ndarray:
@@ -39,15 +48,15 @@ def perplexity(args: argparse.Namespace) -> None:
     nll = nll2 = 0.0
     count = 0
     for i in range(len(tokens) // ctx):
-        chunk = tokens[i * ctx:(i + 1) * ctx]
+        chunk = tokens[i * ctx : (i + 1) * ctx]
         if add_bos:
             chunk = [llm.token_bos()] + chunk[1:]
-        logits = chunk_logits(llm, chunk)[first:ctx - 1]
+        logits = chunk_logits(llm, chunk)[first : ctx - 1]
         logits -= logits.max(axis=1, keepdims=True)
         logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-        token_nll = -logp[np.arange(len(logp)), chunk[first + 1:]]
+        token_nll = -logp[np.arange(len(logp)), chunk[first + 1 :]]
         nll += token_nll.sum()
-        nll2 += (token_nll ** 2).sum()
+        nll2 += (token_nll**2).sum()
         count += len(token_nll)
         print(f"[{i + 1}]{math.exp(nll / count):.4f},", end="", flush=True)
     mean = nll / count

@@ -11,6 +11,7 @@ open file descriptors, and the engine gauges once idle. Exit status 0 only if re
     python scripts/soak.py --url http://127.0.0.1:8080 --duration 300 --concurrency 22
     python scripts/soak.py --model tiny.gguf --duration 30 --concurrency 6      # starts its own server
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,11 @@ import httpx
 from forwardpass.server.bench_serve import BenchConfig, build_prompt, make_client, request_body, stream_request
 
 INVALID_BODIES = [
-    {"messages": []}, {"messages": "hi"}, {"messages": [{"role": "user", "content": "x"}], "temperature": -1},
-    {"messages": [{"role": "user", "content": "x"}], "n": 0}, {"messages": [{"role": "user", "content": 5}]},
+    {"messages": []},
+    {"messages": "hi"},
+    {"messages": [{"role": "user", "content": "x"}], "temperature": -1},
+    {"messages": [{"role": "user", "content": "x"}], "n": 0},
+    {"messages": [{"role": "user", "content": 5}]},
     {"messages": [{"role": "user", "content": "x"}], "max_tokens": "a"},
     {"messages": [{"role": "user", "content": "x"}], "logit_bias": {"abc": 1}},
 ]
@@ -57,8 +61,9 @@ async def scrape(client: httpx.AsyncClient) -> dict[str, float]:
     return out
 
 
-async def one_request(client: httpx.AsyncClient, args: argparse.Namespace, path: str, body: dict,
-                      rng: random.Random, tally: Tally) -> None:
+async def one_request(
+    client: httpx.AsyncClient, args: argparse.Namespace, path: str, body: dict, rng: random.Random, tally: Tally
+) -> None:
     roll = rng.random()
     if roll < args.invalid:
         tally.kinds["invalid"] += 1
@@ -79,8 +84,14 @@ async def one_request(client: httpx.AsyncClient, args: argparse.Namespace, path:
 
 
 async def soak(args: argparse.Namespace) -> dict:
-    config = BenchConfig(url=args.url, max_tokens=args.max_tokens, prompt_tokens=args.prompt_tokens,
-                         api_key=args.api_key, endpoint=args.endpoint, temperature=0.8)
+    config = BenchConfig(
+        url=args.url,
+        max_tokens=args.max_tokens,
+        prompt_tokens=args.prompt_tokens,
+        api_key=args.api_key,
+        endpoint=args.endpoint,
+        temperature=0.8,
+    )
     tally = Tally()
     async with make_client(config, args.concurrency + 2) as client:
         prompt = await build_prompt(client, config)
@@ -123,12 +134,21 @@ def report(args: argparse.Namespace, tally: Tally, idle: dict[str, float]) -> di
     conn = tally.statuses.get("conn-error", 0)
     served = tally.statuses.get(200, 0)  # a run whose every request was refused proves nothing
     ok = served > 0 and n5xx == 0 and conn == 0 and growth < 5.0 and all(v == 0 for v in idle.values())
-    return {"ok": ok, "duration_s": args.duration, "concurrency": args.concurrency,
-            "requests": dict(tally.kinds), "statuses": {str(k): v for k, v in tally.statuses.items()},
-            "5xx": n5xx, "connection_errors": conn, "rss_baseline_mb": round(baseline / 2**20, 1),
-            "rss_final_mb": round(final / 2**20, 1), "rss_growth_pct": round(growth, 2),
-            "open_fds_first_last": [tally.fds[0], tally.fds[-1]] if tally.fds else [],
-            "idle_gauges": idle, "error_examples": sorted(set(tally.errors))[:5]}
+    return {
+        "ok": ok,
+        "duration_s": args.duration,
+        "concurrency": args.concurrency,
+        "requests": dict(tally.kinds),
+        "statuses": {str(k): v for k, v in tally.statuses.items()},
+        "5xx": n5xx,
+        "connection_errors": conn,
+        "rss_baseline_mb": round(baseline / 2**20, 1),
+        "rss_final_mb": round(final / 2**20, 1),
+        "rss_growth_pct": round(growth, 2),
+        "open_fds_first_last": [tally.fds[0], tally.fds[-1]] if tally.fds else [],
+        "idle_gauges": idle,
+        "error_examples": sorted(set(tally.errors))[:5],
+    }
 
 
 def start_server(model: str, extra: list[str]) -> tuple[subprocess.Popen, str]:
@@ -163,8 +183,12 @@ def main() -> int:
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--sample-every", type=float, default=2.0, help="seconds between /metrics samples")
     p.add_argument("--api-key", default=None)
-    p.add_argument("--endpoint", choices=["chat", "completions"], default="chat",
-                   help="completions for models without a chat template")
+    p.add_argument(
+        "--endpoint",
+        choices=["chat", "completions"],
+        default="chat",
+        help="completions for models without a chat template",
+    )
     args = p.parse_args()
     proc = None
     if args.url is None:

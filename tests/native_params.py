@@ -1,4 +1,5 @@
 """The builds of the native kernels this machine executes, as pytest parameters (shared by conftest and tests)."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,7 +11,9 @@ def _native_params() -> list:
     from forwardpass.kernels import native, select
 
     if select.resolve_cpu() == "torch":
-        return [pytest.param(None, marks=pytest.mark.skip(reason="native kernels switched off (FORWARDPASS_CPU=torch)"))]
+        return [
+            pytest.param(None, marks=pytest.mark.skip(reason="native kernels switched off (FORWARDPASS_CPU=torch)"))
+        ]
     params = []
     for variant in native.runnable_variants():
         if variant == "avx2" and "avx_vnni" in native.cpu_features():

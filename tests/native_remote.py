@@ -7,6 +7,7 @@ memory region the C function reads or writes (its tensors, the structs and what 
 the other arguments as the C code sizes them), writes them to a file for `tests/native/driver.c`, runs the driver,
 and copies the regions the function writes back into this process's memory.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -18,7 +19,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from forwardpass.kernels import native
 
 DRIVER_SOURCE = Path(__file__).with_name("native") / "driver.c"
@@ -27,9 +27,20 @@ CROSS = {"neon": ("aarch64-linux-gnu-gcc", ["qemu-aarch64", "-L", "/usr/aarch64-
 
 def build_driver(out: Path, variant: str, flags: list[str] = (), compiler: str | None = None) -> None:
     cc = compiler or ("cc" if variant not in CROSS else CROSS[variant][0])
-    cmd = [cc, *[f for f in native.COMMON_FLAGS if f not in ("-shared", "-fPIC")], *native.WARNING_FLAGS,
-           *native.variant_flags(variant), *flags, "-I", str(native.CSRC), str(DRIVER_SOURCE),
-           *map(str, native.sources()), "-o", str(out), "-lm"]
+    cmd = [
+        cc,
+        *[f for f in native.COMMON_FLAGS if f not in ("-shared", "-fPIC")],
+        *native.WARNING_FLAGS,
+        *native.variant_flags(variant),
+        *flags,
+        "-I",
+        str(native.CSRC),
+        str(DRIVER_SOURCE),
+        *map(str, native.sources()),
+        "-o",
+        str(out),
+        "-lm",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"{' '.join(cmd)}:\n{done.stderr[-3000:]}")
@@ -74,8 +85,15 @@ class Call:
     def __init__(self) -> None:
         self.regions: list[Region] = []
 
-    def add(self, addr: int, size: int, ctype: type | None = None, count: int = 1, output: bool = False,
-            pointers: tuple[int, ...] = ()) -> None:
+    def add(
+        self,
+        addr: int,
+        size: int,
+        ctype: type | None = None,
+        count: int = 1,
+        output: bool = False,
+        pointers: tuple[int, ...] = (),
+    ) -> None:
         """Region [addr, addr + size); `ctype`: an array of `count` such structs, whose pointer fields move."""
         if not addr or size <= 0:
             return
@@ -162,19 +180,25 @@ class RemoteLibrary(native.NativeLibrary):
         with tempfile.TemporaryDirectory() as tmp:
             src, dst = Path(tmp) / "in", Path(tmp) / "out"
             src.write_bytes(call.encode(name, args))
-            env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1",
-                       UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1", OMP_NUM_THREADS="2")
-            done = subprocess.run([*self.runner, str(self.driver), str(src), str(dst)], capture_output=True,
-                                  text=True, env=env)
+            env = dict(
+                os.environ,
+                ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1",
+                UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1",
+                OMP_NUM_THREADS="2",
+            )
+            done = subprocess.run(
+                [*self.runner, str(self.driver), str(src), str(dst)], capture_output=True, text=True, env=env
+            )
             if done.returncode:
-                raise RuntimeError(f"{name} in the {self.name} driver failed ({done.returncode}):\n"
-                                   f"{done.stderr[-4000:]}")
+                raise RuntimeError(
+                    f"{name} in the {self.name} driver failed ({done.returncode}):\n{done.stderr[-4000:]}"
+                )
             data = dst.read_bytes()
         ret = struct.unpack("<q", data[:8])[0]
         at = 8
         for r in call.regions:
             if r.output:
-                ctypes.memmove(r.addr, data[at:at + r.size], r.size)
+                ctypes.memmove(r.addr, data[at : at + r.size], r.size)
             at += r.size
         return ret
 
@@ -192,11 +216,19 @@ class RemoteLibrary(native.NativeLibrary):
             call.add_tmat(_u64(base + 8 * i))
         k = native.TMat.from_address(_u64(base)).k
         call.add(x, 4 * t * k)
-        for p, size in ((q, t * k), (dx, 4 * t * k // 32), (sx, 4 * t * k // 32), (s16, 4 * t * k // 16),
-                        (y, 4 * t * ldy)):
+        for p, size in (
+            (q, t * k),
+            (dx, 4 * t * k // 32),
+            (sx, 4 * t * k // 32),
+            (s16, 4 * t * k // 16),
+            (y, 4 * t * ldy),
+        ):
             call.add(p, size, output=True)
-        self._run(call, "tile_matmul", [(1, base), (0, nm), (1, x), (0, t), (1, q), (1, dx), (1, sx), (1, s16),
-                                        (1, y), (0, ldy), (0, nthreads)])
+        self._run(
+            call,
+            "tile_matmul",
+            [(1, base), (0, nm), (1, x), (0, t), (1, q), (1, dx), (1, sx), (1, s16), (1, y), (0, ldy), (0, nthreads)],
+        )
 
     def tile_dequant(self, w, rt0, rt1, out, bf16, nthreads) -> None:
         call = Call()
@@ -206,20 +238,45 @@ class RemoteLibrary(native.NativeLibrary):
         call.add(out, (rt1 - rt0) * 16 * k * (2 if bf16 else 4), output=True)
         self._run(call, "tile_dequant", [(1, m), (0, rt0), (0, rt1), (1, out), (0, bf16), (0, nthreads)])
 
-    def paged_attention(self, q, k, v, ctx, ctx_stride, seq, lens, rows, heads, kv_heads, dim, scale, window, out,
-                        n_threads) -> None:
+    def paged_attention(
+        self, q, k, v, ctx, ctx_stride, seq, lens, rows, heads, kv_heads, dim, scale, window, out, n_threads
+    ) -> None:
         call = Call()
         seqs, ls = _i64s(seq, rows), _i64s(lens, rows)
         n_seq = max(seqs) + 1 if rows else 0
         slots = [s for r in range(rows) for s in _i64s(ctx + 8 * seqs[r] * ctx_stride, ls[r])]
         n_slots = max(slots) + 1 if slots else 1
-        for p, size in ((q, 4 * rows * heads * dim), (k, 2 * n_slots * kv_heads * dim), (ctx, 8 * n_seq * ctx_stride),
-                        (v, 2 * n_slots * kv_heads * dim), (seq, 8 * rows), (lens, 8 * rows)):
+        for p, size in (
+            (q, 4 * rows * heads * dim),
+            (k, 2 * n_slots * kv_heads * dim),
+            (ctx, 8 * n_seq * ctx_stride),
+            (v, 2 * n_slots * kv_heads * dim),
+            (seq, 8 * rows),
+            (lens, 8 * rows),
+        ):
             call.add(p, size)
         call.add(out, 4 * rows * heads * dim, output=True)
-        self._run(call, "paged_attention", [(1, q), (1, k), (1, v), (1, ctx), (0, ctx_stride), (1, seq), (1, lens),
-                                            (0, rows), (0, heads), (0, kv_heads), (0, dim), (2, scale),
-                                            (0, window), (1, out), (0, n_threads)])
+        self._run(
+            call,
+            "paged_attention",
+            [
+                (1, q),
+                (1, k),
+                (1, v),
+                (1, ctx),
+                (0, ctx_stride),
+                (1, seq),
+                (1, lens),
+                (0, rows),
+                (0, heads),
+                (0, kv_heads),
+                (0, dim),
+                (2, scale),
+                (0, window),
+                (1, out),
+                (0, n_threads),
+            ],
+        )
 
     def argmax_rows(self, x, rows, n, out, nthreads) -> None:
         call = Call()
@@ -235,11 +292,17 @@ class RemoteLibrary(native.NativeLibrary):
         hd, qo = m.head_dim, m.n_heads * m.head_dim
         for i in range(m.n_layers):
             layer = m.layers[i]
-            for p, size in ((layer.attn_norm, m.d_model), (layer.ffn_norm, m.d_model), (layer.q_norm, hd),
-                            (layer.k_norm, hd), (layer.post_attn_norm, m.d_model),
-                            (layer.post_ffn_norm, m.d_model), (layer.qkv_bias, qo + 2 * m.n_kv * hd)):
+            for p, size in (
+                (layer.attn_norm, m.d_model),
+                (layer.ffn_norm, m.d_model),
+                (layer.q_norm, hd),
+                (layer.k_norm, hd),
+                (layer.post_attn_norm, m.d_model),
+                (layer.post_ffn_norm, m.d_model),
+                (layer.qkv_bias, qo + 2 * m.n_kv * hd),
+            ):
                 call.add(p or 0, 4 * size)
-            for t in (*layer.qkv[:layer.n_qkv], layer.o, *layer.gu[:layer.n_gu], layer.down):
+            for t in (*layer.qkv[: layer.n_qkv], layer.o, *layer.gu[: layer.n_gu], layer.down):
                 call.add_tmat(ctypes.cast(t, ctypes.c_void_p).value)
             for p in (layer.kc, layer.vc):
                 if p not in caches:
@@ -255,8 +318,9 @@ class RemoteLibrary(native.NativeLibrary):
         self._model(call, _addr(m), self.caches)
         return self._run(call, "decoder_workspace", [(1, _addr(m)), (0, b), (0, lmax), (0, nthreads)])
 
-    def decoder_step(self, m, x, b, rope, slots, ctx, ctx_stride, ctx_group_stride, seq, lens, out_rows, n_out,
-                     logits, ws, nthreads) -> None:
+    def decoder_step(
+        self, m, x, b, rope, slots, ctx, ctx_stride, ctx_group_stride, seq, lens, out_rows, n_out, logits, ws, nthreads
+    ) -> None:
         call = Call()
         model = self._model(call, _addr(m), self.caches)
         groups = max(model.layers[i].group for i in range(model.n_layers)) + 1
@@ -264,16 +328,44 @@ class RemoteLibrary(native.NativeLibrary):
         ls = _i64s(lens, b)
         ws_size = self.decoder_workspace(m, b, max([1, *ls]), nthreads)
         call.add(x, 4 * b * model.d_model, output=True)
-        for p, size in ((rope, 4 * n_rope * b * 2 * model.rope_dims), (slots, 8 * groups * b),
-                        (ctx, 8 * groups * ctx_group_stride), (seq, 8 * b), (lens, 8 * b), (out_rows or 0, 8 * n_out)):
+        for p, size in (
+            (rope, 4 * n_rope * b * 2 * model.rope_dims),
+            (slots, 8 * groups * b),
+            (ctx, 8 * groups * ctx_group_stride),
+            (seq, 8 * b),
+            (lens, 8 * b),
+            (out_rows or 0, 8 * n_out),
+        ):
             call.add(p, size)
-        call.add(logits or 0, 4 * n_out * (native.TMat.from_address(ctypes.cast(model.head, ctypes.c_void_p).value).n
-                                           if model.head else 0), output=True)
+        call.add(
+            logits or 0,
+            4
+            * n_out
+            * (native.TMat.from_address(ctypes.cast(model.head, ctypes.c_void_p).value).n if model.head else 0),
+            output=True,
+        )
         call.add(ws, ws_size, output=True)
-        self._run(call, "decoder_step", [(1, _addr(m)), (1, x), (0, b), (1, rope), (1, slots), (1, ctx),
-                                         (0, ctx_stride), (0, ctx_group_stride), (1, seq), (1, lens),
-                                         (1 if out_rows else 0, out_rows or 0), (0, n_out),
-                                         (1 if logits else 0, logits or 0), (1, ws), (0, nthreads)])
+        self._run(
+            call,
+            "decoder_step",
+            [
+                (1, _addr(m)),
+                (1, x),
+                (0, b),
+                (1, rope),
+                (1, slots),
+                (1, ctx),
+                (0, ctx_stride),
+                (0, ctx_group_stride),
+                (1, seq),
+                (1, lens),
+                (1 if out_rows else 0, out_rows or 0),
+                (0, n_out),
+                (1 if logits else 0, logits or 0),
+                (1, ws),
+                (0, nthreads),
+            ],
+        )
 
     def register_cache(self, cache) -> None:
         """The KV cache tensors the native step writes (their whole size: the step addresses them by slot)."""

@@ -1,5 +1,6 @@
 """`forwardpass bench` reports its figures and keeps its memory budget; releasing the file's pages never loses
 data."""
+
 from __future__ import annotations
 
 import json
@@ -9,18 +10,39 @@ import sys
 
 import numpy as np
 import torch
+from tiny_models import write_tiny_model
 
 from forwardpass.gguf.reader import GGUFFile
 from forwardpass.gguf.weights import WeightStore
-from tiny_models import write_tiny_model
 
 
 def test_bench_reports_speeds_and_stays_within_its_memory_budget(tmp_path):
     """The budget (the file, the KV cache, and 400 MB for Python, torch and the rest) comes from what the model
     is, not from the bench's own figures; `rss_mb` is the peak of a fresh process running the bench."""
     path = str(write_tiny_model(tmp_path / "m.gguf", "llama", tile_types=True))
-    out = subprocess.run([sys.executable, "-m", "forwardpass.cli", "bench", path, "-p", "24", "-n", "4", "-r", "1",
-                          "-b", "2", "--threads", "1", "--json"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "forwardpass.cli",
+            "bench",
+            path,
+            "-p",
+            "24",
+            "-n",
+            "4",
+            "-r",
+            "1",
+            "-b",
+            "2",
+            "--threads",
+            "1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
     for key in ("pp_tok_s", "tg_tok_s", "ttft_ms", "load_s", "rss_mb", "kv_mb", "rss_budget_mb"):

@@ -1,4 +1,5 @@
 """Block manager and scheduler: pure bookkeeping, no torch, milliseconds."""
+
 from __future__ import annotations
 
 from forwardpass.engine.block_manager import FREED, BlockManager

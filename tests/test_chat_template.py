@@ -1,5 +1,6 @@
 """Chat templates: transformers-identical rendering, and a sandbox that hostile templates cannot escape or stall
 (RELIABILITY X6, X7)."""
+
 from __future__ import annotations
 
 import os
@@ -15,11 +16,18 @@ from forwardpass.tokenizer import ChatTemplate
 CONVERSATIONS = [
     [{"role": "user", "content": "Hi!"}],
     [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "What is 2+2?"}],
-    [{"role": "user", "content": "Tell me a joke."}, {"role": "assistant", "content": "Why did the GPU..."},
-     {"role": "user", "content": "Another one, with émojis 😀 and 中文."}],
-    [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "a"},
-     {"role": "assistant", "content": "b"}, {"role": "user", "content": "c\n\nd"},
-     {"role": "assistant", "content": "e"}],
+    [
+        {"role": "user", "content": "Tell me a joke."},
+        {"role": "assistant", "content": "Why did the GPU..."},
+        {"role": "user", "content": "Another one, with émojis 😀 and 中文."},
+    ],
+    [
+        {"role": "system", "content": "Be kind."},
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c\n\nd"},
+        {"role": "assistant", "content": "e"},
+    ],
 ]
 
 
@@ -58,10 +66,10 @@ def hf_tokenizer(smollm2_path: str):  # noqa: ANN201  (a transformers tokenizer)
 @pytest.mark.slow
 @pytest.mark.parametrize("conversation", CONVERSATIONS, ids=range(len(CONVERSATIONS)))
 @pytest.mark.parametrize("add_generation_prompt", [True, False])
-def test_smollm2_matches_transformers(hf_tokenizer, smollm2_template: ChatTemplate, conversation: list[dict],
-                                      add_generation_prompt: bool) -> None:
-    want = hf_tokenizer.apply_chat_template(conversation, tokenize=False,
-                                            add_generation_prompt=add_generation_prompt)
+def test_smollm2_matches_transformers(
+    hf_tokenizer, smollm2_template: ChatTemplate, conversation: list[dict], add_generation_prompt: bool
+) -> None:
+    want = hf_tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=add_generation_prompt)
     assert smollm2_template.render(conversation, add_generation_prompt=add_generation_prompt) == want
 
 
@@ -79,9 +87,12 @@ def test_transformers_environment_features() -> None:
     )
     out = ChatTemplate(source, "<s>", "</s>").render(
         [{"role": "user", "content": "café <b>"}, {"role": "user", "content": "x"}, {"role": "user"}],
-        tools=[{"name": "f"}], extra_flag="!")
-    assert out == ('<s>{"role": "user", "content": "café <b>"}\n{"role": "user", "content": "x"}\n'
-                   '[{"name": "f"}]!34{"a": 1}')
+        tools=[{"name": "f"}],
+        extra_flag="!",
+    )
+    assert out == (
+        '<s>{"role": "user", "content": "café <b>"}\n{"role": "user", "content": "x"}\n[{"name": "f"}]!34{"a": 1}'
+    )
 
 
 def test_template_errors_become_chat_template_errors() -> None:
@@ -122,8 +133,9 @@ MALICIOUS = {
 
 
 @pytest.mark.parametrize("source", MALICIOUS.values(), ids=MALICIOUS.keys())
-def test_malicious_templates_fail_fast_and_run_nothing(source: str, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_malicious_templates_fail_fast_and_run_nothing(
+    source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     start = time.monotonic()
     with pytest.raises(ChatTemplateError):

@@ -1,4 +1,5 @@
 """The `forwardpass` command, run as a user would: a subprocess."""
+
 from __future__ import annotations
 
 import os
@@ -7,15 +8,22 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from forwardpass import registry
 from tiny_models import write_tiny_model
 
+from forwardpass import registry
 
-def forwardpass(*args: str, stdin: str | None = None, env: dict | None = None,
-                timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "forwardpass.cli", *args], input=stdin, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+def forwardpass(
+    *args: str, stdin: str | None = None, env: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "forwardpass.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +72,11 @@ def test_inspect_and_list(tiny_path, tmp_path):
 @pytest.mark.slow
 def test_run_default_model_offline(smollm2_path):
     # after the first pull, `run` needs no network: make any pip call fail loudly
-    env = {"FORWARDPASS_HOME": str(Path(smollm2_path).parent.parent), "PIP_INDEX_URL": "http://127.0.0.1:9/none",
-           "PIP_NO_INDEX": "1"}
+    env = {
+        "FORWARDPASS_HOME": str(Path(smollm2_path).parent.parent),
+        "PIP_INDEX_URL": "http://127.0.0.1:9/none",
+        "PIP_NO_INDEX": "1",
+    }
     r = forwardpass("run", "Say hello.", "-n", "8", "--temperature", "0", env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() and "generated: 8 tokens" in r.stderr

@@ -1,4 +1,5 @@
 """`EngineConfig`: one validated set of engine options for `LLM`, the server, `bench` and the CLIs."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,13 +10,24 @@ from forwardpass.config import EngineConfig, add_engine_args
 from forwardpass.server.config import ServerConfig
 
 
-@pytest.mark.parametrize("kw, field", [
-    ({"threads": 0}, "threads"), ({"threads": True}, "threads"), ({"ctx": 1}, "ctx"), ({"ctx": 2.5}, "ctx"),
-    ({"kv_tokens": 0}, "kv_tokens"), ({"kv_memory": -1}, "kv_memory"), ({"max_num_seqs": 0}, "max_num_seqs"),
-    ({"max_num_batched_tokens": 1.5}, "max_num_batched_tokens"), ({"device": "tpu"}, "device"),
-    ({"cpu": "sse2"}, "cpu"), ({"reference": 1}, "reference"), ({"enable_prefix_caching": "no"}, "enable_prefix"),
-    ({"kv_tokens": 64, "kv_memory": 1 << 20}, "not both"),
-])
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        ({"threads": 0}, "threads"),
+        ({"threads": True}, "threads"),
+        ({"ctx": 1}, "ctx"),
+        ({"ctx": 2.5}, "ctx"),
+        ({"kv_tokens": 0}, "kv_tokens"),
+        ({"kv_memory": -1}, "kv_memory"),
+        ({"max_num_seqs": 0}, "max_num_seqs"),
+        ({"max_num_batched_tokens": 1.5}, "max_num_batched_tokens"),
+        ({"device": "tpu"}, "device"),
+        ({"cpu": "sse2"}, "cpu"),
+        ({"reference": 1}, "reference"),
+        ({"enable_prefix_caching": "no"}, "enable_prefix"),
+        ({"kv_tokens": 64, "kv_memory": 1 << 20}, "not both"),
+    ],
+)
 def test_a_bad_option_names_its_field(kw, field):
     with pytest.raises(ValueError, match=field):
         EngineConfig(**kw)
@@ -25,13 +37,36 @@ def test_every_command_parses_the_same_options_into_one_config():
     parser = argparse.ArgumentParser()
     add_engine_args(parser)
     assert EngineConfig.from_args(parser.parse_args([])) == EngineConfig()
-    args = parser.parse_args(["-t", "2", "--ctx", "128", "--kv-memory", "2M", "--max-num-seqs", "8",
-                              "--max-num-batched-tokens", "32", "--no-prefix-caching", "--cpu", "torch",
-                              "--reference"])
+    args = parser.parse_args(
+        [
+            "-t",
+            "2",
+            "--ctx",
+            "128",
+            "--kv-memory",
+            "2M",
+            "--max-num-seqs",
+            "8",
+            "--max-num-batched-tokens",
+            "32",
+            "--no-prefix-caching",
+            "--cpu",
+            "torch",
+            "--reference",
+        ]
+    )
     config = EngineConfig.from_args(args, model="m.gguf")
-    assert config == EngineConfig(model="m.gguf", threads=2, ctx=128, kv_memory=2 << 20, max_num_seqs=8,
-                                  max_num_batched_tokens=32, enable_prefix_caching=False, cpu="torch",
-                                  reference=True)
+    assert config == EngineConfig(
+        model="m.gguf",
+        threads=2,
+        ctx=128,
+        kv_memory=2 << 20,
+        max_num_seqs=8,
+        max_num_batched_tokens=32,
+        enable_prefix_caching=False,
+        cpu="torch",
+        reference=True,
+    )
     with pytest.raises(SystemExit):  # argparse: one KV budget at most
         parser.parse_args(["--kv-tokens", "64", "--kv-memory", "2M"])
 
@@ -48,8 +83,9 @@ def test_serve_builds_its_engine_config_from_the_shared_flags():
 
 
 def test_llm_takes_keywords_or_a_config(tmp_path):
-    from forwardpass import LLM
     from tiny_models import write_tiny_model
+
+    from forwardpass import LLM
 
     path = str(write_tiny_model(tmp_path / "m.gguf", "llama"))
     a = LLM(path, ctx=64, max_num_seqs=3, cpu="torch")

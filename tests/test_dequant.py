@@ -1,4 +1,5 @@
 """forwardpass.gguf.dequant is bit-exact with gguf-py's reference dequantizers, on every supported type."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -76,13 +77,13 @@ def _random_tensor_bytes(rng: np.random.Generator, qtype: GGMLQuantizationType, 
     else:
         blocks = rng.integers(0, 256, (n_blocks, type_size), dtype=np.uint8)
         for off in FP16_FIELDS[qtype]:
-            blocks[:, off:off + 2] = _random_scales(rng, n_blocks)
+            blocks[:, off : off + 2] = _random_scales(rng, n_blocks)
         edges = [(fill, scale) for fill in EDGE_FILLS for scale in EDGE_SCALES]
         for i, (fill, scale) in enumerate(edges[:n_blocks]):  # _shape_for() leaves room for all of them
             if fill is not None:
                 blocks[i] = fill
             for off in FP16_FIELDS[qtype]:
-                blocks[i, off:off + 2] = np.array([scale], dtype=np.float16).view(np.uint8)
+                blocks[i, off : off + 2] = np.array([scale], dtype=np.float16).view(np.uint8)
     return blocks.reshape(shape[0], -1)
 
 

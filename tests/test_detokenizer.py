@@ -1,16 +1,18 @@
 """StreamingDetokenizer: deltas never split a character and always add up to the one-shot decode (RELIABILITY S2)."""
+
 from __future__ import annotations
 
 import os
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_tokenizer import tiny_bpe_metadata, tiny_spm_metadata
 
 from forwardpass.gguf.reader import GGUFFile
 from forwardpass.tokenizer import BPETokenizer, StreamingDetokenizer, Tokenizer, tokenizer_from_metadata
 from forwardpass.tokenizer.bpe import BYTE_TO_CHAR
-from test_tokenizer import tiny_bpe_metadata, tiny_spm_metadata
 
 REPLACEMENT = "\ufffd"
 FUZZ_EXAMPLES = int(os.environ.get("FORWARDPASS_FUZZ_EXAMPLES", "150"))
@@ -42,7 +44,7 @@ def test_tiny_byte_fallback_vocabulary(text: str, n_bytes: int) -> None:
     ids = tok.encode("h" + text + "h")
     assert len(ids) == 2 + n_bytes
     deltas = stream(tok, ids)
-    assert deltas[1:1 + n_bytes] == [""] * (n_bytes - 1) + [text]
+    assert deltas[1 : 1 + n_bytes] == [""] * (n_bytes - 1) + [text]
     assert "".join(deltas) == tok.decode(ids, skip_special=True) == "h" + text + "h"
 
 
@@ -105,8 +107,13 @@ def lossless(tok: Tokenizer, text: str) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.fuzz
-@settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(text=unicode_text)
 def test_streaming_equals_decode_on_random_text(smollm2: Tokenizer, gemma3: Tokenizer, text: str) -> None:
     for tok in (smollm2, gemma3):
@@ -122,8 +129,13 @@ def test_streaming_equals_decode_on_random_text(smollm2: Tokenizer, gemma3: Toke
 
 @pytest.mark.slow
 @pytest.mark.fuzz
-@settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(data=st.data())
 def test_streaming_equals_decode_on_random_ids(smollm2: Tokenizer, gemma3: Tokenizer, data: st.DataObject) -> None:
     for tok in (smollm2, gemma3):

@@ -1,14 +1,15 @@
 """`LLM.embed`: pooled final hidden states through the engine, against transformers' hidden states; chunked,
 batched next to generating requests, preempted and prefix-cached runs give the same vectors."""
+
 from __future__ import annotations
 
 import os
 
 import pytest
 import torch
+from tiny_models import write_tiny_model
 
 from forwardpass import LLM, SamplingParams
-from tiny_models import write_tiny_model
 
 INPUTS = [[4 + (i * 7 + j * 3) % 300 for j in range(5 + 19 * i)] for i in range(6)]  # 5 .. 100 tokens
 

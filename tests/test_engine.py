@@ -1,11 +1,12 @@
 """The engine: batching, prefix caching, chunked prefill, forking, preemption and aborts keep outputs exact."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import write_tiny_model
 
 from forwardpass import LLM, SamplingParams
-from tiny_models import write_tiny_model
 
 PROMPTS = [[4 + (i * 7 + j * 3) % 300 for j in range(5 + 9 * i)] for i in range(8)]
 SHARED = [4 + (j * 11) % 300 for j in range(40)]  # a 40-token "system prompt"
@@ -63,8 +64,7 @@ def test_prefix_cache_hit_equals_miss(tiny_path, device):
 def test_n_samples_share_prompt_blocks(tiny_path, device):
     llm = LLM(tiny_path, ctx=256, device=device)
     engine = llm.engine
-    request = engine.add_request(SHARED, SamplingParams(n=4, temperature=1.0, seed=3, max_tokens=8,
-                                                        ignore_eos=True))
+    request = engine.add_request(SHARED, SamplingParams(n=4, temperature=1.0, seed=3, max_tokens=8, ignore_eos=True))
     engine.step()  # computes the prompt once, then forks
     seqs = [c.seq for c in request.completions]
     assert all(s.block_table[:2] == seqs[0].block_table[:2] for s in seqs)

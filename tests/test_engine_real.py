@@ -1,4 +1,5 @@
 """Deterministic batching on the real models: a request's greedy tokens never depend on what runs beside it."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,10 +10,28 @@ from forwardpass.kernels.select import resolve_cpu, select_kernels
 
 NATIVE_DEFAULT = select_kernels() if resolve_cpu() != "torch" else None
 
-TOPICS = ["the ocean", "a robot", "the moon", "coffee", "a library", "winter", "trains", "the desert",
-          "music", "a city at night", "bees", "mathematics", "a lighthouse", "rain", "chess", "volcanoes"]
-SYSTEM = ("You are a careful assistant. Answer in plain English, in two or three sentences, without lists. "
-          "Prefer concrete facts to opinions, and say so when you are unsure. ")
+TOPICS = [
+    "the ocean",
+    "a robot",
+    "the moon",
+    "coffee",
+    "a library",
+    "winter",
+    "trains",
+    "the desert",
+    "music",
+    "a city at night",
+    "bees",
+    "mathematics",
+    "a lighthouse",
+    "rain",
+    "chess",
+    "volcanoes",
+]
+SYSTEM = (
+    "You are a careful assistant. Answer in plain English, in two or three sentences, without lists. "
+    "Prefer concrete facts to opinions, and say so when you are unsure. "
+)
 
 
 def greedy(n: int = 24) -> SamplingParams:
@@ -20,8 +39,10 @@ def greedy(n: int = 24) -> SamplingParams:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA device"))])
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))],
+)
 @pytest.mark.parametrize("model", ["smollm2", "gemma3"])
 def test_sixteen_prompts_batched_equal_alone(request, model, device, native_lib, use_native):
     """On CPU with every build of the native kernels this CPU runs; CUDA runs none of them (once is enough)."""

@@ -1,9 +1,11 @@
 """Sliding-window KV groups on a tiny Gemma 3 (five local layers of six, window 20, 16-token blocks): the local
 layers keep only their window, yet every output equals a run that keeps whole contexts in every layer."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import write_tiny_model
 
 import forwardpass.llm as llm_module
 from forwardpass import LLM, SamplingParams
@@ -12,7 +14,6 @@ from forwardpass.engine.kv_groups import blocks_for, plan_kv_groups
 from forwardpass.engine.llm_engine import LLMEngine
 from forwardpass.engine.model_runner import ModelRunner
 from forwardpass.models.attention import KVGroup
-from tiny_models import write_tiny_model
 
 WINDOW = 20  # the local layers' window: a bit over one block
 LOCAL, GLOBAL = (0, 1, 2, 3, 4), (5,)
@@ -25,8 +26,9 @@ def path(tmp_path_factory, request) -> str:
     """Mixed types: PyTorch layers, native attention kernel; tile types: the native decode step; torch-attention:
     PyTorch layers and the PyTorch attention fallback (as on CUDA)."""
     tiles = request.param == "tile-types"
-    out = write_tiny_model(tmp_path_factory.mktemp("swa") / "gemma3.gguf", "gemma3", seed=9, tile_types=tiles,
-                           sliding_window=WINDOW)
+    out = write_tiny_model(
+        tmp_path_factory.mktemp("swa") / "gemma3.gguf", "gemma3", seed=9, tile_types=tiles, sliding_window=WINDOW
+    )
     with pytest.MonkeyPatch.context() as mp:
         if request.param == "torch-attention":
             mp.setenv("FORWARDPASS_CPU", "torch")  # no native kernels, attention included
@@ -35,6 +37,7 @@ def path(tmp_path_factory, request) -> str:
 
 def untrimmed(path: str, **kw) -> LLM:
     """The same model keeping whole contexts in every layer: one KV group, as before groups existed."""
+
     def one_group(windows, budget, block_size, ctx, *args) -> list[KVGroup]:
         return [KVGroup(0, tuple(range(len(windows))), blocks_for(max(ctx, budget), block_size))]
 
@@ -198,11 +201,17 @@ def test_sizing_splits_the_budget_and_checks_every_group(path):
     per_block = cache.nbytes // (51 + 5 * 9)
     assert cache.nbytes == 6 * 16 * per_block  # the same memory as 16 blocks in every layer
     with pytest.raises(ValueError, match="window"):
-        LLMEngine(ModelRunner(llm.model, [KVGroup(0, GLOBAL, 16), KVGroup(WINDOW, LOCAL, 2)], 16, torch.bfloat16),
-                  llm.tokenizer, 256)
+        LLMEngine(
+            ModelRunner(llm.model, [KVGroup(0, GLOBAL, 16), KVGroup(WINDOW, LOCAL, 2)], 16, torch.bfloat16),
+            llm.tokenizer,
+            256,
+        )
     with pytest.raises(ValueError, match="full context"):
-        LLMEngine(ModelRunner(llm.model, [KVGroup(0, GLOBAL, 15), KVGroup(WINDOW, LOCAL, 16)], 16, torch.bfloat16),
-                  llm.tokenizer, 256)
+        LLMEngine(
+            ModelRunner(llm.model, [KVGroup(0, GLOBAL, 15), KVGroup(WINDOW, LOCAL, 16)], 16, torch.bfloat16),
+            llm.tokenizer,
+            256,
+        )
 
 
 def test_plan_kv_groups():

@@ -2,13 +2,14 @@
 llama.cpp's, and top-1 agreement at most 2 points below; llama.cpp measured KL 3.0e-3 / top-1 95.3 % on SmolLM2
 and 4.8e-3 / 93.8 % on Gemma 3 for scripts/fidelity.py's text; see docs/benchmarks.md). The decode kernels
 quantize activations to int8 as llama.cpp does, so their KL is of llama.cpp's order (2.8e-3 and 1.8e-3)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from test_models import REAL_PROMPT
 
 from forwardpass import LLM
-from test_models import REAL_PROMPT
 
 KL_BOUND = {"smollm2": 4.5e-3, "gemma3": 7.0e-3}  # 1.5x llama.cpp's
 TOP1_BOUND = {"smollm2": 0.93, "gemma3": 0.915}  # llama.cpp's minus 2 points

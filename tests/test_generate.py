@@ -1,14 +1,14 @@
 """Generation end to end: greedy parity with transformers, streaming, seeds, stop strings, limits."""
+
 from __future__ import annotations
 
 import os
 
 import pytest
 import torch
-
-from forwardpass import LLM, ContextLengthError, SamplingParams
 from tiny_models import write_tiny_model
 
+from forwardpass import LLM, ContextLengthError, SamplingParams
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -36,7 +36,9 @@ def test_greedy_is_repeatable_and_batch_independent(tiny):
 def test_greedy_equals_cpu_reference(tiny):
     """The exact float32 path gives the same greedy tokens on every device (logits agree to ~1e-6)."""
     cpu = tiny if tiny.device == "cpu" else LLM(tiny.path, reference=True, ctx=128)
-    assert [o.token_ids for o in tiny.generate(PROMPTS, greedy())] == [o.token_ids for o in cpu.generate(PROMPTS, greedy())]
+    assert [o.token_ids for o in tiny.generate(PROMPTS, greedy())] == [
+        o.token_ids for o in cpu.generate(PROMPTS, greedy())
+    ]
 
 
 def test_stream_equals_generate(tiny):
@@ -49,8 +51,9 @@ def test_stream_equals_generate(tiny):
 
 def test_same_seed_same_text_different_seed_different_text(tiny):
     def run(seed: int) -> list[int]:
-        return tiny.generate("the", SamplingParams(temperature=1.0, seed=seed, max_tokens=32,
-                                                   ignore_eos=True))[0].token_ids
+        return tiny.generate("the", SamplingParams(temperature=1.0, seed=seed, max_tokens=32, ignore_eos=True))[
+            0
+        ].token_ids
 
     assert run(1) == run(1)
     assert run(1) != run(2)
@@ -109,16 +112,25 @@ def hf_greedy(path: str, prompts: list[list[int]], n: int) -> list[list[int]]:
     outs = []
     for ids in prompts:
         with torch.no_grad():
-            gen = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, eos_token_id=None,
-                                 pad_token_id=0)
-        outs.append(gen[0, len(ids):].tolist())
+            gen = model.generate(
+                torch.tensor([ids]), max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0
+            )
+        outs.append(gen[0, len(ids) :].tolist())
     return outs
 
 
-CHATS = ["What is the tallest mountain in the world?", "Write a short poem about the sea.",
-         "Explain photosynthesis in one sentence.", "List three uses of Python."]
-TEXTS = ["The theory of relativity says that", "Once upon a time, in a small village,",
-         "def quicksort(arr):", "The best way to learn a new language is"]
+CHATS = [
+    "What is the tallest mountain in the world?",
+    "Write a short poem about the sea.",
+    "Explain photosynthesis in one sentence.",
+    "List three uses of Python.",
+]
+TEXTS = [
+    "The theory of relativity says that",
+    "Once upon a time, in a small village,",
+    "def quicksort(arr):",
+    "The best way to learn a new language is",
+]
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
 """Tests of the validating GGUF reader: round trips, the malformed-file corpus (X9), fuzzing (X10), real models."""
+
 from __future__ import annotations
 
 import logging
@@ -14,43 +15,81 @@ import gguf
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as QT
-from hypothesis import event, given, settings, strategies as st
+from gguf_corrupt import VT, build, gstr, kv, kv_array, kv_str, kv_u32, malformed_cases, tinfo
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from forwardpass.errors import GGUFError
 from forwardpass.gguf.reader import GGUFFile, TensorInfo
-from gguf_corrupt import VT, build, gstr, kv, kv_array, kv_str, kv_u32, malformed_cases, tinfo
 
 CASES = malformed_cases()
 # What each rejection message must name (the key, the tensor or the problem); cases not listed only need GGUFError.
 EXPECT = {
-    "bad_magic": "not a GGUF file", "version_0": "version 0", "version_1": "version 1", "version_4": "version 4",
-    "version_u32_max": "version 4294967295", "big_endian": "big-endian", "n_tensors_u64_max": "cannot fit",
-    "n_kv_u64_max": "cannot fit", "zero_length": "empty", "magic_only": "version",
-    "key_length_u64_max": "metadata key #1", "empty_key": "metadata key #1 is empty", "key_invalid_utf8": "UTF-8",
-    "value_type_13": "'general.x' has invalid value type 13", "value_type_u32_max": "invalid value type",
-    "string_length_past_eof": "'general.name'", "string_length_u64_max": "'general.name'",
-    "string_value_invalid_utf8": "'general.name' is not valid UTF-8", "string_array_invalid_utf8": "general.tags",
-    "bool_value_2": "general.flag", "array_count_past_eof": "'general.x'", "array_bytes_overflow_u64": "'general.x'",
-    "string_array_count_u64_max": "'general.x'", "string_array_item_past_eof": "'general.x'[1]",
-    "array_elem_type_13": "element type 13", "nested_array": "nested array",
-    "duplicate_key": "duplicate metadata key 'general.architecture'", "alignment_0": "general.alignment",
-    "alignment_13": "general.alignment", "alignment_2_31": "general.alignment",
-    "alignment_as_string": "must be a UINT32", "alignment_as_u64": "must be a UINT32",
-    "n_dims_0": "'b' has 0 dimensions", "n_dims_5": "'b' has 5 dimensions", "n_dims_u32_max": "'b'",
-    "zero_dim": "'b' has an invalid dimension", "dim_over_int64": "'b'", "dims_product_over_2_63": "'b'",
-    "f64_nbytes_over_2_64": "'b'", "quant_ne_times_type_size_over_2_64": "'b'",
-    "ggml_type_u32_max": "ggml type 4294967295", "ggml_type_4_removed": "ggml type 4",
-    "ggml_type_31_removed": "ggml type 31", "ggml_type_past_count": "'b' has unknown",
-    "row_not_multiple_of_block": "block size", "offset_past_eof": "'b'", "offset_plus_size_past_eof": "'b'",
-    "offset_u64_max_unaligned": "'b'", "offset_u64_max_aligned": "'b'", "overlapping": "overlap",
-    "partly_overlapping": "overlap", "misaligned_offset": "alignment", "duplicate_tensor_name": "duplicate tensor",
-    "name_64_bytes": "too long", "name_65_bytes": "too long", "name_1000_bytes": "too long",
-    "empty_tensor_name": "empty name", "tensor_name_invalid_utf8": "UTF-8", "truncated_data": "'b'",
+    "bad_magic": "not a GGUF file",
+    "version_0": "version 0",
+    "version_1": "version 1",
+    "version_4": "version 4",
+    "version_u32_max": "version 4294967295",
+    "big_endian": "big-endian",
+    "n_tensors_u64_max": "cannot fit",
+    "n_kv_u64_max": "cannot fit",
+    "zero_length": "empty",
+    "magic_only": "version",
+    "key_length_u64_max": "metadata key #1",
+    "empty_key": "metadata key #1 is empty",
+    "key_invalid_utf8": "UTF-8",
+    "value_type_13": "'general.x' has invalid value type 13",
+    "value_type_u32_max": "invalid value type",
+    "string_length_past_eof": "'general.name'",
+    "string_length_u64_max": "'general.name'",
+    "string_value_invalid_utf8": "'general.name' is not valid UTF-8",
+    "string_array_invalid_utf8": "general.tags",
+    "bool_value_2": "general.flag",
+    "array_count_past_eof": "'general.x'",
+    "array_bytes_overflow_u64": "'general.x'",
+    "string_array_count_u64_max": "'general.x'",
+    "string_array_item_past_eof": "'general.x'[1]",
+    "array_elem_type_13": "element type 13",
+    "nested_array": "nested array",
+    "duplicate_key": "duplicate metadata key 'general.architecture'",
+    "alignment_0": "general.alignment",
+    "alignment_13": "general.alignment",
+    "alignment_2_31": "general.alignment",
+    "alignment_as_string": "must be a UINT32",
+    "alignment_as_u64": "must be a UINT32",
+    "n_dims_0": "'b' has 0 dimensions",
+    "n_dims_5": "'b' has 5 dimensions",
+    "n_dims_u32_max": "'b'",
+    "zero_dim": "'b' has an invalid dimension",
+    "dim_over_int64": "'b'",
+    "dims_product_over_2_63": "'b'",
+    "f64_nbytes_over_2_64": "'b'",
+    "quant_ne_times_type_size_over_2_64": "'b'",
+    "ggml_type_u32_max": "ggml type 4294967295",
+    "ggml_type_4_removed": "ggml type 4",
+    "ggml_type_31_removed": "ggml type 31",
+    "ggml_type_past_count": "'b' has unknown",
+    "row_not_multiple_of_block": "block size",
+    "offset_past_eof": "'b'",
+    "offset_plus_size_past_eof": "'b'",
+    "offset_u64_max_unaligned": "'b'",
+    "offset_u64_max_aligned": "'b'",
+    "overlapping": "overlap",
+    "partly_overlapping": "overlap",
+    "misaligned_offset": "alignment",
+    "duplicate_tensor_name": "duplicate tensor",
+    "name_64_bytes": "too long",
+    "name_65_bytes": "too long",
+    "name_1000_bytes": "too long",
+    "empty_tensor_name": "empty name",
+    "tensor_name_invalid_utf8": "UTF-8",
+    "truncated_data": "'b'",
 }
 N_HEADER_CUTS = 20
 
 
 # -- the valid tiny file ----------------------------------------------------------------------------------------
+
 
 def _q4_k_blocks(rng: np.random.Generator, n_blocks: int) -> np.ndarray:
     """Random Q4_K blocks whose fp16 scales (d, dmin) are small and finite, so they dequantize sanely."""
@@ -75,10 +114,18 @@ def _tiny_tensors() -> dict[str, tuple[np.ndarray, QT | None]]:
 
 # key -> (value, type): one scalar of every type.
 TINY_META: dict[str, tuple[Any, VT]] = {
-    "test.u8": (255, VT.UINT8), "test.i8": (-1, VT.INT8), "test.u16": (65535, VT.UINT16),
-    "test.i16": (-300, VT.INT16), "test.u32": (7, VT.UINT32), "test.i32": (-5, VT.INT32),
-    "test.u64": (2**40, VT.UINT64), "test.i64": (-(2**40), VT.INT64), "test.f32": (0.5, VT.FLOAT32),
-    "test.f64": (1e-300, VT.FLOAT64), "test.bool": (True, VT.BOOL), "test.str": ("héllo ✓", VT.STRING),
+    "test.u8": (255, VT.UINT8),
+    "test.i8": (-1, VT.INT8),
+    "test.u16": (65535, VT.UINT16),
+    "test.i16": (-300, VT.INT16),
+    "test.u32": (7, VT.UINT32),
+    "test.i32": (-5, VT.INT32),
+    "test.u64": (2**40, VT.UINT64),
+    "test.i64": (-(2**40), VT.INT64),
+    "test.f32": (0.5, VT.FLOAT32),
+    "test.f64": (1e-300, VT.FLOAT64),
+    "test.bool": (True, VT.BOOL),
+    "test.str": ("héllo ✓", VT.STRING),
 }
 
 
@@ -154,7 +201,11 @@ def test_tiny_matches_gguf_reader(tiny_path: Path) -> None:
         for t in ref.tensors:
             info = f.tensors[t.name]
             assert (info.ggml_type, info.dims, info.offset, info.nbytes) == (
-                t.tensor_type, tuple(int(d) for d in t.shape), t.data_offset, t.n_bytes)
+                t.tensor_type,
+                tuple(int(d) for d in t.shape),
+                t.data_offset,
+                t.n_bytes,
+            )
             np.testing.assert_array_equal(f.tensor_bytes(t.name), t.data.reshape(-1).view(np.uint8))
 
 
@@ -168,7 +219,7 @@ def test_tensor_bytes_is_a_writable_zero_copy_view(tiny_path: Path) -> None:
         t = torch.from_numpy(raw)
     assert t.data_ptr() == raw.ctypes.data
     f.close()
-    assert bytes(raw[:4]) == tiny_path.read_bytes()[f.tensors["q8_0"].offset:][:4]  # views outlive close()
+    assert bytes(raw[:4]) == tiny_path.read_bytes()[f.tensors["q8_0"].offset :][:4]  # views outlive close()
     raw[0] ^= 0xFF  # copy-on-write: the file itself never changes
     assert GGUFFile(tiny_path).tensor_bytes("q8_0")[0] != raw[0]
     with pytest.raises(GGUFError, match="closed"):
@@ -185,6 +236,7 @@ def test_unknown_tensor_and_bad_paths(tiny_path: Path, tmp_path: Path) -> None:
 
 
 # -- valid edge cases from raw parts ----------------------------------------------------------------------------
+
 
 def _open_bytes(tmp_path: Path, data: bytes) -> GGUFFile:
     path = tmp_path / "f.gguf"
@@ -235,6 +287,7 @@ def test_large_vocabulary_parses_fast(tmp_path: Path) -> None:
 
 # -- the malformed corpus (X9) ----------------------------------------------------------------------------------
 
+
 def _assert_rejected(path: Path, expect: str | None = None) -> None:
     """`GGUFFile(path)` raises GGUFError naming the problem, without a runaway parse, and < 2x the file size + 1 MB of memory."""
     start = time.perf_counter()
@@ -276,7 +329,7 @@ def test_header_truncated_anywhere_is_rejected(k: int, tiny_path: Path, tmp_path
 def test_tiny_data_section_truncated_is_rejected(tiny_path: Path, tmp_path: Path) -> None:
     last = max(GGUFFile(tiny_path).tensors.values(), key=lambda t: t.offset)
     path = tmp_path / "cut.gguf"
-    path.write_bytes(tiny_path.read_bytes()[:last.offset + last.nbytes - 1])
+    path.write_bytes(tiny_path.read_bytes()[: last.offset + last.nbytes - 1])
     _assert_rejected(path, repr(last.name))
 
 
@@ -308,7 +361,7 @@ def _mutate(data: bytearray, op: tuple[Any, ...]) -> None:
         data[pos] = op[2]
     else:
         value, width = op[2], op[3]
-        data[pos:pos + width] = (value % 2 ** (8 * width)).to_bytes(width, "little")
+        data[pos : pos + width] = (value % 2 ** (8 * width)).to_bytes(width, "little")
 
 
 @pytest.fixture(scope="session")
@@ -317,11 +370,13 @@ def tiny_bytes(tiny_path: Path) -> tuple[bytes, int]:
 
 
 @pytest.mark.fuzz
-@settings(max_examples=int(os.environ.get("FORWARDPASS_FUZZ_EXAMPLES", "200")), deadline=None,
-          derandomize=True, database=None)
+@settings(
+    max_examples=int(os.environ.get("FORWARDPASS_FUZZ_EXAMPLES", "200")), deadline=None, derandomize=True, database=None
+)
 @given(draw=st.data())
-def test_fuzz_mutated_tiny_file(draw: st.DataObject, tiny_bytes: tuple[bytes, int],
-                                tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_fuzz_mutated_tiny_file(
+    draw: st.DataObject, tiny_bytes: tuple[bytes, int], tmp_path_factory: pytest.TempPathFactory
+) -> None:
     valid, header_end = tiny_bytes
     data = bytearray(valid)
     for op in draw.draw(st.lists(_mutations(header_end, len(valid)), min_size=1, max_size=4), label="ops"):
@@ -343,6 +398,7 @@ def test_fuzz_mutated_tiny_file(draw: st.DataObject, tiny_bytes: tuple[bytes, in
 
 
 # -- the real models --------------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_smollm2_loads(smollm2_path: str) -> None:

@@ -3,6 +3,7 @@
 Walks every module's source (ast, nothing is imported), counting every import: at the top, inside functions and
 under `if TYPE_CHECKING:` alike, since each one is a dependency a reader has to follow.
 """
+
 from __future__ import annotations
 
 import ast
@@ -61,8 +62,9 @@ def layer(name: str) -> str:
 
 
 def test_layers_import_downwards_only():
-    bad = sorted(f"{src} -> {dst}" for src, dsts in GRAPH.items() for dst in dsts
-                 if layer(dst) in FORBIDDEN.get(layer(src), ()))
+    bad = sorted(
+        f"{src} -> {dst}" for src, dsts in GRAPH.items() for dst in dsts if layer(dst) in FORBIDDEN.get(layer(src), ())
+    )
     assert not bad, "forbidden imports:\n" + "\n".join(bad)
 
 
@@ -74,7 +76,7 @@ def test_no_import_cycles():
         stack.append(name)
         for dst in sorted(GRAPH[name]):
             if state.get(dst) == 1:
-                cycles.append(" -> ".join(stack[stack.index(dst):] + [dst]))
+                cycles.append(" -> ".join(stack[stack.index(dst) :] + [dst]))
             elif dst not in state:
                 visit(dst, stack)
         stack.pop()

@@ -11,6 +11,7 @@ Error budget of the fast path, relative to the output norm ||x W^T||:
 So kernels are checked against their own weight at 1e-2 (a wrong layout or scale gives ~1), the repacks against
 the element-wise bounds above, and the whole against the reference at 1e-2 (exact mappings) or 3e-2.
 """
+
 from __future__ import annotations
 
 import gguf
@@ -18,6 +19,8 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType as T
+from native_params import NATIVE_PARAMS
+from tiny_models import write_tiny_model
 
 from forwardpass.engine.model_runner import Logits, ModelRunner, SeqChunk
 from forwardpass.gguf.reader import GGUFFile
@@ -29,16 +32,37 @@ from forwardpass.kernels import make_linear
 from forwardpass.kernels.int4 import Int4Linear, Int4PackLinear, _cpu_layout_known, pack_int4_cpu, unpack_int4_cpu_t
 from forwardpass.kernels.int8 import Int8GroupLinear, Int8Linear, Int8PackLinear
 from forwardpass.kernels.native import argmax_fn
-from forwardpass.kernels.repack import (INT4_GROUPERS, INT8_GROUP_TYPES, concat_rows, release_heap,
-                                       requantize_blocks, to_int4_groups, to_int8_groups, to_int8_rows)
+from forwardpass.kernels.repack import (
+    INT4_GROUPERS,
+    INT8_GROUP_TYPES,
+    concat_rows,
+    release_heap,
+    requantize_blocks,
+    to_int4_groups,
+    to_int8_groups,
+    to_int8_rows,
+)
 from forwardpass.kernels.tiles import TILE_TYPES
 from forwardpass.models.base import LoadOptions
 from forwardpass.models.registry import load_model
-from native_params import NATIVE_PARAMS
-from tiny_models import write_tiny_model
 
-ALL_TYPES = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K,
-             T.Q6_K, T.IQ4_NL, T.IQ4_XS]
+ALL_TYPES = [
+    T.F32,
+    T.F16,
+    T.BF16,
+    T.Q4_0,
+    T.Q4_1,
+    T.Q5_0,
+    T.Q5_1,
+    T.Q8_0,
+    T.Q2_K,
+    T.Q3_K,
+    T.Q4_K,
+    T.Q5_K,
+    T.Q6_K,
+    T.IQ4_NL,
+    T.IQ4_XS,
+]
 EXACT_TYPES = {T.F32, T.F16, T.BF16, *INT4_GROUPERS}  # mapped without requantization
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 
@@ -56,8 +80,10 @@ class Backend:
         return self.name == other if isinstance(other, str) else NotImplemented
 
 
-@pytest.fixture(params=[pytest.param(p.values[0], id=f"tiles-{p.id}", marks=p.marks) for p in NATIVE_PARAMS]
-                + [pytest.param(None, id="torch")])
+@pytest.fixture(
+    params=[pytest.param(p.values[0], id=f"tiles-{p.id}", marks=p.marks) for p in NATIVE_PARAMS]
+    + [pytest.param(None, id="torch")]
+)
 def backend(request) -> Backend:
     """On CPU the tile kernels of every native build this CPU executes, and the torch fallbacks, must all be
     right."""
@@ -81,10 +107,15 @@ def random_weight(qtype: T, rows: int, cols: int, seed: int = 0) -> QuantWeight:
         block, size = gguf.GGML_QUANT_SIZES[qtype]
         raw = rng.integers(0, 256, size=(rows, cols // block, size), dtype=np.uint8)
         small = lambda: (rng.uniform(0.2, 1.0, size=(rows, cols // block)) * 2e-3).astype(np.float16)
-        scale_fields = {T.Q2_K: [size - 2, size - 4], T.Q3_K: [size - 2], T.Q6_K: [size - 2],
-                        T.Q4_K: [0, 2], T.Q5_K: [0, 2]}.get(qtype, [0])
+        scale_fields = {
+            T.Q2_K: [size - 2, size - 4],
+            T.Q3_K: [size - 2],
+            T.Q6_K: [size - 2],
+            T.Q4_K: [0, 2],
+            T.Q5_K: [0, 2],
+        }.get(qtype, [0])
         for at in scale_fields:
-            raw[..., at:at + 2] = small()[..., None].view(np.uint8)
+            raw[..., at : at + 2] = small()[..., None].view(np.uint8)
         raw = raw.reshape(rows, -1)
     return QuantWeight("w", int(qtype), (rows, cols), torch.from_numpy(raw.copy()))
 
@@ -122,8 +153,11 @@ def test_fast_matches_reference(qtype, device, backend):
         y = fast(x)
         assert y.shape == (t, 128) and y.dtype in (torch.float32, torch.bfloat16)
         assert rel_err(y, x @ repacked.t()) <= 1e-2, f"T={t}: kernel disagrees with its own weight"
-        exact_mapping = (qtype in EXACT_TYPES or qtype in INT8_GROUP_TYPES
-                         or (device == "cpu" and backend == "tiles" and qtype in TILE_TYPES))
+        exact_mapping = (
+            qtype in EXACT_TYPES
+            or qtype in INT8_GROUP_TYPES
+            or (device == "cpu" and backend == "tiles" and qtype in TILE_TYPES)
+        )
         assert rel_err(y, x @ exact.t()) <= (1e-2 if exact_mapping else 3e-2), f"T={t}"
 
 
@@ -136,7 +170,7 @@ def test_int4_groups_map_exactly(qtype):
     s, z = groups.scale.repeat_interleave(32, 1), groups.zero.repeat_interleave(32, 1)
     torch.testing.assert_close((groups.q.float() - 8) * s + z, exact, rtol=1e-6, atol=1e-7)
     # ...and within that rounding (relative 2^-8 of 8 |scale| + |zero|) after it
-    bound = 2.0 ** -8 * (8 * s.abs() + z.abs()) + 1e-7
+    bound = 2.0**-8 * (8 * s.abs() + z.abs()) + 1e-7
     assert ((groups.dequantize() - exact).abs() <= bound).all()
 
 
@@ -270,7 +304,7 @@ def test_int8_blocks_error_is_half_a_step(qtype, width):
     start = 0
     for b in blocks:
         assert b.q.dtype == torch.int8 and torch.equal(b.scale.to(torch.bfloat16).float(), b.scale)
-        err = (b.dequantize() - exact[:, start:start + b.q.shape[1]]).abs()
+        err = (b.dequantize() - exact[:, start : start + b.q.shape[1]]).abs()
         assert (err <= 0.5 * b.scale.unsqueeze(1) * (1 + 1e-6)).all()
         start += b.q.shape[1]
 
@@ -282,8 +316,9 @@ def test_int8_group_decode_kernel(qtype):
     weight = random_weight(qtype, 160, 512)
     fast = make_linear(weight, mode="fast")
     assert isinstance(fast, Int8GroupLinear) and len(fast.blocks) == -(-512 // fast.decode_block)
-    own = torch.cat([requantize_blocks(fast.groups, fast.decode_block)[i].dequantize()
-                     for i in range(len(fast.blocks))], dim=1)
+    own = torch.cat(
+        [requantize_blocks(fast.groups, fast.decode_block)[i].dequantize() for i in range(len(fast.blocks))], dim=1
+    )
     x = torch.randn(20, 512)
     full = fast(x, prefill=False)
     assert rel_err(full, x @ own.t()) <= 1e-2

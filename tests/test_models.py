@@ -1,13 +1,14 @@
 """Reference logits agree with Hugging Face transformers, for every architecture and on the real models."""
+
 from __future__ import annotations
 
 import os
 
 import pytest
 import torch
+from tiny_models import write_tiny_model
 
 from forwardpass import LLM, GGUFError, UnsupportedModelError
-from tiny_models import write_tiny_model
 
 ARCHS = ["llama", "qwen2", "qwen3", "gemma3"]
 
@@ -60,7 +61,10 @@ def test_unknown_architecture_lists_supported(tmp_path):
     path = tmp_path / "bert.gguf"
     w = gguf.GGUFWriter(str(path), "bert")
     w.add_tensor("x", torch.zeros(32).numpy())
-    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
     with pytest.raises(UnsupportedModelError, match="gemma3.*llama.*qwen2.*qwen3"):
         LLM(str(path))
 
@@ -77,14 +81,21 @@ def test_strict_loader_rejects_extra_and_missing_tensors(tmp_path):
         for field in reader.fields.values():
             if field.name.startswith("GGUF.") or field.name == "general.architecture":
                 continue
-            w.add_key_value(field.name, field.contents(), field.types[0],
-                            field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None)
+            w.add_key_value(
+                field.name,
+                field.contents(),
+                field.types[0],
+                field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None,
+            )
         for t in reader.tensors:
             if t.name != drop:
                 w.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
         if extra:
             w.add_tensor(extra, torch.ones(8).numpy())
-        w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
         with pytest.raises(GGUFError, match=message):
             LLM(str(out), reference=True)
 
@@ -96,14 +107,16 @@ def test_logits_rejects_bad_token_ids(tmp_path):
             llm.logits(bad)
 
 
-REAL_PROMPT = ("The history of the printing press begins in the fifteenth century, when Johannes Gutenberg "
-               "combined movable metal type, oil-based inks and a wooden press adapted from those used to make "
-               "wine. Within fifty years, presses had spread to more than two hundred cities across Europe, and "
-               "the cost of books fell so far that reading, once the privilege of clergy and nobles, became part "
-               "of everyday life for merchants and craftsmen. Historians still argue about how much the press "
-               "changed religion, science and politics, but few doubt that it changed them. Printers became "
-               "publishers, editors and booksellers at once; they standardized spelling, invented title pages "
-               "and page numbers, and argued with censors in a dozen languages.")
+REAL_PROMPT = (
+    "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg "
+    "combined movable metal type, oil-based inks and a wooden press adapted from those used to make "
+    "wine. Within fifty years, presses had spread to more than two hundred cities across Europe, and "
+    "the cost of books fell so far that reading, once the privilege of clergy and nobles, became part "
+    "of everyday life for merchants and craftsmen. Historians still argue about how much the press "
+    "changed religion, science and politics, but few doubt that it changed them. Printers became "
+    "publishers, editors and booksellers at once; they standardized spelling, invented title pages "
+    "and page numbers, and argued with censors in a dozen languages."
+)
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """The CPU tile kernels and the native decode step agree with the PyTorch definition of every architecture, in
 every build of the native library this CPU executes (`native_lib`: avx512, avx2 with and without AVX-VNNI,
 neon)."""
+
 from __future__ import annotations
 
 import ctypes
@@ -10,14 +11,14 @@ import shutil
 import pytest
 import torch
 from gguf import GGMLQuantizationType as T
+from test_fidelity import decode_logits
+from test_kernels import random_weight, rel_err
+from tiny_models import write_tiny_model
 
 from forwardpass import LLM
 from forwardpass.engine.model_runner import Logits, SeqChunk
 from forwardpass.kernels import tiles as tiles_module
 from forwardpass.kernels.tiles import TILE_TYPES, TileLinear, TileMatrix, tile_matmul
-from test_fidelity import decode_logits
-from test_kernels import random_weight, rel_err
-from tiny_models import write_tiny_model
 
 ARCHS = ["llama", "qwen2", "qwen3", "gemma3"]
 
@@ -40,7 +41,7 @@ def test_tile_matmul_is_close_and_row_invariant(qtype, native_lib):
     y = tile_matmul([mat], x)
     assert rel_err(y, x @ weight.dequantize().t()) <= 1e-2  # int8 activations: ~5e-3
     for i in (0, 4, 8):  # a row's result does not depend on the other rows (blocks of 4 and the remainder)
-        assert torch.equal(tile_matmul([mat], x[i:i + 1]), y[i:i + 1])
+        assert torch.equal(tile_matmul([mat], x[i : i + 1]), y[i : i + 1])
     x16 = torch.randn(37, 512, generator=torch.Generator().manual_seed(5))  # blocks of 16 / 8, then 4, then 1
     y16 = tile_matmul([mat], x16)
     assert torch.equal(y16[:9], tile_matmul([mat], x16[:9])) and torch.equal(y16[36:], tile_matmul([mat], x16[36:]))
@@ -97,8 +98,12 @@ def test_native_step_is_batch_invariant(tiny, use_native):
     with llm.engine.scratch_blocks(32, len(prompts)) as tables:
         for ids, table in zip(prompts, tables):  # prompts in the cache, then one decode step for all three
             llm.runner.run([SeqChunk(ids, 0, table, Logits.NONE)])
-        together = llm.runner.run([SeqChunk([9], len(ids), t, Logits.LAST, prompt_len=0) for ids, t in zip(prompts, tables)])
-        alone = [llm.runner.run([SeqChunk([9], len(ids), t, Logits.LAST, prompt_len=0)]) for ids, t in zip(prompts, tables)]
+        together = llm.runner.run(
+            [SeqChunk([9], len(ids), t, Logits.LAST, prompt_len=0) for ids, t in zip(prompts, tables)]
+        )
+        alone = [
+            llm.runner.run([SeqChunk([9], len(ids), t, Logits.LAST, prompt_len=0)]) for ids, t in zip(prompts, tables)
+        ]
     assert torch.equal(together, torch.cat(alone))
 
 
@@ -133,8 +138,11 @@ def test_a_struct_layout_mismatch_is_refused(native_lib, monkeypatch):
     """The library reports its struct layout; a ctypes mirror out of step with forwardpass.h is refused at load."""
     from forwardpass.kernels import native
 
-    assert native.abi_layout()[:3] == [ctypes.sizeof(native.TMat), ctypes.sizeof(native.DLayer),
-                                       ctypes.sizeof(native.DModel)]
+    assert native.abi_layout()[:3] == [
+        ctypes.sizeof(native.TMat),
+        ctypes.sizeof(native.DLayer),
+        ctypes.sizeof(native.DModel),
+    ]
     native.NativeLibrary(native_lib.path, native_lib.variant)  # in step: loads
     monkeypatch.setattr(native, "abi_layout", lambda: [0] * 3)
     with pytest.raises(native.ABIError, match="differs from the ctypes mirror"):
@@ -145,7 +153,7 @@ def _logging_compiler(tmp_path, log) -> str:
     """A `cc` that records each call, then runs the real compiler."""
     real = shutil.which("cc") or shutil.which("gcc")
     cc = tmp_path / "cc"
-    cc.write_text(f"#!/bin/sh\necho build >> {log}\nexec {real} \"$@\"\n")
+    cc.write_text(f'#!/bin/sh\necho build >> {log}\nexec {real} "$@"\n')
     cc.chmod(0o755)
     return str(cc)
 
@@ -164,8 +172,9 @@ def test_parallel_processes_build_a_variant_once(tmp_path):
     log = tmp_path / "calls.log"
     env = {**os.environ, "FORWARDPASS_HOME": str(tmp_path / "home"), "CC": _logging_compiler(tmp_path, log)}
     code = f"from forwardpass.kernels import native; print(native.build({variant!r}))"
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     paths = [p.communicate(timeout=600)[0].strip() for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert paths[0] == paths[1] and paths[0].startswith(str(tmp_path / "home" / "kernels"))
@@ -189,7 +198,9 @@ def test_a_failed_build_warns_with_the_compiler_output(tmp_path, monkeypatch, ca
     with caplog.at_level("WARNING", logger="forwardpass.kernels.select"):
         assert select._load_library.__wrapped__(native.runnable_variants()[0], False) is None
     assert "PyTorch layers run instead" in caplog.text and "immintrin.h" in caplog.text
-    assert not list((tmp_path / "home" / "kernels").glob("*.so")) and not list((tmp_path / "home" / "kernels").glob("*.tmp"))
+    assert not list((tmp_path / "home" / "kernels").glob("*.so")) and not list(
+        (tmp_path / "home" / "kernels").glob("*.tmp")
+    )
 
 
 @pytest.mark.parametrize("one_is_faster", [True, False])

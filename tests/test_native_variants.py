@@ -9,6 +9,7 @@ differ between instruction sets only in rounding.
 
 CI installs the cross compiler and qemu and sets FORWARDPASS_REQUIRE_CROSS=1, so there these tests run, never skip.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,15 +17,15 @@ import os
 import pytest
 import torch
 from gguf import GGMLQuantizationType as T
+from native_remote import CROSS, cross_tools_present, remote_library
+from test_fidelity import decode_logits
+from test_kernels import random_weight, rel_err
+from tiny_models import write_tiny_model
 
 from forwardpass import LLM
 from forwardpass.engine.model_runner import Logits, SeqChunk
 from forwardpass.kernels import native, select
 from forwardpass.kernels.tiles import TILE_TYPES, TileMatrix, tile_matmul
-from native_remote import CROSS, cross_tools_present, remote_library
-from test_fidelity import decode_logits
-from test_kernels import random_weight, rel_err
-from tiny_models import write_tiny_model
 
 REQUIRED = os.environ.get("FORWARDPASS_REQUIRE_CROSS") == "1"
 HOST = select.select_kernels("auto") if select.resolve_cpu() != "torch" else None
@@ -93,16 +94,16 @@ def test_paged_attention_matches_the_host_build(remote, dim, heads, kv_heads, wi
     ctx = torch.stack([torch.randperm(slots, generator=gen)[:48] for _ in range(3)])
     seq = torch.tensor([0, 1, 2, 1], dtype=torch.int64)
     q = torch.randn(4, heads, dim, generator=gen)
-    there = remote.paged_attention_into(q, k, v, ctx, seq, lens, dim ** -0.5, window)
-    here = HOST.paged_attention_into(q, k, v, ctx, seq, lens, dim ** -0.5, window)
+    there = remote.paged_attention_into(q, k, v, ctx, seq, lens, dim**-0.5, window)
+    here = HOST.paged_attention_into(q, k, v, ctx, seq, lens, dim**-0.5, window)
     assert (there - here).abs().max().item() <= 1e-5
     # and the definition: softmax(q k^T / sqrt(d)) v over each row's (windowed) context
     for r in range(4):
         first = max(0, int(lens[r]) - window) if window else 0
-        keys = ctx[seq[r], first:lens[r]]
+        keys = ctx[seq[r], first : lens[r]]
         kk = k[keys].float().repeat_interleave(heads // kv_heads, 1)  # (L, H, D)
         vv = v[keys].float().repeat_interleave(heads // kv_heads, 1)
-        p = torch.softmax(torch.einsum("hd,lhd->hl", q[r], kk) * dim ** -0.5, -1)
+        p = torch.softmax(torch.einsum("hd,lhd->hl", q[r], kk) * dim**-0.5, -1)
         assert (there[r] - torch.einsum("hl,lhd->hd", p, vv)).abs().max().item() <= 1e-4
 
 
@@ -130,6 +131,10 @@ def test_native_step_on_the_remote_build(remote, arch, tmp_path):
     with llm.engine.scratch_blocks(32, len(prompts)) as tables:
         for ids, table in zip(prompts, tables):
             llm.runner.run([SeqChunk(ids, 0, table, Logits.NONE)])
-        together = llm.runner.run([SeqChunk([9], len(ids), t, Logits.LAST, prompt_len=0) for ids, t in zip(prompts, tables)])
-        alone = [llm.runner.run([SeqChunk([9], len(ids), t, Logits.LAST, prompt_len=0)]) for ids, t in zip(prompts, tables)]
+        together = llm.runner.run(
+            [SeqChunk([9], len(ids), t, Logits.LAST, prompt_len=0) for ids, t in zip(prompts, tables)]
+        )
+        alone = [
+            llm.runner.run([SeqChunk([9], len(ids), t, Logits.LAST, prompt_len=0)]) for ids, t in zip(prompts, tables)
+        ]
     assert torch.equal(together, torch.cat(alone))

@@ -1,4 +1,5 @@
 """SamplingParams validation and the batched Sampler: exact processing, reproducibility, distributions."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,9 +21,7 @@ from forwardpass.sampling import SamplingParams
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def states(
-    *params: SamplingParams, prompt: tuple[int, ...] = (), eos: tuple[int, ...] = ()
-) -> list[SamplingState]:
+def states(*params: SamplingParams, prompt: tuple[int, ...] = (), eos: tuple[int, ...] = ()) -> list[SamplingState]:
     return [SamplingState(p, prompt, eos_token_ids=eos) for p in params]
 
 
@@ -32,23 +31,58 @@ def states(
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("n", 0), ("n", 129), ("n", 1.5), ("n", True),
-        ("temperature", -1.0), ("temperature", math.nan), ("temperature", math.inf), ("temperature", "hot"),
-        ("temperature", 101.0), ("temperature", True),
-        ("top_k", -2), ("top_k", 1.5),
-        ("top_p", 0.0), ("top_p", -0.1), ("top_p", 1.5), ("top_p", math.nan),
-        ("min_p", 1.5), ("min_p", -0.1),
-        ("repetition_penalty", 0.0), ("repetition_penalty", math.inf), ("repetition_penalty", -1.0),
-        ("presence_penalty", 2.5), ("frequency_penalty", -2.5), ("frequency_penalty", math.nan),
-        ("logit_bias", {"5": 1.0}), ("logit_bias", {-1: 1.0}), ("logit_bias", {5: math.nan}),
-        ("logit_bias", {True: 1.0}), ("logit_bias", [1, 2]),
-        ("seed", 1.0), ("seed", 2**64), ("seed", False),
-        ("stop", ""), ("stop", ["ok", ""]), ("stop", ["s"] * 17), ("stop", [1]), ("stop", 5),
-        ("stop_token_ids", [-1]), ("stop_token_ids", ["a"]), ("stop_token_ids", 7),
-        ("include_stop_str_in_output", 1), ("ignore_eos", "yes"), ("skip_special_tokens", None),
-        ("max_tokens", 0), ("max_tokens", -5), ("max_tokens", "a"), ("max_tokens", 1.0),
-        ("min_tokens", -1), ("min_tokens", 300),  # > the default max_tokens of 256
-        ("logprobs", 21), ("logprobs", -1), ("logprobs", True),
+        ("n", 0),
+        ("n", 129),
+        ("n", 1.5),
+        ("n", True),
+        ("temperature", -1.0),
+        ("temperature", math.nan),
+        ("temperature", math.inf),
+        ("temperature", "hot"),
+        ("temperature", 101.0),
+        ("temperature", True),
+        ("top_k", -2),
+        ("top_k", 1.5),
+        ("top_p", 0.0),
+        ("top_p", -0.1),
+        ("top_p", 1.5),
+        ("top_p", math.nan),
+        ("min_p", 1.5),
+        ("min_p", -0.1),
+        ("repetition_penalty", 0.0),
+        ("repetition_penalty", math.inf),
+        ("repetition_penalty", -1.0),
+        ("presence_penalty", 2.5),
+        ("frequency_penalty", -2.5),
+        ("frequency_penalty", math.nan),
+        ("logit_bias", {"5": 1.0}),
+        ("logit_bias", {-1: 1.0}),
+        ("logit_bias", {5: math.nan}),
+        ("logit_bias", {True: 1.0}),
+        ("logit_bias", [1, 2]),
+        ("seed", 1.0),
+        ("seed", 2**64),
+        ("seed", False),
+        ("stop", ""),
+        ("stop", ["ok", ""]),
+        ("stop", ["s"] * 17),
+        ("stop", [1]),
+        ("stop", 5),
+        ("stop_token_ids", [-1]),
+        ("stop_token_ids", ["a"]),
+        ("stop_token_ids", 7),
+        ("include_stop_str_in_output", 1),
+        ("ignore_eos", "yes"),
+        ("skip_special_tokens", None),
+        ("max_tokens", 0),
+        ("max_tokens", -5),
+        ("max_tokens", "a"),
+        ("max_tokens", 1.0),
+        ("min_tokens", -1),
+        ("min_tokens", 300),  # > the default max_tokens of 256
+        ("logprobs", 21),
+        ("logprobs", -1),
+        ("logprobs", True),
     ],
 )
 def test_invalid_params_name_the_field(field: str, value: object) -> None:
@@ -62,8 +96,16 @@ def test_error_message_shows_the_value() -> None:
 
 
 def test_valid_params_are_normalized() -> None:
-    p = SamplingParams(temperature=1, top_k=-1, stop="\nUser:", stop_token_ids=[7, 9],
-                       logit_bias={3: 1e9, 4: -250, 5: 0.5}, max_tokens=None, logprobs=20, seed=-3)
+    p = SamplingParams(
+        temperature=1,
+        top_k=-1,
+        stop="\nUser:",
+        stop_token_ids=[7, 9],
+        logit_bias={3: 1e9, 4: -250, 5: 0.5},
+        max_tokens=None,
+        logprobs=20,
+        seed=-3,
+    )
     assert p.temperature == 1.0 and isinstance(p.temperature, float)
     assert p.top_k == 0
     assert p.stop == ("\nUser:",) and p.stop_token_ids == (7, 9)
@@ -255,11 +297,14 @@ def _run(rows: list[SamplingState], row_of_interest: int, steps: int, seed: int)
     return tokens
 
 
-@pytest.mark.parametrize("ours", [
-    SamplingParams(seed=1234),
-    SamplingParams(seed=1234, temperature=0.7, top_p=0.9, repetition_penalty=1.3, presence_penalty=0.5),
-    SamplingParams(seed=7, top_k=5, min_p=0.05, frequency_penalty=0.3, logit_bias={3: 2.0}),
-])
+@pytest.mark.parametrize(
+    "ours",
+    [
+        SamplingParams(seed=1234),
+        SamplingParams(seed=1234, temperature=0.7, top_p=0.9, repetition_penalty=1.3, presence_penalty=0.5),
+        SamplingParams(seed=7, top_k=5, min_p=0.05, frequency_penalty=0.3, logit_bias={3: 2.0}),
+    ],
+)
 def test_seeded_row_is_independent_of_batch(ours: SamplingParams) -> None:
     alone = _run([SamplingState(ours, (1, 2, 3))], 0, steps=50, seed=0)
     neighbours = [
@@ -361,9 +406,19 @@ def test_no_logprobs_requested() -> None:
 def test_large_vocab_smoke() -> None:
     """A 262,144-token vocabulary with every feature on, greedy and sampled rows mixed: in-vocab tokens."""
     vocab = 262_144
-    params = [SamplingParams(seed=i, top_k=40 if i % 2 else 0, top_p=0.9 if i % 3 else 1.0, min_p=0.05,
-                             repetition_penalty=1.1, presence_penalty=0.2, logprobs=2 if i % 4 == 0 else None,
-                             temperature=0.0 if i % 5 == 0 else 0.8) for i in range(8)]
+    params = [
+        SamplingParams(
+            seed=i,
+            top_k=40 if i % 2 else 0,
+            top_p=0.9 if i % 3 else 1.0,
+            min_p=0.05,
+            repetition_penalty=1.1,
+            presence_penalty=0.2,
+            logprobs=2 if i % 4 == 0 else None,
+            temperature=0.0 if i % 5 == 0 else 0.8,
+        )
+        for i in range(8)
+    ]
     rows = [SamplingState(p, list(range(i, 2000, 7))) for i, p in enumerate(params)]
     logits = torch.randn(8, vocab, generator=torch.Generator().manual_seed(0)) * 4
     sampler = Sampler()

@@ -1,4 +1,5 @@
 """StopStringMatcher: streamed output equals the non-streamed output, and no stop string leaks into a delta."""
+
 from __future__ import annotations
 
 import pytest
@@ -128,7 +129,7 @@ def test_holds_back_only_possible_stop_prefixes(chunks: list[str], stops: tuple[
         if stopped:
             return
         seen += chunk
-        held = seen[len(emitted):]
+        held = seen[len(emitted) :]
         assert seen.startswith(emitted)
         assert len(held) < max(map(len, stops))
         assert held == "" or any(s.startswith(held) for s in stops)

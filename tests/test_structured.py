@@ -1,5 +1,6 @@
 """Structured output in the engine: masks hold under batching, chunked prefill, n > 1 forks, preemption,
 prefix-cache hits, stop strings and max_tokens; bad constraints are clear errors; compiling never stalls others."""
+
 from __future__ import annotations
 
 import json
@@ -8,20 +9,32 @@ import threading
 
 import jsonschema
 import pytest
+from tiny_models import write_tiny_model
 
 from forwardpass import LLM, SamplingParams, StructuredOutputError, StructuredOutputsParams
 from forwardpass.structured.guide import Guide, fill_masks
-from tiny_models import write_tiny_model
 
 PROMPTS = [[4 + (i * 7 + j * 3) % 300 for j in range(5 + 9 * i)] for i in range(8)]
-SCHEMA = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 99},
-                                           "s": {"enum": ["x", "yy"]}, "ok": {"type": "boolean"}},
-          "required": ["n", "s", "ok"], "additionalProperties": False}
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "n": {"type": "integer", "minimum": 0, "maximum": 99},
+        "s": {"enum": ["x", "yy"]},
+        "ok": {"type": "boolean"},
+    },
+    "required": ["n", "s", "ok"],
+    "additionalProperties": False,
+}
 REGEX = r"[a-c]{3}-[0-9]{2}"
 LARK = 'start: "call(" NAME ("," NAME){0,2} ")"\nNAME: /[a-z]{1,4}/'
 CHOICE = ["red", "green", "blue"]
-CONSTRAINTS = [StructuredOutputsParams(json=SCHEMA), StructuredOutputsParams(regex=REGEX),
-               StructuredOutputsParams(grammar=LARK), StructuredOutputsParams(choice=CHOICE), None]
+CONSTRAINTS = [
+    StructuredOutputsParams(json=SCHEMA),
+    StructuredOutputsParams(regex=REGEX),
+    StructuredOutputsParams(grammar=LARK),
+    StructuredOutputsParams(choice=CHOICE),
+    None,
+]
 
 
 def check(text: str, so: StructuredOutputsParams | None) -> None:
@@ -96,14 +109,16 @@ def test_prefix_cache_hit_equals_miss(tiny_path, solo):
 def test_forks_get_their_own_matchers(tiny_path):
     llm = LLM(tiny_path, ctx=256)
     so = StructuredOutputsParams(regex=REGEX)
-    out = llm.generate([PROMPTS[3]], SamplingParams(n=6, temperature=1.5, seed=11, max_tokens=40,
-                                                     structured_outputs=so))[0]
+    out = llm.generate(
+        [PROMPTS[3]], SamplingParams(n=6, temperature=1.5, seed=11, max_tokens=40, structured_outputs=so)
+    )[0]
     texts = [o.text for o in out.outputs]
     for text in texts:
         check(text, so)
     assert len(set(texts)) > 1  # independent samples, each valid
-    single = llm.generate([PROMPTS[3]], SamplingParams(n=1, temperature=1.5, seed=11, max_tokens=40,
-                                                        structured_outputs=so))[0]
+    single = llm.generate(
+        [PROMPTS[3]], SamplingParams(n=1, temperature=1.5, seed=11, max_tokens=40, structured_outputs=so)
+    )[0]
     assert single.text == texts[0]
 
 
@@ -139,8 +154,11 @@ def test_mask_is_exactly_the_grammar(tiny_path):
         expected = set()
         for tid in range(vocab):
             piece = llm.tokenizer.token_to_bytes(tid)
-            if piece and not llm.tokenizer.is_special(tid) and any(
-                    s.encode().startswith(guide_done.encode() + piece) for s in ["the cat", "tea"]):
+            if (
+                piece
+                and not llm.tokenizer.is_special(tid)
+                and any(s.encode().startswith(guide_done.encode() + piece) for s in ["the cat", "tea"])
+            ):
                 expected.add(tid)
         assert set(mask.nonzero().flatten().tolist()) == expected
     eos = sorted(llm.tokenizer.eog_ids)
@@ -149,18 +167,21 @@ def test_mask_is_exactly_the_grammar(tiny_path):
     assert fill_masks(guides[1:], vocab)[0].nonzero().flatten().tolist() == eos  # complete: only EOS
 
 
-@pytest.mark.parametrize("kw, field", [
-    (dict(json={"type": "object", "properties": {"a": {"type": "string", "pattern": "(?<=x)a"}}}), "json"),
-    (dict(json={"type": "string", "pattern": 5}), "json"),
-    (dict(json="{not json"), "json"),
-    (dict(regex="(unclosed"), "regex"),
-    (dict(grammar="start: undefined_rule"), "grammar"),
-    (dict(grammar="root ::= [a-"), "grammar"),
-    (dict(choice=[]), "choice"),
-    (dict(choice="abc"), "choice"),
-    (dict(json=SCHEMA, regex="a"), "regex"),
-    (dict(), "json"),
-])
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        (dict(json={"type": "object", "properties": {"a": {"type": "string", "pattern": "(?<=x)a"}}}), "json"),
+        (dict(json={"type": "string", "pattern": 5}), "json"),
+        (dict(json="{not json"), "json"),
+        (dict(regex="(unclosed"), "regex"),
+        (dict(grammar="start: undefined_rule"), "grammar"),
+        (dict(grammar="root ::= [a-"), "grammar"),
+        (dict(choice=[]), "choice"),
+        (dict(choice="abc"), "choice"),
+        (dict(json=SCHEMA, regex="a"), "regex"),
+        (dict(), "json"),
+    ],
+)
 def test_bad_constraints_are_errors_naming_the_field(tiny_path, kw, field):
     llm = LLM(tiny_path, ctx=256)
     with pytest.raises(StructuredOutputError) as info:

@@ -4,6 +4,7 @@ Tests marked slow need the real GGUF files (pulled on first use); the rest run o
 Every string of the corpus, with every (add_bos, special) combination, must give llama.cpp's exact ids;
 decoding must give llama_detokenize's exact bytes; token attributes, EOG ids and every token's piece must match.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,8 +33,10 @@ def load_golden(name: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def tokenizers(smollm2_path: str, gemma3_path: str) -> dict[str, Tokenizer]:
-    return {name: tokenizer_from_metadata(GGUFFile(path).metadata)
-            for name, path in (("smollm2", smollm2_path), ("gemma3", gemma3_path))}
+    return {
+        name: tokenizer_from_metadata(GGUFFile(path).metadata)
+        for name, path in (("smollm2", smollm2_path), ("gemma3", gemma3_path))
+    }
 
 
 @pytest.mark.slow
@@ -127,15 +130,22 @@ def test_unknown_tokenizer_model_is_rejected() -> None:
         tokenizer_from_metadata({"tokenizer.ggml.model": "t5", "tokenizer.ggml.tokens": ["a"]})
 
 
-def tiny_bpe_metadata(pre: str = "gpt-2", extra: list[str] | None = None, merges: list[str] | None = None,
-                      **more: Any) -> dict[str, Any]:
+def tiny_bpe_metadata(
+    pre: str = "gpt-2", extra: list[str] | None = None, merges: list[str] | None = None, **more: Any
+) -> dict[str, Any]:
     """A byte-level vocabulary: the 256 byte characters, a few merged tokens and two control tokens."""
     tokens = list(BYTE_TO_CHAR) + (extra or []) + ["<|endoftext|>", "<|im_end|>"]
     types = [1] * (len(tokens) - 2) + [3, 3]
-    return {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre, "tokenizer.ggml.tokens": tokens,
-            "tokenizer.ggml.token_type": np.array(types, dtype=np.int32), "tokenizer.ggml.merges": merges or [],
-            "tokenizer.ggml.bos_token_id": len(tokens) - 2, "tokenizer.ggml.eos_token_id": len(tokens) - 2,
-            **{f"tokenizer.ggml.{k}": v for k, v in more.items()}}
+    return {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": pre,
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": np.array(types, dtype=np.int32),
+        "tokenizer.ggml.merges": merges or [],
+        "tokenizer.ggml.bos_token_id": len(tokens) - 2,
+        "tokenizer.ggml.eos_token_id": len(tokens) - 2,
+        **{f"tokenizer.ggml.{k}": v for k, v in more.items()},
+    }
 
 
 def test_unknown_pre_tokenizer_is_rejected() -> None:
@@ -170,15 +180,38 @@ def test_clean_spaces_follows_llama_cpp() -> None:
 
 def tiny_spm_metadata(**more: Any) -> dict[str, Any]:
     """An SPM vocabulary with byte fallback; a piece's score is its length, so longer merges win."""
-    pieces = ["▁", "h", "e", "l", "o", "w", "r", "d", "▁h", "he", "ll", "llo", "▁he", "▁hello", "▁w", "or", "▁wor",
-              "ld", "▁world", "<b>"]
+    pieces = [
+        "▁",
+        "h",
+        "e",
+        "l",
+        "o",
+        "w",
+        "r",
+        "d",
+        "▁h",
+        "he",
+        "ll",
+        "llo",
+        "▁he",
+        "▁hello",
+        "▁w",
+        "or",
+        "▁wor",
+        "ld",
+        "▁world",
+        "<b>",
+    ]
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
     types = [2, 3, 3] + [6] * 256 + [1] * (len(pieces) - 1) + [4]  # "<b>": user-defined
     scores = [0.0] * 259 + [float(len(p)) for p in pieces]
-    return {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": tokens,
-            "tokenizer.ggml.token_type": np.array(types, dtype=np.int32),
-            "tokenizer.ggml.scores": np.array(scores, dtype=np.float32),
-            **{f"tokenizer.ggml.{k}": v for k, v in more.items()}}
+    return {
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": np.array(types, dtype=np.int32),
+        "tokenizer.ggml.scores": np.array(scores, dtype=np.float32),
+        **{f"tokenizer.ggml.{k}": v for k, v in more.items()},
+    }
 
 
 def test_tiny_spm_merges_by_score_with_byte_fallback() -> None:
@@ -198,7 +231,6 @@ def test_tiny_spm_merges_by_score_with_byte_fallback() -> None:
 
 
 def test_tiny_spm_metadata_flags() -> None:
-    tok = tokenizer_from_metadata(tiny_spm_metadata(add_space_prefix=False, add_bos_token=False,
-                                                         add_eos_token=True))
+    tok = tokenizer_from_metadata(tiny_spm_metadata(add_space_prefix=False, add_bos_token=False, add_eos_token=True))
     assert [tok.vocab.tokens[i] for i in tok.encode("hello", add_bos=True)] == ["he", "llo", "</s>"]
     assert tok.encode("", add_bos=True) == [2]

@@ -3,6 +3,7 @@
 Tensors use several quant types (simple types quantized by gguf-py, K-quants as random raw blocks with small
 scales), so the same fixtures exercise the dequantizers, the loader and every architecture's math.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,8 +45,22 @@ def tokenizer_metadata(w: gguf.GGUFWriter) -> None:
 class TensorMaker:
     """Writes tensors cycling through quant types; `rng` fixes the values."""
 
-    CYCLE = [T.Q8_0, T.Q4_K, T.Q4_0, T.Q6_K, T.Q5_1, T.Q4_1, T.Q5_K, T.Q5_0, T.F16, T.Q3_K, T.Q2_K, T.BF16,
-             T.IQ4_NL, T.IQ4_XS]
+    CYCLE = [
+        T.Q8_0,
+        T.Q4_K,
+        T.Q4_0,
+        T.Q6_K,
+        T.Q5_1,
+        T.Q4_1,
+        T.Q5_K,
+        T.Q5_0,
+        T.F16,
+        T.Q3_K,
+        T.Q2_K,
+        T.BF16,
+        T.IQ4_NL,
+        T.IQ4_XS,
+    ]
 
     # the types the CPU tile kernels (and so the native decode step) take
     TILE_CYCLE = [T.Q8_0, T.Q4_K, T.Q4_0, T.Q6_K, T.Q5_1, T.Q4_1, T.Q5_0]
@@ -80,18 +95,25 @@ class TensorMaker:
             if qtype in (T.Q4_K, T.Q5_K):
                 raw[..., 2:4] = small(count).reshape(rows, -1, 2)
         else:  # Q2_K: d, dmin at the end; Q3_K, Q6_K: d at the end
-            raw[..., size - 2:size] = small(count).reshape(rows, -1, 2)
+            raw[..., size - 2 : size] = small(count).reshape(rows, -1, 2)
             if qtype == T.Q2_K:
-                raw[..., size - 4:size - 2] = small(count).reshape(rows, -1, 2)
+                raw[..., size - 4 : size - 2] = small(count).reshape(rows, -1, 2)
         return raw.reshape(rows, -1)
 
     def vector(self, name: str, n: int, mean: float = 1.0, std: float = 0.1) -> None:
         self.w.add_tensor(name, (mean + self.rng.standard_normal(n) * std).astype(np.float32))
 
 
-def write_tiny_model(path: Path, arch: str, seed: int = 0, chat_template: str | None = None,
-                     tile_types: bool = False, sliding_window: int = 8, context_length: int = 256,
-                     pooling_type: int | None = None) -> Path:
+def write_tiny_model(
+    path: Path,
+    arch: str,
+    seed: int = 0,
+    chat_template: str | None = None,
+    tile_types: bool = False,
+    sliding_window: int = 8,
+    context_length: int = 256,
+    pooling_type: int | None = None,
+) -> Path:
     """Writes a tiny `arch` model to `path`: width 256, a few layers, several quant types (only those of the CPU
     tile kernels with `tile_types`), and `tokenizer.chat_template` when `chat_template` is given. gemma3's
     local layers (five of its six) attend `sliding_window` positions. `pooling_type` writes `{arch}.pooling_type`
@@ -132,8 +154,11 @@ def write_tiny_model(path: Path, arch: str, seed: int = 0, chat_template: str | 
         t.matrix(p + "attn_v.weight", kv_heads * head_dim, d)
         t.matrix(p + "attn_output.weight", d, heads * head_dim)
         if arch == "qwen2":
-            for name, n in (("attn_q", heads * head_dim), ("attn_k", kv_heads * head_dim),
-                            ("attn_v", kv_heads * head_dim)):
+            for name, n in (
+                ("attn_q", heads * head_dim),
+                ("attn_k", kv_heads * head_dim),
+                ("attn_v", kv_heads * head_dim),
+            ):
                 t.vector(p + name + ".bias", n, mean=0.0, std=0.05)
         if arch in ("qwen3", "gemma3"):
             t.vector(p + "attn_q_norm.weight", head_dim)

@@ -4,6 +4,7 @@ Callers never touch the engine's state: they post commands (add, abort) to a que
 steps, and receive each request's outputs through their own sink. So JSON and HTTP stay in the server, tensors
 stay in this thread, and an abort takes effect before the next step (its blocks are freed at once).
 """
+
 from __future__ import annotations
 
 import logging

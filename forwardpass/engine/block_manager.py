@@ -14,6 +14,7 @@ p - w + 1 on, so the blocks wholly below that are released as the sequence advan
 become FREED (never read: the attention window excludes them). A prefix hit there needs only the blocks of the
 last w positions before the hit point.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -77,8 +78,9 @@ class BlockPool:
 class BlockManager:
     """`num_blocks`: one count for every group, or one per group; `windows`: each group's window (0: global)."""
 
-    def __init__(self, num_blocks: int | Seq[int], block_size: int, enable_prefix_caching: bool = True,
-                 windows: Seq[int] = (0,)) -> None:
+    def __init__(
+        self, num_blocks: int | Seq[int], block_size: int, enable_prefix_caching: bool = True, windows: Seq[int] = (0,)
+    ) -> None:
         counts = [num_blocks] * len(windows) if isinstance(num_blocks, int) else list(num_blocks)
         if len(counts) != len(windows):
             raise ValueError(f"{len(counts)} block counts for {len(windows)} KV groups")
@@ -113,10 +115,11 @@ class BlockManager:
     def allocate_prefix(self, seq: Sequence) -> bool:
         """Give a waiting sequence its cached prefix blocks; sets `num_computed`. False if a pool is full."""
         assert not seq.block_tables
-        hits, hashes, found = self._lookup_prefix(seq) if self.enable_prefix_caching and seq.reuse_prefix \
-            else (0, [], [])
+        hits, hashes, found = (
+            self._lookup_prefix(seq) if self.enable_prefix_caching and seq.reuse_prefix else (0, [], [])
+        )
         start = hits * self.block_size
-        taken = [found[g][self.first_needed(pool, start):hits] if hits else [] for g, pool in enumerate(self.pools)]
+        taken = [found[g][self.first_needed(pool, start) : hits] if hits else [] for g, pool in enumerate(self.pools)]
         for pool, blocks in zip(self.pools, taken):  # the revived blocks and one new block for the first token
             if 1 + sum(1 for b in blocks if pool.ref_counts[b] == 0) > len(pool.free):
                 return False
@@ -138,7 +141,7 @@ class BlockManager:
         found: list[list[int | None]] = [[] for _ in self.pools]
         prev = 0
         for i in range((seq.num_tokens - 1) // bs):  # one token at least must run to produce logits
-            tokens = tuple(seq.token_ids[i * bs:(i + 1) * bs])
+            tokens = tuple(seq.token_ids[i * bs : (i + 1) * bs])
             prev = chain_hash(prev, tokens)
             row = [pool.lookup(prev, tokens) for pool in self.pools]
             if any(b is None and not pool.window for b, pool in zip(row, self.pools)):
@@ -181,7 +184,7 @@ class BlockManager:
             while len(seq.block_hashes) < seq.num_computed // bs:
                 i = len(seq.block_hashes)
                 prev = seq.block_hashes[-1] if seq.block_hashes else 0
-                tokens = tuple(seq.token_ids[i * bs:(i + 1) * bs])
+                tokens = tuple(seq.token_ids[i * bs : (i + 1) * bs])
                 h = chain_hash(prev, tokens)
                 seq.block_hashes.append(h)
                 for pool, table in zip(self.pools, seq.block_tables):

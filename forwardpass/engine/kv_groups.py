@@ -9,6 +9,7 @@ once, capped by that per-layer share, and the global group gets the rest of the 
 for one request whatever the budget: a whole context for the global group, one window plus one chunk for a
 sliding one.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -31,12 +32,17 @@ def sliding_group_need(window: int, block_size: int, max_num_seqs: int, max_num_
     """The most blocks a sliding group can hold for all running sequences: each holds at most the window's
     blocks (blocks_for(window - 1) + 1) plus those of its chunk this step (blocks_for(n) + 1 with chunks summing
     to max_num_batched_tokens at most)."""
-    return (max_num_seqs * (blocks_for(window - 1, block_size) + 2)
-            + blocks_for(max_num_batched_tokens, block_size))
+    return max_num_seqs * (blocks_for(window - 1, block_size) + 2) + blocks_for(max_num_batched_tokens, block_size)
 
 
-def plan_kv_groups(windows: Sequence[int], budget_tokens: int, block_size: int, ctx: int, max_num_seqs: int,
-                   max_num_batched_tokens: int) -> list[KVGroup]:
+def plan_kv_groups(
+    windows: Sequence[int],
+    budget_tokens: int,
+    block_size: int,
+    ctx: int,
+    max_num_seqs: int,
+    max_num_batched_tokens: int,
+) -> list[KVGroup]:
     """One `KVGroup` per distinct window (a window of ctx or more keeps whole contexts: global), global first.
 
     Without sliding layers: one group of max(ctx, budget_tokens) tokens' blocks, as a single pool always was."""

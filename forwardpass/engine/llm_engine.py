@@ -1,12 +1,13 @@
 """LLMEngine: requests in, tokens out. One step = schedule -> run -> sample -> update."""
+
 from __future__ import annotations
 
 import contextlib
 import itertools
-from concurrent.futures import FIRST_COMPLETED, Future, wait
 import logging
 import time
 from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -52,22 +53,34 @@ class EngineStats:
 
 
 class LLMEngine:
-    def __init__(self, runner: ModelRunner, tokenizer: Tokenizer, ctx: int,
-                 scheduler_config: SchedulerConfig | None = None, enable_prefix_caching: bool = True) -> None:
+    def __init__(
+        self,
+        runner: ModelRunner,
+        tokenizer: Tokenizer,
+        ctx: int,
+        scheduler_config: SchedulerConfig | None = None,
+        enable_prefix_caching: bool = True,
+    ) -> None:
         self.runner = runner
         self.tokenizer = tokenizer
         self.ctx = ctx
         cache = runner.cache
         scheduler_config = scheduler_config or SchedulerConfig()
-        self.block_manager = BlockManager(cache.num_blocks, cache.block_size, enable_prefix_caching,
-                                          [g.window for g in cache.groups])
+        self.block_manager = BlockManager(
+            cache.num_blocks, cache.block_size, enable_prefix_caching, [g.window for g in cache.groups]
+        )
         for group in cache.groups:
             need = blocks_per_sequence(group.window, ctx, cache.block_size, scheduler_config.max_num_batched_tokens)
             if need > group.num_blocks:
-                what = (f"one full context of {ctx} tokens" if not group.window else
-                        f"one sequence's {group.window}-token window and prefill chunk ({need} blocks)")
-                raise ValueError(f"the KV cache ({group.num_blocks} blocks for layers {list(group.layers)}) cannot "
-                                 f"hold {what}; raise the KV memory or lower ctx")
+                what = (
+                    f"one full context of {ctx} tokens"
+                    if not group.window
+                    else f"one sequence's {group.window}-token window and prefill chunk ({need} blocks)"
+                )
+                raise ValueError(
+                    f"the KV cache ({group.num_blocks} blocks for layers {list(group.layers)}) cannot "
+                    f"hold {what}; raise the KV memory or lower ctx"
+                )
         self.scheduler = Scheduler(scheduler_config, self.block_manager)
         self.sampler = Sampler(argmax_fn(runner.model.options.cpu_native))
         self.requests: dict[str, Request | EmbedRequest] = {}
@@ -93,15 +106,23 @@ class LLMEngine:
         if n_prompt >= self.ctx:
             raise ContextLengthError(
                 f"the prompt has {n_prompt} tokens but the context holds {self.ctx}, and at least one token "
-                f"must be generated", n_prompt_tokens=n_prompt, n_ctx=self.ctx)
+                f"must be generated",
+                n_prompt_tokens=n_prompt,
+                n_ctx=self.ctx,
+            )
         vocab = self.runner.model.config.vocab_size
         for t in prompt_token_ids:
             if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab:
                 raise ValueError(f"prompt: token id {t!r} is out of vocabulary (0..{vocab - 1})")
         params.verify_vocab(vocab)
 
-    def add_request(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str | None = None,
-                    prompt: str | None = None) -> Request:
+    def add_request(
+        self,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        request_id: str | None = None,
+        prompt: str | None = None,
+    ) -> Request:
         """Queue a request. One with a structured-output constraint joins the scheduler once its grammar is
         compiled (at once when it is cached); a constraint that fails to compile raises here if already known."""
         self._check(prompt_token_ids, params)
@@ -161,15 +182,19 @@ class LLMEngine:
         if n_prompt == 0:
             raise ValueError("an embedding input must contain at least one token")
         if n_prompt > self.ctx:
-            raise ContextLengthError(f"the input has {n_prompt} tokens but the model's context holds {self.ctx} "
-                                     f"tokens", n_prompt_tokens=n_prompt, n_ctx=self.ctx)
+            raise ContextLengthError(
+                f"the input has {n_prompt} tokens but the model's context holds {self.ctx} tokens",
+                n_prompt_tokens=n_prompt,
+                n_ctx=self.ctx,
+            )
         vocab = self.runner.model.config.vocab_size
         for t in prompt_token_ids:
             if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab:
                 raise ValueError(f"input: token id {t!r} is out of vocabulary (0..{vocab - 1})")
 
-    def add_embed_request(self, prompt_token_ids: list[int], pooling: str, request_id: str | None = None,
-                          normalize: bool = True) -> EmbedRequest:
+    def add_embed_request(
+        self, prompt_token_ids: list[int], pooling: str, request_id: str | None = None, normalize: bool = True
+    ) -> EmbedRequest:
         """Queue a prompt whose final hidden states are pooled (`pooling`: mean, cls or last) into one vector."""
         self.validate_embed(prompt_token_ids)
         n_prompt = len(prompt_token_ids)
@@ -268,8 +293,16 @@ class LLMEngine:
 
     def _run(self, output: SchedulerOutput) -> torch.Tensor | None:
         """The logits of the scheduled sequences that sample this step, in order (None if nothing runs)."""
-        chunks = [SeqChunk(s.token_ids, s.start, s.seq.block_tables, Logits.LAST if s.samples else Logits.NONE,
-                           prompt_len=s.seq.num_prompt_tokens) for s in output.scheduled]
+        chunks = [
+            SeqChunk(
+                s.token_ids,
+                s.start,
+                s.seq.block_tables,
+                Logits.LAST if s.samples else Logits.NONE,
+                prompt_len=s.seq.num_prompt_tokens,
+            )
+            for s in output.scheduled
+        ]
         return self.runner.run(chunks) if chunks else None
 
     def _pool(self, pooled: list[ScheduledSeq]) -> list[EmbeddingOutput]:
@@ -324,13 +357,22 @@ class LLMEngine:
     def stats(self) -> EngineStats:
         bm = self.block_manager
         return EngineStats(
-            running=len(self.scheduler.running), waiting=len(self.scheduler.waiting) + len(self._compiling),
-            kv_blocks_used=bm.num_used, kv_blocks_total=bm.num_blocks,
+            running=len(self.scheduler.running),
+            waiting=len(self.scheduler.waiting) + len(self._compiling),
+            kv_blocks_used=bm.num_used,
+            kv_blocks_total=bm.num_blocks,
             prefix_cache_hit_rate=bm.prefix_hits / bm.prefix_queries if bm.prefix_queries else 0.0,
             preemptions=self.scheduler.num_preemptions,
-            running_seqs=tuple(SeqProgress(s.owner.request.request_id if s.owner is not None else "",
-                                           s.num_prompt_tokens, s.num_computed, s.num_output_tokens)
-                               for s in self.scheduler.running))
+            running_seqs=tuple(
+                SeqProgress(
+                    s.owner.request.request_id if s.owner is not None else "",
+                    s.num_prompt_tokens,
+                    s.num_computed,
+                    s.num_output_tokens,
+                )
+                for s in self.scheduler.running
+            ),
+        )
 
 
 __all__ = ["LLMEngine", "EngineStats", "SeqProgress", "Status"]

@@ -12,6 +12,7 @@ bandwidth-bound kernel); choosing by batch size would make a token's math depend
 each step runs at most two passes, by role: prompt tokens (any chunk size) through the prefill kernels,
 generated tokens (decoding, or recomputed after a preemption) one row each through the decode kernels.
 """
+
 from __future__ import annotations
 
 import enum
@@ -74,8 +75,14 @@ class ModelRunner:
     """`kv_groups`: the cache layout (`engine/kv_groups.py` plans it), or a block count: one pool of that many
     blocks for every layer, keeping whole contexts."""
 
-    def __init__(self, model: DecoderLM, kv_groups: int | list[KVGroup], block_size: int, kv_dtype: torch.dtype,
-                 device: str = "cpu") -> None:
+    def __init__(
+        self,
+        model: DecoderLM,
+        kv_groups: int | list[KVGroup],
+        block_size: int,
+        kv_dtype: torch.dtype,
+        device: str = "cpu",
+    ) -> None:
         c = model.config
         self.model = model
         self.device = torch.device(device)
@@ -104,8 +111,17 @@ class ModelRunner:
             for j in range(split, len(chunk.token_ids)):  # each generated token is its own decode row
                 last = j == len(chunk.token_ids) - 1
                 wants = chunk.logits is Logits.ALL or (chunk.logits is Logits.LAST and last)
-                generated.append((i, SeqChunk([chunk.token_ids[j]], chunk.start + j, chunk.block_tables,
-                                              Logits.LAST if wants else Logits.NONE)))
+                generated.append(
+                    (
+                        i,
+                        SeqChunk(
+                            [chunk.token_ids[j]],
+                            chunk.start + j,
+                            chunk.block_tables,
+                            Logits.LAST if wants else Logits.NONE,
+                        ),
+                    )
+                )
         passes = [(parts, kind) for parts, kind in ((prompt_parts, Pass.PROMPT), (generated, Pass.GENERATED)) if parts]
         if len(passes) == 1 and all(a[0] < b[0] for a, b in zip(passes[0][0], passes[0][0][1:])):
             # one pass whose rows are already in chunk order (every decode step): its logits as they are
@@ -117,7 +133,7 @@ class ModelRunner:
             for i, c in parts:
                 n = c.num_logit_rows
                 if n:
-                    results.setdefault(i, []).append(logits[row:row + n])
+                    results.setdefault(i, []).append(logits[row : row + n])
                 row += n
         pieces = [t for i in range(len(chunks)) for t in results.get(i, [])]
         if not pieces:
@@ -137,8 +153,9 @@ class ModelRunner:
         hidden = self.model.forward(ids_t, positions_t, meta, self.cache).float()  # (T, d_model)
         return list(hidden.split([len(c.token_ids) for c in chunks]))
 
-    def _pack(self, chunks: list[SeqChunk], kind: Pass
-              ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
+    def _pack(
+        self, chunks: list[SeqChunk], kind: Pass
+    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
         """The flat batch: token ids, positions, attention metadata and the rows that want logits."""
         ids, positions, rows = [], [], []
         slots: list[list[int]] = [[] for _ in self.cache.groups]  # (G, T)
@@ -156,9 +173,15 @@ class ModelRunner:
             elif chunk.logits is Logits.LAST:
                 rows.append(len(ids) - 1)
         meta = AttentionMetadata.build(
-            query_lens=[len(c.token_ids) for c in chunks], seq_lens=[c.start + len(c.token_ids) for c in chunks],
-            block_tables=[c.block_tables for c in chunks], slot_mapping=slots, block_size=bs,
-            device=self.device, prefill=kind.prefill, sliding=self.sliding)
+            query_lens=[len(c.token_ids) for c in chunks],
+            seq_lens=[c.start + len(c.token_ids) for c in chunks],
+            block_tables=[c.block_tables for c in chunks],
+            slot_mapping=slots,
+            block_size=bs,
+            device=self.device,
+            prefill=kind.prefill,
+            sliding=self.sliding,
+        )
         dev = self.device
         ids_t = torch.tensor(ids, dtype=torch.int64, device=dev)
         positions_t = torch.tensor(positions, dtype=torch.int64, device=dev)
@@ -174,5 +197,6 @@ class ModelRunner:
         # and dequantizing a whole head for it (Gemma 3's has 262k rows) costs more than the prompt's layers.
         # Decode kernels compute each row alone, so a generated token's logits never depend on the batch.
         scoring = kind.prefill and any(c.logits is Logits.ALL for c in chunks)  # None in the native step
-        return self.model.forward_logits(ids_t, positions_t, meta, self.cache,
-                                         torch.tensor(rows, dtype=torch.int64, device=dev), scoring)
+        return self.model.forward_logits(
+            ids_t, positions_t, meta, self.cache, torch.tensor(rows, dtype=torch.int64, device=dev), scoring
+        )

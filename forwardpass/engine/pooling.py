@@ -8,6 +8,7 @@ L2-normalized vector. The pooling comes from the GGUF (``{arch}.pooling_type``, 
 Mean and cls pooling need the hidden state of every position (or the first), so those requests never take blocks
 from the prefix cache (a hit would skip positions); last pooling needs only the last position, which always runs.
 """
+
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
 """Request: one prompt's journey through the engine, and how each of its samples turns tokens into text."""
+
 from __future__ import annotations
 
 import time
@@ -15,14 +16,16 @@ from .sequence import Sequence
 class Completion:
     """One sample of a request: its sequence, sampler state, and the text built from its tokens."""
 
-    def __init__(self, index: int, seq: Sequence, params: SamplingParams, tokenizer: Tokenizer,
-                 request: "Request") -> None:
+    def __init__(
+        self, index: int, seq: Sequence, params: SamplingParams, tokenizer: Tokenizer, request: "Request"
+    ) -> None:
         self.seq = seq
         self.request = request
         self.params = params
         self.eog_ids = frozenset() if params.ignore_eos else tokenizer.eog_ids
-        self.state = SamplingState(params, seq.token_ids[: seq.num_prompt_tokens],
-                                   eos_token_ids=sorted(tokenizer.eog_ids), sample_index=index)
+        self.state = SamplingState(
+            params, seq.token_ids[: seq.num_prompt_tokens], eos_token_ids=sorted(tokenizer.eog_ids), sample_index=index
+        )
         self.detok = StreamingDetokenizer(tokenizer, skip_special=params.skip_special_tokens)
         self.stops = StopStringMatcher(params.stop, params.include_stop_str_in_output)
         self.output = CompletionOutput(index=index, logprobs=[] if params.logprobs is not None else None)
@@ -45,8 +48,9 @@ class Completion:
         if guide is not None and (guide.done or guide.failed):  # the document is complete: nothing may follow
             return self._finish("stop", None)
         seq = self.seq
-        if (self.params.max_tokens is not None and seq.num_output_tokens >= self.params.max_tokens) \
-                or seq.num_tokens >= seq.max_tokens:
+        if (
+            self.params.max_tokens is not None and seq.num_output_tokens >= self.params.max_tokens
+        ) or seq.num_tokens >= seq.max_tokens:
             self._finish("length", None)
 
     def _finish(self, reason: str, stop_reason: str | int | None) -> None:
@@ -78,8 +82,16 @@ class Request:
 
     def snapshot(self) -> RequestOutput:
         """The request's outputs so far (cumulative text; copies, safe to hand to another thread)."""
-        outs = [CompletionOutput(c.output.index, c.output.text, list(c.output.token_ids), c.output.finish_reason,
-                                 list(c.output.logprobs) if c.output.logprobs is not None else None,
-                                 c.output.stop_reason) for c in self.completions]
+        outs = [
+            CompletionOutput(
+                c.output.index,
+                c.output.text,
+                list(c.output.token_ids),
+                c.output.finish_reason,
+                list(c.output.logprobs) if c.output.logprobs is not None else None,
+                c.output.stop_reason,
+            )
+            for c in self.completions
+        ]
         cached = self.completions[0].seq.num_cached if self.completions else 0
         return RequestOutput(self.request_id, self.prompt_token_ids, outs, self.prompt, cached)

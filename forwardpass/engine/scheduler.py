@@ -10,6 +10,7 @@ A step: `schedule()` says what runs (`SchedulerOutput`), the runner computes it,
 the computed tokens and forks the other samples of an n > 1 request from the first one, whose prompt is now in
 the cache; the block copies that takes are the runner's to do.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -41,7 +42,7 @@ class ScheduledSeq:
 
     @property
     def token_ids(self) -> list[int]:
-        return self.seq.token_ids[self.start:self.start + self.num_tokens]
+        return self.seq.token_ids[self.start : self.start + self.num_tokens]
 
     @property
     def samples(self) -> bool:

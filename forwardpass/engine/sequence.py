@@ -1,4 +1,5 @@
 """Sequence: one stream of tokens the engine is extending (a request with n > 1 has n of them)."""
+
 from __future__ import annotations
 
 import enum

@@ -7,6 +7,7 @@ numpy code (``d * sc`` before ``d * q``, and so on), since float multiplication 
 
 Multi-byte fields are little-endian (as GGUF stores them); we view them on a little-endian host.
 """
+
 from __future__ import annotations
 
 import functools
@@ -41,6 +42,7 @@ def block_info(ggml_type: int) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------------------
 # Unpacking helpers (exact integer work)
 # ---------------------------------------------------------------------------------------------------------
+
 
 def _f16(b: torch.Tensor) -> torch.Tensor:
     """``(n, 2) uint8`` little-endian fp16 field -> ``(n, 1) float32`` (exact widening)."""
@@ -97,6 +99,7 @@ def _k_scale_min(scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # Float types
 # ---------------------------------------------------------------------------------------------------------
 
+
 def dequant_f32(blocks: torch.Tensor) -> torch.Tensor:
     """F32: ``(n, 4) -> (n, 1)``, a reinterpretation of the bytes."""
     # Copy, so the result never aliases (possibly memory-mapped) file bytes, like every other type.
@@ -116,6 +119,7 @@ def dequant_bf16(blocks: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------
 # Legacy 32-element block types
 # ---------------------------------------------------------------------------------------------------------
+
 
 def dequant_q4_0(blocks: torch.Tensor) -> torch.Tensor:
     """Q4_0: ``[d: f16][qs: 16 B]`` -> ``d * (q - 8)``. ``(n, 18) -> (n, 32)``."""
@@ -167,6 +171,7 @@ def dequant_iq4_nl(blocks: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------
 # K-quants and IQ4_XS: 256-element super-blocks
 # ---------------------------------------------------------------------------------------------------------
+
 
 def dequant_q2_k(blocks: torch.Tensor) -> torch.Tensor:
     """Q2_K: ``[scales: 16 B][qs: 64 B][d: f16][dmin: f16]``, 16 sub-blocks of 16.
@@ -301,8 +306,7 @@ def dequantize(raw: torch.Tensor, ggml_type: int, shape: tuple[int, ...], name: 
     n_blocks = n_elements // block_size
     if raw.numel() != n_blocks * type_size:
         raise GGUFError(
-            f"tensor {name!r}: {type_name} shape {tuple(shape)} needs {n_blocks * type_size} bytes, "
-            f"got {raw.numel()}"
+            f"tensor {name!r}: {type_name} shape {tuple(shape)} needs {n_blocks * type_size} bytes, got {raw.numel()}"
         )
     blocks = raw.reshape(n_blocks, type_size)  # (n_blocks, type_size)
     return fn(blocks).reshape(shape)  # (n_blocks, block_size) -> shape

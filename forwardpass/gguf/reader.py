@@ -10,6 +10,7 @@ Hostile input is the design case (see RELIABILITY.md X9/X10): every count, lengt
 is checked against the bytes actually left before it is used, all size arithmetic is done with Python ints, and
 nothing is allocated in proportion to a count before that check.
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,11 +48,16 @@ _VT = gguf.GGUFValueType
 _FIXED: dict[int, tuple[struct.Struct, np.dtype]] = {
     vtype: (struct.Struct(fmt), np.dtype(dtype))
     for vtype, fmt, dtype in [
-        (_VT.UINT8, "<B", "<u1"), (_VT.INT8, "<b", "<i1"),
-        (_VT.UINT16, "<H", "<u2"), (_VT.INT16, "<h", "<i2"),
-        (_VT.UINT32, "<I", "<u4"), (_VT.INT32, "<i", "<i4"),
-        (_VT.UINT64, "<Q", "<u8"), (_VT.INT64, "<q", "<i8"),
-        (_VT.FLOAT32, "<f", "<f4"), (_VT.FLOAT64, "<d", "<f8"),
+        (_VT.UINT8, "<B", "<u1"),
+        (_VT.INT8, "<b", "<i1"),
+        (_VT.UINT16, "<H", "<u2"),
+        (_VT.INT16, "<h", "<i2"),
+        (_VT.UINT32, "<I", "<u4"),
+        (_VT.INT32, "<i", "<i4"),
+        (_VT.UINT64, "<Q", "<u8"),
+        (_VT.INT64, "<q", "<i8"),
+        (_VT.FLOAT32, "<f", "<f4"),
+        (_VT.FLOAT64, "<d", "<f8"),
         (_VT.BOOL, "<B", "|b1"),
     ]
 }
@@ -132,7 +138,7 @@ class _Cursor:
         """A length-prefixed string's bytes (not decoded)."""
         n = self.u64(f"length of {what}")
         self.need(n, what)
-        data = self.buf[self.pos:self.pos + n]
+        data = self.buf[self.pos : self.pos + n]
         self.pos += n
         return data
 
@@ -175,7 +181,7 @@ class GGUFFile:
             raise GGUFError(f"{self.path}: no tensor named {name!r}")
         if self._mm is None:
             raise GGUFError(f"{self.path}: file is closed")
-        return self._mm[info.offset:info.offset + info.nbytes].view(np.ndarray)
+        return self._mm[info.offset : info.offset + info.nbytes].view(np.ndarray)
 
     def release_pages(self) -> None:
         """Drop the mapping's resident pages from this process (they are read from the file again on the next
@@ -215,8 +221,9 @@ class GGUFFile:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"GGUFFile({self.path!r}, version={self.version}, n_kv={len(self.metadata)}, "
-                f"n_tensors={len(self.tensors)})")
+        return (
+            f"GGUFFile({self.path!r}, version={self.version}, n_kv={len(self.metadata)}, n_tensors={len(self.tensors)})"
+        )
 
     # -- parsing ----------------------------------------------------------------------------------------------
 
@@ -292,8 +299,10 @@ class GGUFFile:
         if not name:
             raise GGUFError(f"tensor #{index} has an empty name")
         if len(name.encode()) >= GGML_MAX_NAME:
-            raise GGUFError(f"tensor name {name[:32] + '...'!r} is too long ({len(name.encode())} bytes, "
-                            f"at most {GGML_MAX_NAME - 1})")
+            raise GGUFError(
+                f"tensor name {name[:32] + '...'!r} is too long ({len(name.encode())} bytes, "
+                f"at most {GGML_MAX_NAME - 1})"
+            )
         what = f"tensor {name!r}"
         n_dims = cur.u32(f"n_dims of {what}")
         if not 1 <= n_dims <= GGML_MAX_DIMS:
@@ -308,8 +317,10 @@ class GGUFFile:
             raise GGUFError(f"{what} has unknown or unsupported ggml type {ggml_type}")
         block_size, _ = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ggml_type)]
         if dims[0] % block_size:
-            raise GGUFError(f"{what} of type {_type_name(ggml_type)}: row length {dims[0]} is not a multiple "
-                            f"of the block size {block_size}")
+            raise GGUFError(
+                f"{what} of type {_type_name(ggml_type)}: row length {dims[0]} is not a multiple "
+                f"of the block size {block_size}"
+            )
         offset = cur.u64(f"offset of {what}")
         return name, ggml_type, dims, offset
 
@@ -347,7 +358,7 @@ def _read_array(cur: _Cursor, key: str) -> np.ndarray | list[str]:
     dtype = fixed[1]
     cur.need(count * dtype.itemsize, f"array {key!r} of {count} x {_VT(elem_type).name}")
     # A copy, so metadata does not pin the mapping; built from immutable bytes, so it is read-only.
-    data = bytes(cur.buf[cur.pos:cur.pos + count * dtype.itemsize])
+    data = bytes(cur.buf[cur.pos : cur.pos + count * dtype.itemsize])
     cur.pos += count * dtype.itemsize
     if elem_type == _VT.BOOL and any(b > 1 for b in data):
         raise GGUFError(f"metadata {key!r}: bool array holds values other than 0 and 1")
@@ -371,17 +382,21 @@ def _read_string_array(cur: _Cursor, count: int, key: str) -> list[str]:
             cur.pos = pos
             cur.need(n, f"{key!r}[{i}]")
         try:
-            append(str(buf[pos:pos + n], "utf-8"))
+            append(str(buf[pos : pos + n], "utf-8"))
         except UnicodeDecodeError as e:
             if not lenient:
                 raise GGUFError(f"{key!r}[{i}] is not valid UTF-8 ({e.reason} at byte {e.start})") from None
-            append(str(buf[pos:pos + n], "utf-8", "replace"))
+            append(str(buf[pos : pos + n], "utf-8", "replace"))
             n_replaced += 1
         pos += n
     cur.pos = pos
     if n_replaced:
-        logger.warning("%s: %d of %d strings are not valid UTF-8; their invalid bytes were replaced with U+FFFD",
-                       key, n_replaced, count)
+        logger.warning(
+            "%s: %d of %d strings are not valid UTF-8; their invalid bytes were replaced with U+FFFD",
+            key,
+            n_replaced,
+            count,
+        )
     return out
 
 
@@ -394,8 +409,9 @@ def _alignment_from(metadata: dict[str, Any]) -> int:
     return alignment
 
 
-def _place_tensors(infos: list[tuple[str, int, tuple[int, ...], int]], data_offset: int, alignment: int,
-                   file_size: int) -> dict[str, TensorInfo]:
+def _place_tensors(
+    infos: list[tuple[str, int, tuple[int, ...], int]], data_offset: int, alignment: int, file_size: int
+) -> dict[str, TensorInfo]:
     """Turn index entries into `TensorInfo`s, checking names, alignment, bounds and overlaps."""
     tensors: dict[str, TensorInfo] = {}
     for name, ggml_type, dims, rel_offset in infos:
@@ -409,13 +425,15 @@ def _place_tensors(infos: list[tuple[str, int, tuple[int, ...], int]], data_offs
             raise GGUFError(f"tensor {name!r}: offset {rel_offset} is not a multiple of the alignment {alignment}")
         start = data_offset + rel_offset
         if start + nbytes > file_size:
-            raise GGUFError(f"tensor {name!r}: data [{start}, {start + nbytes}) extends past the end of the file "
-                            f"({file_size} bytes); the file is truncated or the index is corrupt")
+            raise GGUFError(
+                f"tensor {name!r}: data [{start}, {start + nbytes}) extends past the end of the file "
+                f"({file_size} bytes); the file is truncated or the index is corrupt"
+            )
         tensors[name] = TensorInfo(name, ggml_type, dims, start, nbytes)
     ordered = sorted(tensors.values(), key=lambda t: t.offset)
     for prev, nxt in zip(ordered, ordered[1:]):
         if nxt.offset < prev.offset + prev.nbytes:
-            raise GGUFError(f"tensors {prev.name!r} and {nxt.name!r} overlap "
-                            f"(at {prev.offset}+{prev.nbytes} and {nxt.offset})")
+            raise GGUFError(
+                f"tensors {prev.name!r} and {nxt.name!r} overlap (at {prev.offset}+{prev.nbytes} and {nxt.offset})"
+            )
     return tensors
-

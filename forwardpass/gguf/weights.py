@@ -1,4 +1,5 @@
 """Quantized weights as they sit in the GGUF file, and the strict loader that hands them to a model."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -5,6 +5,7 @@ Owns: the `Linear` interface and its backends chosen per weight at load (`linear
 ctypes mirror (`native.py`), the choice of build (`select.py`) and the one-call native step (`native_decoder.py`).
 Imports nothing from `models/` or `engine/`.
 """
+
 from .fused import MultiLinear, make_multi_linear
 from .linear import Linear, make_linear
 from .repack import concat_rows, release_heap

@@ -1,6 +1,7 @@
 """`MultiLinear`: several projections of one input (q|k|v, gate|up), fused into one matmul where the weights
 share a type. Which fusion applies is decided here, per backend: tiles stack their rows without a copy, other
 backends get one weight of the concatenated rows, and weights of different types stay separate."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -32,9 +33,15 @@ class MultiLinear:
         return torch.cat([linear(x, prefill) for linear in self.linears], dim=-1)
 
 
-def make_multi_linear(weights: list[QuantWeight], biases: list[torch.Tensor] | None = None, *, mode: str,
-                      device: torch.device | str = "cpu", release: Callable[[torch.Tensor], None] | None = None,
-                      native: NativeLibrary | None = None) -> MultiLinear:
+def make_multi_linear(
+    weights: list[QuantWeight],
+    biases: list[torch.Tensor] | None = None,
+    *,
+    mode: str,
+    device: torch.device | str = "cpu",
+    release: Callable[[torch.Tensor], None] | None = None,
+    native: NativeLibrary | None = None,
+) -> MultiLinear:
     """The projections of `weights` (with `biases`), as `make_linear` would build each, fused where they can be."""
     sizes = [w.shape[0] for w in weights]
     if len({w.ggml_type for w in weights}) == 1:
@@ -42,7 +49,11 @@ def make_multi_linear(weights: list[QuantWeight], biases: list[torch.Tensor] | N
         if native is not None and all(tile_supports(w, native) for w in weights):  # tiles are CPU-only
             return MultiLinear([TileLinear(weights, native, bias, release)], sizes)  # rows stacked: no copy
         fused = concat_rows(weights, "+".join(w.name for w in weights))
-        return MultiLinear([make_linear(fused, bias, mode=mode, device=device, release=release, native=native)],
-                           sizes)
-    return MultiLinear([make_linear(w, b, mode=mode, device=device, release=release, native=native)
-                        for w, b in zip(weights, biases or [None] * len(weights))], sizes)
+        return MultiLinear([make_linear(fused, bias, mode=mode, device=device, release=release, native=native)], sizes)
+    return MultiLinear(
+        [
+            make_linear(w, b, mode=mode, device=device, release=release, native=native)
+            for w, b in zip(weights, biases or [None] * len(weights))
+        ],
+        sizes,
+    )

@@ -7,6 +7,7 @@ exactly `ROW_BLOCK` rows (the last one zero-padded): one shape per weight, so on
 depends on its own values only. A block no taller than the smallest tile keeps a row's position in the block
 from mattering either. On the CPU the kernels compute each row alone already, and the whole batch is one call.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -38,12 +39,11 @@ def matmul_rows(x: torch.Tensor, w_t: torch.Tensor, out: torch.Tensor | None = N
         out = torch.empty(t, w_t.shape[1], dtype=torch.result_type(x, w_t), device=x.device)
     for start in range(0, t, ROW_BLOCK):
         stop = min(t, start + ROW_BLOCK)
-        out[start:stop] = torch.matmul(xp[start:start + ROW_BLOCK], w_t)[:stop - start]
+        out[start:stop] = torch.matmul(xp[start : start + ROW_BLOCK], w_t)[: stop - start]
     return out
 
 
-def gemm_in_chunks(x: torch.Tensor, n: int, step: int,
-                   weight_rows: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
+def gemm_in_chunks(x: torch.Tensor, n: int, step: int, weight_rows: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
     """y = x @ W^T: x (T, K) bf16 -> (T, n) bf16, W's rows start..stop given as (rows, K) bf16 by
     `weight_rows(start, stop)`, `step` rows at a time."""
     if step >= n:

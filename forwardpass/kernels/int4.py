@@ -13,6 +13,7 @@ The packed layout (torch's AVX-512 build; checked at first use by `_cpu_layout_k
 each block stored k-major as (K, 32) bytes, byte j holding row j in its low nibble and row 32 + j in its high
 nibble; a last block of 16, 32 or 48 rows holds rows 2i and 2i + 1 in the low and high nibbles of byte i.
 """
+
 from __future__ import annotations
 
 import functools
@@ -61,8 +62,10 @@ class Int4Linear:
 def pack_int4_cpu(q: torch.Tensor) -> torch.Tensor:
     """(N, K) uint8 codes -> (N, K / 2) uint8 in the CPU kernel's layout, in chunks of whole 64-row blocks (the
     layout is block-local, so packing chunks and concatenating them equals packing the whole)."""
-    chunks = [torch.ops.aten._convert_weight_to_int4pack_for_cpu(q[i:i + PACK_CHUNK_ROWS].to(torch.int32), 1)
-              for i in range(0, q.shape[0], PACK_CHUNK_ROWS)]
+    chunks = [
+        torch.ops.aten._convert_weight_to_int4pack_for_cpu(q[i : i + PACK_CHUNK_ROWS].to(torch.int32), 1)
+        for i in range(0, q.shape[0], PACK_CHUNK_ROWS)
+    ]
     return torch.cat(chunks) if len(chunks) > 1 else chunks[0]
 
 
@@ -82,8 +85,9 @@ def unpack_int4_cpu_t(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
 @functools.lru_cache(maxsize=None)
 def _cpu_layout_known() -> bool:
     """Whether this torch build packs int4 the way `unpack_int4_cpu_t` reads (AVX2-only builds use 32-row blocks)."""
-    probe = torch.randint(0, 16, (BLOCK_N + 48, 2 * GROUP), dtype=torch.uint8,
-                          generator=torch.Generator().manual_seed(0))
+    probe = torch.randint(
+        0, 16, (BLOCK_N + 48, 2 * GROUP), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     unpacked = unpack_int4_cpu_t(pack_int4_cpu(probe), *probe.shape)
     return torch.equal(unpacked.t(), probe)
 
@@ -101,8 +105,12 @@ class Int4PackLinear:
     dense_min_tokens = 96
     dense_min_tokens_with_prefill = 32
 
-    def __init__(self, groups: Int4Groups, bias: torch.Tensor | None = None,
-                 prefill: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        groups: Int4Groups,
+        bias: torch.Tensor | None = None,
+        prefill: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         self.out_features, self.in_features = groups.q.shape
         if self.out_features % 16:
             raise ValueError(f"the CPU int4 kernel needs N % 16 == 0, got N = {self.out_features}")

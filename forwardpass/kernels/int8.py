@@ -6,6 +6,7 @@
   int8 codes directly (the least memory traffic torch offers for 8-bit weights); many tokens (prefill) take the
   bf16 GEMM path above, which is compute-bound and several times faster there.
 """
+
 from __future__ import annotations
 
 import threading
@@ -57,8 +58,9 @@ class Int8Linear(_JustInTimeLinear):
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         """x: (T, K) bf16 -> (T, N) bf16, in row chunks so the bf16 weight copy stays under DENSE_CHUNK_BYTES."""
         n, k = self.q.shape
-        y = gemm_in_chunks(x, n, max(1, DENSE_CHUNK_BYTES // (2 * k)),
-                           lambda a, b: self.q[a:b].to(torch.bfloat16))  # codes exact in bf16
+        y = gemm_in_chunks(
+            x, n, max(1, DENSE_CHUNK_BYTES // (2 * k)), lambda a, b: self.q[a:b].to(torch.bfloat16)
+        )  # codes exact in bf16
         return y.mul_(self.scale)
 
 
@@ -123,7 +125,7 @@ class Int8GroupLinear(_JustInTimeLinear):
         b16 = _buffer("bf16", step * k, torch.bfloat16, x.device)
 
         def rows(a: int, b: int) -> torch.Tensor:  # consumed by the GEMM before the next chunk overwrites it
-            w = self.groups.dequantize_rows(a, b, out=f32[:(b - a) * k].view(b - a, k))
-            return b16[:(b - a) * k].view(b - a, k).copy_(w)
+            w = self.groups.dequantize_rows(a, b, out=f32[: (b - a) * k].view(b - a, k))
+            return b16[: (b - a) * k].view(b - a, k).copy_(w)
 
         return gemm_in_chunks(x, n, step, rows)

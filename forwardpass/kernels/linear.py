@@ -8,6 +8,7 @@ Backends are picked per weight at load by `make_linear`:
   weight through torch's int4/int8 kernels on a repacked copy (bf16 activations) and prefill-sized calls run a
   bf16 GEMM on a weight dequantized just in time.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Protocol
@@ -74,8 +75,12 @@ INT8_DECODE_BLOCK = {GGMLQuantizationType.Q8_0: 96}
 _HAS_INT4_CPU = hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
 
 
-def fast_linear(weight: QuantWeight, bias: torch.Tensor | None = None,
-                release: Callable[[torch.Tensor], None] | None = None, native: NativeLibrary | None = None) -> Linear:
+def fast_linear(
+    weight: QuantWeight,
+    bias: torch.Tensor | None = None,
+    release: Callable[[torch.Tensor], None] | None = None,
+    native: NativeLibrary | None = None,
+) -> Linear:
     """The fast backend for `weight` (already on its device), first match wins (scripts/bench_linear.py measures
     the choices):
 
@@ -106,9 +111,15 @@ def fast_linear(weight: QuantWeight, bias: torch.Tensor | None = None,
     return Int8PackLinear(rows, bias) if cpu else Int8Linear(rows, bias)
 
 
-def make_linear(weight: QuantWeight, bias: torch.Tensor | None = None, *, mode: str = "dequant",
-                device: torch.device | str = "cpu", release: Callable[[torch.Tensor], None] | None = None,
-                native: NativeLibrary | None = None) -> Linear:
+def make_linear(
+    weight: QuantWeight,
+    bias: torch.Tensor | None = None,
+    *,
+    mode: str = "dequant",
+    device: torch.device | str = "cpu",
+    release: Callable[[torch.Tensor], None] | None = None,
+    native: NativeLibrary | None = None,
+) -> Linear:
     """A `Linear` for this weight under `mode`: "reference" (exact float32), "dequant" or "fast" (`native`: the
     CPU kernels to use, None for torch's only)."""
     if bias is not None:

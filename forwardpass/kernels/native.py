@@ -14,6 +14,7 @@ and under a file lock, so parallel processes build it once; a failed build logs 
 last lines and what is lost. On load the library reports its struct layout (`fp_abi_layout`), which must equal
 the ctypes mirror below, and passes a self-test before any model uses it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,6 +52,7 @@ DESCRIPTIONS = {"avx512": "AVX-512 VNNI", "avx2": "AVX2", "avx2+vnni": "AVX2 + A
 
 
 # ---- what this CPU runs ----
+
 
 @functools.lru_cache(maxsize=None)
 def cpu_features() -> frozenset[str]:
@@ -100,6 +102,7 @@ def variant_flags(variant: str, avxvnni: bool | None = None) -> list[str]:
 
 # ---- the build ----
 
+
 def sources() -> list[Path]:
     return sorted(CSRC.glob("*.c"))
 
@@ -117,6 +120,7 @@ class BuildError(RuntimeError):
 
 def kernel_cache() -> Path:
     from ..registry import home  # noqa: PLC0415 (registry imports the network client lazily too)
+
     return home() / "kernels"
 
 
@@ -165,29 +169,58 @@ def build(variant: str, avxvnni: bool | None = None, extra_flags: tuple[str, ...
 
 # ---- the ABI: ctypes mirrors of forwardpass.h ----
 
+
 class TMat(ctypes.Structure):
-    _fields_ = [("n", ctypes.c_int64), ("k", ctypes.c_int64), ("bits", ctypes.c_int64), ("smode", ctypes.c_int64),
-                ("mconst", ctypes.c_float), ("codes", ctypes.c_void_p), ("planes", ctypes.c_void_p),
-                ("d16", ctypes.c_void_p), ("m16", ctypes.c_void_p), ("sc", ctypes.c_void_p), ("mn", ctypes.c_void_p),
-                ("dsb", ctypes.c_void_p), ("msb", ctypes.c_void_p)]
+    _fields_ = [
+        ("n", ctypes.c_int64),
+        ("k", ctypes.c_int64),
+        ("bits", ctypes.c_int64),
+        ("smode", ctypes.c_int64),
+        ("mconst", ctypes.c_float),
+        ("codes", ctypes.c_void_p),
+        ("planes", ctypes.c_void_p),
+        ("d16", ctypes.c_void_p),
+        ("m16", ctypes.c_void_p),
+        ("sc", ctypes.c_void_p),
+        ("mn", ctypes.c_void_p),
+        ("dsb", ctypes.c_void_p),
+        ("msb", ctypes.c_void_p),
+    ]
 
 
 _PT = ctypes.POINTER(TMat)
 
 
 class DLayer(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_void_p) for n in ("attn_norm", "q_norm", "k_norm", "post_attn_norm", "ffn_norm",
-                                                 "post_ffn_norm", "qkv_bias")] + [
-        ("qkv", _PT * 3), ("n_qkv", ctypes.c_int64), ("o", _PT), ("gu", _PT * 2), ("n_gu", ctypes.c_int64),
-        ("down", _PT), ("kc", ctypes.c_void_p), ("vc", ctypes.c_void_p), ("window", ctypes.c_int64),
-        ("rope", ctypes.c_int64), ("group", ctypes.c_int64)]
+    _fields_ = [
+        (n, ctypes.c_void_p)
+        for n in ("attn_norm", "q_norm", "k_norm", "post_attn_norm", "ffn_norm", "post_ffn_norm", "qkv_bias")
+    ] + [
+        ("qkv", _PT * 3),
+        ("n_qkv", ctypes.c_int64),
+        ("o", _PT),
+        ("gu", _PT * 2),
+        ("n_gu", ctypes.c_int64),
+        ("down", _PT),
+        ("kc", ctypes.c_void_p),
+        ("vc", ctypes.c_void_p),
+        ("window", ctypes.c_int64),
+        ("rope", ctypes.c_int64),
+        ("group", ctypes.c_int64),
+    ]
 
 
 class DModel(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_int64) for n in ("n_layers", "d_model", "n_ff", "n_heads", "n_kv", "head_dim",
-                                               "rope_dims", "neox", "act")] + [
-        ("eps", ctypes.c_float), ("scale", ctypes.c_float), ("layers", ctypes.POINTER(DLayer)),
-        ("out_norm", ctypes.c_void_p), ("head", _PT)]
+    _fields_ = [
+        (n, ctypes.c_int64)
+        for n in ("n_layers", "d_model", "n_ff", "n_heads", "n_kv", "head_dim", "rope_dims", "neox", "act")
+    ] + [
+        ("eps", ctypes.c_float),
+        ("scale", ctypes.c_float),
+        ("layers", ctypes.POINTER(DLayer)),
+        ("out_norm", ctypes.c_void_p),
+        ("head", _PT),
+    ]
 
 
 ABI_STRUCTS = (TMat, DLayer, DModel)  # in the order of forwardpass.h's FP_ABI_FIELDS
@@ -195,8 +228,9 @@ ABI_STRUCTS = (TMat, DLayer, DModel)  # in the order of forwardpass.h's FP_ABI_F
 
 def abi_layout() -> list[int]:
     """What `fp_abi_layout` must report: the structs' sizes, then every field's offset."""
-    return ([ctypes.sizeof(s) for s in ABI_STRUCTS]
-            + [getattr(s, name).offset for s in ABI_STRUCTS for name, *_ in s._fields_])
+    return [ctypes.sizeof(s) for s in ABI_STRUCTS] + [
+        getattr(s, name).offset for s in ABI_STRUCTS for name, *_ in s._fields_
+    ]
 
 
 class ABIError(RuntimeError):
@@ -210,12 +244,13 @@ _SIGNATURES = {  # name -> (restype, argtypes)
     "quantize_rows": (None, [_PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR]),
     "tile_matmul": (None, [_PTR, _I64, _PTR, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64]),
     "tile_dequant": (None, [_PTR, _I64, _I64, _PTR, _I64, _I64]),
-    "paged_attention": (None, [_PTR, _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _I64, _F32, _I64, _PTR,
-                               _I64]),
+    "paged_attention": (
+        None,
+        [_PTR, _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _I64, _F32, _I64, _PTR, _I64],
+    ),
     "argmax_rows": (None, [_PTR, _I64, _I64, _PTR, _I64]),
     "decoder_workspace": (_I64, [_PTR, _I64, _I64, _I64]),
-    "decoder_step": (None, [_PTR, _PTR, _I64, _PTR, _PTR, _PTR, _I64, _I64, _PTR, _PTR, _PTR, _I64, _PTR, _PTR,
-                            _I64]),
+    "decoder_step": (None, [_PTR, _PTR, _I64, _PTR, _PTR, _PTR, _I64, _I64, _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _I64]),
 }
 
 
@@ -236,10 +271,12 @@ class NativeLibrary:
         want = abi_layout()
         buf = (ctypes.c_int64 * (len(want) + 8))()
         n = self.fp_abi_layout(buf, len(buf))
-        got = list(buf[:min(n, len(buf))])
+        got = list(buf[: min(n, len(buf))])
         if got != want:
-            raise ABIError(f"{self.path}: struct layout {got} differs from the ctypes mirror {want} "
-                           "(forwardpass.h and kernels/native.py are out of step)")
+            raise ABIError(
+                f"{self.path}: struct layout {got} differs from the ctypes mirror {want} "
+                "(forwardpass.h and kernels/native.py are out of step)"
+            )
 
     @property
     def description(self) -> str:
@@ -249,15 +286,38 @@ class NativeLibrary:
         return f"NativeLibrary({self.name!r}, {str(self.path)!r})"
 
     # ---- the calls torch tensors make ----
-    def paged_attention_into(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, ctx: torch.Tensor,
-                             seq: torch.Tensor, lens: torch.Tensor, scale: float, window: int) -> torch.Tensor:
+    def paged_attention_into(
+        self,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        ctx: torch.Tensor,
+        seq: torch.Tensor,
+        lens: torch.Tensor,
+        scale: float,
+        window: int,
+    ) -> torch.Tensor:
         rows, heads, dim = q.shape
         q = q.float().contiguous()
         ctx, seq, lens = ctx.contiguous(), seq.contiguous(), lens.contiguous()
         out = torch.empty(rows, heads, dim)
-        self.paged_attention(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), ctx.data_ptr(), ctx.shape[1],
-                             seq.data_ptr(), lens.data_ptr(), rows, heads, k_cache.shape[1], dim, scale, window,
-                             out.data_ptr(), torch.get_num_threads())
+        self.paged_attention(
+            q.data_ptr(),
+            k_cache.data_ptr(),
+            v_cache.data_ptr(),
+            ctx.data_ptr(),
+            ctx.shape[1],
+            seq.data_ptr(),
+            lens.data_ptr(),
+            rows,
+            heads,
+            k_cache.shape[1],
+            dim,
+            scale,
+            window,
+            out.data_ptr(),
+            torch.get_num_threads(),
+        )
         return out
 
     def argmax(self, x: torch.Tensor) -> torch.Tensor:
@@ -286,4 +346,5 @@ def argmax_fn(lib: NativeLibrary | None):
         if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] == 0:
             return x.argmax(dim=-1)
         return lib.argmax(x)
+
     return argmax

@@ -6,6 +6,7 @@ tokens and every other device run it, and tests check that this step gives the s
 activation rounding. This module knows the model only through what it is handed (its shape, the layer specs,
 the head): it imports nothing from `models/`.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -70,8 +71,16 @@ class NativeDecoder:
     """The step of every layer for a batch of tokens in one call. `rope_index[i]`: which of the step's rope
     tables layer i uses; `lm_head` and `output_norm`: the head, computed in the same call where it is tiled."""
 
-    def __init__(self, shape: DecoderShape, specs: list[LayerSpec], rope_index: list[int], rope_neox: bool,
-                 lm_head: Linear, output_norm: torch.Tensor, lib: NativeLibrary) -> None:
+    def __init__(
+        self,
+        shape: DecoderShape,
+        specs: list[LayerSpec],
+        rope_index: list[int],
+        rope_neox: bool,
+        lm_head: Linear,
+        output_norm: torch.Tensor,
+        lib: NativeLibrary,
+    ) -> None:
         c = shape
         self.lib = lib
         self.config = c
@@ -90,13 +99,27 @@ class NativeDecoder:
             bias = None
             if any(b is not None for b in qkv_biases):
                 bias = torch.cat([b if b is not None else torch.zeros(m.n) for b, m in zip(qkv_biases, qkv)]).float()
-            norms = [spec.attn_norm, spec.q_norm, spec.k_norm, spec.post_attn_norm, spec.ffn_norm,
-                     spec.post_ffn_norm, bias]
+            norms = [
+                spec.attn_norm,
+                spec.q_norm,
+                spec.k_norm,
+                spec.post_attn_norm,
+                spec.ffn_norm,
+                spec.post_ffn_norm,
+                bias,
+            ]
             norms = [None if t is None else t.float().contiguous() for t in norms]
             self._keep += norms + qkv + gu + [o, down]
             layer = self.layers[i]
-            (layer.attn_norm, layer.q_norm, layer.k_norm, layer.post_attn_norm, layer.ffn_norm, layer.post_ffn_norm,
-             layer.qkv_bias) = [_ptr(t) for t in norms]
+            (
+                layer.attn_norm,
+                layer.q_norm,
+                layer.k_norm,
+                layer.post_attn_norm,
+                layer.ffn_norm,
+                layer.post_ffn_norm,
+                layer.qkv_bias,
+            ) = [_ptr(t) for t in norms]
             for j, m in enumerate(qkv):
                 layer.qkv[j] = ctypes.pointer(m.struct)
             layer.n_qkv = len(qkv)
@@ -106,8 +129,20 @@ class NativeDecoder:
             layer.o, layer.down = ctypes.pointer(o.struct), ctypes.pointer(down.struct)
             layer.window = c.sliding_window[i]
             layer.rope = rope_index[i]
-        self.model = DModel(c.n_layers, c.d_model, c.n_ff, c.n_heads, c.n_kv_heads, c.head_dim, c.rope_dims,
-                            int(rope_neox), act.pop(), c.rms_eps, c.scale, self.layers)
+        self.model = DModel(
+            c.n_layers,
+            c.d_model,
+            c.n_ff,
+            c.n_heads,
+            c.n_kv_heads,
+            c.head_dim,
+            c.rope_dims,
+            int(rope_neox),
+            act.pop(),
+            c.rms_eps,
+            c.scale,
+            self.layers,
+        )
         head = _tiles(lm_head)
         self.has_head = head is not None and len(head[0]) == 1 and head[1][0] is None
         if self.has_head:  # the final norm and the head in the same call
@@ -121,8 +156,16 @@ class NativeDecoder:
         self._bound: Any = None
 
     @classmethod
-    def build(cls, shape: DecoderShape, specs: list[LayerSpec | None], rope_index: list[int], rope_neox: bool,
-              lm_head: Linear, output_norm: torch.Tensor, lib: NativeLibrary | None) -> NativeDecoder | None:
+    def build(
+        cls,
+        shape: DecoderShape,
+        specs: list[LayerSpec | None],
+        rope_index: list[int],
+        rope_neox: bool,
+        lm_head: Linear,
+        output_norm: torch.Tensor,
+        lib: NativeLibrary | None,
+    ) -> NativeDecoder | None:
         """A native step, or None where it cannot run (no kernels, a layer the architecture does not describe, a
         weight that is not tiled, a shape the kernel does not handle)."""
         c = shape
@@ -150,8 +193,9 @@ class NativeDecoder:
             self.layers[i].group = cache.layer_group[i]
         self._bound = cache
 
-    def step(self, x: torch.Tensor, rope: torch.Tensor, meta: Any, cache: Any,
-             logit_rows: torch.Tensor | None = None) -> torch.Tensor:
+    def step(
+        self, x: torch.Tensor, rope: torch.Tensor, meta: Any, cache: Any, logit_rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """x: (T, d_model) float32 embeddings of the batch's T tokens (prompt chunks and generated tokens alike),
         rope: (R, T, 2, rope_dims) cos and sin of each rope table at each token's position, `meta` and `cache`
         the batch's `models.attention.AttentionMetadata` and `KVCache` -> final hidden states before the output
@@ -171,10 +215,23 @@ class NativeDecoder:
         logits = torch.empty(n_out, self.vocab) if n_out else None
         rows = logit_rows.contiguous() if n_out else None
         t0 = time.perf_counter()
-        self.lib.decoder_step(ctypes.byref(self.model), x.data_ptr(), x.shape[0], rope.data_ptr(), slots.data_ptr(),
-                ctx.data_ptr(), ctx.shape[2], ctx.shape[1] * ctx.shape[2], seq.data_ptr(), lens.data_ptr(),
-                None if rows is None else rows.data_ptr(), n_out, None if logits is None else logits.data_ptr(),
-                self._workspace.data_ptr(), threads)
+        self.lib.decoder_step(
+            ctypes.byref(self.model),
+            x.data_ptr(),
+            x.shape[0],
+            rope.data_ptr(),
+            slots.data_ptr(),
+            ctx.data_ptr(),
+            ctx.shape[2],
+            ctx.shape[1] * ctx.shape[2],
+            seq.data_ptr(),
+            lens.data_ptr(),
+            None if rows is None else rows.data_ptr(),
+            n_out,
+            None if logits is None else logits.data_ptr(),
+            self._workspace.data_ptr(),
+            threads,
+        )
         self.threads.record(x.shape[0], threads, time.perf_counter() - t0)
         return x if logit_rows is None else logits
 

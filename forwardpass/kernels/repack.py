@@ -14,6 +14,7 @@
 Conversions run over chunks of rows so that the float32 intermediates stay small (about `CHUNK_BYTES`), whatever
 the size of the tensor (Gemma 3's 262k-row output head).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -59,6 +60,7 @@ class Int8Rows:
 
 # ---- int4 groups: one function per exactly-mapped type, (n_blocks, type_size) uint8 -> codes, scale, zero ----
 
+
 def _q4_0_groups(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     d, qs = torch.split(blocks, [2, 16], dim=1)
     scale = _f16(d)  # (n, 1)
@@ -92,7 +94,7 @@ def _row_chunks(weight: QuantWeight, floats_per_row: int) -> Iterator[tuple[int,
     rows = weight.raw.shape[0]
     step = max(64, CHUNK_BYTES // (4 * floats_per_row) // 64 * 64)
     for start in range(0, rows, step):
-        yield start, weight.raw[start:start + step]
+        yield start, weight.raw[start : start + step]
 
 
 def to_int4_groups(weight: QuantWeight) -> Int4Groups:
@@ -106,9 +108,9 @@ def to_int4_groups(weight: QuantWeight) -> Int4Groups:
     for start, raw in _row_chunks(weight, k):
         rows = raw.shape[0]
         codes, s, z = grouper(raw.reshape(-1, type_size))
-        q[start:start + rows] = codes.view(rows, k)
-        scale[start:start + rows] = s.reshape(rows, -1)
-        zero[start:start + rows] = z.reshape(rows, -1)
+        q[start : start + rows] = codes.view(rows, k)
+        scale[start : start + rows] = s.reshape(rows, -1)
+        zero[start : start + rows] = z.reshape(rows, -1)
     return Int4Groups(q, scale, zero)
 
 
@@ -137,7 +139,7 @@ def to_int8_rows(weight: QuantWeight) -> Int8Rows:
         rows = raw.shape[0]
         w = dequant(raw.reshape(-1, type_size)).view(rows, k)  # (rows, K) float32, exact
         block = _int8_round(w)
-        q[start:start + rows], scale[start:start + rows] = block.q, block.scale
+        q[start : start + rows], scale[start : start + rows] = block.q, block.scale
     return Int8Rows(q, scale)
 
 
@@ -188,7 +190,7 @@ def requantize_blocks(groups: Int8Groups, width: int) -> list[Int8Rows]:
 
 def to_int8_groups(weight: QuantWeight) -> Int8Groups:
     """Q5_0 / Q5_1 / Q8_0 / Q6_K -> `Int8Groups`, exactly (the codes and scales the tile layout uses)."""
-    from .tiles import TILE_TYPES, SM_DM, SM_K6, _codes_and_scales  # noqa: PLC0415 (tiles imports native)
+    from .tiles import SM_DM, SM_K6, TILE_TYPES, _codes_and_scales  # noqa: PLC0415 (tiles imports native)
 
     n, k = weight.shape
     _, smode, mconst = TILE_TYPES[weight.ggml_type]
@@ -205,9 +207,9 @@ def to_int8_groups(weight: QuantWeight) -> Int8Groups:
         else:
             s = f["d"]
             z = f["m"] if smode == SM_DM else mconst * s  # -8 d, -16 d, -128 d: exact
-        q[start:start + rows] = codes
-        scale[start:start + rows] = s.to(dtype)
-        zero[start:start + rows] = z.to(dtype)
+        q[start : start + rows] = codes
+        scale[start : start + rows] = s.to(dtype)
+        zero[start : start + rows] = z.to(dtype)
     return Int8Groups(q, scale, zero, group)
 
 

@@ -3,6 +3,7 @@
 the PyTorch layers only), builds and loads it (`native.py`), and self-tests it on the tile kernels (`tiles.py`)
 before any model uses it. Above `native.py` and `tiles.py`, so neither imports the other back.
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,24 +34,27 @@ def _load_library(variant: str, avxvnni: bool) -> NativeLibrary | None:
     try:
         lib = NativeLibrary(build(variant, avxvnni), variant)
     except BuildError as e:
-        logger.warning("could not build the %s kernels, so the PyTorch layers run instead (several times slower "
-                       "on CPU): %s", variant, e)
+        logger.warning(
+            "could not build the %s kernels, so the PyTorch layers run instead (several times slower on CPU): %s",
+            variant,
+            e,
+        )
         return None
     except (OSError, ABIError) as e:
         logger.warning("could not load the %s kernels, so the PyTorch layers run instead: %s", variant, e)
         return None
     failed = self_test(lib)
     if failed:
-        logger.warning("the %s kernels failed their self-test (%s), so the PyTorch layers run instead", variant,
-                       failed)
+        logger.warning("the %s kernels failed their self-test (%s), so the PyTorch layers run instead", variant, failed)
         return None
     return lib
 
 
 def resolve_cpu(cpu: str | None = None) -> str:
     """The kernel choice asked for: `cpu`, else $FORWARDPASS_CPU, else "auto" (FORWARDPASS_NATIVE=0: "torch")."""
-    choice = cpu or os.environ.get("FORWARDPASS_CPU") or ("torch" if os.environ.get("FORWARDPASS_NATIVE") == "0"
-                                                          else "auto")
+    choice = (
+        cpu or os.environ.get("FORWARDPASS_CPU") or ("torch" if os.environ.get("FORWARDPASS_NATIVE") == "0" else "auto")
+    )
     choice = choice.strip().lower()
     if choice not in CPU_CHOICES:
         raise ValueError(f"cpu must be one of {', '.join(CPU_CHOICES)}, got {choice!r}")
@@ -68,14 +72,17 @@ def select_kernels(cpu: str | None = None) -> NativeLibrary | None:
     if choice != "auto":
         if not cpu_runs(choice):
             have = ", ".join(runnable_variants()) or "none"
-            raise ValueError(f"cpu={choice!r}: this CPU ({platform.machine()}) cannot execute the {choice} kernels "
-                             f"(it runs: {have}, torch)")
+            raise ValueError(
+                f"cpu={choice!r}: this CPU ({platform.machine()}) cannot execute the {choice} kernels "
+                f"(it runs: {have}, torch)"
+            )
         return load_library(choice, avxvnni)
     for variant in runnable_variants():
         lib = load_library(variant, avxvnni)
         if lib is not None:
             return lib
     if not runnable_variants():
-        logger.warning("no native kernels for this CPU (%s); the PyTorch layers run (several times slower)",
-                       platform.machine())
+        logger.warning(
+            "no native kernels for this CPU (%s); the PyTorch layers run (several times slower)", platform.machine()
+        )
     return None

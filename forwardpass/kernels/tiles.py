@@ -9,6 +9,7 @@ tiles, bandwidth-bound for a few tokens and compute-bound (16 tokens per pass ov
 bf16 GEMM on tiles dequantized exactly, for callers that want unquantized activations. The native forward step
 (`kernels/native_decoder.py`) reads the same tiles.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -42,11 +43,18 @@ TILE_TYPES: dict[int, tuple[int, int, float]] = {
 def tile_supports(weight: QuantWeight, lib: NativeLibrary | None) -> bool:
     """Whether `weight` can live in tiles multiplied by `lib` (None: no native library, so no)."""
     n, k = weight.shape if len(weight.shape) == 2 else (0, 0)
-    return (lib is not None and weight.raw.device.type == "cpu" and weight.ggml_type in TILE_TYPES
-            and n % ROWS == 0 and k % block_info(weight.ggml_type)[0] == 0 and k % COLS == 0)
+    return (
+        lib is not None
+        and weight.raw.device.type == "cpu"
+        and weight.ggml_type in TILE_TYPES
+        and n % ROWS == 0
+        and k % block_info(weight.ggml_type)[0] == 0
+        and k % COLS == 0
+    )
 
 
 # ---- GGUF blocks -> integer codes (N, K) uint8 and the scale fields, per type ----
+
 
 def _codes_and_scales(weight: QuantWeight) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """codes (N, K) uint8 >= 0, and per-row scale fields: d/m (N, K/32) float32 (exact fp16 values), or the K-quant
@@ -71,14 +79,19 @@ def _codes_and_scales(weight: QuantWeight) -> tuple[torch.Tensor, dict[str, torc
     if t == T.Q4_K:
         sc, mn = _k_scale_min(b[:, 4:16])
         return _nibbles(b[:, 16:], 32).reshape(n, k), {
-            "sc": sc.reshape(n, -1), "mn": mn.reshape(n, -1),
-            "dsb": _f16(b[:, :2]).view(n, -1), "msb": -_f16(b[:, 2:4]).view(n, -1)}
+            "sc": sc.reshape(n, -1),
+            "mn": mn.reshape(n, -1),
+            "dsb": _f16(b[:, :2]).view(n, -1),
+            "msb": -_f16(b[:, 2:4]).view(n, -1),
+        }
     if t == T.Q6_K:
         m = b.shape[0]
         lo = _nibbles(b[:, :128], 64).reshape(m, 8, 32)
         hi = (_shr(b[:, 128:192].reshape(m, 2, 32), 0, 8, 2) & 3).reshape(m, 8, 32)
-        return (lo | (hi << 4)).reshape(n, k), {"sc": b[:, 192:208].contiguous().view(torch.int8).reshape(n, -1),
-                                             "dsb": _f16(b[:, 208:210]).view(n, -1)}
+        return (lo | (hi << 4)).reshape(n, k), {
+            "sc": b[:, 192:208].contiguous().view(torch.int8).reshape(n, -1),
+            "dsb": _f16(b[:, 208:210]).view(n, -1),
+        }
     raise ValueError(f"{weight.name}: no tile layout for ggml type {t}")
 
 
@@ -126,8 +139,9 @@ CHUNK_ROWS_BYTES = 32 << 20  # bytes of codes expanded at once while repacking
 class TileMatrix:
     """One or more weights (same type and K) stacked by rows, in the tile layout."""
 
-    def __init__(self, weights: list[QuantWeight], lib: NativeLibrary,
-                 release: Callable[[torch.Tensor], None] | None = None) -> None:
+    def __init__(
+        self, weights: list[QuantWeight], lib: NativeLibrary, release: Callable[[torch.Tensor], None] | None = None
+    ) -> None:
         """`lib` multiplies the tiles; `release(raw)` is called with each chunk of GGUF bytes once repacked (the
         loader drops its pages)."""
         self.lib = lib
@@ -145,21 +159,29 @@ class TileMatrix:
         for w in weights:
             step = max(ROWS, CHUNK_ROWS_BYTES // (4 * self.k) // ROWS * ROWS)
             for start in range(0, w.shape[0], step):
-                raw = w.raw[start:start + step]
+                raw = w.raw[start : start + step]
                 part = QuantWeight(w.name, w.ggml_type, (raw.shape[0], self.k), raw)
                 codes, fields = _codes_and_scales(part)
                 packed = _pack(codes, fields, self.bits)
                 for key, value in packed.items():
                     if key not in self.arrays:
                         self.arrays[key] = torch.empty((self.n // ROWS, *value.shape[1:]), dtype=value.dtype)
-                    self.arrays[key][tile:tile + value.shape[0]] = value
+                    self.arrays[key][tile : tile + value.shape[0]] = value
                 tile += raw.shape[0] // ROWS
                 del codes, fields, packed
                 if release is not None:
                     release(raw)
-        self.struct = TMat(self.n, self.k, self.bits, self.smode, self.mconst,
-                           *[self.arrays[key].data_ptr() if key in self.arrays else None
-                             for key in ("codes", "planes", "d16", "m16", "sc", "mn", "dsb", "msb")])
+        self.struct = TMat(
+            self.n,
+            self.k,
+            self.bits,
+            self.smode,
+            self.mconst,
+            *[
+                self.arrays[key].data_ptr() if key in self.arrays else None
+                for key in ("codes", "planes", "d16", "m16", "sc", "mn", "dsb", "msb")
+            ],
+        )
 
     @property
     def nbytes(self) -> int:
@@ -171,8 +193,14 @@ class TileMatrix:
         if dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"tiles dequantize to float32 or bfloat16, not {dtype}")
         out = torch.empty(stop - start, self.k, dtype=dtype)
-        self.lib.tile_dequant(ctypes.byref(self.struct), start // ROWS, stop // ROWS, out.data_ptr(),
-                              int(dtype == torch.bfloat16), torch.get_num_threads())
+        self.lib.tile_dequant(
+            ctypes.byref(self.struct),
+            start // ROWS,
+            stop // ROWS,
+            out.data_ptr(),
+            int(dtype == torch.bfloat16),
+            torch.get_num_threads(),
+        )
         return out
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -189,16 +217,32 @@ def tile_matmul(mats: list[TileMatrix], x: torch.Tensor) -> torch.Tensor:
     dx, sx = torch.empty(t, k // COLS), torch.empty(t, k // COLS)
     s16 = torch.empty(t, k // 16, dtype=torch.int32)
     arr = (ctypes.POINTER(TMat) * len(mats))(*[ctypes.pointer(m.struct) for m in mats])
-    mats[0].lib.tile_matmul(arr, len(mats), x.data_ptr(), t, q.data_ptr(), dx.data_ptr(), sx.data_ptr(),
-                            s16.data_ptr(), y.data_ptr(), n, torch.get_num_threads())
+    mats[0].lib.tile_matmul(
+        arr,
+        len(mats),
+        x.data_ptr(),
+        t,
+        q.data_ptr(),
+        dx.data_ptr(),
+        sx.data_ptr(),
+        s16.data_ptr(),
+        y.data_ptr(),
+        n,
+        torch.get_num_threads(),
+    )
     return y
 
 
 class TileLinear:
     """CPU `Linear` over a `TileMatrix`: the int8 tile kernel for decode rows, a bf16 GEMM for prompt rows."""
 
-    def __init__(self, weights: list[QuantWeight], lib: NativeLibrary, bias: torch.Tensor | None = None,
-                 release: Callable[[torch.Tensor], None] | None = None) -> None:
+    def __init__(
+        self,
+        weights: list[QuantWeight],
+        lib: NativeLibrary,
+        bias: torch.Tensor | None = None,
+        release: Callable[[torch.Tensor], None] | None = None,
+    ) -> None:
         self.tiles = TileMatrix(weights, lib, release)
         self.bias = bias
         self.out_features, self.in_features = self.tiles.n, self.tiles.k
@@ -214,14 +258,19 @@ class TileLinear:
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         """x: (T, K) bf16 -> (T, N) bf16, dequantizing DENSE_CHUNK_BYTES of float32 rows at a time."""
         n, k = self.tiles.n, self.tiles.k
-        return gemm_in_chunks(x, n, max(ROWS, DENSE_CHUNK_BYTES // (2 * k) // ROWS * ROWS),
-                              lambda a, b: self.tiles.dequantize_rows(a, b, torch.bfloat16))
+        return gemm_in_chunks(
+            x,
+            n,
+            max(ROWS, DENSE_CHUNK_BYTES // (2 * k) // ROWS * ROWS),
+            lambda a, b: self.tiles.dequantize_rows(a, b, torch.bfloat16),
+        )
 
 
 def self_test(lib: NativeLibrary) -> str | None:
     """Every tile type must dequantize bit-exactly and multiply close to the float32 product on random blocks;
     returns what failed, or None."""
     from ..gguf.dequant import dequantize  # noqa: PLC0415
+
     gen = torch.Generator().manual_seed(0)
     for ggml_type in TILE_TYPES:
         block_size, type_size = block_info(ggml_type)
@@ -231,7 +280,7 @@ def self_test(lib: NativeLibrary) -> str | None:
         at = {T.Q6_K: (208,), T.Q4_K: (0, 2), T.Q4_1: (0, 2), T.Q5_1: (0, 2)}.get(ggml_type, (0,))
         for off in at:
             scales = torch.rand(blocks.shape[0], 1, generator=gen) * 0.01 + 0.001
-            blocks[:, off:off + 2] = scales.to(torch.float16).view(torch.uint8)
+            blocks[:, off : off + 2] = scales.to(torch.float16).view(torch.uint8)
         weight = QuantWeight("self-test", ggml_type, (n, k), raw)
         exact = dequantize(raw, ggml_type, (n, k))
         mat = TileMatrix([weight], lib)

@@ -9,6 +9,7 @@ Layers are grouped by window (`KVGroup`): each group has its own pool and its ow
 sliding-window group can give back the blocks that fell out of every later query's window. The metadata carries
 one slot mapping and one context table per group; a layer reads its group's.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -53,9 +54,17 @@ class AttentionMetadata:
         return len(self.query_lens)
 
     @classmethod
-    def build(cls, query_lens: list[int], seq_lens: list[int], block_tables: list[list[list[int]]],
-              slot_mapping: list[list[int]], block_size: int, device: torch.device,
-              prefill: bool | None = None, sliding: bool = False) -> "AttentionMetadata":
+    def build(
+        cls,
+        query_lens: list[int],
+        seq_lens: list[int],
+        block_tables: list[list[list[int]]],
+        slot_mapping: list[list[int]],
+        block_size: int,
+        device: torch.device,
+        prefill: bool | None = None,
+        sliding: bool = False,
+    ) -> "AttentionMetadata":
         """`block_tables[s][g]`: sequence s's table in KV group g; `slot_mapping[g]`: the new tokens' slots there;
         `sliding`: some group releases blocks (its tables hold negative entries, pointed at block 0 here).
         `prefill=False` (generated tokens): every row attends through the batched decode path, even alone, so a
@@ -68,9 +77,14 @@ class AttentionMetadata:
             tables.clamp_(min=0)  # released entries: any valid block, never read
         longest = max(seq_lens)
         offsets = torch.arange(block_size, device=device)
-        ctx_slots = (tables[:, :, :-(-longest // block_size), None] * block_size + offsets).flatten(2)[:, :, :longest]
-        meta = cls(query_lens, seq_lens, torch.tensor(slot_mapping, dtype=torch.int64, device=device), ctx_slots,
-                   prefill=prefill)
+        ctx_slots = (tables[:, :, : -(-longest // block_size), None] * block_size + offsets).flatten(2)[:, :, :longest]
+        meta = cls(
+            query_lens,
+            seq_lens,
+            torch.tensor(slot_mapping, dtype=torch.int64, device=device),
+            ctx_slots,
+            prefill=prefill,
+        )
         row_seq, row_lens = [], []
         for s, (n, length) in enumerate(zip(query_lens, seq_lens)):
             row_seq.extend([s] * n)
@@ -130,8 +144,15 @@ class KVCache:
     """One preallocated pool per layer, of its KV group's `num_blocks` blocks of `block_size` tokens' keys and
     values."""
 
-    def __init__(self, groups: list[KVGroup], block_size: int, n_kv_heads: int, head_dim: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        groups: list[KVGroup],
+        block_size: int,
+        n_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.groups, self.block_size = list(groups), block_size
         self.num_blocks = [g.num_blocks for g in self.groups]
         self.layer_group = [0] * sum(len(g.layers) for g in self.groups)
@@ -153,16 +174,23 @@ class KVCache:
         """Copy one block's keys and values in every layer of `group` (copy-on-write of a shared partial block)."""
         bs = self.block_size
         for layer in self.groups[group].layers:
-            self.k[layer][dst * bs:(dst + 1) * bs] = self.k[layer][src * bs:(src + 1) * bs]
-            self.v[layer][dst * bs:(dst + 1) * bs] = self.v[layer][src * bs:(src + 1) * bs]
+            self.k[layer][dst * bs : (dst + 1) * bs] = self.k[layer][src * bs : (src + 1) * bs]
+            self.v[layer][dst * bs : (dst + 1) * bs] = self.v[layer][src * bs : (src + 1) * bs]
 
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k + self.v)
 
 
-def attention(q: torch.Tensor, cache: KVCache, layer: int, meta: AttentionMetadata, scale: float,
-              window: int = 0, native: NativeLibrary | None = None) -> torch.Tensor:
+def attention(
+    q: torch.Tensor,
+    cache: KVCache,
+    layer: int,
+    meta: AttentionMetadata,
+    scale: float,
+    window: int = 0,
+    native: NativeLibrary | None = None,
+) -> torch.Tensor:
     """q: (T, n_heads, head_dim) for the batch's new tokens -> (T, n_heads, head_dim).
 
     `window` > 0 limits each query to the keys less than `window` positions behind it (sliding window): only
@@ -171,8 +199,9 @@ def attention(q: torch.Tensor, cache: KVCache, layer: int, meta: AttentionMetada
     """
     group = cache.layer_group[layer]
     if native is not None and cache.k[layer].dtype == torch.bfloat16 and q.device.type == "cpu":
-        return native.paged_attention_into(q, cache.k[layer], cache.v[layer], meta.ctx_slots[group], meta.row_seq,
-                                           meta.row_lens, scale, window)
+        return native.paged_attention_into(
+            q, cache.k[layer], cache.v[layer], meta.ctx_slots[group], meta.row_seq, meta.row_lens, scale, window
+        )
     if meta.only_decode:  # a decode step: no per-sequence rows, no scatter into an output
         slots, padding = meta.decode_context(group, window)
         return _decode_attention(q, cache.k[layer], cache.v[layer], slots, padding, scale)
@@ -187,12 +216,13 @@ def attention(q: torch.Tensor, cache: KVCache, layer: int, meta: AttentionMetada
             slots = ctx[s, first:seq_len]
             k = cache.k[layer].index_select(0, slots)  # (L, n_kv, D)
             v = cache.v[layer].index_select(0, slots)
-            out[start:start + n] = _sequence_attention(q[start:start + n], k, v, scale, window)
+            out[start : start + n] = _sequence_attention(q[start : start + n], k, v, scale, window)
         start += n
     if batched:
         slots, padding = meta.decode_context(group, window)
-        out[meta.decode_rows] = _decode_attention(q[meta.decode_rows], cache.k[layer], cache.v[layer], slots,
-                                                  padding, scale)
+        out[meta.decode_rows] = _decode_attention(
+            q[meta.decode_rows], cache.k[layer], cache.v[layer], slots, padding, scale
+        )
     return out
 
 
@@ -204,8 +234,14 @@ def attention(q: torch.Tensor, cache: KVCache, layer: int, meta: AttentionMetada
 ACC_DTYPE = torch.float64
 
 
-def _decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor,
-                      padding: torch.Tensor | None, scale: float) -> torch.Tensor:
+def _decode_attention(
+    q: torch.Tensor,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    slots: torch.Tensor,
+    padding: torch.Tensor | None,
+    scale: float,
+) -> torch.Tensor:
     """B decoding sequences at once: q (B, H, D) over the keys and values of the pools (slots, H_kv, D) at their
     padded contexts' `slots` (B, L), of which `padding` (B, 1, 1, L) says which are padding -> (B, H, D)."""
     b, n_heads, head_dim = q.shape
@@ -222,8 +258,7 @@ def _decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tenso
     return out.view(b, n_heads, head_dim).to(q.dtype)
 
 
-def _sequence_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                        window: int) -> torch.Tensor:
+def _sequence_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int) -> torch.Tensor:
     """One sequence: q (n, H, D) are the last n positions of the L-token context k, v (L, H_kv, D)."""
     n, n_heads, head_dim = q.shape
     ctx, n_kv = k.shape[0], k.shape[1]

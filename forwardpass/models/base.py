@@ -4,6 +4,7 @@ An architecture file subclasses it and says three things: how to read its hyperp
 metadata (`config_from_metadata`), which tensors a layer has (`load_layer`), and how a layer computes
 (`block`). Everything else (embedding, final norm, output head, the strict loader) lives here.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -65,8 +66,9 @@ class DecoderLM:
     def load_layer(self, store: WeightStore, i: int) -> Any:
         raise NotImplementedError
 
-    def block(self, i: int, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
-              cache: KVCache) -> torch.Tensor:
+    def block(
+        self, i: int, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, cache: KVCache
+    ) -> torch.Tensor:
         raise NotImplementedError
 
     def decoder_layer(self, i: int) -> LayerSpec | None:
@@ -81,8 +83,9 @@ class DecoderLM:
         self._rotaries = list({id(r): r for r in self.rotary}.values())  # distinct tables, in layer order
         index = {id(r): i for i, r in enumerate(self._rotaries)}
         specs = [self.decoder_layer(i) for i in range(self.config.n_layers)]
-        return NativeDecoder.build(self.config, specs, [index[id(r)] for r in self.rotary], self.rope_neox,
-                                   self.lm_head, self.output_norm, lib)
+        return NativeDecoder.build(
+            self.config, specs, [index[id(r)] for r in self.rotary], self.rope_neox, self.lm_head, self.output_norm, lib
+        )
 
     def _native_rope(self, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """(R, T, 2, rope_dims): cos and sin of each distinct rope table at each position, for the native step."""
@@ -95,24 +98,51 @@ class DecoderLM:
     # ---- helpers for architectures ----
     def linear(self, weight: QuantWeight, bias: torch.Tensor | None = None) -> Linear:
         release = self._store.release if self._store is not None else None
-        return make_linear(weight, bias, mode=self.options.mode, device=self.options.device, release=release,
-                           native=self.options.cpu_native)
+        return make_linear(
+            weight,
+            bias,
+            mode=self.options.mode,
+            device=self.options.device,
+            release=release,
+            native=self.options.cpu_native,
+        )
 
     def multi_linear(self, weights: list[QuantWeight], biases: list[torch.Tensor] | None = None) -> MultiLinear:
         release = self._store.release if self._store is not None else None
-        return make_multi_linear(weights, biases, mode=self.options.mode, device=self.options.device,
-                                 release=release, native=self.options.cpu_native)
+        return make_multi_linear(
+            weights,
+            biases,
+            mode=self.options.mode,
+            device=self.options.device,
+            release=release,
+            native=self.options.cpu_native,
+        )
 
     def norm(self, store: WeightStore, name: str, size: int) -> torch.Tensor:
         return store.get_f32(name, (size,)).to(self.options.device)
 
-    def attend(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
-               meta: AttentionMetadata, cache: KVCache) -> torch.Tensor:
+    def attend(
+        self,
+        i: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        positions: torch.Tensor,
+        meta: AttentionMetadata,
+        cache: KVCache,
+    ) -> torch.Tensor:
         """Rotate q and k, store k and v in the cache, attend. q: (T, H, D); k, v: (T, H_kv, D)."""
         return self.attend_qk(i, torch.cat((q, k), dim=1), v, positions, meta, cache)
 
-    def attend_qk(self, i: int, qk: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
-                  meta: AttentionMetadata, cache: KVCache) -> torch.Tensor:
+    def attend_qk(
+        self,
+        i: int,
+        qk: torch.Tensor,
+        v: torch.Tensor,
+        positions: torch.Tensor,
+        meta: AttentionMetadata,
+        cache: KVCache,
+    ) -> torch.Tensor:
         """`attend` with q and k side by side, qk: (T, H + H_kv, D), as a fused projection gives them: one
         rotation for both."""
         rotary, n_heads = self.rotary[i], self.config.n_heads
@@ -129,8 +159,9 @@ class DecoderLM:
         x = self.tok_embd.dequantize_rows(input_ids)
         return x * self.config.embed_scale if self.config.embed_scale != 1.0 else x
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
-                cache: KVCache) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, cache: KVCache
+    ) -> torch.Tensor:
         """(T,) ids at (T,) positions -> (T, d_model) final hidden states (after the output norm)."""
         x = self.embed(input_ids)
         if self.native_decoder is not None and self.native_decoder.accepts(cache):
@@ -140,8 +171,15 @@ class DecoderLM:
                 x = self.block(i, x, positions, meta, cache)
         return rms_norm(x, self.output_norm, self.config.rms_eps)
 
-    def forward_logits(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
-                       cache: KVCache, rows: torch.Tensor, prefill: bool | None = None) -> torch.Tensor:
+    def forward_logits(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        meta: AttentionMetadata,
+        cache: KVCache,
+        rows: torch.Tensor,
+        prefill: bool | None = None,
+    ) -> torch.Tensor:
         """The logits (len(rows), vocab) float32 of the flat batch's positions `rows`; the native step computes
         the head in the same call where it can."""
         native = self.native_decoder

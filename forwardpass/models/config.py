@@ -1,4 +1,5 @@
 """ModelConfig: the hyperparameters of a decoder-only transformer, read from GGUF metadata."""
+
 from __future__ import annotations
 
 import math
@@ -30,17 +31,28 @@ class ModelConfig:
     final_logit_softcap: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("n_layers", "d_model", "n_ff", "n_heads", "n_kv_heads", "head_dim", "vocab_size",
-                     "context_length", "rope_dims"):
+        for name in (
+            "n_layers",
+            "d_model",
+            "n_ff",
+            "n_heads",
+            "n_kv_heads",
+            "head_dim",
+            "vocab_size",
+            "context_length",
+            "rope_dims",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise GGUFError(f"model config: {name} must be a positive integer, got {value!r}")
         if self.n_heads % self.n_kv_heads:
-            raise GGUFError(f"model config: head_count {self.n_heads} is not a multiple of "
-                            f"head_count_kv {self.n_kv_heads}")
+            raise GGUFError(
+                f"model config: head_count {self.n_heads} is not a multiple of head_count_kv {self.n_kv_heads}"
+            )
         if self.rope_dims > self.head_dim or self.rope_dims % 2:
-            raise GGUFError(f"model config: rope dimension_count {self.rope_dims} must be even and "
-                            f"<= head dim {self.head_dim}")
+            raise GGUFError(
+                f"model config: rope dimension_count {self.rope_dims} must be even and <= head dim {self.head_dim}"
+            )
         if not (math.isfinite(self.rms_eps) and self.rms_eps > 0):
             raise GGUFError(f"model config: rms epsilon must be positive, got {self.rms_eps}")
         if not len(self.sliding_window) == len(self.rope_bases) == len(self.rope_scales) == self.n_layers:
@@ -49,6 +61,7 @@ class ModelConfig:
     @property
     def scale(self) -> float:
         return self.attn_scale or 1.0 / math.sqrt(self.head_dim)
+
 
 class MetadataView:
     """Typed access to `{arch}.*` metadata keys, with errors that name the missing or mistyped key."""

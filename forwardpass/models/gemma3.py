@@ -6,6 +6,7 @@ RMSNorm of q and k; GELU-tanh gated feed-forward; local sliding-window layers (R
 global layers (the file's RoPE base), five local to one global unless the file says otherwise; optional final
 logit soft-capping.
 """
+
 from __future__ import annotations
 
 import math
@@ -70,9 +71,15 @@ class Gemma3LM(DecoderLM):
         # llama.cpp: 1/sqrt(n_embd / n_head) for the 27B model (62 layers), 1/sqrt(head_dim) for the others
         query_scalar = d_model / n_heads if n_layers == 62 else head_dim
         return ModelConfig(
-            arch=cls.arch, n_layers=n_layers, d_model=d_model, n_ff=m.int("feed_forward_length"),
-            n_heads=n_heads, n_kv_heads=m.int("attention.head_count_kv", n_heads), head_dim=head_dim,
-            vocab_size=vocab_size_of(metadata, cls.arch), context_length=m.int("context_length"),
+            arch=cls.arch,
+            n_layers=n_layers,
+            d_model=d_model,
+            n_ff=m.int("feed_forward_length"),
+            n_heads=n_heads,
+            n_kv_heads=m.int("attention.head_count_kv", n_heads),
+            head_dim=head_dim,
+            vocab_size=vocab_size_of(metadata, cls.arch),
+            context_length=m.int("context_length"),
             rms_eps=m.float("attention.layer_norm_rms_epsilon", 1e-6),
             rope_dims=m.int("rope.dimension_count", head_dim),
             sliding_window=tuple(window if is_local else 0 for is_local in local),
@@ -95,24 +102,42 @@ class Gemma3LM(DecoderLM):
 
         return Gemma3Layer(
             attn_norm=norm("attn_norm"),
-            wqkv=self.multi_linear([weight("attn_q", q_out, c.d_model), weight("attn_k", kv_out, c.d_model),
-                                    weight("attn_v", kv_out, c.d_model)]),
+            wqkv=self.multi_linear(
+                [
+                    weight("attn_q", q_out, c.d_model),
+                    weight("attn_k", kv_out, c.d_model),
+                    weight("attn_v", kv_out, c.d_model),
+                ]
+            ),
             wo=self.linear(weight("attn_output", c.d_model, q_out)),
-            q_norm=norm("attn_q_norm", c.head_dim), k_norm=norm("attn_k_norm", c.head_dim),
-            post_attn_norm=norm("post_attention_norm"), ffn_norm=norm("ffn_norm"),
+            q_norm=norm("attn_q_norm", c.head_dim),
+            k_norm=norm("attn_k_norm", c.head_dim),
+            post_attn_norm=norm("post_attention_norm"),
+            ffn_norm=norm("ffn_norm"),
             w_gate_up=self.multi_linear([weight("ffn_gate", c.n_ff, c.d_model), weight("ffn_up", c.n_ff, c.d_model)]),
-            w_down=self.linear(weight("ffn_down", c.d_model, c.n_ff)), post_ffn_norm=norm("post_ffw_norm"),
+            w_down=self.linear(weight("ffn_down", c.d_model, c.n_ff)),
+            post_ffn_norm=norm("post_ffw_norm"),
         )
 
     def decoder_layer(self, i: int) -> LayerSpec:
         layer = self.layers[i]
-        return LayerSpec(attn_norm=layer.attn_norm, qkv=layer.wqkv, o=layer.wo, ffn_norm=layer.ffn_norm,
-                         gate_up=layer.w_gate_up, down=layer.w_down, act="gelu_tanh", q_norm=layer.q_norm,
-                         k_norm=layer.k_norm, post_attn_norm=layer.post_attn_norm,
-                         post_ffn_norm=layer.post_ffn_norm)
+        return LayerSpec(
+            attn_norm=layer.attn_norm,
+            qkv=layer.wqkv,
+            o=layer.wo,
+            ffn_norm=layer.ffn_norm,
+            gate_up=layer.w_gate_up,
+            down=layer.w_down,
+            act="gelu_tanh",
+            q_norm=layer.q_norm,
+            k_norm=layer.k_norm,
+            post_attn_norm=layer.post_attn_norm,
+            post_ffn_norm=layer.post_ffn_norm,
+        )
 
-    def block(self, i: int, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
-              cache: KVCache) -> torch.Tensor:
+    def block(
+        self, i: int, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, cache: KVCache
+    ) -> torch.Tensor:
         c, layer, n = self.config, self.layers[i], x.shape[0]
         h = rms_norm(x, layer.attn_norm, c.rms_eps)
         q, k, v = layer.wqkv(h, meta.prefill)

@@ -1,4 +1,5 @@
 """The building blocks every architecture shares: norms, rotary embeddings, activations."""
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -27,8 +28,9 @@ class Rotary:
     fused complex multiply, whose vector and scalar paths round differently), so a token's result is the same
     whatever else is in the batch."""
 
-    def __init__(self, dims: int, base: float, neox: bool, scale: float = 1.0,
-                 freq_factors: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, dims: int, base: float, neox: bool, scale: float = 1.0, freq_factors: torch.Tensor | None = None
+    ) -> None:
         self.dims, self.base, self.neox, self.scale = dims, base, neox, scale
         inv = _inv_freq(base, dims)
         if freq_factors is not None:  # Llama 3.1 style per-frequency divisors (rope_freqs.weight)
@@ -79,7 +81,7 @@ class Rotary:
         out = rot * cos + turned * signed_sin
         if self.dims == x.shape[-1]:
             return out
-        return torch.cat((out, x[..., self.dims:].float()), dim=-1)
+        return torch.cat((out, x[..., self.dims :].float()), dim=-1)
 
 
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -92,5 +94,3 @@ def gelu_tanh_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 def softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
     return torch.tanh(x / cap) * cap if cap > 0 else x
-
-

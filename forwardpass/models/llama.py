@@ -4,6 +4,7 @@ Pre-norm blocks (RMSNorm), grouped-query attention with RoPE, SwiGLU feed-forwar
 the query and key rows so that RoPE rotates adjacent pairs. Subclasses add what qwen2 (q/k/v biases) and qwen3
 (per-head RMSNorm of q and k) change.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,9 +48,15 @@ class LlamaLM(DecoderLM):
         if m.raw("rope.scaling.type") == "linear":
             scale = m.float("rope.scaling.factor", 1.0)
         return ModelConfig(
-            arch=cls.arch, n_layers=n_layers, d_model=d_model, n_ff=m.int("feed_forward_length"),
-            n_heads=n_heads, n_kv_heads=m.int("attention.head_count_kv", n_heads), head_dim=head_dim,
-            vocab_size=vocab_size_of(metadata, cls.arch), context_length=m.int("context_length"),
+            arch=cls.arch,
+            n_layers=n_layers,
+            d_model=d_model,
+            n_ff=m.int("feed_forward_length"),
+            n_heads=n_heads,
+            n_kv_heads=m.int("attention.head_count_kv", n_heads),
+            head_dim=head_dim,
+            vocab_size=vocab_size_of(metadata, cls.arch),
+            context_length=m.int("context_length"),
             rms_eps=m.float("attention.layer_norm_rms_epsilon"),
             rope_dims=m.int("rope.dimension_count", head_dim),
             sliding_window=(0,) * n_layers,
@@ -81,25 +88,42 @@ class LlamaLM(DecoderLM):
 
     def decoder_layer(self, i: int) -> LayerSpec:
         layer = self.layers[i]
-        return LayerSpec(attn_norm=layer.attn_norm, qkv=layer.wqkv, o=layer.wo, ffn_norm=layer.ffn_norm,
-                         gate_up=layer.w_gate_up, down=layer.w_down, act="silu", q_norm=layer.q_norm,
-                         k_norm=layer.k_norm)
+        return LayerSpec(
+            attn_norm=layer.attn_norm,
+            qkv=layer.wqkv,
+            o=layer.wo,
+            ffn_norm=layer.ffn_norm,
+            gate_up=layer.w_gate_up,
+            down=layer.w_down,
+            act="silu",
+            q_norm=layer.q_norm,
+            k_norm=layer.k_norm,
+        )
 
-    def block(self, i: int, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
-              cache: KVCache) -> torch.Tensor:
+    def block(
+        self, i: int, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, cache: KVCache
+    ) -> torch.Tensor:
         c, layer = self.config, self.layers[i]
         h = rms_norm(x, layer.attn_norm, c.rms_eps)
         x = x + layer.wo(self.attention(i, layer, h, positions, meta, cache), meta.prefill)
         h = rms_norm(x, layer.ffn_norm, c.rms_eps)
         return x + layer.w_down(silu_mul(*layer.w_gate_up(h, meta.prefill)), meta.prefill)
 
-    def attention(self, i: int, layer: LlamaLayer, h: torch.Tensor, positions: torch.Tensor,
-                  meta: AttentionMetadata, cache: KVCache) -> torch.Tensor:
+    def attention(
+        self,
+        i: int,
+        layer: LlamaLayer,
+        h: torch.Tensor,
+        positions: torch.Tensor,
+        meta: AttentionMetadata,
+        cache: KVCache,
+    ) -> torch.Tensor:
         c, n = self.config, h.shape[0]
         if layer.q_norm is None:  # q and k straight from the fused projection: no split, one rotation
             qkv = layer.wqkv.fused(h, meta.prefill).view(n, -1, c.head_dim)  # (T, H + 2 H_kv, D)
-            return self.attend_qk(i, qkv[:, :c.n_heads + c.n_kv_heads], qkv[:, c.n_heads + c.n_kv_heads:],
-                                  positions, meta, cache)
+            return self.attend_qk(
+                i, qkv[:, : c.n_heads + c.n_kv_heads], qkv[:, c.n_heads + c.n_kv_heads :], positions, meta, cache
+            )
         q, k, v = layer.wqkv(h, meta.prefill)
         q = q.reshape(n, c.n_heads, c.head_dim)
         k = k.reshape(n, c.n_kv_heads, c.head_dim)

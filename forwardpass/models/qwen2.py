@@ -1,4 +1,5 @@
 """`qwen2`: Qwen2 / Qwen2.5. The llama block with biases on the q, k and v projections, and NEOX RoPE."""
+
 from __future__ import annotations
 
 from typing import ClassVar

@@ -1,4 +1,5 @@
 """`qwen3`: Qwen3 dense models. The llama block with per-head RMSNorm on q and k before RoPE, NEOX RoPE."""
+
 from __future__ import annotations
 
 from typing import ClassVar

@@ -1,4 +1,5 @@
 """Architectures by `general.architecture`: the model's own metadata picks the code that runs it."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -20,8 +21,7 @@ def architecture_of(metadata: dict[str, Any]) -> type[DecoderLM]:
     if not isinstance(arch, str):
         raise GGUFError("missing metadata key 'general.architecture'")
     if arch not in ARCHITECTURES:
-        raise UnsupportedModelError(
-            f"unsupported architecture {arch!r}; supported: {', '.join(sorted(ARCHITECTURES))}")
+        raise UnsupportedModelError(f"unsupported architecture {arch!r}; supported: {', '.join(sorted(ARCHITECTURES))}")
     return ARCHITECTURES[arch]
 
 

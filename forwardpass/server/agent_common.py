@@ -2,6 +2,7 @@
 run it through the same admission, tokenization, context checks, engine, metrics and disconnect handling as
 /v1/chat/completions (``openai_routes.generate``); only the shapes of bodies and streams differ.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,9 +33,17 @@ def chat_request(body: dict[str, Any], limits: Limits, rename: Mapping[str, str]
         raise
 
 
-async def generate_chat(request: Request, req: ChatRequest, session: tool_seam.ToolSession, rid: str, param: str,
-                        stream_fn: StreamFn, body_fn: BodyFn, cap_max_tokens: int | None = None,
-                        prefill: str = "") -> Response:
+async def generate_chat(
+    request: Request,
+    req: ChatRequest,
+    session: tool_seam.ToolSession,
+    rid: str,
+    param: str,
+    stream_fn: StreamFn,
+    body_fn: BodyFn,
+    cap_max_tokens: int | None = None,
+    prefill: str = "",
+) -> Response:
     """Run `req` like a chat completion, its prompt and constraint from `session`. With `cap_max_tokens`
     (Anthropic's required max_tokens), the limit is what is left of the context when that is less, instead of a
     400: clients send one large value whatever the model."""

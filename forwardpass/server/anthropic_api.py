@@ -10,6 +10,7 @@ it (the answer then stops with ``max_tokens``), as every request must send one. 
 ``input_json_delta``)..., ``content_block_stop``, then ``message_delta`` (stop reason, output tokens) and
 ``message_stop``; a failure after the headers is an ``error`` event.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,9 @@ logger = logging.getLogger(__name__)
 ABORTED = "the request was aborted (the server is shutting down)"
 
 
-def _parse(request_body: dict[str, Any], state: ServerState,
-           count_only: bool) -> tuple[MessagesRequest, ChatRequest, tool_seam.ToolSession]:
+def _parse(
+    request_body: dict[str, Any], state: ServerState, count_only: bool
+) -> tuple[MessagesRequest, ChatRequest, tool_seam.ToolSession]:
     assert state.limits is not None and state.llm is not None
     mreq = parse_messages_request(request_body, count_only)
     req = chat_request(mreq.chat_body, state.limits, RENAME)
@@ -47,8 +49,9 @@ def _parse(request_body: dict[str, Any], state: ServerState,
     return mreq, req, tool_seam.ToolSession(state, req, RENAME)
 
 
-def stop_reason(out: CompletionOutput, parsed: tool_seam.ParsedOutput,
-                stops: tuple[str, ...]) -> tuple[str, str | None]:
+def stop_reason(
+    out: CompletionOutput, parsed: tool_seam.ParsedOutput, stops: tuple[str, ...]
+) -> tuple[str, str | None]:
     if parsed.tool_calls:
         return "tool_use", None
     if out.finish_reason == "length":
@@ -67,14 +70,32 @@ def tool_use_block(call: tool_seam.ToolCall) -> dict[str, Any]:
 
 
 def usage(prompt_tokens: int, output_tokens: int, cached: int) -> dict[str, Any]:
-    return {"input_tokens": prompt_tokens - cached, "output_tokens": output_tokens,
-            "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0}
+    return {
+        "input_tokens": prompt_tokens - cached,
+        "output_tokens": output_tokens,
+        "cache_read_input_tokens": cached,
+        "cache_creation_input_tokens": 0,
+    }
 
 
-def message(mid: str, model: str, content: list[dict[str, Any]], reason: str | None, sequence: str | None,
-            usage_: dict[str, Any]) -> dict[str, Any]:
-    return {"id": mid, "type": "message", "role": "assistant", "model": model, "content": content,
-            "stop_reason": reason, "stop_sequence": sequence, "usage": usage_}
+def message(
+    mid: str,
+    model: str,
+    content: list[dict[str, Any]],
+    reason: str | None,
+    sequence: str | None,
+    usage_: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "id": mid,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": reason,
+        "stop_sequence": sequence,
+        "usage": usage_,
+    }
 
 
 async def messages(request: Request) -> Response:
@@ -91,14 +112,21 @@ async def messages(request: Request) -> Response:
         content = [{"type": "text", "text": parsed.text}] if parsed.text or not parsed.tool_calls else []
         content += [tool_use_block(c) for c in parsed.tool_calls]
         reason, sequence = stop_reason(out, parsed, mreq.stop_sequences)
-        return message(mid, state.model_name, content, reason, sequence,
-                       usage(len(prompts[0]), len(out.token_ids), outputs[0].num_cached_tokens))
+        return message(
+            mid,
+            state.model_name,
+            content,
+            reason,
+            sequence,
+            usage(len(prompts[0]), len(out.token_ids), outputs[0].num_cached_tokens),
+        )
 
     def stream_fn(group: RequestGroup, prompts: list[list[int]], truncated: list[bool]) -> AsyncIterator[bytes]:
         return message_events(group, mid, state.model_name, session.parser(), mreq, len(prompts[0]))
 
-    return await generate_chat(request, req, session, mid, "messages", stream_fn, body_fn,
-                               cap_max_tokens=mreq.max_tokens, prefill=mreq.prefill)
+    return await generate_chat(
+        request, req, session, mid, "messages", stream_fn, body_fn, cap_max_tokens=mreq.max_tokens, prefill=mreq.prefill
+    )
 
 
 async def count_tokens(request: Request) -> Response:
@@ -133,12 +161,17 @@ class _MessageStream:
         return [named_event({"type": "content_block_stop", "index": self.index})]
 
 
-async def message_events(group: RequestGroup, mid: str, model: str, parser: tool_seam.OutputParser,
-                         mreq: MessagesRequest, prompt_tokens: int) -> AsyncIterator[bytes]:
+async def message_events(
+    group: RequestGroup, mid: str, model: str, parser: tool_seam.OutputParser, mreq: MessagesRequest, prompt_tokens: int
+) -> AsyncIterator[bytes]:
     st = _MessageStream()
     in_text = False
-    yield named_event({"type": "message_start", "message": message(
-        mid, model, [], None, None, usage(prompt_tokens, 0, cached_tokens(group)))})
+    yield named_event(
+        {
+            "type": "message_start",
+            "message": message(mid, model, [], None, None, usage(prompt_tokens, 0, cached_tokens(group))),
+        }
+    )
     yield named_event({"type": "ping"})
     try:
         out: CompletionOutput | None = None
@@ -169,8 +202,13 @@ async def message_events(group: RequestGroup, mid: str, model: str, parser: tool
         for chunk in st.stop():
             yield chunk
         reason, sequence = stop_reason(out, parsed, mreq.stop_sequences)
-        yield named_event({"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence},
-                           "usage": {"output_tokens": len(out.token_ids)}})
+        yield named_event(
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": reason, "stop_sequence": sequence},
+                "usage": {"output_tokens": len(out.token_ids)},
+            }
+        )
         yield named_event({"type": "message_stop"})
     except Exception as e:  # noqa: BLE001 - the status was sent long ago: the client hears about it in-band
         logger.error("message stream failed: %r", e)

@@ -10,6 +10,7 @@ become ``role: "tool"`` messages. A final assistant message is a prefill: the an
 (``temperature`` 0..1). Unknown fields are ignored; known ones this server cannot honour (images, documents,
 server tools) are a 400 naming the field.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -49,8 +50,9 @@ def parse_system(value: Any) -> str | None:
     texts = []
     for i, block in enumerate(value):
         if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(block.get("text"), str):
-            raise invalid(f"system[{i}] must be a text block {{\"type\": \"text\", \"text\": ...}}, got "
-                          f"{short_repr(block)}", "system")
+            raise invalid(
+                f'system[{i}] must be a text block {{"type": "text", "text": ...}}, got {short_repr(block)}', "system"
+            )
         texts.append(block["text"])
     return "\n\n".join(texts) or None
 
@@ -75,13 +77,17 @@ def _message(message: Any, i: int) -> list[dict[str, Any]]:
         raise invalid(f"{where} must be an object, got {json_type(message)} {short_repr(message)}", "messages")
     role, content = message.get("role"), message.get("content")
     if role not in ("user", "assistant"):
-        raise invalid(f"{where}.role must be 'user' or 'assistant' (system goes in the top-level 'system'), got "
-                      f"{short_repr(role)}", "messages")
+        raise invalid(
+            f"{where}.role must be 'user' or 'assistant' (system goes in the top-level 'system'), got "
+            f"{short_repr(role)}",
+            "messages",
+        )
     if isinstance(content, str):
         return [{"role": role, "content": content}]
     if not isinstance(content, list):
-        raise invalid(f"{where}.content must be a string or a list of content blocks, got {json_type(content)}",
-                      "messages")
+        raise invalid(
+            f"{where}.content must be a string or a list of content blocks, got {json_type(content)}", "messages"
+        )
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
     results: list[dict[str, Any]] = []
@@ -91,11 +97,19 @@ def _message(message: Any, i: int) -> list[dict[str, Any]]:
         if kind == "text":
             texts.append(_block_text(block, at))
         elif kind == "tool_use" and role == "assistant":
-            if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str) or \
-                    not isinstance(block.get("input"), dict):
+            if (
+                not isinstance(block.get("id"), str)
+                or not isinstance(block.get("name"), str)
+                or not isinstance(block.get("input"), dict)
+            ):
                 raise invalid(f"{at}: a tool_use block needs a string id and name and an object input", "messages")
-            calls.append({"id": block["id"], "type": "function",
-                          "function": {"name": block["name"], "arguments": arguments_json(block["input"])}})
+            calls.append(
+                {
+                    "id": block["id"],
+                    "type": "function",
+                    "function": {"name": block["name"], "arguments": arguments_json(block["input"])},
+                }
+            )
         elif kind == "tool_result" and role == "user":
             if not isinstance(block.get("tool_use_id"), str):
                 raise invalid(f"{at}: a tool_result block needs a string tool_use_id", "messages")
@@ -106,8 +120,11 @@ def _message(message: Any, i: int) -> list[dict[str, Any]]:
         elif kind in SKIPPED_BLOCKS:
             continue
         else:
-            raise invalid(f"{at}: blocks of type {short_repr(kind)} are not supported in a {role} message "
-                          f"(text{', tool_use' if role == 'assistant' else ', tool_result'})", "messages")
+            raise invalid(
+                f"{at}: blocks of type {short_repr(kind)} are not supported in a {role} message "
+                f"(text{', tool_use' if role == 'assistant' else ', tool_result'})",
+                "messages",
+            )
     out = list(results)
     if calls:
         out.append({"role": role, "content": "".join(texts) or None, "tool_calls": calls})
@@ -138,8 +155,11 @@ def parse_tools(value: Any) -> list[dict[str, Any]]:
         if not isinstance(tool, dict):
             raise invalid(f"tools[{i}] must be an object, got {short_repr(tool)}", "tools")
         if tool.get("type") not in (None, "custom"):
-            raise invalid(f"tools[{i}]: server tools ({short_repr(tool.get('type'))}) are not supported; only "
-                          "client tools with an input_schema", "tools")
+            raise invalid(
+                f"tools[{i}]: server tools ({short_repr(tool.get('type'))}) are not supported; only "
+                "client tools with an input_schema",
+                "tools",
+            )
         if not isinstance(tool.get("name"), str) or not isinstance(tool.get("input_schema"), dict):
             raise invalid(f"tools[{i}] needs a string name and an object input_schema", "tools")
         fn = {"name": tool["name"], "parameters": tool["input_schema"]}
@@ -162,8 +182,11 @@ def parse_tool_choice(value: Any) -> tuple[Any, bool | None]:
     elif kind == "tool" and isinstance(value.get("name"), str):
         choice = {"type": "function", "function": {"name": value["name"]}}
     else:
-        raise invalid(f"tool_choice must be {{\"type\": \"auto\" | \"any\" | \"none\"}} or {{\"type\": \"tool\", "
-                      f"\"name\": ...}}, got {short_repr(value)}", "tool_choice")
+        raise invalid(
+            f'tool_choice must be {{"type": "auto" | "any" | "none"}} or {{"type": "tool", '
+            f'"name": ...}}, got {short_repr(value)}',
+            "tool_choice",
+        )
     disable = fields.boolean(value, "disable_parallel_tool_use", False)
     return choice, (False if disable else None)
 
@@ -175,8 +198,7 @@ def parse_output_format(body: dict[str, Any]) -> dict[str, Any] | None:
     if fmt is None:
         return None
     if not isinstance(fmt, dict) or fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict):
-        raise invalid("output_config.format must be {\"type\": \"json_schema\", \"schema\": {...}}",
-                      "output_config.format")
+        raise invalid('output_config.format must be {"type": "json_schema", "schema": {...}}', "output_config.format")
     return {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt["schema"], "strict": True}}
 
 
@@ -203,12 +225,14 @@ def parse_messages_request(body: dict[str, Any], count_only: bool = False) -> Me
         raise invalid(f"stop_sequences must be an array of strings, got {json_type(stops)}", "stop_sequences")
     metadata = fields.obj(body, "metadata") or {}
     chat_body: dict[str, Any] = {
-        "model": fields.string(body, "model", 256), "messages": ([{"role": "system", "content": system}]
-                                                                  if system else []) + messages,
+        "model": fields.string(body, "model", 256),
+        "messages": ([{"role": "system", "content": system}] if system else []) + messages,
         "temperature": fields.number(body, "temperature", 1.0, 0.0, 1.0),
         "top_p": fields.number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
-        "top_k": fields.integer(body, "top_k", 0, 0), "stop": stops,
-        "user": fields.string(metadata, "user_id", MAX_USER_CHARS)}
+        "top_k": fields.integer(body, "top_k", 0, 0),
+        "stop": stops,
+        "user": fields.string(metadata, "user_id", MAX_USER_CHARS),
+    }
     tools = parse_tools(body.get("tools"))
     choice, parallel = parse_tool_choice(body.get("tool_choice"))
     if tools:

@@ -4,6 +4,7 @@ Routes: POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings, PO
 DELETE /v1/responses/{id}), POST /v1/messages, POST /v1/messages/count_tokens, GET /v1/models, GET /health,
 GET /metrics, GET /slots, POST /tokenize, POST /detokenize, and the web chat page (GET /, /chat.js, /chat.css).
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,25 +20,32 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from . import fields
+from .anthropic_api import count_tokens, messages
+from .config import ServerConfig
+from .embeddings import embeddings
 from .errors import APIError, invalid, is_anthropic_path, loading_response
 from .metrics import CONTENT_TYPE, ServerMetrics
-from .anthropic_api import count_tokens, messages
-from .embeddings import embeddings
-from .responses_api import ResponseStore, create_response, delete_response, get_response
 from .openai_routes import chat_completions, completions, read_json
 from .protocol import parse_messages
+from .responses_api import ResponseStore, create_response, delete_response, get_response
 from .security import AuthMiddleware, BodyLimitMiddleware, GuardMiddleware, is_loopback
 from .slots import describe as describe_slots
-from .config import ServerConfig
 from .state import ServerState
 
 logger = logging.getLogger(__name__)
 
-_STATIC_TYPES = {"index.html": "text/html; charset=utf-8", "chat.js": "text/javascript; charset=utf-8",
-                 "chat.css": "text/css; charset=utf-8"}
-_PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; style-src 'self'; script-src 'self'; "
-                                            "connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
-                 "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
+_STATIC_TYPES = {
+    "index.html": "text/html; charset=utf-8",
+    "chat.js": "text/javascript; charset=utf-8",
+    "chat.css": "text/css; charset=utf-8",
+}
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
 
 
 def _middleware(config: ServerConfig) -> list[Middleware]:
@@ -46,10 +54,16 @@ def _middleware(config: ServerConfig) -> list[Middleware]:
         allowed_hosts = frozenset({"localhost", "127.0.0.1", "[::1]", config.host.lower()})
     stack = [Middleware(GuardMiddleware, allowed_hosts=allowed_hosts)]
     if config.cors_origins:
-        stack.append(Middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_credentials=False,
-                                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-                                allow_headers=["Authorization", "Content-Type", "x-api-key", "anthropic-version"],
-                                max_age=600))
+        stack.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(config.cors_origins),
+                allow_credentials=False,
+                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                allow_headers=["Authorization", "Content-Type", "x-api-key", "anthropic-version"],
+                max_age=600,
+            )
+        )
     stack.append(Middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes))
     stack.append(Middleware(AuthMiddleware, keys=config.api_keys))
     return stack
@@ -66,8 +80,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return APIError(exc.status_code, str(exc.detail), type=kind,
-                        headers=getattr(exc, "headers", None)).response(anthropic(request))
+        return APIError(exc.status_code, str(exc.detail), type=kind, headers=getattr(exc, "headers", None)).response(
+            anthropic(request)
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -78,8 +93,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 def create_app(config: ServerConfig, state: ServerState | None = None) -> FastAPI:
     """The app for ``config``; ``state`` (model, engine, counters) is created if not given."""
     state = state or ServerState(config)
-    app = FastAPI(title="forwardpass", docs_url=None, redoc_url=None, openapi_url=None,
-                  middleware=_middleware(config))
+    app = FastAPI(title="forwardpass", docs_url=None, redoc_url=None, openapi_url=None, middleware=_middleware(config))
     app.state.server = state
     app.state.metrics = ServerMetrics(state)
     _install_error_handlers(app)
@@ -120,14 +134,22 @@ async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
     if problem == "Loading model":
         return loading_response()
-    return JSONResponse({"error": {"code": 503, "message": problem, "type": "unavailable_error"}},
-                        status_code=503, headers={"Retry-After": "5"})
+    return JSONResponse(
+        {"error": {"code": 503, "message": problem, "type": "unavailable_error"}},
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
 
 
 async def models(request: Request) -> Response:
     state: ServerState = request.app.state.server
-    card = {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "forwardpass",
-            "max_model_len": state.limits.n_ctx if state.limits else None}
+    card = {
+        "id": state.model_name,
+        "object": "model",
+        "created": state.created,
+        "owned_by": "forwardpass",
+        "max_model_len": state.limits.n_ctx if state.limits else None,
+    }
     return JSONResponse({"object": "list", "data": [card]})
 
 
@@ -142,8 +164,9 @@ async def slots(request: Request) -> Response:
     table = describe_slots(state.slots.update(state.engine.stats().running_seqs), state.limits.n_ctx)
     fail = request.query_params.get("fail_on_no_slot", "")
     if fail not in ("", "0", "false") and all(slot["is_processing"] for slot in table):
-        raise APIError(503, "no slot available", type="unavailable_error", code="no_slot_available",
-                       headers={"Retry-After": "1"})
+        raise APIError(
+            503, "no slot available", type="unavailable_error", code="no_slot_available", headers={"Retry-After": "1"}
+        )
     return JSONResponse(table)
 
 

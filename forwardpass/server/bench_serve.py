@@ -5,6 +5,7 @@ done; each records its time to first token, the gaps between content chunks (int
 end-to-end time. Requests use ``ignore_eos`` so every one generates exactly ``max_tokens`` tokens (llama.cpp's
 server honours it too), and a prompt of exactly ``prompt_tokens`` ids when the server has ``/tokenize``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -74,15 +75,22 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def _summary(values: list[float], scale: float) -> dict[str, float]:
-    return {"p50": round(percentile(values, 50) * scale, 2), "p99": round(percentile(values, 99) * scale, 2),
-            "mean": round(sum(values) / len(values) * scale, 2) if values else 0.0}
+    return {
+        "p50": round(percentile(values, 50) * scale, 2),
+        "p99": round(percentile(values, 99) * scale, 2),
+        "mean": round(sum(values) / len(values) * scale, 2) if values else 0.0,
+    }
 
 
 def make_client(config: BenchConfig, connections: int) -> httpx.AsyncClient:
     headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
     limits = httpx.Limits(max_connections=connections + 4, max_keepalive_connections=connections + 4)
-    return httpx.AsyncClient(base_url=config.url.rstrip("/"), headers=headers, limits=limits,
-                             timeout=httpx.Timeout(config.timeout, connect=30))
+    return httpx.AsyncClient(
+        base_url=config.url.rstrip("/"),
+        headers=headers,
+        limits=limits,
+        timeout=httpx.Timeout(config.timeout, connect=30),
+    )
 
 
 async def build_prompt(client: httpx.AsyncClient, config: BenchConfig) -> str | list[int]:
@@ -103,9 +111,14 @@ async def build_prompt(client: httpx.AsyncClient, config: BenchConfig) -> str | 
 
 
 def request_body(config: BenchConfig, prompt: str | list[int]) -> tuple[str, dict[str, Any]]:
-    body: dict[str, Any] = {"model": config.model, "max_tokens": config.max_tokens, "stream": True,
-                            "temperature": config.temperature, "ignore_eos": True,
-                            "stream_options": {"include_usage": True}}
+    body: dict[str, Any] = {
+        "model": config.model,
+        "max_tokens": config.max_tokens,
+        "stream": True,
+        "temperature": config.temperature,
+        "ignore_eos": True,
+        "stream_options": {"include_usage": True},
+    }
     if config.endpoint == "chat":
         text = prompt if isinstance(prompt, str) else " ".join(map(str, prompt))
         return "/v1/chat/completions", body | {"messages": [{"role": "user", "content": text}]}
@@ -120,8 +133,9 @@ def _chunk_text(obj: dict[str, Any]) -> str:
     return "".join(texts)
 
 
-async def stream_request(client: httpx.AsyncClient, path: str, body: dict[str, Any],
-                         stop_after_chunks: int | None = None) -> RequestResult:
+async def stream_request(
+    client: httpx.AsyncClient, path: str, body: dict[str, Any], stop_after_chunks: int | None = None
+) -> RequestResult:
     """One streaming request, timed; ``stop_after_chunks`` disconnects early (for soak tests)."""
     t0 = time.perf_counter()
     times: list[float] = []
@@ -149,13 +163,18 @@ async def stream_request(client: httpx.AsyncClient, path: str, body: dict[str, A
     except (httpx.HTTPError, json.JSONDecodeError) as e:
         return RequestResult(False, e2e=time.perf_counter() - t0, error=f"{type(e).__name__}: {e}"[:300])
     end = time.perf_counter()
-    return RequestResult(True, ttft=times[0] - t0 if times else None,
-                         itls=[b - a for a, b in zip(times, times[1:])], e2e=end - t0,
-                         output_tokens=usage_tokens if usage_tokens is not None else len(times))
+    return RequestResult(
+        True,
+        ttft=times[0] - t0 if times else None,
+        itls=[b - a for a, b in zip(times, times[1:])],
+        e2e=end - t0,
+        output_tokens=usage_tokens if usage_tokens is not None else len(times),
+    )
 
 
-async def run_level(client: httpx.AsyncClient, config: BenchConfig, concurrency: int,
-                    prompt: str | list[int]) -> LevelReport:
+async def run_level(
+    client: httpx.AsyncClient, config: BenchConfig, concurrency: int, prompt: str | list[int]
+) -> LevelReport:
     """``concurrency`` closed-loop clients share ``requests`` requests."""
     n = config.requests or max(8, 4 * concurrency)
     path, body = request_body(config, prompt)
@@ -172,12 +191,18 @@ async def run_level(client: httpx.AsyncClient, config: BenchConfig, concurrency:
     ok = [r for r in results if r.ok]
     tokens = sum(r.output_tokens for r in ok)
     return LevelReport(
-        concurrency=concurrency, requests=n, errors=n - len(ok), duration_s=round(duration, 3),
-        output_tokens=tokens, output_tok_s=round(tokens / duration, 1) if duration > 0 else 0.0,
+        concurrency=concurrency,
+        requests=n,
+        errors=n - len(ok),
+        duration_s=round(duration, 3),
+        output_tokens=tokens,
+        output_tok_s=round(tokens / duration, 1) if duration > 0 else 0.0,
         requests_per_s=round(len(ok) / duration, 2) if duration > 0 else 0.0,
         ttft_ms=_summary([r.ttft for r in ok if r.ttft is not None], 1000),
-        itl_ms=_summary([x for r in ok for x in r.itls], 1000), e2e_s=_summary([r.e2e for r in ok], 1),
-        error_examples=sorted({r.error for r in results if r.error})[:3])
+        itl_ms=_summary([x for r in ok for x in r.itls], 1000),
+        e2e_s=_summary([r.e2e for r in ok], 1),
+        error_examples=sorted({r.error for r in results if r.error})[:3],
+    )
 
 
 async def run_bench(config: BenchConfig) -> list[LevelReport]:
@@ -190,14 +215,18 @@ async def run_bench(config: BenchConfig) -> list[LevelReport]:
 
 
 def format_table(reports: list[LevelReport]) -> str:
-    head = (f"{'conc':>5} {'reqs':>5} {'errs':>5} {'out tok/s':>10} {'req/s':>7} {'TTFT p50':>9} {'TTFT p99':>9} "
-            f"{'ITL p50':>8} {'ITL p99':>8} {'E2E p50':>8} {'E2E p99':>8}")
+    head = (
+        f"{'conc':>5} {'reqs':>5} {'errs':>5} {'out tok/s':>10} {'req/s':>7} {'TTFT p50':>9} {'TTFT p99':>9} "
+        f"{'ITL p50':>8} {'ITL p99':>8} {'E2E p50':>8} {'E2E p99':>8}"
+    )
     lines = [head, "-" * len(head)]
     for r in reports:
-        lines.append(f"{r.concurrency:>5} {r.requests:>5} {r.errors:>5} {r.output_tok_s:>10.1f} "
-                     f"{r.requests_per_s:>7.2f} {r.ttft_ms['p50']:>7.1f}ms {r.ttft_ms['p99']:>7.1f}ms "
-                     f"{r.itl_ms['p50']:>6.1f}ms {r.itl_ms['p99']:>6.1f}ms {r.e2e_s['p50']:>7.2f}s "
-                     f"{r.e2e_s['p99']:>7.2f}s")
+        lines.append(
+            f"{r.concurrency:>5} {r.requests:>5} {r.errors:>5} {r.output_tok_s:>10.1f} "
+            f"{r.requests_per_s:>7.2f} {r.ttft_ms['p50']:>7.1f}ms {r.ttft_ms['p99']:>7.1f}ms "
+            f"{r.itl_ms['p50']:>6.1f}ms {r.itl_ms['p99']:>6.1f}ms {r.e2e_s['p50']:>7.2f}s "
+            f"{r.e2e_s['p99']:>7.2f}s"
+        )
         lines += [f"      error: {e}" for e in r.error_examples]
     return "\n".join(lines)
 
@@ -206,9 +235,12 @@ def main(config: BenchConfig, as_json: bool = False) -> int:
     """Run every level, print a table (or JSON) to stdout; exit status 1 if any request failed."""
     reports = asyncio.run(run_bench(config))
     if as_json:
-        sys.stdout.write(json.dumps({"config": asdict(config), "results": [asdict(r) for r in reports]},
-                                    indent=2) + "\n")
+        sys.stdout.write(
+            json.dumps({"config": asdict(config), "results": [asdict(r) for r in reports]}, indent=2) + "\n"
+        )
     else:
-        sys.stdout.write(f"bench-serve {config.url} ({config.endpoint}, prompt {config.prompt_tokens} tokens, "
-                         f"{config.max_tokens} output tokens)\n{format_table(reports)}\n")
+        sys.stdout.write(
+            f"bench-serve {config.url} ({config.endpoint}, prompt {config.prompt_tokens} tokens, "
+            f"{config.max_tokens} output tokens)\n{format_table(reports)}\n"
+        )
     return 1 if any(r.errors for r in reports) else 0

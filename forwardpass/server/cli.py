@@ -1,4 +1,5 @@
 """`forwardpass serve` and `forwardpass bench-serve`: their arguments, registered on the main parser."""
+
 from __future__ import annotations
 
 import argparse
@@ -25,22 +26,46 @@ def add_server_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", nargs="?", default=None, help="path to a .gguf file or a model name")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
-    p.add_argument("--api-key", action="append", default=None,
-                   help="require 'Authorization: Bearer KEY' (repeatable; also $FORWARDPASS_API_KEY)")
-    p.add_argument("--max-queue", type=int, default=64,
-                   help="sequences allowed to wait beyond the running ones; more get 503 (default 64)")
-    p.add_argument("--queue-timeout", type=float, default=0.0,
-                   help="seconds a request may wait for a free slot; then it gets 503 and leaves the queue "
-                        "(default 0: no limit)")
+    p.add_argument(
+        "--api-key",
+        action="append",
+        default=None,
+        help="require 'Authorization: Bearer KEY' (repeatable; also $FORWARDPASS_API_KEY)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=64,
+        help="sequences allowed to wait beyond the running ones; more get 503 (default 64)",
+    )
+    p.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=0.0,
+        help="seconds a request may wait for a free slot; then it gets 503 and leaves the queue (default 0: no limit)",
+    )
     add_engine_args(p)
-    p.add_argument("--cors-origin", action="append", default=None,
-                   help="allow browser calls from this origin (repeatable; default: none)")
-    p.add_argument("--shutdown-timeout", type=float, default=30.0,
-                   help="seconds in-flight requests may take to finish after SIGTERM (default 30)")
-    p.add_argument("--stall-timeout", type=float, default=30.0,
-                   help="/health turns 503 when the engine has work but no step finished for this long (default 30)")
-    p.add_argument("--max-body-bytes", type=positive_int, default=DEFAULT_MAX_BODY,
-                   help="largest request body (default 2 MiB)")
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        default=None,
+        help="allow browser calls from this origin (repeatable; default: none)",
+    )
+    p.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="seconds in-flight requests may take to finish after SIGTERM (default 30)",
+    )
+    p.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=30.0,
+        help="/health turns 503 when the engine has work but no step finished for this long (default 30)",
+    )
+    p.add_argument(
+        "--max-body-bytes", type=positive_int, default=DEFAULT_MAX_BODY, help="largest request body (default 2 MiB)"
+    )
     p.add_argument("--root-path", default="", help="ASGI root_path when served behind a path-prefixing proxy")
     p.add_argument("--served-model-name", default=None, help="the model name clients use (default: from the file)")
     p.set_defaults(func=cmd_serve)
@@ -48,8 +73,12 @@ def add_server_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench-serve", help="load-test an OpenAI-compatible server (TTFT, ITL, tok/s)")
     p.add_argument("--url", default="http://127.0.0.1:8080", help="server base URL")
     p.add_argument("--concurrency", type=_concurrency_list, default=[1, 8, 32], help="e.g. 1,8,32")
-    p.add_argument("--requests", type=positive_int, default=None,
-                   help="requests per concurrency level (default: 4 x concurrency, at least 8)")
+    p.add_argument(
+        "--requests",
+        type=positive_int,
+        default=None,
+        help="requests per concurrency level (default: 4 x concurrency, at least 8)",
+    )
     p.add_argument("--max-tokens", type=positive_int, default=64, help="output tokens per request (default 64)")
     p.add_argument("--prompt-tokens", type=positive_int, default=128, help="prompt length (default 128)")
     p.add_argument("--api-key", default=None, help="API key (default $FORWARDPASS_API_KEY)")
@@ -71,19 +100,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if os.environ.get("FORWARDPASS_API_KEY"):
         keys.append(os.environ["FORWARDPASS_API_KEY"])
     config = ServerConfig(
-        engine=EngineConfig.from_args(args), host=args.host, port=args.port, api_keys=tuple(keys),
-        max_queue=args.max_queue, cors_origins=tuple(args.cors_origin or ()), shutdown_timeout=args.shutdown_timeout,
-        stall_timeout=args.stall_timeout, max_body_bytes=args.max_body_bytes, root_path=args.root_path,
-        served_model_name=args.served_model_name, queue_timeout=args.queue_timeout)
+        engine=EngineConfig.from_args(args),
+        host=args.host,
+        port=args.port,
+        api_keys=tuple(keys),
+        max_queue=args.max_queue,
+        cors_origins=tuple(args.cors_origin or ()),
+        shutdown_timeout=args.shutdown_timeout,
+        stall_timeout=args.stall_timeout,
+        max_body_bytes=args.max_body_bytes,
+        root_path=args.root_path,
+        served_model_name=args.served_model_name,
+        queue_timeout=args.queue_timeout,
+    )
     return run_server(config)
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
-    from .bench_serve import BenchConfig, main as bench_main
+    from .bench_serve import BenchConfig
+    from .bench_serve import main as bench_main
 
     key = args.api_key or os.environ.get("FORWARDPASS_API_KEY")
-    config = BenchConfig(url=args.url, concurrency=args.concurrency, requests=args.requests,
-                         max_tokens=args.max_tokens, prompt_tokens=args.prompt_tokens, api_key=key,
-                         endpoint=args.endpoint, temperature=args.temperature, model=args.model,
-                         warmup=args.warmup, timeout=args.timeout)
+    config = BenchConfig(
+        url=args.url,
+        concurrency=args.concurrency,
+        requests=args.requests,
+        max_tokens=args.max_tokens,
+        prompt_tokens=args.prompt_tokens,
+        api_key=key,
+        endpoint=args.endpoint,
+        temperature=args.temperature,
+        model=args.model,
+        warmup=args.warmup,
+        timeout=args.timeout,
+    )
     return bench_main(config, as_json=args.json)

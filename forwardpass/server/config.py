@@ -3,6 +3,7 @@
 The engine's options (model, ctx, KV cache, batch limits, kernels) are one `EngineConfig` (`forwardpass/config.py`)
 in `engine`, shared with `LLM`, `bench` and the other commands; the fields here are the HTTP server's own.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,7 +35,11 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.engine, EngineConfig):
             raise ValueError(f"engine must be an EngineConfig, got {self.engine!r}")
-        checks = {"port": (self.port, 0, 65535), "max_queue": (self.max_queue, 0, 1 << 20), "max_body_bytes": (self.max_body_bytes, 1024, 1 << 31)}
+        checks = {
+            "port": (self.port, 0, 65535),
+            "max_queue": (self.max_queue, 0, 1 << 20),
+            "max_body_bytes": (self.max_body_bytes, 1024, 1 << 31),
+        }
         for name, (value, lo, hi) in checks.items():
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 raise ValueError(f"{name} must be an integer in {lo}..{hi}, got {value!r}")

@@ -8,6 +8,7 @@ those finish, so admission counts that many sequences whatever the number of inp
 is accepted only when it equals the model's width: the vectors are not Matryoshka-trained, so a shortened
 vector would be meaningless. An input longer than the context is a 400 ``context_length_exceeded``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,7 +30,7 @@ from ..outputs import EmbeddingOutput
 from . import fields
 from . import responses as R
 from .errors import APIError, invalid, short_repr, unavailable
-from .generation import ClientDisconnected, QueueTimeout, unless_disconnected, release_once
+from .generation import ClientDisconnected, QueueTimeout, release_once, unless_disconnected
 from .jsonbody import json_type
 from .metrics import ServerMetrics
 from .openai_routes import check_model, context_error, read_json, tokenize_prompts
@@ -61,8 +62,9 @@ def parse_inputs(body: dict[str, Any], vocab_size: int) -> list[str | list[int]]
     elif isinstance(value, list):
         items = value
     else:
-        raise invalid(f"input must be a string, an array of strings or an array of token ids, got "
-                      f"{json_type(value)}", "input")
+        raise invalid(
+            f"input must be a string, an array of strings or an array of token ids, got {json_type(value)}", "input"
+        )
     if not items:
         raise invalid("input must not be empty", "input")
     if len(items) > MAX_INPUTS:
@@ -88,17 +90,26 @@ def parse_embedding_request(body: dict[str, Any], limits: Limits, width: int) ->
         raise invalid(f"encoding_format must be one of {list(ENCODINGS)}, got {short_repr(fmt)}", "encoding_format")
     dims = fields.integer(body, "dimensions", None, 1)
     if dims is not None and dims != width:
-        raise invalid(f"dimensions {dims} cannot be honoured: this model's embeddings have {width} dimensions and "
-                      f"were not trained to be shortened (omit dimensions, or send {width})", "dimensions")
-    return EmbeddingRequest(fields.string(body, "model", 256), inputs, fmt,
-                            fields.string(body, "user", MAX_USER_CHARS))
+        raise invalid(
+            f"dimensions {dims} cannot be honoured: this model's embeddings have {width} dimensions and "
+            f"were not trained to be shortened (omit dimensions, or send {width})",
+            "dimensions",
+        )
+    return EmbeddingRequest(fields.string(body, "model", 256), inputs, fmt, fields.string(body, "user", MAX_USER_CHARS))
 
 
 class EmbedGroup:
     """The engine requests of one embedding request, at most `window` in the engine at a time."""
 
-    def __init__(self, engine: AsyncEngine, metrics: ServerMetrics, request_id: str,
-                 prompts: Sequence[list[int]], pooling: str, window: int) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        metrics: ServerMetrics,
+        request_id: str,
+        prompts: Sequence[list[int]],
+        pooling: str,
+        window: int,
+    ) -> None:
         self.engine, self.metrics, self.pooling, self.window = engine, metrics, pooling, window
         self.prompts = list(prompts)
         self.ids = [f"{request_id}-{i}" for i in range(len(prompts))]
@@ -200,16 +211,27 @@ async def embeddings(request: Request) -> Response:
         n_ctx = state.limits.n_ctx
         for i, ids in enumerate(prompts):
             if len(ids) > n_ctx:
-                raise context_error(f"input[{i}] has {len(ids)} tokens but the model's context holds {n_ctx} tokens",
-                                    len(ids), n_ctx, "input")
+                raise context_error(
+                    f"input[{i}] has {len(ids)} tokens but the model's context holds {n_ctx} tokens",
+                    len(ids),
+                    n_ctx,
+                    "input",
+                )
         group = EmbedGroup(state.engine, request.app.state.metrics, rid, prompts, llm.pooling, window)
         state.groups.add(group)  # type: ignore[arg-type]  (aborted like a RequestGroup at shutdown)
         group.start()
-        logger.info("%s: %d input(s) of %s tokens, pooling=%s, user=%r", rid, len(prompts),
-                    [len(p) for p in prompts][:16], llm.pooling, req.user)
+        logger.info(
+            "%s: %d input(s) of %s tokens, pooling=%s, user=%r",
+            rid,
+            len(prompts),
+            [len(p) for p in prompts][:16],
+            llm.pooling,
+            req.user,
+        )
         if state.config.queue_timeout > 0:
-            timer = asyncio.get_running_loop().call_later(state.config.queue_timeout, group.expire_if_queued,
-                                                          state.config.queue_timeout)
+            timer = asyncio.get_running_loop().call_later(
+                state.config.queue_timeout, group.expire_if_queued, state.config.queue_timeout
+            )
         outputs = await unless_disconnected(group.wait(), group, request.receive)  # type: ignore[arg-type]
     except ClientDisconnected:
         logger.info("%s: client disconnected; request aborted", rid)
@@ -229,8 +251,16 @@ async def embeddings(request: Request) -> Response:
             group.abort()
             state.groups.discard(group)  # type: ignore[arg-type]
         release()
-    data = [{"object": "embedding", "index": i, "embedding": encode(out.embedding or [], req.encoding_format)}
-            for i, out in enumerate(outputs)]
+    data = [
+        {"object": "embedding", "index": i, "embedding": encode(out.embedding or [], req.encoding_format)}
+        for i, out in enumerate(outputs)
+    ]
     n_tokens = sum(len(p) for p in prompts)
-    return JSONResponse({"object": "list", "data": data, "model": state.model_name,
-                         "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}})
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": data,
+            "model": state.model_name,
+            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
+        }
+    )

@@ -8,6 +8,7 @@ Values (one at a time):
 * ``slow_steps:S`` - every engine step takes S more seconds, so that tests can watch a prefill or a queue
   at work on a tiny model (A4, A5, Q1, Q3).
 """
+
 from __future__ import annotations
 
 import logging

@@ -3,6 +3,7 @@
 ``null`` counts as "not given" for every optional field, as OpenAI treats it. Booleans are never accepted
 as numbers, numbers must be finite, and every message quotes the value through ``short_repr``.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,7 @@ LOGIT_BIAS_LIMIT = 100.0
 MAX_INT_FIELD = 2**63 - 1
 
 
-def number(body: Mapping[str, Any], name: str, default: float, lo: float, hi: float,
-           lo_open: bool = False) -> float:
+def number(body: Mapping[str, Any], name: str, default: float, lo: float, hi: float, lo_open: bool = False) -> float:
     """A finite number in ``[lo, hi]`` (``(lo, hi]`` when ``lo_open``)."""
     value = body.get(name)
     if value is None:
@@ -106,8 +106,7 @@ def logit_bias(body: Mapping[str, Any], vocab_size: int) -> dict[int, float] | N
     out: dict[int, float] = {}
     for key, bias in value.items():
         if not (key.isascii() and key.isdigit() and len(key) <= 12):
-            raise invalid(f"logit_bias keys must be token ids (decimal integers), got {short_repr(key)}",
-                          "logit_bias")
+            raise invalid(f"logit_bias keys must be token ids (decimal integers), got {short_repr(key)}", "logit_bias")
         token = int(key)
         if token >= vocab_size:
             raise invalid(f"logit_bias: token id {token} is out of vocabulary (0..{vocab_size - 1})", "logit_bias")

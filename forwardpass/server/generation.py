@@ -9,14 +9,15 @@ Queue timeout (RELIABILITY Q3): ``expire_if_queued()``, called when ``--queue-ti
 request from the engine's queue and fails it with ``QueueTimeout`` (a 503) unless it has started: some output
 arrived, or the engine's last published running batch holds it (its prefill is under way).
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
 from functools import partial
+from typing import TypeVar
 
 from starlette.types import Receive
 
@@ -36,8 +37,14 @@ class QueueTimeout(Exception):
 class RequestGroup:
     """The engine requests of one HTTP request: one per prompt, each with ``params.n`` samples."""
 
-    def __init__(self, engine: AsyncEngine, metrics: ServerMetrics, request_id: str,
-                 prompts: Sequence[list[int]], params: SamplingParams) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        metrics: ServerMetrics,
+        request_id: str,
+        prompts: Sequence[list[int]],
+        params: SamplingParams,
+    ) -> None:
         self.engine = engine
         self.metrics = metrics
         self.params = params
@@ -155,8 +162,9 @@ class RequestGroup:
         outs = []
         for i, out in enumerate(self.latest):
             if out is None:
-                out = RequestOutput(self.ids[i], self.prompts[i],
-                                    [CompletionOutput(index=k) for k in range(self.params.n)])
+                out = RequestOutput(
+                    self.ids[i], self.prompts[i], [CompletionOutput(index=k) for k in range(self.params.n)]
+                )
             if self.aborted:
                 for o in out.outputs:
                     o.finish_reason = o.finish_reason or "abort"

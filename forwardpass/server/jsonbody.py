@@ -6,6 +6,7 @@ CPython's int-digits limit). ``NaN`` and ``Infinity`` parse, so that the field v
 finite numbers) can refuse them naming the field. Lone surrogates (``"\\ud800"``) are replaced by U+FFFD so that nothing
 downstream fails to encode them.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,7 +55,8 @@ def json_type(value: Any) -> str:
     if isinstance(value, bool):
         return "boolean"
     return {dict: "object", list: "array", str: "string", int: "integer", float: "number"}.get(
-        type(value), type(value).__name__)
+        type(value), type(value).__name__
+    )
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:

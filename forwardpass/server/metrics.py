@@ -3,6 +3,7 @@
 The gauges (``forwardpass_requests_running``, ``forwardpass_requests_waiting``, ``forwardpass_kv_blocks_used``
 and friends) come from the engine's last published ``EngineStats``, so a scrape never touches engine state.
 """
+
 from __future__ import annotations
 
 import time
@@ -24,9 +25,28 @@ class ServerView(Protocol):
     @property
     def ready(self) -> bool: ...
 
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0,
-                    40.0, 80.0)
+_LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
 _E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 120.0, 300.0, 600.0)
 
 
@@ -47,17 +67,27 @@ class EngineCollector(Collector):
         yield gauge("requests_waiting", "Sequences waiting to be scheduled", stats.waiting if stats else 0)
         yield gauge("kv_blocks_used", "KV cache blocks in use", stats.kv_blocks_used if stats else 0)
         yield gauge("kv_blocks_total", "KV cache blocks in the pool", stats.kv_blocks_total if stats else 0)
-        yield gauge("prefix_cache_hit_rate", "Share of prompt tokens found in the prefix cache",
-                    stats.prefix_cache_hit_rate if stats else 0.0)
+        yield gauge(
+            "prefix_cache_hit_rate",
+            "Share of prompt tokens found in the prefix cache",
+            stats.prefix_cache_hit_rate if stats else 0.0,
+        )
         age = time.monotonic() - engine.last_step_time if engine is not None else 0.0
         yield gauge("engine_last_step_age_seconds", "Seconds since the engine loop last finished a step", age)
-        yield gauge("server_requests_active", "HTTP generation requests admitted and not finished",
-                    self.state.active_requests)
+        yield gauge(
+            "server_requests_active", "HTTP generation requests admitted and not finished", self.state.active_requests
+        )
         yield gauge("model_ready", "1 once the model is loaded", 1.0 if self.state.ready else 0.0)
-        yield CounterMetricFamily("forwardpass_preemptions", "Sequences preempted for lack of KV blocks",
-                                  value=stats.preemptions if stats else 0)
-        yield CounterMetricFamily("forwardpass_engine_steps", "Engine steps run (one prefill chunk or decode "
-                                  "token per running sequence each)", value=self.state.engine_steps)
+        yield CounterMetricFamily(
+            "forwardpass_preemptions",
+            "Sequences preempted for lack of KV blocks",
+            value=stats.preemptions if stats else 0,
+        )
+        yield CounterMetricFamily(
+            "forwardpass_engine_steps",
+            "Engine steps run (one prefill chunk or decode token per running sequence each)",
+            value=self.state.engine_steps,
+        )
 
 
 class ServerMetrics:
@@ -66,16 +96,28 @@ class ServerMetrics:
     def __init__(self, state: ServerView) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.ttft = Histogram("forwardpass_time_to_first_token_seconds", "Time to first token",
-                              buckets=_LATENCY_BUCKETS, registry=r)
-        self.itl = Histogram("forwardpass_inter_token_latency_seconds", "Time between output tokens",
-                             buckets=_LATENCY_BUCKETS, registry=r)
-        self.e2e = Histogram("forwardpass_e2e_request_latency_seconds", "Request latency, arrival to last token",
-                             buckets=_E2E_BUCKETS, registry=r)
+        self.ttft = Histogram(
+            "forwardpass_time_to_first_token_seconds", "Time to first token", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.itl = Histogram(
+            "forwardpass_inter_token_latency_seconds",
+            "Time between output tokens",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "forwardpass_e2e_request_latency_seconds",
+            "Request latency, arrival to last token",
+            buckets=_E2E_BUCKETS,
+            registry=r,
+        )
         self.prompt_tokens = Counter("forwardpass_prompt_tokens", "Prompt tokens submitted", registry=r)
         self.generation_tokens = Counter("forwardpass_generation_tokens", "Tokens generated", registry=r)
-        self.queue_timeouts = Counter("forwardpass_queue_timeouts", "Requests refused (503) after waiting longer "
-                                      "than --queue-timeout for a slot", registry=r)
+        self.queue_timeouts = Counter(
+            "forwardpass_queue_timeouts",
+            "Requests refused (503) after waiting longer than --queue-timeout for a slot",
+            registry=r,
+        )
         r.register(EngineCollector(state))
         ProcessCollector(registry=r)
 

@@ -9,6 +9,7 @@ Queue timeout (Q3): with ``--queue-timeout``, a request that has not started whe
 the engine's queue and answered 503 ``queue_timeout`` with ``Retry-After``. A stream then sends its headers
 only once the first output is there, so that a queue timeout can still be a plain 503.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -24,15 +25,14 @@ from starlette.responses import JSONResponse, Response
 
 from ..engine.async_engine import EngineDeadError
 from ..errors import ChatTemplateError, ContextLengthError, StructuredOutputError, TokenizerError
+from ..outputs import RequestOutput
 from ..structured.params import StructuredOutputsParams
 from ..tools import ToolError, ToolPlan, plan_tools
-from ..outputs import RequestOutput
 from . import responses as R
 from .errors import APIError, invalid, short_repr, unavailable
 from .generation import ClientDisconnected, QueueTimeout, RequestGroup, collect, release_once, wait_started
 from .jsonbody import parse_json_object
-from .protocol import ChatRequest, CompletionRequest, GenerationRequest, parse_chat_request, \
-    parse_completion_request
+from .protocol import ChatRequest, CompletionRequest, GenerationRequest, parse_chat_request, parse_completion_request
 from .sse import SSEResponse
 from .state import ServerState
 from .streaming import StreamInfo, chat_events, completion_events
@@ -51,28 +51,41 @@ async def read_json(request: Request) -> dict[str, Any]:
 
 def check_model(name: str | None, state: ServerState) -> None:
     if name is not None and name not in (state.model_name, "default"):
-        raise APIError(404, f"the model {short_repr(name)} does not exist (this server serves "
-                            f"{state.model_name!r}, also reachable as 'default')", param="model",
-                       code="model_not_found")
+        raise APIError(
+            404,
+            f"the model {short_repr(name)} does not exist (this server serves "
+            f"{state.model_name!r}, also reachable as 'default')",
+            param="model",
+            code="model_not_found",
+        )
 
 
 def context_error(message: str, n_prompt: int, n_ctx: int, param: str) -> APIError:
-    return APIError(400, message, param=param, code="context_length_exceeded",
-                    extra={"n_prompt_tokens": n_prompt, "n_ctx": n_ctx})
+    return APIError(
+        400, message, param=param, code="context_length_exceeded", extra={"n_prompt_tokens": n_prompt, "n_ctx": n_ctx}
+    )
 
 
 def check_context(n_prompt: int, max_tokens: int | None, n_ctx: int, param: str) -> None:
     if n_prompt >= n_ctx:
-        raise context_error(f"the prompt has {n_prompt} tokens but the model's context holds {n_ctx} tokens, "
-                            f"with room for at least one generated token", n_prompt, n_ctx, param)
+        raise context_error(
+            f"the prompt has {n_prompt} tokens but the model's context holds {n_ctx} tokens, "
+            f"with room for at least one generated token",
+            n_prompt,
+            n_ctx,
+            param,
+        )
     if max_tokens is not None and n_prompt + max_tokens > n_ctx:
-        raise context_error(f"the prompt has {n_prompt} tokens and max_tokens is {max_tokens}: "
-                            f"{n_prompt + max_tokens} tokens exceed the model's context of {n_ctx} tokens",
-                            n_prompt, n_ctx, "max_tokens")
+        raise context_error(
+            f"the prompt has {n_prompt} tokens and max_tokens is {max_tokens}: "
+            f"{n_prompt + max_tokens} tokens exceed the model's context of {n_ctx} tokens",
+            n_prompt,
+            n_ctx,
+            "max_tokens",
+        )
 
 
-async def tokenize_prompts(fn: Callable[[], list[list[int]]], structured_param: str | None = None
-                           ) -> list[list[int]]:
+async def tokenize_prompts(fn: Callable[[], list[list[int]]], structured_param: str | None = None) -> list[list[int]]:
     try:
         return await run_in_threadpool(fn)
     except StructuredOutputError as e:  # the schema or grammar did not compile
@@ -81,14 +94,16 @@ async def tokenize_prompts(fn: Callable[[], list[list[int]]], structured_param: 
         raise invalid(message[:400], param) from None
     except ChatTemplateError as e:
         logger.warning("chat template failed: %r", str(e))
-        raise APIError(500, f"the model's chat template failed: {e}", type="server_error",
-                       code="chat_template_error") from None
+        raise APIError(
+            500, f"the model's chat template failed: {e}", type="server_error", code="chat_template_error"
+        ) from None
     except (TokenizerError, ValueError) as e:
         raise invalid(str(e)[:300]) from None
 
 
-def truncate_prompts(prompts: list[list[int]], keep: int, max_tokens: int | None,
-                     n_ctx: int) -> tuple[list[list[int]], list[bool]]:
+def truncate_prompts(
+    prompts: list[list[int]], keep: int, max_tokens: int | None, n_ctx: int
+) -> tuple[list[list[int]], list[bool]]:
     """Keep the last ``keep`` tokens of each prompt (-1: as many as leave room for ``max_tokens``, or for one
     token); also say which prompts lost tokens."""
     if keep == -1:
@@ -102,9 +117,17 @@ StreamFn = Callable[[RequestGroup, list[list[int]], list[bool]], AsyncIterator[b
 BodyFn = Callable[[list[RequestOutput], list[list[int]], list[bool]], dict[str, Any]]
 
 
-async def generate(request: Request, req: GenerationRequest, rid: str, n_prompts: int,
-                   tokenize: Callable[[], list[list[int]]], param: str, stream_fn: StreamFn,
-                   body_fn: BodyFn, structured_param: str | None = None) -> Response:
+async def generate(
+    request: Request,
+    req: GenerationRequest,
+    rid: str,
+    n_prompts: int,
+    tokenize: Callable[[], list[list[int]]],
+    param: str,
+    stream_fn: StreamFn,
+    body_fn: BodyFn,
+    structured_param: str | None = None,
+) -> Response:
     """Admission, tokenization, context checks, then a streamed or a whole answer."""
     state: ServerState = request.app.state.server
     n_seqs = req.params.n * n_prompts
@@ -118,16 +141,24 @@ async def generate(request: Request, req: GenerationRequest, rid: str, n_prompts
         assert state.limits is not None and state.engine is not None
         truncated = [False] * len(prompts)
         if req.truncate_prompt_tokens is not None:
-            prompts, truncated = truncate_prompts(prompts, req.truncate_prompt_tokens, req.params.max_tokens,
-                                                  state.limits.n_ctx)
+            prompts, truncated = truncate_prompts(
+                prompts, req.truncate_prompt_tokens, req.params.max_tokens, state.limits.n_ctx
+            )
         for ids in prompts:
             check_context(len(ids), req.params.max_tokens, state.limits.n_ctx, param)
         group = RequestGroup(state.engine, request.app.state.metrics, rid, prompts, req.params)
         state.groups.add(group)
         group.start()  # raises for what only the engine checks (e.g. logit_bias ids against the vocabulary)
-        logger.info("%s: %d prompt(s) of %s tokens%s, n=%d, stream=%s, user=%r", rid, len(prompts),
-                    [len(p) for p in prompts], " (truncated)" if any(truncated) else "", req.params.n,
-                    req.stream, req.user)
+        logger.info(
+            "%s: %d prompt(s) of %s tokens%s, n=%d, stream=%s, user=%r",
+            rid,
+            len(prompts),
+            [len(p) for p in prompts],
+            " (truncated)" if any(truncated) else "",
+            req.params.n,
+            req.stream,
+            req.user,
+        )
         queue_timeout = state.config.queue_timeout
         if queue_timeout > 0:
             timer = asyncio.get_running_loop().call_later(queue_timeout, group.expire_if_queued, queue_timeout)
@@ -159,8 +190,9 @@ async def generate(request: Request, req: GenerationRequest, rid: str, n_prompts
             _closer(state, group, release, timer)()
 
 
-def _closer(state: ServerState, group: RequestGroup | None, release: Callable[[], None],
-            timer: asyncio.TimerHandle | None) -> Callable[[], None]:
+def _closer(
+    state: ServerState, group: RequestGroup | None, release: Callable[[], None], timer: asyncio.TimerHandle | None
+) -> Callable[[], None]:
     def close() -> None:
         if timer is not None:
             timer.cancel()
@@ -168,6 +200,7 @@ def _closer(state: ServerState, group: RequestGroup | None, release: Callable[[]
             group.abort()
             state.groups.discard(group)
         release()
+
     return close
 
 
@@ -180,8 +213,12 @@ def _logprob_formatter(request: Request, wanted: bool) -> R.LogprobFormatter | N
     return R.LogprobFormatter(request.app.state.server.llm.tokenizer) if wanted else None
 
 
-def _with_constraint(state: ServerState, req: GenerationRequest, constraint: StructuredOutputsParams | None,
-                     tokenize: Callable[[], list[list[int]]]) -> Callable[[], list[list[int]]]:
+def _with_constraint(
+    state: ServerState,
+    req: GenerationRequest,
+    constraint: StructuredOutputsParams | None,
+    tokenize: Callable[[], list[list[int]]],
+) -> Callable[[], list[list[int]]]:
     """Put the constraint in the request's params; compile it with the tokenization, in the worker thread (a
     schema that does not compile is a 400 before any byte is sent, and the engine loop finds it cached)."""
     if constraint is None:
@@ -192,6 +229,7 @@ def _with_constraint(state: ServerState, req: GenerationRequest, constraint: Str
         assert state.llm is not None
         state.llm.engine.grammars.compile(constraint)
         return tokenize()
+
     return run
 
 
@@ -228,17 +266,41 @@ async def chat_completions(request: Request) -> Response:
         return [llm.encode_prompt(prompt_text[0])]
 
     def stream_fn(group: RequestGroup, prompts: list[list[int]], truncated: list[bool]) -> AsyncIterator[bytes]:
-        info = StreamInfo(rid, created, state.model_name, req.include_usage, fmt, len(prompts[0]),
-                          _truncated(req, truncated), (lambda: plan.parser(prompt_text[0])) if parsed else None)
+        info = StreamInfo(
+            rid,
+            created,
+            state.model_name,
+            req.include_usage,
+            fmt,
+            len(prompts[0]),
+            _truncated(req, truncated),
+            (lambda: plan.parser(prompt_text[0])) if parsed else None,
+        )
         return chat_events(group, info)
 
     def body_fn(outputs: list[RequestOutput], prompts: list[list[int]], truncated: list[bool]) -> dict[str, Any]:
-        return R.chat_response(rid, created, state.model_name, outputs[0].outputs, len(prompts[0]), fmt,
-                               outputs[0].num_cached_tokens,
-                               (lambda text: plan.parse(text, prompt_text[0])) if parsed else None)
+        return R.chat_response(
+            rid,
+            created,
+            state.model_name,
+            outputs[0].outputs,
+            len(prompts[0]),
+            fmt,
+            outputs[0].num_cached_tokens,
+            (lambda text: plan.parse(text, prompt_text[0])) if parsed else None,
+        )
 
-    return await generate(request, req, rid, 1, _with_constraint(state, req, constraint, tokenize),
-                          "messages", stream_fn, body_fn, structured_param)
+    return await generate(
+        request,
+        req,
+        rid,
+        1,
+        _with_constraint(state, req, constraint, tokenize),
+        "messages",
+        stream_fn,
+        body_fn,
+        structured_param,
+    )
 
 
 async def completions(request: Request) -> Response:
@@ -256,11 +318,13 @@ async def completions(request: Request) -> Response:
         def echo(i: int) -> str:  # the prompt as given, or what was kept of it
             p = req.prompts[i]
             return p if isinstance(p, str) and not truncated[i] else llm.tokenizer.decode(prompts[i])
+
         return echo
 
     def stream_fn(group: RequestGroup, prompts: list[list[int]], truncated: list[bool]) -> AsyncIterator[bytes]:
-        info = StreamInfo(rid, created, state.model_name, req.include_usage, fmt, sum(map(len, prompts)),
-                          _truncated(req, truncated))
+        info = StreamInfo(
+            rid, created, state.model_name, req.include_usage, fmt, sum(map(len, prompts)), _truncated(req, truncated)
+        )
         return completion_events(group, info, echoer(prompts, truncated) if req.echo else None)
 
     def body_fn(outputs: list[RequestOutput], prompts: list[list[int]], truncated: list[bool]) -> dict[str, Any]:
@@ -271,10 +335,14 @@ async def completions(request: Request) -> Response:
             for o in out.outputs:
                 lp = fmt.legacy(o.logprobs or [], len(prefix)) if fmt is not None else None
                 choices.append(R.completion_choice(i * n + o.index, prefix + o.text, o.finish_reason, lp))
-        used = R.usage(sum(map(len, prompts)), sum(len(o.token_ids) for out in outputs for o in out.outputs),
-                       sum(out.num_cached_tokens for out in outputs))
+        used = R.usage(
+            sum(map(len, prompts)),
+            sum(len(o.token_ids) for out in outputs for o in out.outputs),
+            sum(out.num_cached_tokens for out in outputs),
+        )
         return R.completion_body(rid, created, state.model_name, choices, used)
 
     tokenize = _with_constraint(state, req, req.structured, lambda: [llm.encode_prompt(p) for p in req.prompts])
-    return await generate(request, req, rid, len(req.prompts), tokenize, "prompt", stream_fn, body_fn,
-                          req.structured_param)
+    return await generate(
+        request, req, rid, len(req.prompts), tokenize, "prompt", stream_fn, body_fn, req.structured_param
+    )

@@ -19,6 +19,7 @@ Context fields beyond OpenAI's:
   valid values (``n_keep`` -1..n_ctx, -1 meaning "all", and ``n_discard`` 0..n_ctx) are accepted and have no
   effect; anything else is a 400 naming the field.
 """
+
 from __future__ import annotations
 
 import math
@@ -87,8 +88,9 @@ class CompletionRequest(GenerationRequest):
     logprobs: int | None
 
 
-def _common(body: dict[str, Any], limits: Limits, max_tokens_keys: tuple[str, ...],
-            logprobs: int | None) -> dict[str, Any]:
+def _common(
+    body: dict[str, Any], limits: Limits, max_tokens_keys: tuple[str, ...], logprobs: int | None
+) -> dict[str, Any]:
     """Parse the shared fields into keyword arguments of ``GenerationRequest``."""
     max_tokens = None
     for key in max_tokens_keys:
@@ -99,29 +101,45 @@ def _common(body: dict[str, Any], limits: Limits, max_tokens_keys: tuple[str, ..
     temperature = fields.number(body, "temperature", 1.0, 0.0, 2.0)
     seed = fields.integer(body, "seed", None, -(2**63), 2**64 - 1)
     params = SamplingParams(
-        n=n, temperature=temperature,
+        n=n,
+        temperature=temperature,
         top_p=fields.number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
         top_k=fields.integer(body, "top_k", 0, -1),
         min_p=fields.number(body, "min_p", 0.0, 0.0, 1.0),
         presence_penalty=fields.number(body, "presence_penalty", 0.0, -2.0, 2.0),
         frequency_penalty=fields.number(body, "frequency_penalty", 0.0, -2.0, 2.0),
         repetition_penalty=fields.number(body, "repetition_penalty", 1.0, 0.0, 10.0, lo_open=True),
-        logit_bias=fields.logit_bias(body, limits.vocab_size), seed=seed, stop=fields.stop(body),
-        max_tokens=max_tokens, ignore_eos=fields.boolean(body, "ignore_eos", False), logprobs=logprobs)
+        logit_bias=fields.logit_bias(body, limits.vocab_size),
+        seed=seed,
+        stop=fields.stop(body),
+        max_tokens=max_tokens,
+        ignore_eos=fields.boolean(body, "ignore_eos", False),
+        logprobs=logprobs,
+    )
     if n > 1 and params.greedy:
         raise invalid("n > 1 needs sampling: with temperature 0 (or top_k 1) every choice would be the same", "n")
     truncate = fields.integer(body, "truncate_prompt_tokens", None, -1, limits.n_ctx - 1)
     if truncate == 0:
-        raise invalid("truncate_prompt_tokens must be -1 (as many as fit) or a number of tokens from 1 to "
-                      f"{limits.n_ctx - 1}, got 0", "truncate_prompt_tokens")
+        raise invalid(
+            "truncate_prompt_tokens must be -1 (as many as fit) or a number of tokens from 1 to "
+            f"{limits.n_ctx - 1}, got 0",
+            "truncate_prompt_tokens",
+        )
     _context_shift_fields(body, limits)
     stream = fields.boolean(body, "stream", False)
     options = fields.obj(body, "stream_options") or {}
     include_usage = fields.boolean(options, "include_usage", False) if stream else False
     structured, structured_param = parse_structured(body)
-    return dict(model=fields.string(body, "model", 256), params=params, stream=stream,
-                include_usage=include_usage, user=fields.string(body, "user", MAX_USER_CHARS),
-                truncate_prompt_tokens=truncate, structured=structured, structured_param=structured_param)
+    return dict(
+        model=fields.string(body, "model", 256),
+        params=params,
+        stream=stream,
+        include_usage=include_usage,
+        user=fields.string(body, "user", MAX_USER_CHARS),
+        truncate_prompt_tokens=truncate,
+        structured=structured,
+        structured_param=structured_param,
+    )
 
 
 # ---- structured output ----
@@ -134,8 +152,9 @@ def _response_format(fmt: Any) -> StructuredOutputsParams | None:
     if kind == "json_object":
         return StructuredOutputsParams(json_object=True)
     if kind != "json_schema":
-        raise invalid(f"response_format type must be text, json_object or json_schema, got {short_repr(kind)}",
-                      "response_format")
+        raise invalid(
+            f"response_format type must be text, json_object or json_schema, got {short_repr(kind)}", "response_format"
+        )
     spec = fmt.get("json_schema")
     if not isinstance(spec, dict):
         raise invalid("response_format json_schema needs a 'json_schema' object with a 'schema'", "response_format")
@@ -162,8 +181,9 @@ def parse_structured(body: dict[str, Any]) -> tuple[StructuredOutputsParams | No
         return StructuredOutputsParams(**args), "structured_outputs"
     except StructuredOutputError as e:
         param = "response_format" if fmt is not None else "structured_outputs"
-        raise invalid(str(e).replace("structured_outputs.", f"{param}: ", 1) if fmt is not None else str(e),
-                      param) from None
+        raise invalid(
+            str(e).replace("structured_outputs.", f"{param}: ", 1) if fmt is not None else str(e), param
+        ) from None
 
 
 def _context_shift_fields(body: dict[str, Any], limits: Limits) -> None:
@@ -174,9 +194,11 @@ def _context_shift_fields(body: dict[str, Any], limits: Limits) -> None:
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= limits.n_ctx:
-            raise invalid(f"{name} must be an integer from {lo} to the context size {limits.n_ctx}, got "
-                          f"{short_repr(value)} (forwardpass does no context shift; valid values are ignored)",
-                          name)
+            raise invalid(
+                f"{name} must be an integer from {lo} to the context size {limits.n_ctx}, got "
+                f"{short_repr(value)} (forwardpass does no context shift; valid values are ignored)",
+                name,
+            )
 
 
 # ---- chat ----
@@ -187,16 +209,22 @@ def _content_text(content: Any, i: int, role: str) -> str:
     if content is None and role == "assistant":
         return ""
     if not isinstance(content, list):
-        raise invalid(f"messages[{i}].content must be a string or a list of content parts, "
-                      f"got {json_type(content)} {short_repr(content)}", "messages")
+        raise invalid(
+            f"messages[{i}].content must be a string or a list of content parts, "
+            f"got {json_type(content)} {short_repr(content)}",
+            "messages",
+        )
     texts = []
     for part in content:
         if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-            raise invalid(f"messages[{i}].content parts must be objects with a type, got {short_repr(part)}",
-                          "messages")
+            raise invalid(
+                f"messages[{i}].content parts must be objects with a type, got {short_repr(part)}", "messages"
+            )
         if part["type"] != "text":
-            raise invalid(f"messages[{i}]: content parts of type {short_repr(part['type'])} are not supported "
-                          "(text only)", "messages")
+            raise invalid(
+                f"messages[{i}]: content parts of type {short_repr(part['type'])} are not supported (text only)",
+                "messages",
+            )
         if not isinstance(part.get("text"), str):
             raise invalid(f"messages[{i}]: a text part needs a string 'text'", "messages")
         texts.append(part["text"])
@@ -217,8 +245,9 @@ def parse_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for i, message in enumerate(value):
         if not isinstance(message, dict):
-            raise invalid(f"messages[{i}] must be an object, got {json_type(message)} {short_repr(message)}",
-                          "messages")
+            raise invalid(
+                f"messages[{i}] must be an object, got {json_type(message)} {short_repr(message)}", "messages"
+            )
         role = message.get("role")
         if not isinstance(role, str) or role not in ROLES:
             raise invalid(f"messages[{i}].role must be one of {sorted(ROLES)}, got {short_repr(role)}", "messages")
@@ -246,31 +275,51 @@ def _tool_calls(value: Any, i: int) -> list[dict[str, Any]]:
     calls = []
     for call in value:
         fn = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or \
-                not isinstance(fn.get("arguments", "{}"), (str, dict)):
-            raise invalid(f"messages[{i}].tool_calls items must be {{\"type\": \"function\", \"function\": "
-                          f"{{\"name\", \"arguments\"}}}}", "messages")
+        if (
+            not isinstance(fn, dict)
+            or not isinstance(fn.get("name"), str)
+            or not isinstance(fn.get("arguments", "{}"), (str, dict))
+        ):
+            raise invalid(
+                f'messages[{i}].tool_calls items must be {{"type": "function", "function": {{"name", "arguments"}}}}',
+                "messages",
+            )
         call_id = call.get("id") or ""
         if not isinstance(call_id, str):
             raise invalid(f"messages[{i}].tool_calls[].id must be a string", "messages")
-        calls.append({"id": call_id, "type": "function",
-                      "function": {"name": fn["name"], "arguments": fn.get("arguments", "{}")}})
+        calls.append(
+            {
+                "id": call_id,
+                "type": "function",
+                "function": {"name": fn["name"], "arguments": fn.get("arguments", "{}")},
+            }
+        )
     return calls
 
 
 def _template_kwargs(body: dict[str, Any]) -> dict[str, Any]:
     if body.get("chat_template") is not None:
-        raise invalid("a request-supplied chat_template is not allowed; the model's own template is used",
-                      "chat_template")
+        raise invalid(
+            "a request-supplied chat_template is not allowed; the model's own template is used", "chat_template"
+        )
     value = fields.obj(body, "chat_template_kwargs") or {}
     for key, item in value.items():
         if key not in TEMPLATE_KWARGS:
-            raise invalid(f"chat_template_kwargs key {short_repr(key)} is not allowed "
-                          f"(allowed: {', '.join(sorted(TEMPLATE_KWARGS))})", "chat_template_kwargs")
-        if isinstance(item, str) and len(item) > MAX_TEMPLATE_VALUE_CHARS or \
-                not isinstance(item, (bool, int, float, str)) or isinstance(item, float) and not math.isfinite(item):
-            raise invalid(f"chat_template_kwargs[{key!r}] must be a boolean, a number or a short string",
-                          "chat_template_kwargs")
+            raise invalid(
+                f"chat_template_kwargs key {short_repr(key)} is not allowed "
+                f"(allowed: {', '.join(sorted(TEMPLATE_KWARGS))})",
+                "chat_template_kwargs",
+            )
+        if (
+            isinstance(item, str)
+            and len(item) > MAX_TEMPLATE_VALUE_CHARS
+            or not isinstance(item, (bool, int, float, str))
+            or isinstance(item, float)
+            and not math.isfinite(item)
+        ):
+            raise invalid(
+                f"chat_template_kwargs[{key!r}] must be a boolean, a number or a short string", "chat_template_kwargs"
+            )
     return dict(value)
 
 
@@ -281,8 +330,11 @@ def _tools(body: dict[str, Any]) -> dict[str, Any]:
         parse_tool_choice(body.get("tool_choice"), tools)
     except ToolError as e:
         raise invalid(str(e), e.param) from None
-    return dict(tools=body.get("tools") or None, tool_choice=body.get("tool_choice"),
-                parallel_tool_calls=fields.boolean(body, "parallel_tool_calls", True))
+    return dict(
+        tools=body.get("tools") or None,
+        tool_choice=body.get("tool_choice"),
+        parallel_tool_calls=fields.boolean(body, "parallel_tool_calls", True),
+    )
 
 
 def parse_chat_request(body: dict[str, Any], limits: Limits) -> ChatRequest:
@@ -294,8 +346,14 @@ def parse_chat_request(body: dict[str, Any], limits: Limits) -> ChatRequest:
     if top is not None and not logprobs and top > 0:
         raise invalid("top_logprobs needs logprobs set to true", "top_logprobs")
     common = _common(body, limits, ("max_completion_tokens", "max_tokens"), (top or 0) if logprobs else None)
-    return ChatRequest(**common, messages=messages, template_kwargs=_template_kwargs(body), logprobs=logprobs,
-                       top_logprobs=top or 0, **tools)
+    return ChatRequest(
+        **common,
+        messages=messages,
+        template_kwargs=_template_kwargs(body),
+        logprobs=logprobs,
+        top_logprobs=top or 0,
+        **tools,
+    )
 
 
 # ---- completions ----

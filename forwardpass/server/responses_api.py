@@ -13,6 +13,7 @@ in order: ``response.created``, ``response.in_progress``, per item ``response.ou
 used first out, at most ``MAX_STORED`` responses and ``MAX_STORED_CHARS`` characters), so a later request can
 continue it with ``previous_response_id``; an unknown id is a 400 ``previous_response_not_found``.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -98,38 +99,80 @@ class ResponseBuilder:
         self.created = int(time.time())
         self.msg_id = _id("msg")
 
-    def envelope(self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None = None,
-                 error: dict[str, Any] | None = None, incomplete: dict[str, Any] | None = None) -> dict[str, Any]:
+    def envelope(
+        self,
+        status: str,
+        output: list[dict[str, Any]],
+        usage: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+        incomplete: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         r, p = self.rreq, self.req.params
         text = "".join(part["text"] for item in output if item["type"] == "message" for part in item["content"])
-        return {"id": self.rid, "object": "response", "created_at": self.created, "status": status,
-                "error": error, "incomplete_details": incomplete, "instructions": r.instructions,
-                "max_output_tokens": r.max_output_tokens, "model": self.model, "output": output,
-                "output_text": text, "parallel_tool_calls": r.parallel_tool_calls,
-                "previous_response_id": r.previous_response_id, "reasoning": {"effort": None, "summary": None},
-                "store": r.store, "temperature": p.temperature, "text": {"format": r.text_format},
-                "tool_choice": r.tool_choice, "tools": r.tools, "top_p": p.top_p, "truncation": "disabled",
-                "usage": usage, "user": r.user, "metadata": r.metadata}
+        return {
+            "id": self.rid,
+            "object": "response",
+            "created_at": self.created,
+            "status": status,
+            "error": error,
+            "incomplete_details": incomplete,
+            "instructions": r.instructions,
+            "max_output_tokens": r.max_output_tokens,
+            "model": self.model,
+            "output": output,
+            "output_text": text,
+            "parallel_tool_calls": r.parallel_tool_calls,
+            "previous_response_id": r.previous_response_id,
+            "reasoning": {"effort": None, "summary": None},
+            "store": r.store,
+            "temperature": p.temperature,
+            "text": {"format": r.text_format},
+            "tool_choice": r.tool_choice,
+            "tools": r.tools,
+            "top_p": p.top_p,
+            "truncation": "disabled",
+            "usage": usage,
+            "user": r.user,
+            "metadata": r.metadata,
+        }
 
     def message_item(self, text: str, status: str) -> dict[str, Any]:
-        content = [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}] if status != \
-            "in_progress" else []
+        content = (
+            [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]
+            if status != "in_progress"
+            else []
+        )
         return {"id": self.msg_id, "type": "message", "status": status, "role": "assistant", "content": content}
 
     @staticmethod
     def call_item(call: tool_seam.ToolCall, item_id: str, arguments: str, status: str) -> dict[str, Any]:
-        return {"id": item_id, "type": "function_call", "status": status, "call_id": call.id, "name": call.name,
-                "arguments": arguments}
+        return {
+            "id": item_id,
+            "type": "function_call",
+            "status": status,
+            "call_id": call.id,
+            "name": call.name,
+            "arguments": arguments,
+        }
 
-    def final(self, items: list[dict[str, Any]], out: CompletionOutput, prompt_tokens: int,
-              cached: int) -> dict[str, Any]:
+    def final(
+        self, items: list[dict[str, Any]], out: CompletionOutput, prompt_tokens: int, cached: int
+    ) -> dict[str, Any]:
         n_out = len(out.token_ids)
-        usage = {"input_tokens": prompt_tokens, "input_tokens_details": {"cached_tokens": cached},
-                 "output_tokens": n_out, "output_tokens_details": {"reasoning_tokens": 0},
-                 "total_tokens": prompt_tokens + n_out}
+        usage = {
+            "input_tokens": prompt_tokens,
+            "input_tokens_details": {"cached_tokens": cached},
+            "output_tokens": n_out,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": prompt_tokens + n_out,
+        }
         if out.finish_reason == "abort":
-            return self.envelope("failed", items, usage, {"code": "server_error", "message": "the request was "
-                                                          "aborted (the server is shutting down)"})
+            return self.envelope(
+                "failed",
+                items,
+                usage,
+                {"code": "server_error", "message": "the request was aborted (the server is shutting down)"},
+            )
         if out.finish_reason == "length":
             return self.envelope("incomplete", items, usage, incomplete={"reason": "max_output_tokens"})
         return self.envelope("completed", items, usage)
@@ -143,9 +186,11 @@ class ResponseBuilder:
 def conversation_after(messages: list[dict[str, Any]], response: dict[str, Any]) -> list[dict[str, Any]]:
     """The stored conversation: the input messages, then the response's output as one assistant turn."""
     text = response["output_text"]
-    calls = [{"id": item["call_id"], "type": "function", "function": {"name": item["name"],
-                                                                       "arguments": item["arguments"]}}
-             for item in response["output"] if item["type"] == "function_call"]
+    calls = [
+        {"id": item["call_id"], "type": "function", "function": {"name": item["name"], "arguments": item["arguments"]}}
+        for item in response["output"]
+        if item["type"] == "function_call"
+    ]
     turn: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
     if calls:
         turn["tool_calls"] = calls
@@ -162,8 +207,12 @@ async def create_response(request: Request) -> Response:
     if rreq.previous_response_id is not None:
         entry = store.get(rreq.previous_response_id)
         if entry is None:
-            raise APIError(400, f"Previous response with id {rreq.previous_response_id!r} not found.",
-                           param="previous_response_id", code="previous_response_not_found")
+            raise APIError(
+                400,
+                f"Previous response with id {rreq.previous_response_id!r} not found.",
+                param="previous_response_id",
+                code="previous_response_not_found",
+            )
         history = entry.messages
     conversation = history + rreq.input_messages
     system = [{"role": "system", "content": rreq.instructions}] if rreq.instructions else []
@@ -214,12 +263,27 @@ class _ResponseStream:
                 self.message = len(self.items)
                 self.items.append(b.message_item("", "in_progress"))
                 out.append(self.ev("response.output_item.added", output_index=self.message, item=self.items[-1]))
-                out.append(self.ev("response.content_part.added", item_id=b.msg_id, output_index=self.message,
-                                   content_index=0, part={"type": "output_text", "text": "", "annotations": []}))
+                out.append(
+                    self.ev(
+                        "response.content_part.added",
+                        item_id=b.msg_id,
+                        output_index=self.message,
+                        content_index=0,
+                        part={"type": "output_text", "text": "", "annotations": []},
+                    )
+                )
             if e.text:
                 self.text.append(e.text)
-                out.append(self.ev("response.output_text.delta", item_id=b.msg_id, output_index=self.message,
-                                   content_index=0, delta=e.text, logprobs=[]))
+                out.append(
+                    self.ev(
+                        "response.output_text.delta",
+                        item_id=b.msg_id,
+                        output_index=self.message,
+                        content_index=0,
+                        delta=e.text,
+                        logprobs=[],
+                    )
+                )
         elif e.kind == "call_start":
             assert e.call is not None
             out += self.close_message("completed") + self.close_call("completed")
@@ -230,8 +294,9 @@ class _ResponseStream:
             assert self.call is not None
             index, _, item_id, args = self.call
             args.append(e.text)
-            out.append(self.ev("response.function_call_arguments.delta", item_id=item_id, output_index=index,
-                               delta=e.text))
+            out.append(
+                self.ev("response.function_call_arguments.delta", item_id=item_id, output_index=index, delta=e.text)
+            )
         return out
 
     def close_message(self, status: str) -> list[bytes]:
@@ -241,11 +306,18 @@ class _ResponseStream:
         self.message = None
         part = {"type": "output_text", "text": whole, "annotations": [], "logprobs": []}
         self.items[index] = b.message_item(whole, status)
-        return [self.ev("response.output_text.done", item_id=b.msg_id, output_index=index, content_index=0,
-                        text=whole, logprobs=[]),
-                self.ev("response.content_part.done", item_id=b.msg_id, output_index=index, content_index=0,
-                        part=part),
-                self.ev("response.output_item.done", output_index=index, item=self.items[index])]
+        return [
+            self.ev(
+                "response.output_text.done",
+                item_id=b.msg_id,
+                output_index=index,
+                content_index=0,
+                text=whole,
+                logprobs=[],
+            ),
+            self.ev("response.content_part.done", item_id=b.msg_id, output_index=index, content_index=0, part=part),
+            self.ev("response.output_item.done", output_index=index, item=self.items[index]),
+        ]
 
     def close_call(self, status: str) -> list[bytes]:
         if self.call is None:
@@ -254,13 +326,25 @@ class _ResponseStream:
         self.call = None
         arguments = "".join(args)
         self.items[index] = self.b.call_item(call, item_id, arguments, status)
-        return [self.ev("response.function_call_arguments.done", item_id=item_id, output_index=index,
-                        name=call.name, arguments=arguments),
-                self.ev("response.output_item.done", output_index=index, item=self.items[index])]
+        return [
+            self.ev(
+                "response.function_call_arguments.done",
+                item_id=item_id,
+                output_index=index,
+                name=call.name,
+                arguments=arguments,
+            ),
+            self.ev("response.output_item.done", output_index=index, item=self.items[index]),
+        ]
 
 
-async def response_events(group: RequestGroup, b: ResponseBuilder, parser: tool_seam.OutputParser,
-                          prompt_tokens: int, save: Callable[[dict[str, Any]], None]) -> AsyncIterator[bytes]:
+async def response_events(
+    group: RequestGroup,
+    b: ResponseBuilder,
+    parser: tool_seam.OutputParser,
+    prompt_tokens: int,
+    save: Callable[[dict[str, Any]], None],
+) -> AsyncIterator[bytes]:
     st = _ResponseStream(b)
     yield st.ev("response.created", response=b.envelope("in_progress", []))
     yield st.ev("response.in_progress", response=b.envelope("in_progress", []))
@@ -279,13 +363,18 @@ async def response_events(group: RequestGroup, b: ResponseBuilder, parser: tool_
             yield chunk
         final = b.final(st.items, out, prompt_tokens, cached_tokens(group))
         save(final)
-        kind = {"completed": "response.completed", "incomplete": "response.incomplete"}.get(final["status"],
-                                                                                             "response.failed")
+        kind = {"completed": "response.completed", "incomplete": "response.incomplete"}.get(
+            final["status"], "response.failed"
+        )
         yield st.ev(kind, response=final)
     except Exception as e:  # noqa: BLE001 - the status was sent long ago: the client hears about it in-band
         logger.error("response stream failed: %r", e)
-        yield st.ev("response.failed", response=b.envelope("failed", st.items, error={
-            "code": "server_error", "message": f"generation failed: {e}"}))
+        yield st.ev(
+            "response.failed",
+            response=b.envelope(
+                "failed", st.items, error={"code": "server_error", "message": f"generation failed: {e}"}
+            ),
+        )
 
 
 async def get_response(request: Request) -> Response:
@@ -293,8 +382,13 @@ async def get_response(request: Request) -> Response:
     response_id = request.path_params["response_id"]
     entry = store.get(response_id)
     if entry is None:
-        raise APIError(404, f"Response with id {response_id[:100]!r} not found.", type="invalid_request_error",
-                       param="response_id", code="not_found")
+        raise APIError(
+            404,
+            f"Response with id {response_id[:100]!r} not found.",
+            type="invalid_request_error",
+            param="response_id",
+            code="not_found",
+        )
     return JSONResponse(entry.response)
 
 
@@ -302,6 +396,11 @@ async def delete_response(request: Request) -> Response:
     store: ResponseStore = request.app.state.response_store
     response_id = request.path_params["response_id"]
     if not store.delete(response_id):
-        raise APIError(404, f"Response with id {response_id[:100]!r} not found.", type="invalid_request_error",
-                       param="response_id", code="not_found")
+        raise APIError(
+            404,
+            f"Response with id {response_id[:100]!r} not found.",
+            type="invalid_request_error",
+            param="response_id",
+            code="not_found",
+        )
     return JSONResponse({"id": response_id, "object": "response.deleted", "deleted": True})

@@ -8,6 +8,7 @@ chat request's ``response_format``, ``max_output_tokens`` its ``max_tokens``; fu
 tools. Unknown fields are ignored; known ones this server cannot honour (``background``, non-function tools,
 non-text inputs) are a 400 naming the field.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -49,16 +50,16 @@ def _text_of(content: Any, where: str) -> str:
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise invalid(f"{where}.content must be a string or a list of content parts, got {json_type(content)}",
-                      "input")
+        raise invalid(f"{where}.content must be a string or a list of content parts, got {json_type(content)}", "input")
     texts = []
     for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
         if not isinstance(kind, str):
             raise invalid(f"{where}.content[{j}] must be an object with a type, got {short_repr(part)}", "input")
         if kind not in TEXT_PARTS:
-            raise invalid(f"{where}.content[{j}]: parts of type {short_repr(kind)} are not supported (text only)",
-                          "input")
+            raise invalid(
+                f"{where}.content[{j}]: parts of type {short_repr(kind)} are not supported (text only)", "input"
+            )
         if not isinstance(part.get("text"), str):
             raise invalid(f"{where}.content[{j}] needs a string 'text'", "input")
         texts.append(part["text"])
@@ -96,12 +97,18 @@ def parse_input(value: Any) -> list[dict[str, Any]]:
             role = item.get("role")
             if role not in INPUT_ROLES:
                 raise invalid(f"{where}.role must be one of {sorted(INPUT_ROLES)}, got {short_repr(role)}", "input")
-            messages.append({"role": "system" if role == "developer" else role,
-                             "content": _text_of(item.get("content"), where)})
+            messages.append(
+                {"role": "system" if role == "developer" else role, "content": _text_of(item.get("content"), where)}
+            )
         elif kind == "function_call":
-            call = {"id": _string_field(item, "call_id", where), "type": "function",
-                    "function": {"name": _string_field(item, "name", where),
-                                 "arguments": _arguments(item.get("arguments"), where)}}
+            call = {
+                "id": _string_field(item, "call_id", where),
+                "type": "function",
+                "function": {
+                    "name": _string_field(item, "name", where),
+                    "arguments": _arguments(item.get("arguments"), where),
+                },
+            }
             last = messages[-1] if messages else None
             if last is not None and last["role"] == "assistant" and last.get("tool_calls") is not None:
                 last["tool_calls"].append(call)  # parallel calls: one assistant turn
@@ -109,13 +116,21 @@ def parse_input(value: Any) -> list[dict[str, Any]]:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif kind == "function_call_output":
             output = item.get("output")
-            messages.append({"role": "tool", "tool_call_id": _string_field(item, "call_id", where),
-                             "content": output if isinstance(output, str) else _text_of(output, where)})
+            messages.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": _string_field(item, "call_id", where),
+                    "content": output if isinstance(output, str) else _text_of(output, where),
+                }
+            )
         elif kind == "reasoning":
             continue  # reasoning items of earlier turns are not shown to the model again
         else:
-            raise invalid(f"{where}: items of type {short_repr(kind)} are not supported (message, function_call, "
-                          "function_call_output)", "input")
+            raise invalid(
+                f"{where}: items of type {short_repr(kind)} are not supported (message, function_call, "
+                "function_call_output)",
+                "input",
+            )
     return messages
 
 
@@ -147,8 +162,11 @@ def parse_tool_choice(value: Any) -> Any:
         return value
     if isinstance(value, dict) and value.get("type") == "function" and isinstance(value.get("name"), str):
         return {"type": "function", "function": {"name": value["name"]}}
-    raise invalid(f"tool_choice must be 'none', 'auto', 'required' or {{\"type\": \"function\", \"name\": ...}}, "
-                  f"got {short_repr(value)}", "tool_choice")
+    raise invalid(
+        f"tool_choice must be 'none', 'auto', 'required' or {{\"type\": \"function\", \"name\": ...}}, "
+        f"got {short_repr(value)}",
+        "tool_choice",
+    )
 
 
 def parse_text_format(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -167,17 +185,22 @@ def parse_text_format(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
     if kind == "json_schema":
         schema = {k: fmt[k] for k in ("name", "schema", "strict", "description") if k in fmt}
         return fmt, {"type": "json_schema", "json_schema": schema}
-    raise invalid(f"text.format type must be 'text', 'json_object' or 'json_schema', got {short_repr(kind)}",
-                  "text.format")
+    raise invalid(
+        f"text.format type must be 'text', 'json_object' or 'json_schema', got {short_repr(kind)}", "text.format"
+    )
 
 
 def _metadata(body: dict[str, Any]) -> dict[str, str]:
     value = fields.obj(body, "metadata") or {}
     if len(value) > MAX_METADATA_KEYS or not all(
-            isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= MAX_METADATA_CHARS
-            for k, v in value.items()):
-        raise invalid(f"metadata must hold at most {MAX_METADATA_KEYS} string values (keys of at most 64 "
-                      f"characters, values of at most {MAX_METADATA_CHARS})", "metadata")
+        isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= MAX_METADATA_CHARS
+        for k, v in value.items()
+    ):
+        raise invalid(
+            f"metadata must hold at most {MAX_METADATA_KEYS} string values (keys of at most 64 "
+            f"characters, values of at most {MAX_METADATA_CHARS})",
+            "metadata",
+        )
     return dict(value)
 
 
@@ -190,12 +213,13 @@ def parse_responses_request(body: dict[str, Any], n_ctx: int) -> ResponsesReques
         raise invalid("background responses are not supported", "background")
     truncation = body.get("truncation")
     if truncation not in (None, "disabled"):
-        raise invalid(f"truncation must be 'disabled' (an over-long conversation is a 400), got "
-                      f"{short_repr(truncation)}", "truncation")
+        raise invalid(
+            f"truncation must be 'disabled' (an over-long conversation is a 400), got {short_repr(truncation)}",
+            "truncation",
+        )
     tools, tool_choice = parse_tools(body.get("tools")), parse_tool_choice(body.get("tool_choice"))
     text_format, response_format = parse_text_format(body)
-    chat_body: dict[str, Any] = {k: body[k] for k in ("model", "temperature", "top_p", "user", "seed")
-                                 if k in body}
+    chat_body: dict[str, Any] = {k: body[k] for k in ("model", "temperature", "top_p", "user", "seed") if k in body}
     chat_body.update(max_tokens=max_output, stream=fields.boolean(body, "stream", False))
     if tools:
         chat_body["tools"] = tools
@@ -207,8 +231,17 @@ def parse_responses_request(body: dict[str, Any], n_ctx: int) -> ResponsesReques
     if "parallel_tool_calls" in body:
         chat_body["parallel_tool_calls"] = parallel
     return ResponsesRequest(
-        chat_body=chat_body, input_messages=messages, instructions=instructions,
+        chat_body=chat_body,
+        input_messages=messages,
+        instructions=instructions,
         previous_response_id=fields.string(body, "previous_response_id", 256),
-        store=fields.boolean(body, "store", True), stream=chat_body["stream"], max_output_tokens=max_output,
-        metadata=_metadata(body), tools=body.get("tools") or [], tool_choice=body.get("tool_choice") or "auto",
-        parallel_tool_calls=parallel, text_format=text_format, user=fields.string(body, "user", MAX_USER_CHARS))
+        store=fields.boolean(body, "store", True),
+        stream=chat_body["stream"],
+        max_output_tokens=max_output,
+        metadata=_metadata(body),
+        tools=body.get("tools") or [],
+        tool_choice=body.get("tool_choice") or "auto",
+        parallel_tool_calls=parallel,
+        text_format=text_format,
+        user=fields.string(body, "user", MAX_USER_CHARS),
+    )

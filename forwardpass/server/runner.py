@@ -6,6 +6,7 @@ in-flight requests finish, for up to ``shutdown_timeout`` seconds; what is still
 in-flight requests get their error, /health turns 503, and the process exits 1 within a few seconds so a
 supervisor can restart it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -74,8 +75,7 @@ class ForwardpassServer(uvicorn.Server):
         state = self.state
         state.draining = True
         timeout = state.config.shutdown_timeout
-        logger.info("shutting down: finishing %d in-flight request(s), at most %.0f s", state.active_requests,
-                    timeout)
+        logger.info("shutting down: finishing %d in-flight request(s), at most %.0f s", state.active_requests, timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while state.active_requests and loop.time() < deadline:
@@ -95,8 +95,9 @@ class ForwardpassServer(uvicorn.Server):
             engine = state.engine
             if engine is not None and not engine.alive and not state.dead:
                 state.dead = True
-                logger.error("the engine thread died (%r); exiting so that a supervisor can restart the server",
-                             engine.error)
+                logger.error(
+                    "the engine thread died (%r); exiting so that a supervisor can restart the server", engine.error
+                )
                 await asyncio.sleep(0.5)  # let in-flight requests send their error
                 self.request_exit(1)
 
@@ -106,12 +107,23 @@ def run_server(config: ServerConfig) -> int:
     state = ServerState(config)
     app = create_app(config, state)
     uv_config = uvicorn.Config(
-        app, host=config.host, port=config.port, http="h11", h11_max_incomplete_event_size=MAX_HEADER_BYTES,
-        log_config=None, access_log=False, server_header=False, timeout_graceful_shutdown=3,
-        timeout_keep_alive=5, root_path=config.root_path, lifespan="off")
+        app,
+        host=config.host,
+        port=config.port,
+        http="h11",
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=3,
+        timeout_keep_alive=5,
+        root_path=config.root_path,
+        lifespan="off",
+    )
     server = ForwardpassServer(uv_config, state)
-    logger.info("serving %r on http://%s:%d (model loads in the background)", state.model_name, config.host,
-                config.port)
+    logger.info(
+        "serving %r on http://%s:%d (model loads in the background)", state.model_name, config.host, config.port
+    )
     server.run()
     if state.engine is not None:
         state.engine.shutdown(timeout=2.0)

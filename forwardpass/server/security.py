@@ -5,6 +5,7 @@ with ``--cors-origin``), ``BodyLimitMiddleware``, ``AuthMiddleware``. Auth is de
 paths in ``PUBLIC_PATHS`` (GET/HEAD) are open, so a new route, an unknown path or a path trick such as
 ``//v1/...`` or ``/v1/%2e%2e/...`` needs the key too.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -43,8 +44,14 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-def _error(status: int, message: str, type: str, code: str | None = None,
-           headers: dict[str, str] | None = None, scope: Scope | None = None) -> JSONResponse:
+def _error(
+    status: int,
+    message: str,
+    type: str,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+    scope: Scope | None = None,
+) -> JSONResponse:
     anthropic = scope is not None and is_anthropic_path(AuthMiddleware.relative_path(scope))
     return APIError(status, message, type=type, code=code, headers=headers).response(anthropic)
 
@@ -63,15 +70,24 @@ class GuardMiddleware:
             return await self.app(scope, receive, send)
         headers = scope["headers"]
         if len(headers) > MAX_HEADERS or sum(len(k) + len(v) for k, v in headers) > MAX_HEADER_BYTES:
-            return await _error(431, f"request headers too large (at most {MAX_HEADERS} headers and "
-                                     f"{MAX_HEADER_BYTES} bytes)", "invalid_request_error",
-                                "request_header_fields_too_large", scope=scope)(scope, receive, send)
+            return await _error(
+                431,
+                f"request headers too large (at most {MAX_HEADERS} headers and {MAX_HEADER_BYTES} bytes)",
+                "invalid_request_error",
+                "request_header_fields_too_large",
+                scope=scope,
+            )(scope, receive, send)
         if self.allowed_hosts is not None:
             host = _header(scope, b"host")
             if host is not None and self._hostname(host) not in self.allowed_hosts:
                 logger.warning("refused request with Host %r", host[:100])
-                return await _error(403, "forbidden Host header: this server only answers to its loopback names",
-                                    "permission_error", "forbidden_host", scope=scope)(scope, receive, send)
+                return await _error(
+                    403,
+                    "forbidden Host header: this server only answers to its loopback names",
+                    "permission_error",
+                    "forbidden_host",
+                    scope=scope,
+                )(scope, receive, send)
         await self.app(scope, receive, send)
 
     @staticmethod
@@ -100,8 +116,9 @@ class BodyLimitMiddleware:
         declared = _header(scope, b"content-length")
         if declared is not None:
             if not declared.isdigit() or len(declared) > 18:
-                return await _error(400, "invalid Content-Length", "invalid_request_error",
-                                    scope=scope)(scope, receive, send)
+                return await _error(400, "invalid Content-Length", "invalid_request_error", scope=scope)(
+                    scope, receive, send
+                )
             if int(declared) > self.max_bytes:
                 await _drain(receive, int(declared))
                 anthropic = is_anthropic_path(AuthMiddleware.relative_path(scope))
@@ -149,15 +166,20 @@ class AuthMiddleware:
         if scope["method"] in ("GET", "HEAD") and self.relative_path(scope) in self.public_paths:
             return await self.app(scope, receive, send)
         if not self._authorized(_header(scope, b"authorization"), _header(scope, b"x-api-key")):
-            return await _error(401, "invalid or missing API key: send 'Authorization: Bearer <key>' or "
-                                "'x-api-key: <key>'", "authentication_error", "invalid_api_key",
-                                {"WWW-Authenticate": "Bearer"}, scope)(scope, receive, send)
+            return await _error(
+                401,
+                "invalid or missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
+                "authentication_error",
+                "invalid_api_key",
+                {"WWW-Authenticate": "Bearer"},
+                scope,
+            )(scope, receive, send)
         await self.app(scope, receive, send)
 
     @staticmethod
     def relative_path(scope: Scope) -> str:
         path, root = scope.get("path", ""), scope.get("root_path", "")
-        return path[len(root):] if root and path.startswith(root) else path
+        return path[len(root) :] if root and path.startswith(root) else path
 
     def _authorized(self, header: bytes | None, x_api_key: bytes | None) -> bool:
         """A key as ``Bearer`` in Authorization, or in x-api-key (Anthropic's clients): either one matching."""

@@ -9,6 +9,7 @@ response ``id`` plus ``-<prompt index>``), ``n_prompt_tokens``, ``n_prompt_token
 ``n_prompt_tokens`` while the prompt is being prefilled) and ``n_decoded``. ``?fail_on_no_slot=1`` answers 503
 when every slot is busy, as llama.cpp does.
 """
+
 from __future__ import annotations
 
 import threading
@@ -54,8 +55,11 @@ def describe(slots: list[SeqProgress | None], n_ctx: int) -> list[dict[str, Any]
     for i, seq in enumerate(slots):
         slot: dict[str, Any] = {"id": i, "n_ctx": n_ctx, "is_processing": seq is not None, "id_task": None}
         if seq is not None:
-            slot.update(id_task=seq.request_id, n_prompt_tokens=seq.num_prompt_tokens,
-                        n_prompt_tokens_processed=min(seq.num_computed, seq.num_prompt_tokens),
-                        n_decoded=seq.num_output_tokens)
+            slot.update(
+                id_task=seq.request_id,
+                n_prompt_tokens=seq.num_prompt_tokens,
+                n_prompt_tokens_processed=min(seq.num_computed, seq.num_prompt_tokens),
+                n_decoded=seq.num_output_tokens,
+            )
         out.append(slot)
     return out

@@ -1,5 +1,6 @@
 """Server-sent events: ``data: {json}\\n\\n`` lines ending with ``data: [DONE]``, and a response that aborts
 its request the moment the client disconnects."""
+
 from __future__ import annotations
 
 import json
@@ -34,21 +35,22 @@ class SSEResponse(StreamingResponse):
     """
 
     def __init__(self, events: AsyncIterator[bytes], on_close: Callable[[], None]) -> None:
-        super().__init__(events, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        super().__init__(
+            events, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
         self.events = events
         self.on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             async with anyio.create_task_group() as tg:
+
                 async def watch() -> None:
                     await until_disconnected(receive)
                     tg.cancel_scope.cancel()
 
                 tg.start_soon(watch)
-                await send({"type": "http.response.start", "status": self.status_code,
-                            "headers": self.raw_headers})
+                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
                 async for chunk in self.events:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -4,11 +4,12 @@ The model loads in a background thread after the socket is up, so ``/health`` ca
 meanwhile. Admission counts sequences (a request with ``n=2`` is two): at most ``max_num_seqs`` run and
 ``max_queue`` wait; beyond that a request is refused at once with 503 and ``Retry-After``.
 """
+
 from __future__ import annotations
 
 import asyncio
-import sys
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -71,15 +72,21 @@ class ServerState:
         self.llm, self.engine = llm, engine
         self.limits = Limits(vocab_size=llm.vocab_size, n_ctx=llm.ctx)
         self._ready.set()
-        logger.info("model %r ready (context %d tokens, %d max sequences)", self.model_name, llm.ctx,
-                    self.config.engine.max_num_seqs)
+        logger.info(
+            "model %r ready (context %d tokens, %d max sequences)",
+            self.model_name,
+            llm.ctx,
+            self.config.engine.max_num_seqs,
+        )
 
     def _step_hook(self, fault_hook: Callable[[], None] | None) -> Callable[[], None]:
         """Runs in the engine thread before every step: counts steps, then the test fault (if any)."""
+
         def hook() -> None:
             self.engine_steps += 1
             if fault_hook is not None:
                 fault_hook()
+
         return hook
 
     @property
@@ -114,11 +121,15 @@ class ServerState:
         """Reserve room for ``n_seqs`` sequences or raise 503 (queue full) at once."""
         capacity = self.config.engine.max_num_seqs + self.config.max_queue
         if n_seqs > capacity:
-            raise APIError(400, f"this request needs {n_seqs} sequences but the server holds at most {capacity}",
-                           param="n")
+            raise APIError(
+                400, f"this request needs {n_seqs} sequences but the server holds at most {capacity}", param="n"
+            )
         if self.active_seqs + n_seqs > capacity:
-            raise unavailable(f"the server is busy: {self.active_seqs} sequences running or queued "
-                              f"(limit {capacity}); retry later", retry_after=1, code="queue_full")
+            raise unavailable(
+                f"the server is busy: {self.active_seqs} sequences running or queued (limit {capacity}); retry later",
+                retry_after=1,
+                code="queue_full",
+            )
         self.active_seqs += n_seqs
         self.active_requests += 1
 

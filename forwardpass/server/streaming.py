@@ -5,6 +5,7 @@ Every sample (prompt i, choice k) has a cursor over its cumulative output: each 
 the finish chunks and the usage chunk carry ``"truncated"``. Engine failures become an error
 event (the HTTP status was sent long ago), and the stream still ends with ``data: [DONE]``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -50,8 +51,9 @@ class _Cursor:
 
 def _error_event(e: BaseException) -> bytes:
     logger.error("stream failed: %r", e)
-    return event({"error": {"message": f"generation failed: {e}", "type": "server_error", "param": None,
-                            "code": "engine_error"}})
+    return event(
+        {"error": {"message": f"generation failed: {e}", "type": "server_error", "param": None, "code": "engine_error"}}
+    )
 
 
 async def _follow(group: RequestGroup) -> AsyncIterator[list[tuple[int, CompletionOutput, _Cursor]]]:
@@ -73,7 +75,7 @@ def _cached_tokens(group: RequestGroup) -> int:
 
 
 def _new_tokens(o: CompletionOutput, c: _Cursor) -> tuple[str, list]:
-    text, logprobs = o.text[c.chars:], (o.logprobs or [])[c.tokens:]
+    text, logprobs = o.text[c.chars :], (o.logprobs or [])[c.tokens :]
     c.chars, c.tokens = len(o.text), len(o.token_ids)
     return text, logprobs
 
@@ -81,7 +83,8 @@ def _new_tokens(o: CompletionOutput, c: _Cursor) -> tuple[str, list]:
 async def chat_events(group: RequestGroup, info: StreamInfo) -> AsyncIterator[bytes]:
     """role chunk per choice, content deltas, a finish chunk per choice, [usage], [DONE]."""
     chunk = lambda index, delta, finish=None, lp=None: event(  # noqa: E731
-        R.chat_chunk(info.rid, info.created, info.model, index, delta, finish, lp))
+        R.chat_chunk(info.rid, info.created, info.model, index, delta, finish, lp)
+    )
     for k in range(group.params.n):
         yield chunk(k, {"role": "assistant", "content": ""})
     completion_tokens = 0
@@ -109,21 +112,30 @@ async def chat_events(group: RequestGroup, info: StreamInfo) -> AsyncIterator[by
                         finish = "tool_calls"
                     yield info.final(R.chat_chunk(info.rid, info.created, info.model, o.index, {}, finish))
         if info.include_usage:
-            yield info.final(R.usage_chunk(info.rid, info.created, info.model, "chat.completion.chunk",
-                                           R.usage(info.prompt_tokens, completion_tokens, _cached_tokens(group))))
+            yield info.final(
+                R.usage_chunk(
+                    info.rid,
+                    info.created,
+                    info.model,
+                    "chat.completion.chunk",
+                    R.usage(info.prompt_tokens, completion_tokens, _cached_tokens(group)),
+                )
+            )
     except Exception as e:  # noqa: BLE001 - the client hears about it in-band
         yield _error_event(e)
     yield DONE
 
 
-async def completion_events(group: RequestGroup, info: StreamInfo,
-                            echo: Callable[[int], str] | None) -> AsyncIterator[bytes]:
+async def completion_events(
+    group: RequestGroup, info: StreamInfo, echo: Callable[[int], str] | None
+) -> AsyncIterator[bytes]:
     """Text deltas per choice (index = prompt * n + choice), finish chunks, [usage], [DONE]."""
     n = group.params.n
 
     def chunk(index: int, text: str, finish: str | None, lp: dict[str, Any] | None) -> bytes:
-        body = R.completion_body(info.rid, info.created, info.model, [R.completion_choice(index, text, finish, lp)],
-                                 None)
+        body = R.completion_body(
+            info.rid, info.created, info.model, [R.completion_choice(index, text, finish, lp)], None
+        )
         return info.final(body) if finish is not None else event(body)
 
     completion_tokens = 0
@@ -149,8 +161,15 @@ async def completion_events(group: RequestGroup, info: StreamInfo,
                     completion_tokens += len(o.token_ids)
                     yield chunk(index, "", o.finish_reason, None)
         if info.include_usage:
-            yield info.final(R.usage_chunk(info.rid, info.created, info.model, "text_completion",
-                                           R.usage(info.prompt_tokens, completion_tokens, _cached_tokens(group))))
+            yield info.final(
+                R.usage_chunk(
+                    info.rid,
+                    info.created,
+                    info.model,
+                    "text_completion",
+                    R.usage(info.prompt_tokens, completion_tokens, _cached_tokens(group)),
+                )
+            )
     except Exception as e:  # noqa: BLE001
         yield _error_event(e)
     yield DONE

@@ -8,6 +8,7 @@ history in the template's syntax), puts the request under its constraint (a tool
 response format), and gives an ``OutputParser`` that splits the output into text and tool calls, incrementally
 for streams. Reasoning text (``<think>``) is parsed out of the answer and not returned by these APIs.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -56,7 +57,7 @@ class OutputParser:
         self._sent = 0
 
     def feed(self, text: str) -> list[StreamEvent]:
-        delta, self._sent = text[self._sent:], len(text)
+        delta, self._sent = text[self._sent :], len(text)
         if self.parser is None:
             return [StreamEvent("text", delta)] if delta else []
         return self._events(self.parser.feed(delta))

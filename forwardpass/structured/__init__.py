@@ -4,6 +4,7 @@
 - ``GrammarCompiler`` (``compiler.py``): compiles constraints with llguidance off the engine loop, cached.
 - ``Guide`` and the batched mask (``guide.py``): per-sequence state and what the sampler applies each step.
 """
+
 from .params import StructuredOutputsParams
 
 __all__ = ["StructuredOutputsParams"]

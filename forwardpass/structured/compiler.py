@@ -6,6 +6,7 @@ once however many requests use it, and a request whose grammar is still compilin
 the others. Compilation runs in a small thread pool (llguidance releases the GIL while it builds a lexer).
 Each sequence gets its own matcher: a deep copy of the compiled one (microseconds).
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,8 +48,9 @@ class CompiledGrammar:
 class GrammarCompiler:
     """Compiles ``StructuredOutputsParams`` for one tokenizer; thread-safe."""
 
-    def __init__(self, tokenizer: Tokenizer, vocab_size: int, *, workers: int = 1,
-                 max_cached: int = MAX_CACHED) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, vocab_size: int, *, workers: int = 1, max_cached: int = MAX_CACHED
+    ) -> None:
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.max_cached = max_cached
@@ -96,8 +98,7 @@ class GrammarCompiler:
             raise StructuredOutputError(f"structured_outputs.{field}: {str(e)[:300]}", field=field) from None
         matcher = llguidance.LLMatcher(self.lltokenizer, source, log_level=0, limits=parser_limits())
         if matcher.is_error():
-            raise StructuredOutputError(f"structured_outputs.{field}: {_first_line(matcher.get_error())}",
-                                        field=field)
+            raise StructuredOutputError(f"structured_outputs.{field}: {_first_line(matcher.get_error())}", field=field)
         logger.debug("compiled a %s constraint", params.kind)
         return CompiledGrammar(params, matcher)
 

@@ -5,6 +5,7 @@ for every constrained row of a step are filled in one call into llguidance's exe
 bitmask of one bit per token, unpacked to a boolean row and applied with ``masked_fill``: a row's logits
 depend only on its own matcher, so greedy output stays batch-invariant.
 """
+
 from __future__ import annotations
 
 import logging
@@ -73,8 +74,9 @@ def _mask_bits(guides: Sequence[Guide], vocab_size: int, forbidden: bool = False
     filled in one batched call."""
     words = (vocab_size + 31) // 32
     bits = np.zeros((len(guides), words), dtype=np.int32)  # (R, W), bit j of word w = token 32w + j
-    _get_executor().unsafe_compute_mask_ptr([(g.matcher, i) for i, g in enumerate(guides)], bits.ctypes.data,
-                                            words * 4, len(guides))
+    _get_executor().unsafe_compute_mask_ptr(
+        [(g.matcher, i) for i, g in enumerate(guides)], bits.ctypes.data, words * 4, len(guides)
+    )
     packed = bits.view(np.uint8)  # little-endian words: byte k holds tokens 8k..8k+7, bit i = token 8k + i
     if forbidden:
         packed = ~packed  # inverting packed bits is 32x cheaper than inverting the unpacked mask

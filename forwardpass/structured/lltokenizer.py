@@ -6,6 +6,7 @@ prefix llguidance expects), so the text ``<|im_end|>`` in a JSON string can neve
 user-defined tokens (Qwen's ``<tool_call>``) keep their text, so a grammar's string literal ``"<tool_call>"``
 accepts the single token the model was trained to emit.
 """
+
 from __future__ import annotations
 
 from typing import Any

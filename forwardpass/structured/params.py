@@ -13,6 +13,7 @@ JSON is compact by default: the separators are fixed at ``", "`` and ``": "`` (w
 training data use) and no other whitespace is allowed, so a small model cannot loop on blank lines. A schema
 may override that with llguidance's top-level ``"x-guidance"`` options.
 """
+
 from __future__ import annotations
 
 import json
@@ -98,8 +99,7 @@ class StructuredOutputsParams:
         given = [f for f in FIELDS if (getattr(self, f) not in (None, False))]
         if len(given) != 1:
             what = "none" if not given else ", ".join(given)
-            raise _fail(given[1] if len(given) > 1 else "json",
-                        f"give exactly one of {', '.join(FIELDS)}; got {what}")
+            raise _fail(given[1] if len(given) > 1 else "json", f"give exactly one of {', '.join(FIELDS)}; got {what}")
         if not isinstance(self.json_object, bool):
             raise _fail("json_object", f"must be a bool, got {self.json_object!r}")
         if self.json is not None:
@@ -110,8 +110,13 @@ class StructuredOutputsParams:
                 raise _fail(name, f"must be a non-empty string of at most {MAX_SOURCE_CHARS} characters")
         if self.choice is not None:
             choice = self.choice
-            if isinstance(choice, str) or not isinstance(choice, Sequence) or not choice \
-                    or len(choice) > MAX_CHOICES or not all(isinstance(c, str) and c for c in choice):
+            if (
+                isinstance(choice, str)
+                or not isinstance(choice, Sequence)
+                or not choice
+                or len(choice) > MAX_CHOICES
+                or not all(isinstance(c, str) and c for c in choice)
+            ):
                 raise _fail("choice", f"must be a list of 1 to {MAX_CHOICES} non-empty strings")
             object.__setattr__(self, "choice", tuple(choice))
 
@@ -139,8 +144,7 @@ class StructuredOutputsParams:
         if kind == "regex":
             return llguidance.LLMatcher.grammar_from_regex(self.regex)  # type: ignore[arg-type]
         if kind == "choice":
-            return llguidance.LLMatcher.grammar_from_lark(
-                "start: " + " | ".join(json.dumps(c) for c in self.choice))  # type: ignore[union-attr]
+            return llguidance.LLMatcher.grammar_from_lark("start: " + " | ".join(json.dumps(c) for c in self.choice))  # type: ignore[union-attr]
         try:  # Lark as it is; GBNF (llama.cpp's grammars) is converted to Lark
             return llguidance.grammar_from("grammar", self.grammar)  # type: ignore[arg-type]
         except ValueError as e:

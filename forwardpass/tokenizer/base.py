@@ -3,6 +3,7 @@
 Semantics follow llama.cpp's llama_tokenize / llama_detokenize (src/llama-vocab.cpp) so that forwardpass
 feeds a model the exact ids llama.cpp would, for the same GGUF file.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping

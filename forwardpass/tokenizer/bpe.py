@@ -5,6 +5,7 @@ GPT-2's printable byte characters and merged by rank. The merging itself runs in
 (a plain BPE model with no normalizer or pre-tokenizer of its own), which applies the same rule as llama.cpp:
 lowest merge rank first, leftmost on ties.
 """
+
 from __future__ import annotations
 
 import logging
@@ -64,8 +65,13 @@ class BPETokenizer(Tokenizer):
         merges = metadata.get(KEY + "merges")
         if merges is None:
             raise TokenizerError(f"a BPE vocabulary needs {KEY}merges")
-        vocab = load_vocab(metadata, spm=False, pre=str(metadata.get(KEY + "pre") or "default"),
-                           clean_spaces=spec.clean_spaces, add_bos_default=spec.add_bos)
+        vocab = load_vocab(
+            metadata,
+            spm=False,
+            pre=str(metadata.get(KEY + "pre") or "default"),
+            clean_spaces=spec.clean_spaces,
+            add_bos_default=spec.add_bos,
+        )
         return cls(vocab, list(merges), spec.regexes, spec.ignore_merges)
 
     def _build_model(self, vocab: Vocab, merges: list[str]) -> hf_models.BPE:
@@ -76,7 +82,7 @@ class BPETokenizer(Tokenizer):
         for merge in merges:
             # llama.cpp splits at the first space after the first character
             pos = merge.find(" ", 1)
-            pair = (merge[:pos], merge[pos + 1:]) if pos >= 0 else ("", "")
+            pair = (merge[:pos], merge[pos + 1 :]) if pos >= 0 else ("", "")
             if pair in seen:  # llama.cpp keeps the first rank of a repeated merge
                 continue
             seen.add(pair)

@@ -15,6 +15,7 @@ hostile template cannot hang or exhaust the server (RELIABILITY.md X6/X7):
 Every failure (syntax, sandbox violation, undefined variable printed, guard tripped, exception raised by the
 template) is raised as ChatTemplateError.
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -207,8 +208,9 @@ class _TemplateDict:
         return dict.fromkeys(*args, **kwargs)
 
 
-def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
-            sort_keys: bool = False) -> str:
+def _tojson(
+    x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None, sort_keys: bool = False
+) -> str:
     # transformers' tojson: no HTML escaping, unlike jinja2's built-in filter
     return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
@@ -243,14 +245,20 @@ def _guard_filter(f: Callable[..., Any], name: str) -> Callable[..., Any]:
 
 
 def _make_environment() -> _GuardedEnvironment:
-    env = _GuardedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols],
-                              undefined=_StrictNameUndefined)
+    env = _GuardedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols], undefined=_StrictNameUndefined
+    )
     env.filters["tojson"] = _tojson
     env.filters = {name: _guard_filter(f, name) for name, f in env.filters.items()}
     env.filters["fp_loop_guard"] = _loop_guard
     del env.globals["lipsum"]  # one call can produce megabytes of lorem ipsum; no template needs it
-    env.globals.update(range=_guarded_range, raise_exception=_raise_exception, strftime_now=_strftime_now,
-                       dict=_TemplateDict(), namespace=_TemplateNamespace)
+    env.globals.update(
+        range=_guarded_range,
+        raise_exception=_raise_exception,
+        strftime_now=_strftime_now,
+        dict=_TemplateDict(),
+        namespace=_TemplateNamespace,
+    )
     return env
 
 
@@ -262,8 +270,9 @@ class ChatTemplate:
     eos_token and the extra keyword arguments.
     """
 
-    def __init__(self, source: str, bos_token: str, eos_token: str, *, timeout_s: float = 0.9,
-                 max_output_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self, source: str, bos_token: str, eos_token: str, *, timeout_s: float = 0.9, max_output_bytes: int = 1 << 20
+    ) -> None:
         self.source = source
         self.bos_token = bos_token
         self.eos_token = eos_token
@@ -291,11 +300,18 @@ class ChatTemplate:
 
         return cls(str(source), text_of("bos_token_id"), text_of("eos_token_id"), **limits)
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = True, tools: list | None = None,
-               **extra: Any) -> str:
+    def render(
+        self, messages: list[dict], add_generation_prompt: bool = True, tools: list | None = None, **extra: Any
+    ) -> str:
         """The prompt text for ``messages``; raises ChatTemplateError on any failure or guard."""
-        context = {"bos_token": self.bos_token, "eos_token": self.eos_token, **extra,
-                   "messages": messages, "tools": tools, "add_generation_prompt": add_generation_prompt}
+        context = {
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            **extra,
+            "messages": messages,
+            "tools": tools,
+            "add_generation_prompt": add_generation_prompt,
+        }
         token = _DEADLINE.set(time.monotonic() + self.timeout_s)
         try:
             return self._render(context)

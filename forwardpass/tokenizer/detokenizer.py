@@ -5,6 +5,7 @@ per token is O(1) amortized: pieces are fed as bytes to an incremental UTF-8 dec
 incomplete multi-byte sequence (a byte-fallback emoji spread over four tokens) until it completes, and
 replaces invalid bytes with U+FFFD exactly as the one-shot decode does.
 """
+
 from __future__ import annotations
 
 import codecs

@@ -1,4 +1,5 @@
 """The tokenizer for a GGUF file, chosen by its ``tokenizer.ggml.model`` from a table of the implementations."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping

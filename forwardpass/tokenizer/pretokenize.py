@@ -4,6 +4,7 @@ Each regex splits every piece the previous one produced into its matches and the
 kept), exactly like llama.cpp's unicode_regex_split. The regex strings below are llama.cpp's own, copied
 verbatim; ``unicode.translate_regex`` turns them into Python regexes over the collapsed text.
 """
+
 from __future__ import annotations
 
 import re
@@ -60,38 +61,72 @@ class PreTokenizerSpec:
 _SPECS = [
     PreTokenizerSpec(("[\\p{P}\\$\\+<=>\\^~\\|]+", GPT2, "\\p{N}+", "[0-9][0-9][0-9]"), names=("default",)),
     PreTokenizerSpec(
-        (LLAMA3,), ignore_merges=True, add_bos=True,
-        names=("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
-               "jina-v5-nano"),
+        (LLAMA3,),
+        ignore_merges=True,
+        add_bos=True,
+        names=(
+            "llama3",
+            "llama-v3",
+            "llama-bpe",
+            "falcon3",
+            "falcon-h1",
+            "pixtral",
+            "midm-2.0",
+            "lfm2",
+            "jina-v5-nano",
+        ),
     ),
     PreTokenizerSpec((LLAMA3,), names=("dbrx", "smaug-bpe")),
     PreTokenizerSpec(tuple(DEEPSEEK_LLM), clean_spaces=False, names=("deepseek-llm",)),
     PreTokenizerSpec(
-        ("[\r\n]", "\\s?\\p{L}+", "\\s?\\p{P}+", "[一-龥ࠀ-一가-퟿]+", "\\p{N}"), clean_spaces=False,
+        ("[\r\n]", "\\s?\\p{L}+", "\\s?\\p{P}+", "[一-龥ࠀ-一가-퟿]+", "\\p{N}"),
+        clean_spaces=False,
         names=("deepseek-coder",),
     ),
     PreTokenizerSpec(
-        ("\\p{N}{1,3}", "[一-龥぀-ゟ゠-ヿ]+",
-         "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+"
-         "| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+"),
-        clean_spaces=False, names=("deepseek-v3", "hunyuan-dense", "joyai-llm", "hy_v4"),
+        (
+            "\\p{N}{1,3}",
+            "[一-龥぀-ゟ゠-ヿ]+",
+            "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+"
+            "| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+",
+        ),
+        clean_spaces=False,
+        names=("deepseek-v3", "hunyuan-dense", "joyai-llm", "hy_v4"),
     ),
     PreTokenizerSpec(
-        ("[\\p{P}\\$\\+<=>\\^~\\|`]+", "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)",
-         "[0-9][0-9][0-9]"),
+        (
+            "[\\p{P}\\$\\+<=>\\^~\\|`]+",
+            "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)",
+            "[0-9][0-9][0-9]",
+        ),
         names=("falcon",),
     ),
     PreTokenizerSpec(("\\p{N}", GPT2), names=("starcoder", "refact", "codeshell", "exaone", "minerva-7b", "mellum2")),
     PreTokenizerSpec(("\\p{N}", GPT2), clean_spaces=False, names=("smollm", "command-r")),
     PreTokenizerSpec(
         (GPT2,),
-        names=("gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de", "a.x-4.0", "mellum",
-               "modern-bert", "mpt", "olmo", "jais", "exaone4"),
+        names=(
+            "gpt-2",
+            "phi-2",
+            "jina-es",
+            "jina-de",
+            "gigachat",
+            "jina-v2-es",
+            "jina-v2-de",
+            "a.x-4.0",
+            "mellum",
+            "modern-bert",
+            "mpt",
+            "olmo",
+            "jais",
+            "exaone4",
+        ),
     ),
     PreTokenizerSpec((GPT2,), clean_spaces=False, names=("trillion", "granite-docling")),
     PreTokenizerSpec((QWEN2,), names=("stablelm2",)),
     PreTokenizerSpec(
-        (QWEN2,), clean_spaces=False,
+        (QWEN2,),
+        clean_spaces=False,
         names=("qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "hunyuan", "solar-open", "grok-2"),
     ),
     PreTokenizerSpec((QWEN2,), names=("megrez",)),

@@ -4,6 +4,7 @@ Spaces become U+2581, the text is split into characters, and the adjacent pair w
 highest-scoring vocabulary entry is merged (leftmost on ties) until no pair is in the vocabulary. Symbols
 left outside the vocabulary fall back to their bytes (<0xXX> tokens).
 """
+
 from __future__ import annotations
 
 import heapq

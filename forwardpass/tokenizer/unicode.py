@@ -6,6 +6,7 @@ over those bytes (ref: ggml-org/llama.cpp#6920). We do the same with one charact
 offsets in the collapsed string are offsets in the text. The category table is llama.cpp's own (a newer
 Unicode version than Python's ``unicodedata``), kept in ``unicode_data.py``.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -137,8 +138,9 @@ def _regenerate(cpp_path: str) -> str:
         "from the llama.cpp vendored by llama-cpp-python 0.3.36. RANGES: 'start:flags' in hex; a range ends\n"
         'where the next starts.\n"""\n'
         "RANGES = (\n" + "".join(f'    "{chunk},"\n' for chunk in _chunks(ranges)) + ")\n"
-        "WHITESPACE = frozenset({\n" + "".join(f"    {', '.join(hex(c) for c in ws[i:i + 12])},\n"
-                                         for i in range(0, len(ws), 12)) + "})\n"
+        "WHITESPACE = frozenset({\n"
+        + "".join(f"    {', '.join(hex(c) for c in ws[i : i + 12])},\n" for i in range(0, len(ws), 12))
+        + "})\n"
     )
 
 

@@ -4,6 +4,7 @@ Besides the token list this resolves what llama.cpp decides on its own: default 
 model, token attributes (with the by-name fixes it applies, e.g. marking ``<|im_end|>`` as control), the
 end-of-generation set, and the special-token list the text partition uses (longest first).
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,24 +42,79 @@ class TokenAttr(IntFlag):
 _TYPE_TO_ATTR = np.array([0, 4, 1, 8, 16, 2, 32], dtype=np.int32)
 
 # texts llama.cpp recognises regardless of metadata (llama-vocab.cpp, "auto-detect special tokens by text")
-EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>",
-             "_<EOT>", "[EOT]", "<｜end▁of▁sentence｜>", "<end_of_utterance>")
+EOT_TEXTS = (
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "<｜end▁of▁sentence｜>",
+    "<end_of_utterance>",
+)
 EOM_TEXTS = ("<|eom_id|>",)
 FIM_TEXTS = {
-    "fim_pre": ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>",
-                "<|code_prefix|>", "<|prefix|>"),
-    "fim_suf": ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>",
-                "<|code_suffix|>", "<|suffix|>"),
-    "fim_mid": ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>",
-                "<|code_middle|>", "<|middle|>"),
+    "fim_pre": (
+        "<|fim_prefix|>",
+        "<fim-prefix>",
+        "<fim_prefix>",
+        "<｜fim▁begin｜>",
+        "<PRE>",
+        "▁<PRE>",
+        "<|code_prefix|>",
+        "<|prefix|>",
+    ),
+    "fim_suf": (
+        "<|fim_suffix|>",
+        "<fim-suffix>",
+        "<fim_suffix>",
+        "<｜fim▁hole｜>",
+        "<SUF>",
+        "▁<SUF>",
+        "<|code_suffix|>",
+        "<|suffix|>",
+    ),
+    "fim_mid": (
+        "<|fim_middle|>",
+        "<fim-middle>",
+        "<fim_middle>",
+        "<｜fim▁end｜>",
+        "<MID>",
+        "▁<MID>",
+        "<|code_middle|>",
+        "<|middle|>",
+    ),
     "fim_pad": ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"),
     "fim_rep": ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
     "fim_sep": ("<|file_sep|>",),
 }
-EOG_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
-             "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
-             "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
-             "<｜end▁of▁sentence｜>", "[e~[")
+EOG_TEXTS = (
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<｜end▁of▁sentence｜>",
+    "[e~[",
+)
 _ALWAYS_RENDERED = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")  # gpt-oss: made USER_DEFINED
 
 
@@ -131,8 +187,14 @@ def _array(metadata: Mapping[str, Any], name: str, n: int, dtype: type) -> np.nd
     return arr[:n]
 
 
-def load_vocab(metadata: Mapping[str, Any], *, spm: bool, pre: str = "default", clean_spaces: bool = False,
-               add_bos_default: bool = False) -> Vocab:
+def load_vocab(
+    metadata: Mapping[str, Any],
+    *,
+    spm: bool,
+    pre: str = "default",
+    clean_spaces: bool = False,
+    add_bos_default: bool = False,
+) -> Vocab:
     """Build a Vocab from GGUF metadata; ``spm`` selects llama.cpp's SPM defaults, otherwise its BPE ones."""
     tokens = _token_list(metadata)
     n = len(tokens)
@@ -143,7 +205,10 @@ def load_vocab(metadata: Mapping[str, Any], *, spm: bool, pre: str = "default", 
         attrs = np.where((types >= 0) & (types < len(_TYPE_TO_ATTR)), _TYPE_TO_ATTR[np.clip(types, 0, 6)], 0)
         attrs = attrs.astype(np.int32)
     vocab = Vocab(
-        model=str(_get(metadata, "model")), pre=pre, tokens=tokens, attrs=attrs,
+        model=str(_get(metadata, "model")),
+        pre=pre,
+        tokens=tokens,
+        attrs=attrs,
         scores=_array(metadata, "scores", n, np.float32) if spm else None,
         token_to_id=dict(zip(tokens, range(n))),
         add_bos=bool(_get(metadata, "add_bos_token", True if spm else add_bos_default)),
@@ -159,10 +224,21 @@ def load_vocab(metadata: Mapping[str, Any], *, spm: bool, pre: str = "default", 
 def _resolve_special_ids(vocab: Vocab, metadata: Mapping[str, Any], spm: bool) -> None:
     """llama.cpp's defaults per model type, replaced by metadata ids that are in range."""
     defaults = {"bos": 1, "eos": 2, "unk": 0} if spm else {"bos": 11, "eos": 11}
-    keys = {"bos": "bos_token_id", "eos": "eos_token_id", "eot": "eot_token_id", "eom": "eom_token_id",
-            "unk": "unknown_token_id", "sep": "seperator_token_id", "pad": "padding_token_id",
-            "fim_pre": "fim_pre_token_id", "fim_suf": "fim_suf_token_id", "fim_mid": "fim_mid_token_id",
-            "fim_pad": "fim_pad_token_id", "fim_rep": "fim_rep_token_id", "fim_sep": "fim_sep_token_id"}
+    keys = {
+        "bos": "bos_token_id",
+        "eos": "eos_token_id",
+        "eot": "eot_token_id",
+        "eom": "eom_token_id",
+        "unk": "unknown_token_id",
+        "sep": "seperator_token_id",
+        "pad": "padding_token_id",
+        "fim_pre": "fim_pre_token_id",
+        "fim_suf": "fim_suf_token_id",
+        "fim_mid": "fim_mid_token_id",
+        "fim_pad": "fim_pad_token_id",
+        "fim_rep": "fim_rep_token_id",
+        "fim_sep": "fim_sep_token_id",
+    }
     deprecated = {"fim_pre": "prefix_token_id", "fim_suf": "suffix_token_id", "fim_mid": "middle_token_id"}
     for name, key in keys.items():
         value = defaults.get(name)
@@ -189,8 +265,7 @@ def _find_first(vocab: Vocab, texts: tuple[str, ...]) -> int | None:
 
 def _mark_control(vocab: Vocab, tid: int) -> None:
     if not vocab.attrs[tid] & TokenAttr.CONTROL:
-        logger.debug("token %d %r was not control-type; treating it as control like llama.cpp", tid,
-                     vocab.tokens[tid])
+        logger.debug("token %d %r was not control-type; treating it as control like llama.cpp", tid, vocab.tokens[tid])
         vocab.attrs[tid] |= int(TokenAttr.CONTROL)
 
 
@@ -236,6 +311,7 @@ def _eog_exceptions(vocab: Vocab, eog: set[int]) -> None:
 
 def _model_name_rules(vocab: Vocab, model_name: str) -> None:
     """Per-model lstrip/rstrip attributes that llama.cpp sets by name (not stored in GGUF)."""
+
     def set_attr(text: str, attr: TokenAttr, value: bool) -> None:
         tid = vocab.token_to_id.get(text)
         if tid is not None:

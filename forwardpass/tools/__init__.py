@@ -17,6 +17,7 @@
   tools' parameter schemas; ``auto`` lets text run free until the call's opening marker.
 - ``<think>...</think>`` (templates that use it) goes to ``reasoning``; a call after it is still found.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -56,8 +57,9 @@ class ToolPlan:
 
     def parser(self, prompt: str = "") -> OutputParser:
         """An incremental parser for one reply to ``prompt`` (a prompt ending in ``<think>`` starts in it)."""
-        return OutputParser(self.syntax, reasoning=self.reasoning,
-                            in_reasoning=self.reasoning and prompt.rstrip().endswith("<think>"))
+        return OutputParser(
+            self.syntax, reasoning=self.reasoning, in_reasoning=self.reasoning and prompt.rstrip().endswith("<think>")
+        )
 
     def parse(self, text: str, prompt: str = "") -> ParsedOutput:
         parser = self.parser(prompt)
@@ -66,8 +68,13 @@ class ToolPlan:
         return parser.result()
 
 
-def plan_tools(template_source: str | None, tools: Any = None, tool_choice: Any = None,
-               parallel_tool_calls: bool = True, format: str | None = None) -> ToolPlan:
+def plan_tools(
+    template_source: str | None,
+    tools: Any = None,
+    tool_choice: Any = None,
+    parallel_tool_calls: bool = True,
+    format: str | None = None,
+) -> ToolPlan:
     """Validate ``tools`` / ``tool_choice`` (OpenAI's shapes; ``ToolError`` otherwise) and plan the request.
     ``format`` forces a format by name (``hermes``, ``llama3``, ``mistral``, ``generic``)."""
     parsed = parse_tools(tools)
@@ -76,5 +83,18 @@ def plan_tools(template_source: str | None, tools: Any = None, tool_choice: Any 
     return ToolPlan(fmt, tuple(parsed), choice, bool(parallel_tool_calls), uses_reasoning(template_source))
 
 
-__all__ = ["CallSyntax", "Event", "OutputParser", "ParsedOutput", "Tool", "ToolCall", "ToolChoice", "ToolError",
-           "ToolFormat", "ToolPlan", "detect_format", "parse", "plan_tools"]
+__all__ = [
+    "CallSyntax",
+    "Event",
+    "OutputParser",
+    "ParsedOutput",
+    "Tool",
+    "ToolCall",
+    "ToolChoice",
+    "ToolError",
+    "ToolFormat",
+    "ToolPlan",
+    "detect_format",
+    "parse",
+    "plan_tools",
+]

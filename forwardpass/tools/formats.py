@@ -12,6 +12,7 @@ constrained to the declared tools' parameter schemas; ``auto`` leaves text free 
 marker, then constrains the call (the generic format's ``auto`` is the envelope with either branch); ``none``
 is unconstrained.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,12 @@ from .spec import Tool, ToolChoice, arguments_object, arguments_text
 
 
 def _call_schema(tool: Tool, args_key: str) -> dict:
-    return {"type": "object", "properties": {"name": {"const": tool.name}, args_key: tightened(tool.parameters)},
-            "required": ["name", args_key], "additionalProperties": False}
+    return {
+        "type": "object",
+        "properties": {"name": {"const": tool.name}, args_key: tightened(tool.parameters)},
+        "required": ["name", args_key],
+        "additionalProperties": False,
+    }
 
 
 def _chosen(tools: list[Tool], choice: ToolChoice) -> list[Tool]:
@@ -59,10 +64,17 @@ class ToolFormat:
         out = []
         for m in messages:
             if m.get("role") == "assistant" and m.get("tool_calls"):
-                calls = [{"id": c.get("id"), "type": "function",
-                          "function": {"name": c["function"]["name"],
-                                       "arguments": arguments_object(c["function"].get("arguments", {}))}}
-                         for c in m["tool_calls"]]
+                calls = [
+                    {
+                        "id": c.get("id"),
+                        "type": "function",
+                        "function": {
+                            "name": c["function"]["name"],
+                            "arguments": arguments_object(c["function"].get("arguments", {})),
+                        },
+                    }
+                    for c in m["tool_calls"]
+                ]
                 m = {**m, "tool_calls": calls, "content": m.get("content") or ""}
             out.append(m)
         return out, ([t.openai() for t in tools] if tools and choice.mode != "none" else None)
@@ -70,8 +82,9 @@ class ToolFormat:
     def constraint(self, tools: list[Tool], choice: ToolChoice, parallel: bool) -> StructuredOutputsParams | None:
         if choice.mode == "none" or not tools:
             return None
-        return StructuredOutputsParams(grammar=self.grammar(_chosen(tools, choice), choice.mode == "auto",
-                                                            parallel and not choice.name))
+        return StructuredOutputsParams(
+            grammar=self.grammar(_chosen(tools, choice), choice.mode == "auto", parallel and not choice.name)
+        )
 
     def grammar(self, tools: list[Tool], auto: bool, parallel: bool) -> str:
         raise NotImplementedError
@@ -85,15 +98,17 @@ class HermesFormat(ToolFormat):
     syntax = CallSyntax(start="<tool_call>", end="</tool_call>", bare_json=True)
 
     def grammar(self, tools: list[Tool], auto: bool, parallel: bool) -> str:
-        calls = "call (\"\\n\" call)*" if parallel else "call"
+        calls = 'call ("\\n" call)*' if parallel else "call"
         body = f"body: {_inline(_calls_schema(tools, 'arguments'))}\n"
         if auto:  # free text until "<tool_call>" appears, then the call(s)
-            more = " (\"\\n\" call)*" if parallel else ""
-            return f"start: TEXT | head body_end{more} | body\n" + \
-                "TEXT: /[^{](.|\\n)*/\nhead[lazy]: /([^{](.|\\n)*)?<tool_call>/\n" \
-                "body_end: \"\\n\" body \"\\n</tool_call>\"\n" \
-                "call: \"<tool_call>\\n\" body \"\\n</tool_call>\"\n" + body
-        return f"start: {calls}\ncall: \"<tool_call>\\n\" body \"\\n</tool_call>\"\n" + body
+            more = ' ("\\n" call)*' if parallel else ""
+            return (
+                f"start: TEXT | head body_end{more} | body\n"
+                + "TEXT: /[^{](.|\\n)*/\nhead[lazy]: /([^{](.|\\n)*)?<tool_call>/\n"
+                'body_end: "\\n" body "\\n</tool_call>"\n'
+                'call: "<tool_call>\\n" body "\\n</tool_call>"\n' + body
+            )
+        return f'start: {calls}\ncall: "<tool_call>\\n" body "\\n</tool_call>"\n' + body
 
 
 class Llama3Format(ToolFormat):
@@ -154,12 +169,19 @@ class GenericFormat(ToolFormat):
 
     @staticmethod
     def instructions(tools: list[Tool], choice: ToolChoice) -> str:
-        defs = json.dumps([{"name": t.name, "description": t.description, "parameters": t.parameters}
-                           for t in _chosen(tools, choice)], ensure_ascii=False)
+        defs = json.dumps(
+            [
+                {"name": t.name, "description": t.description, "parameters": t.parameters}
+                for t in _chosen(tools, choice)
+            ],
+            ensure_ascii=False,
+        )
         call = '{"tool_calls": [{"name": "<function name>", "arguments": {<arguments>}}]}'
         if choice.mode == "auto":
-            how = (f"To call functions, reply with only this JSON: {call}. To answer directly, reply with only "
-                   '{"content": "<your answer>"}.')
+            how = (
+                f"To call functions, reply with only this JSON: {call}. To answer directly, reply with only "
+                '{"content": "<your answer>"}.'
+            )
         elif choice.name:
             how = f"Call the function {choice.name}: reply with only this JSON: {call}."
         else:
@@ -178,11 +200,19 @@ class GenericFormat(ToolFormat):
         calls = {"type": "array", "items": _calls_schema(_chosen(tools, choice), "arguments"), "minItems": 1}
         if not parallel or choice.name:
             calls["maxItems"] = 1
-        envelope = {"type": "object", "properties": {"tool_calls": calls}, "required": ["tool_calls"],
-                    "additionalProperties": False}
+        envelope = {
+            "type": "object",
+            "properties": {"tool_calls": calls},
+            "required": ["tool_calls"],
+            "additionalProperties": False,
+        }
         if choice.mode == "auto":
-            text = {"type": "object", "properties": {"content": {"type": "string"}}, "required": ["content"],
-                    "additionalProperties": False}
+            text = {
+                "type": "object",
+                "properties": {"content": {"type": "string"}},
+                "required": ["content"],
+                "additionalProperties": False,
+            }
             envelope = {"anyOf": [envelope, text]}
         return StructuredOutputsParams(json=envelope)
 
@@ -209,5 +239,14 @@ def uses_reasoning(template_source: str | None) -> bool:
     return "</think>" in (template_source or "")
 
 
-__all__ = ["FORMATS", "GenericFormat", "HermesFormat", "Llama3Format", "MistralFormat", "ToolFormat",
-           "detect_format", "uses_reasoning", "arguments_text"]
+__all__ = [
+    "FORMATS",
+    "GenericFormat",
+    "HermesFormat",
+    "Llama3Format",
+    "MistralFormat",
+    "ToolFormat",
+    "detect_format",
+    "uses_reasoning",
+    "arguments_text",
+]

@@ -2,6 +2,7 @@
 object seen so far, and the decoded text of an unfinished string. Every function takes the whole buffer and a
 start index and never raises on a cut: ``None`` means "not complete yet"; ``MALFORMED`` means it never will be.
 """
+
 from __future__ import annotations
 
 import json
@@ -154,11 +155,11 @@ def partial_string(s: str, i: int) -> tuple[str, bool]:
             continue
         if j + 6 > len(s):
             break
-        code = int(s[j + 2:j + 6], 16)
+        code = int(s[j + 2 : j + 6], 16)
         if 0xD800 <= code < 0xDC00:  # a surrogate pair: wait for the low half
             if j + 12 > len(s):
                 break
-            low = int(s[j + 8:j + 12], 16)
+            low = int(s[j + 8 : j + 12], 16)
             out.append(chr(0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)))
             j += 12
             continue

@@ -12,6 +12,7 @@ Call syntaxes (``CallSyntax``): a marker then one JSON call object and an option
 JSON call at the start of the output (Llama 3), or the generic envelope ``{"content": ...}`` /
 ``{"tool_calls": [...]}`` that the whole output is.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -130,7 +131,7 @@ class OutputParser:
         if not any(e.kind in ("content", "call_start") for e in self.events):
             text = text.lstrip()
         body = text.rstrip(js.WS)
-        self._ws = text[len(body):]
+        self._ws = text[len(body) :]
         self._emit("content", body)
 
     def _step(self, final: bool) -> None:
@@ -138,13 +139,19 @@ class OutputParser:
             return self._think_start(final)
         if self.phase == "reasoning":
             return self._reasoning(final)
-        handler = {"text": self._in_text, "call": self._in_call, "end_marker": self._end_marker,
-                   "array": self._in_array, "envelope": self._in_envelope, "raw": self._in_raw}[self._mode]
+        handler = {
+            "text": self._in_text,
+            "call": self._in_call,
+            "end_marker": self._end_marker,
+            "array": self._in_array,
+            "envelope": self._in_envelope,
+            "raw": self._in_raw,
+        }[self._mode]
         handler(final)
 
     # ---- reasoning ----
     def _think_start(self, final: bool) -> None:
-        rest = self.buf[self.pos:].lstrip()
+        rest = self.buf[self.pos :].lstrip()
         if not rest and not final:
             return
         if rest.startswith(self.THINK):
@@ -158,13 +165,13 @@ class OutputParser:
     def _reasoning(self, final: bool) -> None:
         i = self.buf.find(self.END_THINK, self.pos)
         if i >= 0:
-            self._emit("reasoning", self.buf[self.pos:i].strip() if not self._had_think else self.buf[self.pos:i])
+            self._emit("reasoning", self.buf[self.pos : i].strip() if not self._had_think else self.buf[self.pos : i])
             self.pos = js.skip_ws(self.buf, i + len(self.END_THINK))
             self.phase = "main"
             self._think_closed = True
             return
-        keep = 0 if final else _partial_suffix(self.buf[self.pos:], self.END_THINK)
-        text = self.buf[self.pos:len(self.buf) - keep]
+        keep = 0 if final else _partial_suffix(self.buf[self.pos :], self.END_THINK)
+        text = self.buf[self.pos : len(self.buf) - keep]
         if not self._had_think:
             text = text.lstrip()
         self._emit("reasoning", text)
@@ -187,23 +194,23 @@ class OutputParser:
                 self._mode = "raw"
                 return
         if not syn.start:
-            self._text(self.buf[self.pos:])
+            self._text(self.buf[self.pos :])
             self.pos = len(self.buf)
             return
         i = self.buf.find(syn.start, self.pos)
         if i >= 0:
-            self._text(self.buf[self.pos:i])
+            self._text(self.buf[self.pos : i])
             self._ws = ""  # whitespace before a call is not content
             self.pos = js.skip_ws(self.buf, i + len(syn.start))
             self._mode = "array" if syn.array else "call"
             self._call = None
             return
-        keep = 0 if final else _partial_suffix(self.buf[self.pos:], syn.start)
-        self._text(self.buf[self.pos:len(self.buf) - keep])
+        keep = 0 if final else _partial_suffix(self.buf[self.pos :], syn.start)
+        self._text(self.buf[self.pos : len(self.buf) - keep])
         self.pos = len(self.buf) - keep
 
     def _in_raw(self, final: bool) -> None:
-        self._text(self.buf[self.pos:])
+        self._text(self.buf[self.pos :])
         self.pos = len(self.buf)
 
     # ---- one call object ----
@@ -244,7 +251,7 @@ class OutputParser:
         args = scan.get(self.syntax.args_key)
         if args is not None:
             stop = args.end if args.end is not None else len(self.buf)
-            piece = self.buf[args.start + call["sent"]:stop]
+            piece = self.buf[args.start + call["sent"] : stop]
             call["sent"] += len(piece)
             self._emit("call_args", piece, index=call["index"])
         if scan.end is None:
@@ -314,7 +321,7 @@ class OutputParser:
             self._mode = "raw"
             return
         text, complete = js.partial_string(self.buf, first.start)
-        self._emit("content", text[self._env_content:])
+        self._emit("content", text[self._env_content :])
         self._env_content = len(text)
         if complete:
             self._done = True
@@ -324,7 +331,7 @@ class OutputParser:
         if self.phase != "main":
             self.phase = "main" if self.phase == "think?" else self.phase
         if self._mode in ("text", "raw", "end_marker"):
-            self._text(self.buf[self.pos:])
+            self._text(self.buf[self.pos :])
             self.pos = len(self.buf)
 
 

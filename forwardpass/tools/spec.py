@@ -1,4 +1,5 @@
 """Tools, tool calls and tool_choice in OpenAI's shape, validated; the shared vocabulary of the tools package."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,10 @@ class Tool:
 
     def openai(self) -> dict:
         """The definition as a chat template's ``tools`` variable expects it."""
-        return {"type": "function", "function": {"name": self.name, "description": self.description,
-                                                 "parameters": self.parameters}}
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
+        }
 
 
 @dataclass
@@ -81,8 +84,9 @@ def parse_tools(value: Any) -> list[Tool]:
             raise ToolError(f"tools[{i}].function must be an object")
         name = fn.get("name")
         if not isinstance(name, str) or not NAME.match(name):
-            raise ToolError(f"tools[{i}].function.name must be 1-64 letters, digits, '_', '.' or '-', got "
-                            f"{str(name)[:80]!r}")
+            raise ToolError(
+                f"tools[{i}].function.name must be 1-64 letters, digits, '_', '.' or '-', got {str(name)[:80]!r}"
+            )
         if name in seen:
             raise ToolError(f"tools[{i}]: the function name {name!r} is used twice")
         seen.add(name)
@@ -105,16 +109,18 @@ def parse_tool_choice(value: Any, tools: list[Tool]) -> ToolChoice:
         return ToolChoice("auto" if tools else "none")
     if isinstance(value, str):
         if value not in ("none", "auto", "required"):
-            raise ToolError(f"tool_choice must be 'none', 'auto', 'required' or a named function, got {value[:80]!r}",
-                            "tool_choice")
+            raise ToolError(
+                f"tool_choice must be 'none', 'auto', 'required' or a named function, got {value[:80]!r}", "tool_choice"
+            )
         if value != "none" and not tools:
             raise ToolError(f"tool_choice {value!r} needs tools", "tool_choice")
         return ToolChoice(value)
     fn = value.get("function") if isinstance(value, dict) else None
     name = fn.get("name") if isinstance(fn, dict) else None
     if not isinstance(name, str):
-        raise ToolError("tool_choice must name a function as {\"type\": \"function\", \"function\": {\"name\": ...}}",
-                        "tool_choice")
+        raise ToolError(
+            'tool_choice must name a function as {"type": "function", "function": {"name": ...}}', "tool_choice"
+        )
     if name not in {t.name for t in tools}:
         raise ToolError(f"tool_choice names the function {name[:80]!r}, which is not in tools", "tool_choice")
     return ToolChoice("required", name)

@@ -1,18 +1,17 @@
 """Fixtures of the server tests: the tiny chat model, a shared server, one with API keys, and a factory."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
-
 from server_helpers import API_KEY, CHATML, ServerProcess
 from tiny_models import write_tiny_model
 
 
 @pytest.fixture(scope="session")
 def tiny_chat_model(tmp_path_factory) -> str:
-    return str(write_tiny_model(tmp_path_factory.mktemp("server") / "tiny-chat.gguf", "llama",
-                                chat_template=CHATML))
+    return str(write_tiny_model(tmp_path_factory.mktemp("server") / "tiny-chat.gguf", "llama", chat_template=CHATML))
 
 
 @pytest.fixture(scope="session")

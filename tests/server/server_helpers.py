@@ -1,6 +1,7 @@
 """Helpers of the server tests. The harness (as llama.cpp's): a `ServerProcess` runs `forwardpass serve` as a
 subprocess on a free port, waits for /health 200, and kills the process tree at teardown. The model is a tiny
 random llama with a ChatML template and a context of 256 tokens, written by a session fixture."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,10 @@ from pathlib import Path
 import httpx
 import psutil
 
-CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
-          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 API_KEY = "sk-test-Key-123"
 N_CTX = 256
 
@@ -31,15 +34,33 @@ def free_port() -> int:
 class ServerProcess:
     """`python -m forwardpass.cli serve MODEL --port P --ctx 256 ARGS...` as a subprocess."""
 
-    def __init__(self, model: str, *args: str, env: dict[str, str] | None = None, wait: bool = True,
-                 cwd: str | None = None) -> None:
+    def __init__(
+        self, model: str, *args: str, env: dict[str, str] | None = None, wait: bool = True, cwd: str | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = tempfile.NamedTemporaryFile("w+b", prefix="fp-server-", suffix=".log", delete=False)
-        cmd = [sys.executable, "-m", "forwardpass.cli", "serve", model, "--port", str(self.port),
-               "--ctx", str(N_CTX), "--threads", "1", *args]
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+        cmd = [
+            sys.executable,
+            "-m",
+            "forwardpass.cli",
+            "serve",
+            model,
+            "--port",
+            str(self.port),
+            "--ctx",
+            str(N_CTX),
+            "--threads",
+            "1",
+            *args,
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
         self.client = httpx.Client(base_url=self.url, timeout=60)
         self.auth_headers: dict[str, str] = {}
         if wait:
@@ -92,8 +113,11 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while True:
             m = self.metrics()
-            gauges = [m["forwardpass_requests_running"], m["forwardpass_requests_waiting"],
-                      m["forwardpass_kv_blocks_used"]]
+            gauges = [
+                m["forwardpass_requests_running"],
+                m["forwardpass_requests_waiting"],
+                m["forwardpass_kv_blocks_used"],
+            ]
             if gauges == [0, 0, 0] or time.monotonic() > deadline:
                 return m
             time.sleep(0.02)
@@ -120,8 +144,9 @@ def chat_body(content: str = "hello", **kw) -> dict:
     return {"model": "default", "messages": [{"role": "user", "content": content}], **kw}
 
 
-def assert_error(r: httpx.Response, status: int, type_: str | None = None, param: str | None = None,
-                 code: str | None = None) -> dict:
+def assert_error(
+    r: httpx.Response, status: int, type_: str | None = None, param: str | None = None, code: str | None = None
+) -> dict:
     """The response is `status` with OpenAI's error shape (and the given type/param/code)."""
     assert r.status_code == status, (r.status_code, r.text[:500])
     body = r.json()
@@ -169,8 +194,11 @@ class RawConnection:
         import json as _json
 
         data = _json.dumps(body).encode()
-        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-                          f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        self.writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
         await self.writer.drain()
         head = await self.reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")

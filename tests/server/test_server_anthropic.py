@@ -1,12 +1,12 @@
 """POST /v1/messages and /v1/messages/count_tokens through the official `anthropic` client and raw HTTP: the
 message shape, the event stream joined to the non-streamed text, stop reasons, prefill, max_tokens capped to the
 context, x-api-key auth, and every malformed field answered in Anthropic's error shape with the right status."""
+
 from __future__ import annotations
 
 import anthropic
 import httpx
 import pytest
-
 from server_helpers import API_KEY, N_CTX
 
 T0 = {"temperature": 0}  # this client version has no sampling arguments of its own
@@ -38,8 +38,9 @@ def test_message_shape(client):
 
 
 def test_stream_joins_to_the_whole_message(client, server):
-    kw = dict(model="default", max_tokens=16, messages=USER, system=[{"type": "text", "text": "Be brief."}],
-              extra_body=T0)
+    kw = dict(
+        model="default", max_tokens=16, messages=USER, system=[{"type": "text", "text": "Be brief."}], extra_body=T0
+    )
     whole = client.messages.create(**kw)
     with client.messages.stream(**kw) as stream:
         text = "".join(stream.text_stream)
@@ -54,21 +55,26 @@ def test_stream_joins_to_the_whole_message(client, server):
                 events.append(line[7:])
     n = events.count("content_block_delta")
     assert events == ["message_start", "ping", "content_block_start"] + ["content_block_delta"] * n + [
-        "content_block_stop", "message_delta", "message_stop"]
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
 
 
 def test_stop_sequence_and_prefill(client, server):
     whole = client.messages.create(model="default", max_tokens=24, messages=USER, extra_body=T0).content[0].text
-    stop = whole[len(whole) // 2:len(whole) // 2 + 3]
+    stop = whole[len(whole) // 2 : len(whole) // 2 + 3]
     m = client.messages.create(model="default", max_tokens=24, messages=USER, stop_sequences=[stop], extra_body=T0)
     assert m.stop_reason == "stop_sequence" and m.stop_sequence == stop
     assert whole.startswith(m.content[0].text) and stop not in m.content[0].text
     prefill = whole[:5]
-    continued = client.messages.create(model="default", max_tokens=8, extra_body=T0,
-                                       messages=[*USER, {"role": "assistant", "content": prefill}])
+    continued = client.messages.create(
+        model="default", max_tokens=8, extra_body=T0, messages=[*USER, {"role": "assistant", "content": prefill}]
+    )
     # the prompt ends with the prefill after the generation prompt; the reply carries only the new text
-    with_prefill = client.messages.count_tokens(model="default", messages=[*USER, {"role": "assistant",
-                                                                                   "content": prefill}])
+    with_prefill = client.messages.count_tokens(
+        model="default", messages=[*USER, {"role": "assistant", "content": prefill}]
+    )
     without = client.messages.count_tokens(model="default", messages=USER)
     n_prefill = len(server.post("/tokenize", json={"content": prefill}).json()["tokens"])
     assert with_prefill.input_tokens == without.input_tokens + n_prefill
@@ -77,16 +83,16 @@ def test_stop_sequence_and_prefill(client, server):
 
 
 def test_max_tokens_is_capped_to_the_context(server):
-    r = server.post("/v1/messages", json={"model": "default", "max_tokens": 10**6, "messages": USER,
-                                          "temperature": 1, "top_k": 40})
+    r = server.post(
+        "/v1/messages", json={"model": "default", "max_tokens": 10**6, "messages": USER, "temperature": 1, "top_k": 40}
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     used = body["usage"]
     assert used["input_tokens"] + used["cache_read_input_tokens"] + used["output_tokens"] <= N_CTX
     assert body["stop_reason"] in ("max_tokens", "end_turn")
     too_long = {"model": "default", "max_tokens": 5, "messages": [{"role": "user", "content": "word " * N_CTX}]}
-    assert "context" in assert_anthropic_error(server.post("/v1/messages", json=too_long), 400,
-                                               "invalid_request_error")
+    assert "context" in assert_anthropic_error(server.post("/v1/messages", json=too_long), 400, "invalid_request_error")
 
 
 def test_keys_in_x_api_key_or_bearer(auth_server):
@@ -95,16 +101,22 @@ def test_keys_in_x_api_key_or_bearer(auth_server):
     assert ok.messages.count_tokens(model="default", messages=USER).input_tokens > 0
     with pytest.raises(anthropic.AuthenticationError) as e:
         anthropic.Anthropic(base_url=auth_server.url, api_key="wrong", max_retries=0).messages.create(
-            model="default", max_tokens=2, messages=USER)
+            model="default", max_tokens=2, messages=USER
+        )
     assert e.value.body["error"]["type"] == "authentication_error"
     with pytest.raises(anthropic.AuthenticationError):
         anthropic.Anthropic(base_url=auth_server.url, api_key=API_KEY.upper(), max_retries=0).messages.count_tokens(
-            model="default", messages=USER)
-    bearer = auth_server.post("/v1/messages", json={"model": "default", "max_tokens": 2, "messages": USER},
-                              headers={"Authorization": f"Bearer {API_KEY}"})
+            model="default", messages=USER
+        )
+    bearer = auth_server.post(
+        "/v1/messages",
+        json={"model": "default", "max_tokens": 2, "messages": USER},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
     assert bearer.status_code == 200
-    chat = auth_server.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 2},
-                            headers={"x-api-key": API_KEY})
+    chat = auth_server.post(
+        "/v1/chat/completions", json={"messages": USER, "max_tokens": 2}, headers={"x-api-key": API_KEY}
+    )
     assert chat.status_code == 200  # the OpenAI routes take x-api-key too
     assert_anthropic_error(auth_server.post("/v1/messages", json={}), 401, "authentication_error")
 
@@ -165,8 +177,9 @@ def test_bad_bodies_routes_and_sizes(server):
         assert_anthropic_error(server.post("/v1/messages", content=raw), 400, "invalid_request_error")
     assert_anthropic_error(server.post("/v1/messages", json={**OK, "model": "claude-x"}), 404, "not_found_error")
     assert_anthropic_error(server.get("/v1/messages"), 405, "invalid_request_error")
-    big = b'{"model": "default", "max_tokens": 4, "messages": [{"role": "user", "content": "' + b"x" * (3 << 20) + \
-        b'"}]}'
+    big = (
+        b'{"model": "default", "max_tokens": 4, "messages": [{"role": "user", "content": "' + b"x" * (3 << 20) + b'"}]}'
+    )
     assert_anthropic_error(server.post("/v1/messages", content=big), 413, "request_too_large")
     assert server.post("/v1/chat/completions", content=b"[]").json()["error"]["type"] == "invalid_request_error"
 
@@ -178,5 +191,8 @@ def test_stream_disconnect_frees_the_engine(server):
             if "content_block_delta" in line:
                 break
     idle = server.wait_idle(timeout=2)
-    assert [idle["forwardpass_requests_running"], idle["forwardpass_requests_waiting"],
-            idle["forwardpass_kv_blocks_used"]] == [0, 0, 0]
+    assert [
+        idle["forwardpass_requests_running"],
+        idle["forwardpass_requests_waiting"],
+        idle["forwardpass_kv_blocks_used"],
+    ] == [0, 0, 0]

@@ -1,5 +1,6 @@
 """The web chat page in headless Chromium (Debian's chromium driven by Playwright): type a message, watch the
 answer stream in token by token with tokens/s shown, keep the conversation, clear it, and use an API key."""
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,15 @@ import pytest
 pytestmark = pytest.mark.browser
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
 # Counts how often the assistant's bubble changed, to prove the reply arrived in pieces.
 COUNT_UPDATES = """() => {
   window.__updates = 0;
@@ -50,24 +58,31 @@ def test_chat_page_streams_a_reply(browser, server):
     page.evaluate(COUNT_UPDATES)
     _send(page, "Hello there")
     page.wait_for_selector(".msg.user")
-    page.wait_for_function("document.getElementById('send').textContent === 'Send' && "
-                           "document.querySelectorAll('.msg.assistant').length === 1 && "
-                           "!document.querySelector('.msg.streaming')", timeout=30_000)
+    page.wait_for_function(
+        "document.getElementById('send').textContent === 'Send' && "
+        "document.querySelectorAll('.msg.assistant').length === 1 && "
+        "!document.querySelector('.msg.streaming')",
+        timeout=30_000,
+    )
     answer = page.text_content(".msg.assistant")
     assert answer and "[" not in answer[:1]
     assert page.evaluate("window.__updates") > 5  # many updates: streamed, not one block
     # the same answer as the API gives at temperature 0, and the token count of its usage (48, or fewer when the
     # random model happens to end the reply)
-    api = server.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hello there"}],
-                                                     "temperature": 0, "max_tokens": 48}).json()
+    api = server.post(
+        "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "Hello there"}], "temperature": 0, "max_tokens": 48},
+    ).json()
     assert answer == (api["choices"][0]["message"]["content"] or "(empty reply)")
     stats = page.text_content("#stats")
     assert "tok/s" in stats and stats.startswith(f"{api['usage']['completion_tokens']} tokens")
 
     # the conversation is kept: a second turn sends both messages
     _send(page, "And then?")
-    page.wait_for_function("document.querySelectorAll('.msg.assistant').length === 2 && "
-                           "!document.querySelector('.msg.streaming')", timeout=30_000)
+    page.wait_for_function(
+        "document.querySelectorAll('.msg.assistant').length === 2 && !document.querySelector('.msg.streaming')",
+        timeout=30_000,
+    )
     assert page.locator(".msg.user").count() == 2
     page.click("#clear")
     assert page.locator(".msg").count() == 0
@@ -77,7 +92,6 @@ def test_chat_page_streams_a_reply(browser, server):
 def test_chat_page_with_an_api_key(browser, auth_server):
     """Under the page's own Content-Security-Policy (no bypass: only locator waits here)."""
     from playwright.sync_api import expect
-
     from server_helpers import API_KEY
 
     page = browser.new_page()

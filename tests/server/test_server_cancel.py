@@ -1,5 +1,6 @@
 """RELIABILITY §4 (A1, A2, A3, A6) and issue 6 acceptance 3: a client that leaves aborts its request, its KV
 blocks are freed at once, and nobody else notices."""
+
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +9,6 @@ import time
 
 import httpx
 import pytest
-
 from server_helpers import chat_body, stream_completion_text
 
 LONG = {"max_tokens": 200, "ignore_eos": True, "temperature": 0}
@@ -27,8 +27,11 @@ def _wait_running(server, timeout: float = 5.0) -> dict[str, float]:
 def _time_to_idle(server, timeout: float = 2.0) -> float:
     t0 = time.perf_counter()
     m = server.wait_idle(timeout)
-    assert (m["forwardpass_requests_running"], m["forwardpass_requests_waiting"],
-            m["forwardpass_kv_blocks_used"]) == (0, 0, 0), m
+    assert (m["forwardpass_requests_running"], m["forwardpass_requests_waiting"], m["forwardpass_kv_blocks_used"]) == (
+        0,
+        0,
+        0,
+    ), m
     return time.perf_counter() - t0
 
 
@@ -90,8 +93,9 @@ async def _leave_at_random(c: httpx.AsyncClient, rng: random.Random, i: int) -> 
 def test_disconnect_storm(server):
     """Acceptance 3: 100 streaming clients leave at random moments while 8 others run -> the 8 get exactly their
     solo output (temperature 0), and running, waiting and kv_blocks_used return to 0."""
-    bodies = [{"prompt": f"survivor {i} says", "max_tokens": 48, "ignore_eos": True, "temperature": 0}
-              for i in range(8)]
+    bodies = [
+        {"prompt": f"survivor {i} says", "max_tokens": 48, "ignore_eos": True, "temperature": 0} for i in range(8)
+    ]
 
     async def run() -> tuple[list[str], list[str]]:
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=0)

@@ -3,6 +3,7 @@ prefill chunk size (--max-num-batched-tokens), or on whether the prompt came fro
 
 Outputs are compared token by token (the `bytes` of each token in the chat logprobs), not only as text: the tiny
 random model emits many byte tokens that would all read as U+FFFD."""
+
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +13,6 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-
 from server_helpers import ServerProcess, chat_body
 
 PROMPT = "Once upon a time, in a land of quiet rivers and tall pines, there lived a curious fox who loved maps."
@@ -48,16 +48,20 @@ def _alone(server: ServerProcess, content: str = PROMPT) -> list[list[int]]:
 
 def _with_neighbours(server: ServerProcess) -> list[list[int]]:
     """The PROMPT request sent together with 3 unrelated ones (other prompts, lengths and sampling)."""
-    others = [("/v1/completions", {"prompt": "An unrelated question about the weather " * 3, "max_tokens": 80,
-                                   "ignore_eos": True}),
-              ("/v1/completions", {"prompt": "zz" * 70, "max_tokens": 40, "temperature": 1.2, "seed": 7,
-                                   "ignore_eos": True}),
-              (CHAT, chat_body("something else entirely", max_tokens=64, ignore_eos=True, temperature=0))]
+    others = [
+        (
+            "/v1/completions",
+            {"prompt": "An unrelated question about the weather " * 3, "max_tokens": 80, "ignore_eos": True},
+        ),
+        ("/v1/completions", {"prompt": "zz" * 70, "max_tokens": 40, "temperature": 1.2, "seed": 7, "ignore_eos": True}),
+        (CHAT, chat_body("something else entirely", max_tokens=64, ignore_eos=True, temperature=0)),
+    ]
 
     async def run() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as c:
-            return await asyncio.gather(c.post(CHAT, json=chat_body(PROMPT, **GREEDY)),
-                                        *(c.post(path, json=b) for path, b in others))
+            return await asyncio.gather(
+                c.post(CHAT, json=chat_body(PROMPT, **GREEDY)), *(c.post(path, json=b) for path, b in others)
+            )
 
     results = asyncio.run(run())
     assert [r.status_code for r in results] == [200] * 4

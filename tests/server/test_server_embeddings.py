@@ -1,6 +1,7 @@
 """POST /v1/embeddings through the official `openai` client and raw HTTP: vectors equal to `LLM.embed`, float and
 base64, many inputs through a bounded window, every malformed field a 400 naming it, and a disconnect that
 frees the engine."""
+
 from __future__ import annotations
 
 import base64
@@ -10,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 from openai import OpenAI
+from server_helpers import N_CTX, assert_error
 
 from forwardpass import LLM
-from server_helpers import N_CTX, assert_error
 
 TEXTS = ["hello world", "the quick brown fox", "jumps over", "a lazy dog sleeps all day long"]
 
@@ -95,10 +96,15 @@ def test_malformed_fields_are_400_naming_the_field(server, body, param):
 
 
 def test_unknown_model_and_too_long_input(server):
-    assert_error(server.post("/v1/embeddings", json={"input": "x", "model": "gpt-9"}), 404, param="model",
-                 code="model_not_found")
-    err = assert_error(server.post("/v1/embeddings", json={"input": [[7] * (N_CTX + 1)]}), 400, param="input",
-                       code="context_length_exceeded")
+    assert_error(
+        server.post("/v1/embeddings", json={"input": "x", "model": "gpt-9"}), 404, param="model", code="model_not_found"
+    )
+    err = assert_error(
+        server.post("/v1/embeddings", json={"input": [[7] * (N_CTX + 1)]}),
+        400,
+        param="input",
+        code="context_length_exceeded",
+    )
     assert err["n_ctx"] == N_CTX and err["n_prompt_tokens"] == N_CTX + 1
     ok = server.post("/v1/embeddings", json={"input": [[7] * N_CTX]})  # a whole context fits: nothing is generated
     assert ok.status_code == 200, ok.text
@@ -111,7 +117,10 @@ def test_disconnect_aborts_the_inputs(server):
     with pytest.raises(httpx.TimeoutException):
         httpx.post(server.url + "/v1/embeddings", json=body, timeout=0.3)
     idle = server.wait_idle(timeout=5)
-    assert [idle["forwardpass_requests_running"], idle["forwardpass_requests_waiting"],
-            idle["forwardpass_kv_blocks_used"]] == [0, 0, 0]
+    assert [
+        idle["forwardpass_requests_running"],
+        idle["forwardpass_requests_waiting"],
+        idle["forwardpass_kv_blocks_used"],
+    ] == [0, 0, 0]
     assert idle["forwardpass_prompt_tokens_total"] - before < 256 * 200  # the rest never ran
     assert server.post("/v1/embeddings", json={"input": "still served"}).status_code == 200

@@ -1,4 +1,5 @@
 """RELIABILITY §5 (Q2 backpressure, Q4 health under load, Q5 stall, Q6 engine death, Q7 loading), A3, and /metrics."""
+
 from __future__ import annotations
 
 import asyncio
@@ -7,7 +8,6 @@ import time
 
 import httpx
 import pytest
-
 from server_helpers import RawConnection, assert_error, chat_body
 
 LONG = {"max_tokens": 200, "ignore_eos": True, "temperature": 0}
@@ -17,12 +17,20 @@ def test_metrics_exposes_the_documented_names(server):
     server.post("/v1/completions", json={"prompt": "x", "max_tokens": 3})
     r = server.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-    for name in ("forwardpass_requests_running", "forwardpass_requests_waiting", "forwardpass_kv_blocks_used",
-                 "forwardpass_kv_blocks_total", "forwardpass_prefix_cache_hit_rate",
-                 "forwardpass_engine_last_step_age_seconds", "forwardpass_time_to_first_token_seconds_bucket",
-                 "forwardpass_inter_token_latency_seconds_bucket", "forwardpass_e2e_request_latency_seconds_bucket",
-                 "forwardpass_prompt_tokens_total", "forwardpass_generation_tokens_total",
-                 "process_resident_memory_bytes"):
+    for name in (
+        "forwardpass_requests_running",
+        "forwardpass_requests_waiting",
+        "forwardpass_kv_blocks_used",
+        "forwardpass_kv_blocks_total",
+        "forwardpass_prefix_cache_hit_rate",
+        "forwardpass_engine_last_step_age_seconds",
+        "forwardpass_time_to_first_token_seconds_bucket",
+        "forwardpass_inter_token_latency_seconds_bucket",
+        "forwardpass_e2e_request_latency_seconds_bucket",
+        "forwardpass_prompt_tokens_total",
+        "forwardpass_generation_tokens_total",
+        "process_resident_memory_bytes",
+    ):
         assert f"\n{name}" in r.text, name
     m = server.metrics()
     assert m["forwardpass_generation_tokens_total"] >= 1 and m["forwardpass_kv_blocks_total"] > 0
@@ -81,23 +89,28 @@ def test_queue_full_is_503_at_once(small_server):
             err = json.loads(payload)["error"]
             assert err["type"] == "unavailable_error" and err["code"] == "queue_full"
             assert headers["retry-after"] == "1"
-    assert 200 not in order[:order.count(503)], order  # refused before any generation finished
+    assert 200 not in order[: order.count(503)], order  # refused before any generation finished
     assert health_while_busy >= 1
     small_server.wait_idle()
 
 
 def test_disconnect_while_queued_never_prefills(small_server):
     """A3: a request that leaves while waiting never reaches prefill (prompt_tokens_total unchanged)."""
+
     async def run() -> None:
         async with httpx.AsyncClient(base_url=small_server.url, timeout=60) as c:
-            blockers = [asyncio.ensure_future(c.post("/v1/completions", json={"prompt": "block", **LONG}))
-                        for _ in range(2)]
+            blockers = [
+                asyncio.ensure_future(c.post("/v1/completions", json={"prompt": "block", **LONG})) for _ in range(2)
+            ]
             while small_server.metrics()["forwardpass_requests_running"] < 2:
                 await asyncio.sleep(0.01)
             before = small_server.metrics()["forwardpass_prompt_tokens_total"]
             with pytest.raises(httpx.ReadTimeout):
-                await c.post("/v1/completions", json={"prompt": "queued " * 5, "max_tokens": 100},
-                             timeout=httpx.Timeout(0.2, connect=10))  # a slow connect on a busy machine is no leave
+                await c.post(
+                    "/v1/completions",
+                    json={"prompt": "queued " * 5, "max_tokens": 100},
+                    timeout=httpx.Timeout(0.2, connect=10),
+                )  # a slow connect on a busy machine is no leave
             for b in blockers:
                 b.cancel()
             await asyncio.gather(*blockers, return_exceptions=True)
@@ -141,6 +154,7 @@ def test_engine_death_fails_requests_and_exits(make_server):
 
     async def run() -> tuple[httpx.Response, list[dict]]:
         async with httpx.AsyncClient(base_url=s.url, timeout=30) as c:
+
             async def stream() -> list[dict]:
                 events = []
                 async with c.stream("POST", "/v1/completions", json={"prompt": "s", "stream": True, **LONG}) as r:

@@ -6,6 +6,7 @@ The tiny model is rewritten with a 2,048-token context so that a 1,500-token pro
 of 32 tokens (--max-num-batched-tokens), and each engine step is slowed by 5 ms (test fault ``slow_steps``) so
 that a prefill lasts long enough to be caught in the middle on a loaded machine. /slots shows how far a prompt's
 prefill has got; the ``engine_steps_total`` counter shows how many chunks ran after the disconnect."""
+
 from __future__ import annotations
 
 import asyncio
@@ -19,7 +20,6 @@ from unittest import mock
 import gguf
 import httpx
 import pytest
-
 from server_helpers import CHATML, ServerProcess, chat_body, stream_completion_text
 from tiny_models import write_tiny_model
 
@@ -33,17 +33,30 @@ def long_server(tmp_path_factory) -> Iterator[ServerProcess]:
     add_context_length = gguf.GGUFWriter.add_context_length
     with mock.patch.object(gguf.GGUFWriter, "add_context_length", lambda w, n: add_context_length(w, LONG_CTX)):
         write_tiny_model(path, "llama", chat_template=CHATML)
-    s = ServerProcess(str(path), "--ctx", str(LONG_CTX), "--max-num-batched-tokens", str(CHUNK),
-                      "--max-num-seqs", "16", "--max-queue", "256",
-                      env={"FORWARDPASS_TEST_FAULT": "slow_steps:0.005"})
+    s = ServerProcess(
+        str(path),
+        "--ctx",
+        str(LONG_CTX),
+        "--max-num-batched-tokens",
+        str(CHUNK),
+        "--max-num-seqs",
+        "16",
+        "--max-queue",
+        "256",
+        env={"FORWARDPASS_TEST_FAULT": "slow_steps:0.005"},
+    )
     yield s
     s.stop()
 
 
 def _assert_idle(server: ServerProcess) -> dict[str, float]:
     m = server.wait_idle(timeout=10)
-    assert (m["forwardpass_requests_running"], m["forwardpass_requests_waiting"],
-            m["forwardpass_kv_blocks_used"], m["forwardpass_server_requests_active"]) == (0, 0, 0, 0), m
+    assert (
+        m["forwardpass_requests_running"],
+        m["forwardpass_requests_waiting"],
+        m["forwardpass_kv_blocks_used"],
+        m["forwardpass_server_requests_active"],
+    ) == (0, 0, 0, 0), m
     assert not any(slot["is_processing"] for slot in server.get("/slots").json())
     return m
 
@@ -51,8 +64,11 @@ def _assert_idle(server: ServerProcess) -> dict[str, float]:
 def _mid_prefill(slots: list[dict], task: str | None = None) -> dict | None:
     """The busy slot (of `task`, if given) whose prompt is partly computed."""
     for slot in slots:
-        if slot["is_processing"] and (task is None or slot["id_task"] == task) \
-                and 0 < slot["n_prompt_tokens_processed"] < slot["n_prompt_tokens"]:
+        if (
+            slot["is_processing"]
+            and (task is None or slot["id_task"] == task)
+            and 0 < slot["n_prompt_tokens_processed"] < slot["n_prompt_tokens"]
+        ):
             return slot
     return None
 
@@ -61,8 +77,11 @@ def _post_raw(port: int, path: str, body: dict) -> socket.socket:
     """Send a request on a socket of our own, so that the test decides the exact moment the client leaves."""
     data = json.dumps(body).encode()
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-                 f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n".encode()
+        + data
+    )
     return sock
 
 
@@ -159,18 +178,22 @@ def test_abort_storm(long_server):
             rng = random.Random(5)
             work: list = [("survivor", i) for i in range(100)] + [("leaver", i) for i in range(98)]
             rng.shuffle(work)
-            coros = [_survivor(c, SURVIVOR_PROMPTS[i % 10], stream=i % 2 == 1) if kind == "survivor"
-                     else _leaver(c, rng, i) for kind, i in work]
+            coros = [
+                _survivor(c, SURVIVOR_PROMPTS[i % 10], stream=i % 2 == 1) if kind == "survivor" else _leaver(c, rng, i)
+                for kind, i in work
+            ]
             results = await asyncio.gather(*coros, *prefill_leavers)
-            survivors = [(SURVIVOR_PROMPTS[i % 10], text) for (kind, i), text in zip(work, results)
-                         if kind == "survivor"]
+            survivors = [
+                (SURVIVOR_PROMPTS[i % 10], text) for (kind, i), text in zip(work, results) if kind == "survivor"
+            ]
             left = [r for (kind, _), r in zip(work, results) if kind == "leaver"]
-            return solo, survivors, left, list(results[len(work):])
+            return solo, survivors, left, list(results[len(work) :])
 
     solo, survivors, left, mid_prefill = asyncio.run(run())
     assert len(survivors) == 100 and len(left) + len(mid_prefill) == 100
     assert all(left), "every leaver left before its answer was complete"
     assert [text for _, text in survivors] == [solo[p] for p, _ in survivors]
-    assert len(mid_prefill) == 2 and all(0 < slot["n_prompt_tokens_processed"] < slot["n_prompt_tokens"]
-                                         for slot in mid_prefill), mid_prefill
+    assert len(mid_prefill) == 2 and all(
+        0 < slot["n_prompt_tokens_processed"] < slot["n_prompt_tokens"] for slot in mid_prefill
+    ), mid_prefill
     _assert_idle(s)

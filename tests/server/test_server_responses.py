@@ -1,18 +1,18 @@
 """POST /v1/responses through the official `openai` client and raw HTTP: the response object, the typed event
 stream (order, sequence numbers, deltas that join to the non-streamed text), previous_response_id against the
 bounded store, retrieve and delete, every malformed field a 400 naming it, and disconnects."""
+
 from __future__ import annotations
 
 import httpx
 import openai
 import pytest
 from openai import OpenAI
-
-from forwardpass.server.responses_api import ResponseStore
 from server_helpers import N_CTX, assert_error
 
-TEXT_EVENTS = ["response.created", "response.in_progress", "response.output_item.added",
-               "response.content_part.added"]
+from forwardpass.server.responses_api import ResponseStore
+
+TEXT_EVENTS = ["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"]
 CLOSING = ["response.output_text.done", "response.content_part.done", "response.output_item.done"]
 
 
@@ -22,8 +22,14 @@ def client(server) -> OpenAI:
 
 
 def test_response_object(client):
-    r = client.responses.create(model="default", input="Tell me a story", instructions="Be brief.",
-                                max_output_tokens=12, temperature=0, metadata={"k": "v"})
+    r = client.responses.create(
+        model="default",
+        input="Tell me a story",
+        instructions="Be brief.",
+        max_output_tokens=12,
+        temperature=0,
+        metadata={"k": "v"},
+    )
     assert r.object == "response" and r.id.startswith("resp_") and r.model == "tiny-chat"
     assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
     assert [item.type for item in r.output] == ["message"]
@@ -36,8 +42,12 @@ def test_response_object(client):
 
 
 def test_stream_events_in_order_and_equal_to_the_whole(client):
-    kw = dict(model="default", input=[{"role": "user", "content": [{"type": "input_text", "text": "Hi"}]}],
-              max_output_tokens=16, temperature=0)
+    kw = dict(
+        model="default",
+        input=[{"role": "user", "content": [{"type": "input_text", "text": "Hi"}]}],
+        max_output_tokens=16,
+        temperature=0,
+    )
     whole = client.responses.create(**kw)
     events = list(client.responses.create(stream=True, **kw))
     types = [e.type for e in events]
@@ -55,10 +65,16 @@ def test_stream_events_in_order_and_equal_to_the_whole(client):
 
 
 def test_previous_response_continues_the_conversation(client):
-    first = client.responses.create(model="default", input="Say something", max_output_tokens=8, temperature=0,
-                                    instructions="Instructions are not carried over")
-    second = client.responses.create(model="default", input="And then?", previous_response_id=first.id,
-                                     max_output_tokens=4, temperature=0)
+    first = client.responses.create(
+        model="default",
+        input="Say something",
+        max_output_tokens=8,
+        temperature=0,
+        instructions="Instructions are not carried over",
+    )
+    second = client.responses.create(
+        model="default", input="And then?", previous_response_id=first.id, max_output_tokens=4, temperature=0
+    )
     alone = client.responses.create(model="default", input="And then?", max_output_tokens=4, temperature=0)
     assert second.previous_response_id == first.id
     # the history (first input and output) precedes the new input; the first instructions do not
@@ -138,13 +154,21 @@ def test_malformed_fields_are_400_naming_the_field(server, body, param):
 def test_bad_bodies_unknown_model_and_context(server):
     for raw in (b'{"input": "x"', b"[]", b"null", b'"x"', b"\xff\xfe"):
         assert_error(server.post("/v1/responses", content=raw), 400, "invalid_request_error")
-    assert_error(server.post("/v1/responses", json={"input": "x", "model": "gpt-9"}), 404, param="model",
-                 code="model_not_found")
-    err = assert_error(server.post("/v1/responses", json={"input": "word " * N_CTX}), 400, param="input",
-                       code="context_length_exceeded")
+    assert_error(
+        server.post("/v1/responses", json={"input": "x", "model": "gpt-9"}), 404, param="model", code="model_not_found"
+    )
+    err = assert_error(
+        server.post("/v1/responses", json={"input": "word " * N_CTX}),
+        400,
+        param="input",
+        code="context_length_exceeded",
+    )
     assert err["n_ctx"] == N_CTX
-    assert_error(server.post("/v1/responses", json={"input": "x", "stream": True, "instructions": "word " * N_CTX}),
-                 400, code="context_length_exceeded")
+    assert_error(
+        server.post("/v1/responses", json={"input": "x", "stream": True, "instructions": "word " * N_CTX}),
+        400,
+        code="context_length_exceeded",
+    )
     assert_error(server.get("/v1/responses/resp_missing"), 404)
     assert_error(server.client.delete("/v1/responses/resp_missing"), 404)
 
@@ -156,5 +180,8 @@ def test_stream_disconnect_frees_the_engine(server):
             if "response.output_text.delta" in line:
                 break
     idle = server.wait_idle(timeout=2)
-    assert [idle["forwardpass_requests_running"], idle["forwardpass_requests_waiting"],
-            idle["forwardpass_kv_blocks_used"]] == [0, 0, 0]
+    assert [
+        idle["forwardpass_requests_running"],
+        idle["forwardpass_requests_waiting"],
+        idle["forwardpass_kv_blocks_used"],
+    ] == [0, 0, 0]

@@ -1,5 +1,6 @@
 """RELIABILITY §8 (X1-X8, X13): API keys on every route, path tricks, CORS, Host checks, size limits, hostile chat
 templates, template kwargs, log injection."""
+
 from __future__ import annotations
 
 import re
@@ -8,13 +9,13 @@ import time
 
 import httpx
 import pytest
+from server_helpers import API_KEY, CHATML, ServerProcess, assert_error, chat_body, raw_http
 from starlette.testclient import TestClient
+from tiny_models import write_tiny_model
 
 from forwardpass.server import security
 from forwardpass.server.app import create_app
 from forwardpass.server.config import ServerConfig
-from server_helpers import API_KEY, CHATML, ServerProcess, assert_error, chat_body, raw_http
-from tiny_models import write_tiny_model
 
 PUBLIC = {"/health", "/", "/chat.js", "/chat.css"}  # the asserted allowlist: a new route is protected by default
 
@@ -33,9 +34,19 @@ def test_every_route_needs_the_key_but_the_allowlist(auth_server):
     """X1: walk app.routes; without a key every route is 401 authentication_error except the public allowlist."""
     assert security.PUBLIC_PATHS == PUBLIC
     calls = _route_calls()
-    assert {"/v1/chat/completions", "/v1/completions", "/v1/models", "/metrics", "/slots", "/tokenize",
-            "/detokenize", "/v1/embeddings", "/v1/responses", "/v1/messages",
-            "/v1/messages/count_tokens"} <= {path for _, path in calls}
+    assert {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/models",
+        "/metrics",
+        "/slots",
+        "/tokenize",
+        "/detokenize",
+        "/v1/embeddings",
+        "/v1/responses",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+    } <= {path for _, path in calls}
     for method, path in calls:
         r = auth_server.client.request(method, path, json={})
         if path in PUBLIC:
@@ -55,29 +66,49 @@ def test_keys_are_exact(auth_server):
     ok = {"Authorization": f"Bearer {API_KEY}"}
     assert auth_server.get("/v1/models", headers=ok).status_code == 200
     assert auth_server.get("/v1/models", headers={"Authorization": "bearer second-key"}).status_code == 200
-    for bad in (f"Bearer {API_KEY.lower()}", f"Bearer {API_KEY[:-1]}", f"Bearer {API_KEY}x", f"Basic {API_KEY}",
-                API_KEY, "Bearer", "x"):
+    for bad in (
+        f"Bearer {API_KEY.lower()}",
+        f"Bearer {API_KEY[:-1]}",
+        f"Bearer {API_KEY}x",
+        f"Basic {API_KEY}",
+        API_KEY,
+        "Bearer",
+        "x",
+    ):
         assert_error(auth_server.get("/v1/models", headers={"Authorization": bad}), 401, "authentication_error")
 
 
-TRICKS = ["//v1/chat/completions", "/v1/./chat/completions", "/v1/%2e%2e/v1/chat/completions",
-          "/V1/chat/completions", "/v1/chat/completions/", "/health/../v1/models", "/health/", "/%68ealth",
-          "/./health", "/metrics?x=/health", "/health%00"]
+TRICKS = [
+    "//v1/chat/completions",
+    "/v1/./chat/completions",
+    "/v1/%2e%2e/v1/chat/completions",
+    "/V1/chat/completions",
+    "/v1/chat/completions/",
+    "/health/../v1/models",
+    "/health/",
+    "/%68ealth",
+    "/./health",
+    "/metrics?x=/health",
+    "/health%00",
+]
 
 
 @pytest.mark.parametrize("path", TRICKS)
 def test_path_tricks_without_a_key_are_401(auth_server, path):
     """X2: no path spelling reaches a protected route (or any unknown one) without the key."""
-    status, raw = raw_http(auth_server.port, f"POST {path} HTTP/1.1\nHost: localhost\nContent-Type: "
-                                             "application/json\nContent-Length: 2\nConnection: close\n", b"{}")
+    status, raw = raw_http(
+        auth_server.port,
+        f"POST {path} HTTP/1.1\nHost: localhost\nContent-Type: "
+        "application/json\nContent-Length: 2\nConnection: close\n",
+        b"{}",
+    )
     assert status in (400, 401), raw[:200]
 
 
 @pytest.fixture(scope="module")
 def edge_server(tiny_chat_model):
     """A key, one CORS origin, and a root_path (as behind a path-prefixing proxy)."""
-    s = ServerProcess(tiny_chat_model, "--api-key", API_KEY, "--cors-origin", "http://a.example",
-                      "--root-path", "/api")
+    s = ServerProcess(tiny_chat_model, "--api-key", API_KEY, "--cors-origin", "http://a.example", "--root-path", "/api")
     yield s
     s.stop()
 
@@ -91,15 +122,22 @@ def test_root_path_does_not_open_routes(edge_server):
 
 
 def _preflight(server, origin: str) -> httpx.Response:
-    return server.client.options("/v1/chat/completions", headers={
-        "Origin": origin, "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization,content-type"})
+    return server.client.options(
+        "/v1/chat/completions",
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
+    )
 
 
 def test_cors_is_off_by_default(server):
     """X3: with no --cors-origin, no Access-Control-Allow-Origin for anyone."""
-    for r in (_preflight(server, "http://evil.example"),
-              server.get("/v1/models", headers={"Origin": "http://evil.example"})):
+    for r in (
+        _preflight(server, "http://evil.example"),
+        server.get("/v1/models", headers={"Origin": "http://evil.example"}),
+    ):
         assert "access-control-allow-origin" not in r.headers
 
 
@@ -110,8 +148,7 @@ def test_cors_allows_only_the_listed_origin(edge_server):
     assert "authorization" in ok.headers["access-control-allow-headers"].lower()
     evil = _preflight(edge_server, "http://evil.example")
     assert "access-control-allow-origin" not in evil.headers
-    r = edge_server.get("/v1/models", headers={"Origin": "http://a.example",
-                                               "Authorization": f"Bearer {API_KEY}"})
+    r = edge_server.get("/v1/models", headers={"Origin": "http://a.example", "Authorization": f"Bearer {API_KEY}"})
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://a.example"
     for resp in (ok, evil, r):
         assert "access-control-allow-credentials" not in resp.headers
@@ -136,8 +173,9 @@ def test_foreign_host_header_is_403(server):
 
 def test_size_limits(server):
     """X5: a 5 MiB body -> 413; headers over 16 KiB -> 400/431; more than 100 headers -> 400/431."""
-    assert_error(server.post("/v1/chat/completions", content=b"{" + b" " * (5 << 20) + b"}"), 413,
-                 code="request_too_large")
+    assert_error(
+        server.post("/v1/chat/completions", content=b"{" + b" " * (5 << 20) + b"}"), 413, code="request_too_large"
+    )
     status, _ = raw_http(server.port, f"GET /health HTTP/1.1\nHost: localhost\nX-Big: {'a' * 20_000}\n")
     assert status in (400, 431)
     many = "".join(f"X-H{i}: v\n" for i in range(120))
@@ -147,6 +185,7 @@ def test_size_limits(server):
 
 def test_chunked_body_over_the_limit_is_413(server):
     """X5: a body without Content-Length is counted as it arrives."""
+
     def chunks():
         for _ in range(40):
             yield b" " * (128 << 10)
@@ -159,7 +198,8 @@ EVIL_TEMPLATE = (
     "{%- if messages[0]['content'] == 'mro' -%}{{ ''.__class__.__mro__[1].__subclasses__() }}"
     "{%- elif messages[0]['content'] == 'popen' -%}{{ cycler.__init__.__globals__.os.popen('touch pwned_marker') }}"
     "{%- elif messages[0]['content'] == 'dos' -%}{% for i in range(10**8) %}x{% endfor %}"
-    "{%- else -%}" + CHATML + "{%- endif -%}")
+    "{%- else -%}" + CHATML + "{%- endif -%}"
+)
 
 
 def test_hostile_chat_templates(make_server, tmp_path):
@@ -182,19 +222,32 @@ def test_hostile_chat_templates(make_server, tmp_path):
     assert s.get("/health").status_code == 200
 
 
-@pytest.mark.parametrize("kwargs", [{"tokenize": True}, {"add_generation_prompt": False}, {"messages": []},
-                                    {"enable_thinking": "x" * 100_000}, {"enable_thinking": {"a": 1}}, "str"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"tokenize": True},
+        {"add_generation_prompt": False},
+        {"messages": []},
+        {"enable_thinking": "x" * 100_000},
+        {"enable_thinking": {"a": 1}},
+        "str",
+    ],
+)
 def test_chat_template_kwargs_allowlist(server, kwargs):
     """X8: keys outside the allowlist, huge or non-scalar values -> 400."""
-    assert_error(server.post("/v1/chat/completions", json=chat_body(chat_template_kwargs=kwargs)), 400,
-                 param="chat_template_kwargs")
+    assert_error(
+        server.post("/v1/chat/completions", json=chat_body(chat_template_kwargs=kwargs)),
+        400,
+        param="chat_template_kwargs",
+    )
 
 
 def test_chat_template_kwargs_allowed_and_no_request_template(server):
     r = server.post("/v1/chat/completions", json=chat_body(max_tokens=2, chat_template_kwargs={"enable_thinking": 0}))
     assert r.status_code == 200
-    assert_error(server.post("/v1/chat/completions", json=chat_body(chat_template="{{ 7*7 }}")), 400,
-                 param="chat_template")
+    assert_error(
+        server.post("/v1/chat/completions", json=chat_body(chat_template="{{ 7*7 }}")), 400, param="chat_template"
+    )
 
 
 def test_log_injection_is_escaped(server):

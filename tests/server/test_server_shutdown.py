@@ -1,5 +1,6 @@
 """RELIABILITY §7 (G1-G3): SIGTERM drains in-flight requests, refuses new ones, and exits 0; a zero timeout aborts;
 a second signal exits at once."""
+
 from __future__ import annotations
 
 import signal
@@ -8,7 +9,6 @@ import time
 
 import httpx
 import psutil
-
 from server_helpers import assert_error
 
 
@@ -17,8 +17,11 @@ def _start_requests(s, n: int, max_tokens: int) -> tuple[list[threading.Thread],
 
     def one(i: int) -> None:
         try:
-            results[i] = httpx.post(s.url + "/v1/completions", timeout=60,
-                                    json={"prompt": f"drain {i}", "max_tokens": max_tokens, "ignore_eos": True})
+            results[i] = httpx.post(
+                s.url + "/v1/completions",
+                timeout=60,
+                json={"prompt": f"drain {i}", "max_tokens": max_tokens, "ignore_eos": True},
+            )
         except httpx.HTTPError as e:
             results[i] = e
 

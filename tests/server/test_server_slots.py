@@ -2,6 +2,7 @@
 
 Engine steps are slowed a little (test fault ``slow_steps``) so that requests on the tiny model run long enough to
 be watched; nothing is timed against the slowdown except where the spec names a bound."""
+
 from __future__ import annotations
 
 import asyncio
@@ -11,7 +12,6 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-
 from server_helpers import API_KEY, ServerProcess, assert_error, chat_body
 
 SLOW = {"FORWARDPASS_TEST_FAULT": "slow_steps:0.01"}
@@ -114,8 +114,9 @@ def test_queue_timeout(one_slot):
                 r = await c.post("/v1/completions", json=body)
                 return r, time.perf_counter() - t0
 
-            waiting = await asyncio.gather(timed(short), timed(short | {"stream": True}),
-                                           timed(short | {"n": 2, "temperature": 1}))
+            waiting = await asyncio.gather(
+                timed(short), timed(short | {"stream": True}), timed(short | {"n": 2, "temperature": 1})
+            )
             deadline = time.monotonic() + 2  # the engine drops them at its next step
             while (after := server.metrics())["forwardpass_requests_waiting"] and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)

@@ -1,5 +1,6 @@
 """`forwardpass bench-serve` and scripts/soak.py run against the tiny model; S5 (every SSE line is one valid JSON
 object over valid UTF-8, under random sampling)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -9,9 +10,9 @@ import sys
 from pathlib import Path
 
 import httpx
+from server_helpers import API_KEY
 
 from forwardpass.server.bench_serve import percentile
-from server_helpers import API_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,8 +29,22 @@ def test_percentile():
 
 
 def test_bench_serve_reports_every_level(server):
-    r = _run("-m", "forwardpass.cli", "bench-serve", "--url", server.url, "--concurrency", "1,4", "--requests", "6",
-             "--max-tokens", "12", "--prompt-tokens", "24", "--json")
+    r = _run(
+        "-m",
+        "forwardpass.cli",
+        "bench-serve",
+        "--url",
+        server.url,
+        "--concurrency",
+        "1,4",
+        "--requests",
+        "6",
+        "--max-tokens",
+        "12",
+        "--prompt-tokens",
+        "24",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr + r.stdout
     results = json.loads(r.stdout)["results"]
     assert [x["concurrency"] for x in results] == [1, 4]
@@ -39,32 +54,82 @@ def test_bench_serve_reports_every_level(server):
 
 
 def test_bench_serve_with_key_and_chat_table(auth_server):
-    r = _run("-m", "forwardpass.cli", "bench-serve", "--url", auth_server.url, "--concurrency", "2", "--requests",
-             "4", "--max-tokens", "8", "--endpoint", "chat", "--api-key", API_KEY)
+    r = _run(
+        "-m",
+        "forwardpass.cli",
+        "bench-serve",
+        "--url",
+        auth_server.url,
+        "--concurrency",
+        "2",
+        "--requests",
+        "4",
+        "--max-tokens",
+        "8",
+        "--endpoint",
+        "chat",
+        "--api-key",
+        API_KEY,
+    )
     assert r.returncode == 0, r.stderr + r.stdout
     assert "out tok/s" in r.stdout and "TTFT p99" in r.stdout
-    bad = _run("-m", "forwardpass.cli", "bench-serve", "--url", auth_server.url, "--concurrency", "1",
-               "--requests", "2", "--max-tokens", "4", "--warmup", "0")
+    bad = _run(
+        "-m",
+        "forwardpass.cli",
+        "bench-serve",
+        "--url",
+        auth_server.url,
+        "--concurrency",
+        "1",
+        "--requests",
+        "2",
+        "--max-tokens",
+        "4",
+        "--warmup",
+        "0",
+    )
     assert bad.returncode == 1 and "HTTP 401" in bad.stdout
 
 
 def test_soak_smoke(server):
-    r = _run("scripts/soak.py", "--url", server.url, "--duration", "6", "--concurrency", "4", "--max-tokens", "24",
-             "--sample-every", "0.5", timeout=60)
+    r = _run(
+        "scripts/soak.py",
+        "--url",
+        server.url,
+        "--duration",
+        "6",
+        "--concurrency",
+        "4",
+        "--max-tokens",
+        "24",
+        "--sample-every",
+        "0.5",
+        timeout=60,
+    )
     result = json.loads(r.stdout)
     assert r.returncode == 0 and result["ok"], result
     assert result["5xx"] == 0 and result["requests"]["normal"] > 0
-    assert result["idle_gauges"] == {"forwardpass_requests_running": 0.0, "forwardpass_requests_waiting": 0.0,
-                                     "forwardpass_kv_blocks_used": 0.0}
+    assert result["idle_gauges"] == {
+        "forwardpass_requests_running": 0.0,
+        "forwardpass_requests_waiting": 0.0,
+        "forwardpass_kv_blocks_used": 0.0,
+    }
 
 
 def test_random_sampling_streams_are_valid_json_lines(server):
     """S5 (reduced): random-sampling streams at temperature 1.5; read with a strict line splitter (httpx's, which
     also splits on U+2028 and friends), every SSE line is one JSON object over valid UTF-8."""
+
     async def one(c: httpx.AsyncClient, seed: int) -> int:
         n = 0
-        body = {"prompt": f"fuzz {seed}", "max_tokens": 96, "temperature": 1.5, "seed": seed, "stream": True,
-                "logprobs": 2}
+        body = {
+            "prompt": f"fuzz {seed}",
+            "max_tokens": 96,
+            "temperature": 1.5,
+            "seed": seed,
+            "stream": True,
+            "logprobs": 2,
+        }
         async with c.stream("POST", "/v1/completions", json=body) as r:
             async for line in r.aiter_lines():
                 if line.startswith("data: ") and line != "data: [DONE]":

@@ -2,6 +2,7 @@
 generic format) and Qwen2.5-Coder-0.5B (its own <tool_call> format). required and named tool_choice give valid
 calls of declared tools with validating arguments and finish_reason tool_calls; streamed deltas join into the
 same calls; none gives text; a tool result sent back gets an answer; json_object and json_schema validate."""
+
 from __future__ import annotations
 
 import json
@@ -9,22 +10,32 @@ import json
 import jsonschema
 import pytest
 from openai import OpenAI
+from server_helpers import ServerProcess
 
 from forwardpass import registry
-from server_helpers import ServerProcess
 
 pytestmark = pytest.mark.slow
 
-WEATHER = {"type": "object", "properties": {"city": {"type": "string"},
-                                            "unit": {"enum": ["celsius", "fahrenheit"]}}, "required": ["city"]}
+WEATHER = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+    "required": ["city"],
+}
 ADD = {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}, "required": ["a", "b"]}
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
-                                           "parameters": WEATHER}},
-         {"type": "function", "function": {"name": "add", "description": "Add two numbers", "parameters": ADD}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {"name": "get_weather", "description": "Current weather in a city", "parameters": WEATHER},
+    },
+    {"type": "function", "function": {"name": "add", "description": "Add two numbers", "parameters": ADD}},
+]
 SCHEMAS = {"get_weather": WEATHER, "add": ADD}
 ASK = [{"role": "user", "content": "What is the weather like in Paris today?"}]
-PERSON = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
-                                           "city": {"type": "string"}}, "required": ["name", "age", "city"]}
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "city": {"type": "string"}},
+    "required": ["name", "age", "city"],
+}
 
 
 @pytest.fixture(scope="module", params=["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"])
@@ -83,8 +94,10 @@ def test_tool_result_gets_an_answer(client):
     _, c = client
     first = create(c, messages=ASK, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}})
     call = first.choices[0].message.tool_calls[0]
-    history = ASK + [first.choices[0].message.model_dump(exclude_none=True),
-                     {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21, "sky": "sunny"}'}]
+    history = ASK + [
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21, "sky": "sunny"}'},
+    ]
     r = create(c, messages=history, tools=TOOLS, tool_choice="none", max_tokens=60)
     answer = r.choices[0].message.content
     assert r.choices[0].message.tool_calls is None and answer.strip()
@@ -93,8 +106,11 @@ def test_tool_result_gets_an_answer(client):
 def test_json_object_and_json_schema(client):
     _, c = client
     ask = [{"role": "user", "content": "Describe a person (name, age, city) as a JSON object."}]
-    r = create(c, messages=ask, response_format={"type": "json_schema", "json_schema": {
-        "name": "person", "schema": PERSON, "strict": True}})
+    r = create(
+        c,
+        messages=ask,
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}},
+    )
     assert r.choices[0].finish_reason == "stop"
     jsonschema.validate(json.loads(r.choices[0].message.content), PERSON)
     r = create(c, messages=ask, response_format={"type": "json_object"}, max_tokens=200)

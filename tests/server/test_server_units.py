@@ -1,5 +1,6 @@
 """Unit tests of the server's pure parts: body parsing, field validation, SSE encoding, Host parsing, slots,
 truncation, config."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,9 +12,9 @@ from forwardpass.engine.llm_engine import SeqProgress
 from forwardpass.server.config import ServerConfig
 from forwardpass.server.errors import APIError, short_repr
 from forwardpass.server.jsonbody import parse_json_object
+from forwardpass.server.openai_routes import truncate_prompts
 from forwardpass.server.protocol import Limits, parse_chat_request, parse_completion_request
 from forwardpass.server.security import GuardMiddleware, is_loopback
-from forwardpass.server.openai_routes import truncate_prompts
 from forwardpass.server.slots import SlotTable, describe
 from forwardpass.server.sse import event
 
@@ -22,7 +23,7 @@ LIMITS = Limits(vocab_size=384, n_ctx=256)
 
 def test_surrogates_are_replaced_everywhere():
     body = parse_json_object(b'{"a": ["\\ud800x", {"\\udfff": "ok \\ud83d"}], "b": "\\ud83d\\ude00"}')
-    assert body == {"a": ["\ufffdx", {"\ufffd": "ok \ufffd"}], "b": "\U0001F600"}
+    assert body == {"a": ["\ufffdx", {"\ufffd": "ok \ufffd"}], "b": "\U0001f600"}
 
 
 @pytest.mark.parametrize("raw", [b"\xff", b"[1]", b"", b"  ", b"{" * 200 + b"}" * 200, b'{"a": 1' + b"0" * 5000 + b"}"])
@@ -35,21 +36,34 @@ def test_bad_bodies(raw):
 def test_short_repr_bounds_messages():
     assert len(short_repr("x" * 10_000)) <= 80
     assert short_repr(list(range(1000))) == "<list of 1000 items>"
-    assert short_repr(10 ** 5000).startswith("<int")
+    assert short_repr(10**5000).startswith("<int")
 
 
 def test_chat_request_defaults_and_max_tokens_alias():
-    req = parse_chat_request({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"},
-                                                                          {"type": "text", "text": "b"}]}],
-                              "max_completion_tokens": 7, "max_tokens": 9}, LIMITS)
+    req = parse_chat_request(
+        {
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+            "max_completion_tokens": 7,
+            "max_tokens": 9,
+        },
+        LIMITS,
+    )
     assert req.messages == [{"role": "user", "content": "ab"}]
     assert req.params.max_tokens == 7 and req.params.temperature == 1.0 and req.params.n == 1
     assert not req.stream and not req.include_usage and req.params.logprobs is None
 
 
 def test_logprobs_map_to_sampling_params():
-    chat = parse_chat_request({"messages": [{"role": "user", "content": "a"}], "logprobs": True,
-                               "top_logprobs": 3, "stream": True, "stream_options": {"include_usage": True}}, LIMITS)
+    chat = parse_chat_request(
+        {
+            "messages": [{"role": "user", "content": "a"}],
+            "logprobs": True,
+            "top_logprobs": 3,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+        LIMITS,
+    )
     assert chat.params.logprobs == 3 and chat.include_usage
     comp = parse_completion_request({"prompt": [[1, 2], [3]], "logprobs": 0, "logit_bias": {"7": -500}}, LIMITS)
     assert comp.prompts == [[1, 2], [3]] and comp.params.logprobs == 0 and comp.params.logit_bias == {7: -100.0}
@@ -63,9 +77,16 @@ def test_event_escapes_unicode_line_breaks():
     assert json.loads(payload[6:])["text"] == "a\u2028b\x85c\u2029d\x1ce\n"
 
 
-@pytest.mark.parametrize("host,name", [(b"localhost:8080", "localhost"), (b"[::1]:80", "[::1]"),
-                                       (b"127.0.0.1", "127.0.0.1"), (b"Evil.Example:1", "evil.example"),
-                                       (b"::1", "::1")])
+@pytest.mark.parametrize(
+    "host,name",
+    [
+        (b"localhost:8080", "localhost"),
+        (b"[::1]:80", "[::1]"),
+        (b"127.0.0.1", "127.0.0.1"),
+        (b"Evil.Example:1", "evil.example"),
+        (b"::1", "::1"),
+    ],
+)
 def test_host_names(host, name):
     assert GuardMiddleware._hostname(host) == name
 
@@ -92,8 +113,15 @@ def test_slot_numbers_are_stable():
     assert table.update([b2, c, n1, n2]) == [c, b2, n1]  # the newest sequence does not fit
     slots = describe(table.update([b2]), n_ctx=64)
     assert [s["is_processing"] for s in slots] == [False, True, False]
-    assert slots[1] == {"id": 1, "n_ctx": 64, "is_processing": True, "id_task": "b", "n_prompt_tokens": 10,
-                        "n_prompt_tokens_processed": 10, "n_decoded": 2}
+    assert slots[1] == {
+        "id": 1,
+        "n_ctx": 64,
+        "is_processing": True,
+        "id_task": "b",
+        "n_prompt_tokens": 10,
+        "n_prompt_tokens_processed": 10,
+        "n_decoded": 2,
+    }
 
 
 def test_truncate_prompts():
@@ -103,19 +131,32 @@ def test_truncate_prompts():
 
 
 def test_context_shift_and_truncation_fields_parse():
-    req = parse_completion_request({"prompt": "x", "n_keep": -1, "n_discard": 256, "truncate_prompt_tokens": 255},
-                                   LIMITS)
+    req = parse_completion_request(
+        {"prompt": "x", "n_keep": -1, "n_discard": 256, "truncate_prompt_tokens": 255}, LIMITS
+    )
     assert req.truncate_prompt_tokens == 255
     assert parse_chat_request({"messages": [{"role": "user", "content": "a"}]}, LIMITS).truncate_prompt_tokens is None
-    for field, value in (("n_keep", -2), ("n_discard", 257), ("truncate_prompt_tokens", 256),
-                         ("truncate_prompt_tokens", 0)):
+    for field, value in (
+        ("n_keep", -2),
+        ("n_discard", 257),
+        ("truncate_prompt_tokens", 256),
+        ("truncate_prompt_tokens", 0),
+    ):
         with pytest.raises(APIError) as e:
             parse_completion_request({"prompt": "x", field: value}, LIMITS)
         assert e.value.status == 400 and e.value.param == field
 
 
-@pytest.mark.parametrize("kw", [{"queue_timeout": -1}, {"queue_timeout": float("nan")}, {"queue_timeout": True},
-                                {"port": 70000}, {"engine": {"max_num_seqs": 8}}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"queue_timeout": -1},
+        {"queue_timeout": float("nan")},
+        {"queue_timeout": True},
+        {"port": 70000},
+        {"engine": {"max_num_seqs": 8}},
+    ],
+)
 def test_bad_server_config(kw):
     with pytest.raises(ValueError):
         ServerConfig(**kw)

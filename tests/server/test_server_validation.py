@@ -1,5 +1,6 @@
 """RELIABILITY §1 (validation, V1-V20) and §2 (context, C1-C6): every bad request is a 4xx in OpenAI's error shape,
 never a 500 or a traceback; opt-in prompt truncation (C6) reports what it kept."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,6 @@ import threading
 
 import httpx
 import pytest
-
 from server_helpers import N_CTX, assert_error, chat_body
 
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
@@ -17,16 +17,38 @@ def post_raw(server, path: str, raw: bytes) -> httpx.Response:
     return server.post(path, content=raw, headers={"Content-Type": "application/json"})
 
 
-@pytest.mark.parametrize("raw", [b'{"model":"m","messages":', b"[]", b"null", b"123", b'"x"', b"", b"{",
-                                 b'{"messages": [{"role":"user","content":"\xff\xfe"}]}'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model":"m","messages":',
+        b"[]",
+        b"null",
+        b"123",
+        b'"x"',
+        b"",
+        b"{",
+        b'{"messages": [{"role":"user","content":"\xff\xfe"}]}',
+    ],
+)
 def test_malformed_bodies_are_400(server, raw):
     """V1 truncated JSON, V2 non-object bodies, V4 invalid UTF-8."""
     assert_error(post_raw(server, CHAT, raw), 400, "invalid_request_error")
 
 
-@pytest.mark.parametrize("messages", ["missing", "str", [123], [{}], [{"role": 123}],
-                                      [{"role": "user", "content": 123}], [{"role": "wizard", "content": "x"}],
-                                      [{"role": "user", "content": [{"type": "image_url"}]}], []])
+@pytest.mark.parametrize(
+    "messages",
+    [
+        "missing",
+        "str",
+        [123],
+        [{}],
+        [{"role": 123}],
+        [{"role": "user", "content": 123}],
+        [{"role": "wizard", "content": "x"}],
+        [{"role": "user", "content": [{"type": "image_url"}]}],
+        [],
+    ],
+)
 def test_bad_messages(server, messages):
     """V3 and V15 (`messages: []`)."""
     body = {"model": "default"} if messages == "missing" else {"messages": messages}
@@ -40,15 +62,38 @@ def test_lone_surrogate_is_replaced(server):
 
 
 BAD_FIELDS = [
-    ("temperature", -1), ("temperature", 2.5), ("temperature", "hot"), ("temperature", True),
-    ("top_p", 0), ("top_p", -0.1), ("top_p", 1.5),
-    ("top_k", -2), ("top_k", 1.5), ("min_p", 1.5),
-    ("n", 0), ("n", 10**9),
-    ("max_tokens", 0), ("max_tokens", -5), ("max_tokens", 10**12), ("max_tokens", "a"),
-    ("stop", ["a", "b", "c", "d", "e"]), ("stop", ""), ("stop", "x" * 10_000), ("stop", [1]),
-    ("logit_bias", {"abc": 1}), ("logit_bias", {"99999999": 1}), ("logit_bias", {"5": "x"}), ("logit_bias", [1]),
-    ("presence_penalty", 3), ("frequency_penalty", -2.5), ("repetition_penalty", 0), ("seed", 1.5),
-    ("ignore_eos", "yes"), ("stream", "yes"), ("model", 5), ("user", 5),
+    ("temperature", -1),
+    ("temperature", 2.5),
+    ("temperature", "hot"),
+    ("temperature", True),
+    ("top_p", 0),
+    ("top_p", -0.1),
+    ("top_p", 1.5),
+    ("top_k", -2),
+    ("top_k", 1.5),
+    ("min_p", 1.5),
+    ("n", 0),
+    ("n", 10**9),
+    ("max_tokens", 0),
+    ("max_tokens", -5),
+    ("max_tokens", 10**12),
+    ("max_tokens", "a"),
+    ("stop", ["a", "b", "c", "d", "e"]),
+    ("stop", ""),
+    ("stop", "x" * 10_000),
+    ("stop", [1]),
+    ("logit_bias", {"abc": 1}),
+    ("logit_bias", {"99999999": 1}),
+    ("logit_bias", {"5": "x"}),
+    ("logit_bias", [1]),
+    ("presence_penalty", 3),
+    ("frequency_penalty", -2.5),
+    ("repetition_penalty", 0),
+    ("seed", 1.5),
+    ("ignore_eos", "yes"),
+    ("stream", "yes"),
+    ("model", 5),
+    ("user", 5),
 ]
 
 
@@ -66,8 +111,18 @@ def test_nan_and_infinity_are_refused(server, constant):
     assert_error(post_raw(server, CHAT, raw), 400, "invalid_request_error", "temperature")
 
 
-@pytest.mark.parametrize("field,value", [("top_p", 1.0), ("top_k", 0), ("top_k", -1), ("min_p", 0.5),
-                                         ("logit_bias", {"5": 1e9}), ("temperature", 0), ("stop", ["a", "b"])])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("top_p", 1.0),
+        ("top_k", 0),
+        ("top_k", -1),
+        ("min_p", 0.5),
+        ("logit_bias", {"5": 1e9}),
+        ("temperature", 0),
+        ("stop", ["a", "b"]),
+    ],
+)
 def test_valid_edge_values(server, field, value):
     """V7 top_p 1.0, V8 top_k 0/-1 disable, V13 a huge bias is clamped."""
     assert server.post(CHAT, json=chat_body(max_tokens=2, **{field: value})).status_code == 200
@@ -94,10 +149,16 @@ def test_bad_prompts(server, prompt):
         assert "out of vocabulary" in err["message"]
 
 
-@pytest.mark.parametrize("field,value", [("response_format", "json"), ("response_format", {"type": 5}),
-                                         ("response_format", {"type": "json_schema"}), ("tools", "x"),
-                                         ("tools", [{"type": "function", "function": {"name": "f",
-                                                                                      "parameters": {"pattern": 5}}}])])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("response_format", "json"),
+        ("response_format", {"type": 5}),
+        ("response_format", {"type": "json_schema"}),
+        ("tools", "x"),
+        ("tools", [{"type": "function", "function": {"name": "f", "parameters": {"pattern": 5}}}]),
+    ],
+)
 def test_unsupported_or_malformed_features(server, field, value):
     """V17: malformed response_format/tools -> 400 (and features we lack are refused, not ignored)."""
     assert_error(server.post(CHAT, json=chat_body(**{field: value})), 400, "invalid_request_error", field)
@@ -105,9 +166,11 @@ def test_unsupported_or_malformed_features(server, field, value):
 
 def test_many_invalid_items_give_a_small_error(server):
     """V18: 10,000 invalid items -> 400 with a body of at most 4 KiB."""
-    for body in (chat_body() | {"messages": [123] * 10_000},
-                 chat_body(logit_bias={f"x{i}": 1 for i in range(1000)}),
-                 {"prompt": [[-1] * 10_000]}):
+    for body in (
+        chat_body() | {"messages": [123] * 10_000},
+        chat_body(logit_bias={f"x{i}": 1 for i in range(1000)}),
+        {"prompt": [[-1] * 10_000]},
+    ):
         r = server.post(CHAT if "messages" in body else COMPLETIONS, json=body)
         assert_error(r, 400)
         assert len(r.content) <= 4096
@@ -115,8 +178,11 @@ def test_many_invalid_items_give_a_small_error(server):
 
 def test_deep_nesting_and_huge_integers(server):
     """V19: JSON nested 100k deep and a 10^6-digit integer -> 400."""
-    for raw in (b"[" * 100_000 + b"]" * 100_000, b'{"messages": ' + b"[" * 100_000,
-                b'{"max_tokens": 1' + b"0" * 1_000_000 + b"}"):
+    for raw in (
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"messages": ' + b"[" * 100_000,
+        b'{"max_tokens": 1' + b"0" * 1_000_000 + b"}",
+    ):
         assert_error(post_raw(server, CHAT, raw), 400, "invalid_request_error")
 
 
@@ -191,9 +257,20 @@ def test_huge_prompt_is_413_and_health_stays_fast(server):
 
 
 # ---- V16: llama.cpp's context-shift fields (validated, then ignored: there is no context shift) ----
-BAD_SHIFT = [("n_keep", -2), ("n_keep", -(2**63)), ("n_keep", N_CTX + 1), ("n_keep", 10**12), ("n_keep", 1.5),
-             ("n_keep", "all"), ("n_keep", True), ("n_discard", -1), ("n_discard", -(2**31)),
-             ("n_discard", N_CTX + 1), ("n_discard", 10**30), ("n_discard", "1")]
+BAD_SHIFT = [
+    ("n_keep", -2),
+    ("n_keep", -(2**63)),
+    ("n_keep", N_CTX + 1),
+    ("n_keep", 10**12),
+    ("n_keep", 1.5),
+    ("n_keep", "all"),
+    ("n_keep", True),
+    ("n_discard", -1),
+    ("n_discard", -(2**31)),
+    ("n_discard", N_CTX + 1),
+    ("n_discard", 10**30),
+    ("n_discard", "1"),
+]
 
 
 @pytest.mark.parametrize("field,value", BAD_SHIFT, ids=[f"{f}={str(v)[:20]}" for f, v in BAD_SHIFT])
@@ -209,8 +286,12 @@ def test_valid_context_shift_fields_are_ignored(server):
     """V16: in-range values are accepted and change nothing (same greedy text as without them)."""
     body = {"prompt": "the cat", "max_tokens": 8, "temperature": 0, "ignore_eos": True}
     plain = server.post(COMPLETIONS, json=body).json()["choices"][0]["text"]
-    for extra in ({"n_keep": -1}, {"n_keep": 0, "n_discard": 0}, {"n_keep": N_CTX, "n_discard": N_CTX},
-                  {"n_keep": 4, "n_discard": 16}):
+    for extra in (
+        {"n_keep": -1},
+        {"n_keep": 0, "n_discard": 0},
+        {"n_keep": N_CTX, "n_discard": N_CTX},
+        {"n_keep": 4, "n_discard": 16},
+    ):
         r = server.post(COMPLETIONS, json=body | extra)
         assert r.status_code == 200, (extra, r.text)
         assert r.json()["choices"][0]["text"] == plain
@@ -240,8 +321,9 @@ def test_truncate_prompt_tokens_completions(server):
     fit = server.post(COMPLETIONS, json=body | {"prompt": prompt, "truncate_prompt_tokens": -1}).json()
     assert fit["truncated"] is True and fit["usage"]["prompt_tokens"] == N_CTX - 8
     # echo shows what was kept
-    echo = server.post(COMPLETIONS, json=body | {"prompt": "abcdefghij" * 40, "truncate_prompt_tokens": 20,
-                                                 "echo": True}).json()
+    echo = server.post(
+        COMPLETIONS, json=body | {"prompt": "abcdefghij" * 40, "truncate_prompt_tokens": 20, "echo": True}
+    ).json()
     assert echo["choices"][0]["text"].startswith("abcdefghij" * 2) and echo["usage"]["prompt_tokens"] == 20
 
 
