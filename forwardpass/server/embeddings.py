@@ -220,6 +220,8 @@ async def embeddings(request: Request) -> Response:
         group = EmbedGroup(state.engine, request.app.state.metrics, rid, prompts, llm.pooling, window)
         state.groups.add(group)  # type: ignore[arg-type]  (aborted like a RequestGroup at shutdown)
         group.start()
+        if state.aborting:  # admitted before a forced shutdown, started after its sweep
+            group.abort()
         logger.info(
             "%s: %d input(s) of %s tokens, pooling=%s, user=%r",
             rid,

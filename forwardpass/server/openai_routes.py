@@ -149,6 +149,8 @@ async def generate(
         group = RequestGroup(state.engine, request.app.state.metrics, rid, prompts, req.params)
         state.groups.add(group)
         group.start()  # raises for what only the engine checks (e.g. logit_bias ids against the vocabulary)
+        if state.aborting:  # admitted before a forced shutdown, started after its sweep
+            group.abort()
         logger.info(
             "%s: %d prompt(s) of %s tokens%s, n=%d, stream=%s, user=%r",
             rid,

@@ -48,6 +48,7 @@ class ServerState:
         self._ready = threading.Event()
         self.fault = faults.from_env()
         self.groups: set[RequestGroup] = set()  # live requests, so a forced shutdown can abort them
+        self.aborting = False  # set by abort_all: requests that start afterwards are aborted at once
         self.slots = SlotTable(config.engine.max_num_seqs)
         self.engine_steps = 0  # engine steps run (counted in the engine thread, read by /metrics)
 
@@ -138,6 +139,8 @@ class ServerState:
         self.active_requests -= 1
 
     def abort_all(self) -> None:
-        """Abort every in-flight request (their clients see finish_reason "abort")."""
+        """Abort every in-flight request (their clients see finish_reason "abort"), and those that reach the engine
+        from now on: a request admitted before the drain may still be tokenizing or compiling its grammar."""
+        self.aborting = True
         for group in list(self.groups):
             group.abort()
