@@ -13,6 +13,8 @@ from forwardpass.engine.block_manager import FREED
 from forwardpass.engine.kv_groups import blocks_for, plan_kv_groups
 from forwardpass.engine.llm_engine import LLMEngine
 from forwardpass.engine.model_runner import ModelRunner
+from forwardpass.models import attention as attention_module
+from forwardpass.models import base as base_module
 from forwardpass.models.attention import KVGroup
 
 WINDOW = 20  # the local layers' window: a bit over one block
@@ -30,8 +32,14 @@ def path(tmp_path_factory, request) -> str:
         tmp_path_factory.mktemp("swa") / "gemma3.gguf", "gemma3", seed=9, tile_types=tiles, sliding_window=WINDOW
     )
     with pytest.MonkeyPatch.context() as mp:
-        if request.param == "torch-attention":
-            mp.setenv("FORWARDPASS_CPU", "torch")  # no native kernels, attention included
+        if request.param == "torch-attention":  # the same Linears, the PyTorch attention (as on CUDA)
+            mp.setattr(
+                base_module,
+                "attention",
+                lambda q, cache, layer, meta, scale, window=0, native=None: attention_module.attention(
+                    q, cache, layer, meta, scale, window, None
+                ),
+            )
         yield str(out)
 
 

@@ -207,7 +207,7 @@ def test_a_failed_build_warns_with_the_compiler_output(tmp_path, monkeypatch, ca
 def test_adaptive_threads_follow_the_faster_count(monkeypatch, one_is_faster):
     """With a busy neighbour one thread can beat two (the step waits for its slowest thread at every barrier):
     the step's thread count follows the measured times, and keeps trying the other count."""
-    from forwardpass.models.native_decoder import AdaptiveThreads
+    from forwardpass.kernels.native_decoder import AdaptiveThreads
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     chooser, picks = AdaptiveThreads(), []
