@@ -94,17 +94,19 @@ def test_native_step_matches_the_pytorch_layers(tiny, use_native):
 def test_native_step_is_batch_invariant(tiny, use_native):
     path, _ = tiny
     llm = LLM(path, cpu=use_native)
-    prompts = [IDS[:12], IDS[5:20], IDS[3:7]]
+    together, alone = decode_step_together_and_alone(llm, [IDS[:12], IDS[5:20], IDS[3:7]])
+    assert torch.equal(together, alone)
+
+
+def decode_step_together_and_alone(llm: LLM, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompts in the cache, then one decode step's logits for all of them together and for each alone."""
     with llm.engine.scratch_blocks(32, len(prompts)) as tables:
-        for ids, table in zip(prompts, tables):  # prompts in the cache, then one decode step for all three
+        for ids, table in zip(prompts, tables):
             llm.runner.run([SeqChunk(ids, 0, table, Logits.NONE)])
-        together = llm.runner.run(
-            [SeqChunk([9], len(ids), t, Logits.LAST, prompt_len=0) for ids, t in zip(prompts, tables)]
-        )
-        alone = [
-            llm.runner.run([SeqChunk([9], len(ids), t, Logits.LAST, prompt_len=0)]) for ids, t in zip(prompts, tables)
-        ]
-    assert torch.equal(together, torch.cat(alone))
+        step = [SeqChunk([9], len(ids), t, Logits.LAST, prompt_len=0) for ids, t in zip(prompts, tables)]
+        together = llm.runner.run(step)
+        alone = torch.cat([llm.runner.run([chunk]) for chunk in step])
+    return together, alone
 
 
 def test_every_variant_builds_where_the_cpu_runs_it():

@@ -20,10 +20,10 @@ from gguf import GGMLQuantizationType as T
 from native_remote import CROSS, cross_tools_present, remote_library
 from test_fidelity import decode_logits
 from test_kernels import random_weight, rel_err
+from test_native_decoder import decode_step_together_and_alone
 from tiny_models import write_tiny_model
 
 from forwardpass import LLM
-from forwardpass.engine.model_runner import Logits, SeqChunk
 from forwardpass.kernels import native, select
 from forwardpass.kernels.tiles import TILE_TYPES, TileMatrix, tile_matmul
 
@@ -127,14 +127,5 @@ def test_native_step_on_the_remote_build(remote, arch, tmp_path):
     # int8 activations themselves put both 0.27 from the float32 logits
     assert (there - here).abs().max().item() <= 2e-2 * here.abs().max().item()
     assert (there.argmax(-1) == here.argmax(-1)).double().mean().item() >= 0.9
-    prompts = [IDS[:12], IDS[5:20], IDS[3:7]]
-    with llm.engine.scratch_blocks(32, len(prompts)) as tables:
-        for ids, table in zip(prompts, tables):
-            llm.runner.run([SeqChunk(ids, 0, table, Logits.NONE)])
-        together = llm.runner.run(
-            [SeqChunk([9], len(ids), t, Logits.LAST, prompt_len=0) for ids, t in zip(prompts, tables)]
-        )
-        alone = [
-            llm.runner.run([SeqChunk([9], len(ids), t, Logits.LAST, prompt_len=0)]) for ids, t in zip(prompts, tables)
-        ]
-    assert torch.equal(together, torch.cat(alone))
+    together, alone = decode_step_together_and_alone(llm, [IDS[:12], IDS[5:20], IDS[3:7]])
+    assert torch.equal(together, alone)
