@@ -23,7 +23,10 @@ from forwardpass.kernels import native
 
 
 def build_from(csrc: Path, variant: str, out: Path) -> native.NativeLibrary:
-    flags = [*native.variant_flags(variant), "-mtune=native", "-I", str(csrc)]
+    import os
+
+    avxvnni = None if variant != "avx2" else os.environ.get("FORWARDPASS_AVXVNNI", "1") != "0"
+    flags = [*native.variant_flags(variant, avxvnni), "-mtune=native", "-I", str(csrc)]
     cmd_sources = sorted(csrc.glob("*.c"))
     old = native.sources
     native.sources = lambda: cmd_sources  # compile that folder's files

@@ -99,14 +99,22 @@ class Supervisor:
 
     def __init__(self, cmd: str | None, url: str) -> None:
         self.cmd, self.url, self.proc = cmd, url, None
-        self.restarts = 0
+        self.restarts, self.ready = 0, False
 
     async def ensure(self) -> None:
-        if self.cmd is None or (self.proc is not None and self.proc.poll() is None):
+        if self.cmd is None:
+            if not self.ready:  # a server started by hand may still be loading its model
+                await self._wait_ready()
+                self.ready = True
+            return
+        if self.proc is not None and self.proc.poll() is None:
             return
         if self.proc is not None:
             self.restarts += 1
         self.proc = subprocess.Popen(shlex.split(self.cmd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await self._wait_ready()
+
+    async def _wait_ready(self) -> None:
         async with httpx.AsyncClient(base_url=self.url, timeout=5) as c:
             for _ in range(300):
                 try:

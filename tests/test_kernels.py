@@ -386,3 +386,18 @@ def test_argmax_rows_special_values(native_lib):
     assert argmax_rows(x)[2] == 70 and argmax_rows(x)[3] == 5
     assert torch.equal(argmax_rows(x[:, ::2]), x[:, ::2].argmax(-1))  # not contiguous
     assert torch.equal(argmax_rows(x.double()), x.double().argmax(-1))  # falls back to torch
+
+
+@pytest.mark.parametrize("qtype", sorted(TILE_TYPES), ids=lambda t: T(t).name)
+def test_tile_matmul_is_bit_identical_in_every_build(native_lib, qtype):
+    """Every build this CPU runs (avx512, avx2 with and without AVX-VNNI, each with its own loop order) gives the
+    best build's products bit for bit, for blocks of 16 / 8 / 4 tokens and single ones."""
+    from forwardpass.kernels import select
+    from forwardpass.kernels.tiles import TileMatrix, tile_matmul
+
+    best = select.select_kernels("auto")
+    weight = random_weight(T(qtype), 48, 512, seed=11)
+    x = torch.randn(37, 512, generator=torch.Generator().manual_seed(12))
+    y = tile_matmul([TileMatrix([weight], native_lib)], x)
+    assert torch.equal(y, tile_matmul([TileMatrix([weight], best)], x))
+    assert rel_err(y, x @ weight.dequantize().t()) <= 1e-2

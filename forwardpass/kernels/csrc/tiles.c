@@ -313,6 +313,113 @@ FP_INLINE void tile_block(const tmat_t* W, int64_t rt, const qact_t* X, int64_t 
     for (int i = 0; i < TN; i++) v_store(y + (t0 + i) * ldy + rt * 16, acc[i]);
 }
 
+#if defined(FP_AVX2) && !defined(FP_AVXVNNI)
+/* Plain AVX2 has 16 registers of 8 lanes: a whole tile's operands (16 registers) and two accumulators per token do not
+   fit, and the spills cost more than the arithmetic. So a block of tokens runs each half of the tile (rows 0-7,
+   then 8-15) over every column group: per half, 8 operand registers that stay in L1 and one accumulator per token.
+   The integer dot products are the same exact sums and the float operations per lane the same, in the same order,
+   so the results are bit-identical with tile_block's. (With AVX-VNNI, one vpdpbusd per operand leaves room enough
+   for tile_block, which measured faster there.) */
+
+/* the eight operands of rows 8 h .. 8 h + 7 of tile tg; 8-bit codes as q = code - 128 in op and |q| in mag */
+FP_INLINE void half_ops(const tmat_t* W, int64_t tg, const int BITS, const int h, __m256i op[8], __m256i mag[8]) {
+    if (BITS == 8) {
+        const uint8_t* c = W->codes + tg * 512 + 32 * h;
+        for (int o = 0; o < 8; o++) {
+            op[o] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(c + 64 * o)), _mm256_set1_epi8((char)0x80));
+            mag[o] = _mm256_sign_epi8(op[o], op[o]);
+        }
+        return;
+    }
+    const uint8_t* c = W->codes + tg * 256 + 32 * h;
+    const __m256i m4 = _mm256_set1_epi8(15);
+    for (int p = 0; p < 4; p++) {
+        const __m256i v = _mm256_loadu_si256((const __m256i*)(c + 64 * p));
+        op[2 * p] = _mm256_and_si256(v, m4);
+        op[2 * p + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+    }
+    if (BITS >= 5) {
+        const uint8_t* pl = W->planes + tg * 64 * (BITS - 4) + 4 * h;
+        for (int plane = 0; plane < BITS - 4; plane++) {
+            const __m256i add = _mm256_set1_epi8((char)(16 << plane));
+            for (int o = 0; o < 8; o++) {
+                uint32_t m;
+                memcpy(&m, pl + 64 * plane + 8 * o, 4);
+                op[o] = _mm256_add_epi8(op[o], _mm256_and_si256(bits_to_bytes(m), add));
+            }
+        }
+    }
+}
+
+/* one half's integer dot products of operands o0 .. o1 - 1 with token xi's codes (as tile_dot's lanes) */
+FP_INLINE __m256i half_dot(const __m256i* op, const __m256i* mag, const int8_t* xi, const int o0, const int o1,
+                           const int BITS) {
+    const int per = BITS == 4 ? 8 : BITS == 5 ? 4 : BITS == 6 ? 2 : 1;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i r = _mm256_setzero_si256();
+    for (int o = o0; o < o1; o += per) {
+        __m256i s = _mm256_setzero_si256();
+        for (int j = o; j < o + per && j < o1; j++) {
+            const __m256i xb = _mm256_set1_epi32(load_i32(xi + 4 * j));
+            if (BITS == 8)
+                s = _mm256_maddubs_epi16(mag[j], _mm256_sign_epi8(xb, op[j]));
+            else
+                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(op[j], xb));
+        }
+        r = _mm256_add_epi32(r, _mm256_madd_epi16(s, ones));
+    }
+    return r;
+}
+
+FP_INLINE void tile_block_halves(const tmat_t* W, int64_t rt, const qact_t* X, int64_t t0, const int TN, float* y,
+                                 int64_t ldy, const int BITS, const int SM) {
+    const int64_t G = W->k / 32, LD = X->ld;
+    for (int h = 0; h < 2; h++) {
+        const int8_t* xq = X->q + t0 * 32;
+        const float *dx = X->dx + t0, *sx = X->sx + t0;
+        const int32_t* s16 = X->s16 + 2 * t0;
+        __m256 acc[8];
+#pragma GCC unroll 8
+        for (int i = 0; i < TN; i++) acc[i] = _mm256_setzero_ps();
+        for (int64_t g = 0; g < G; g++, xq += 32 * LD, dx += LD, sx += LD, s16 += 2 * LD) {
+            if (h == 0) {
+                const uint8_t* c = W->codes + (rt * G + g + PREFETCH_TILES) * (BITS == 8 ? 512 : 256);
+                for (int l = 0; l < (BITS == 8 ? 8 : 4); l++) PREFETCH(c + 64 * l);
+            }
+            __m256i op[8], mag[8];
+            half_ops(W, rt * G + g, BITS, h, op, mag);
+            V dw2, mw2 = v_zero();
+            VI sca2 = vi_zero(), scb2 = vi_zero();
+            tile_scales(W, rt, g, G, SM, &dw2, &mw2, &sca2, &scb2);
+            const __m256 dw = h ? dw2.b : dw2.a, mw = h ? mw2.b : mw2.a;
+            const __m256i sca = h ? sca2.b : sca2.a, scb = h ? scb2.b : scb2.a;
+#pragma GCC unroll 8
+            for (int i = 0; i < TN; i++) {
+                const int8_t* xi = xq + 32 * i;
+                const __m256 dxd = _mm256_mul_ps(dw, _mm256_set1_ps(dx[i]));
+                if (SM == SM_K6) {
+                    __m256i a = half_dot(op, mag, xi, 0, 4, BITS), b = half_dot(op, mag, xi, 4, 8, BITS);
+                    a = _mm256_mullo_epi32(_mm256_sub_epi32(a, _mm256_set1_epi32(32 * s16[2 * i])), sca);
+                    b = _mm256_mullo_epi32(_mm256_sub_epi32(b, _mm256_set1_epi32(32 * s16[2 * i + 1])), scb);
+                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(a, b)), dxd, acc[i]);
+                } else {
+                    __m256i a = half_dot(op, mag, xi, 0, 8, BITS);
+                    if (BITS == 8)
+                        a = _mm256_add_epi32(a, _mm256_set1_epi32(128 * (s16[2 * i] + s16[2 * i + 1])));
+                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), dxd, acc[i]);
+                    acc[i] = _mm256_fmadd_ps(mw, _mm256_set1_ps(sx[i]), acc[i]);
+                }
+            }
+        }
+#pragma GCC unroll 8
+        for (int i = 0; i < TN; i++) _mm256_storeu_ps(y + (t0 + i) * ldy + rt * 16 + 8 * h, acc[i]);
+    }
+}
+#define TILE_BLOCK_MANY tile_block_halves
+#else
+#define TILE_BLOCK_MANY tile_block
+#endif
+
 /* Tokens per pass over a tile: as many as the registers hold (AVX-512: 32 of 16 lanes; AVX2 and NEON: 16 of 8
    and 32 of 4 lanes, so fewer accumulators before they spill). */
 #if defined(FP_AVX512)
@@ -326,8 +433,8 @@ FP_INLINE void tile_block(const tmat_t* W, int64_t rt, const qact_t* X, int64_t 
         int64_t t0 = 0;                                                                                     \
         if (TN_MAX == 16)                                                                                   \
             for (; t0 + 16 <= T; t0 += 16) tile_block(W, rt, X, t0, 16, y, ldy, BITS, SM);                  \
-        for (; t0 + 8 <= T; t0 += 8) tile_block(W, rt, X, t0, 8, y, ldy, BITS, SM);                         \
-        if (t0 + 4 <= T) { tile_block(W, rt, X, t0, 4, y, ldy, BITS, SM); t0 += 4; }                        \
+        for (; t0 + 8 <= T; t0 += 8) TILE_BLOCK_MANY(W, rt, X, t0, 8, y, ldy, BITS, SM);                    \
+        if (t0 + 4 <= T) { TILE_BLOCK_MANY(W, rt, X, t0, 4, y, ldy, BITS, SM); t0 += 4; }                   \
         for (; t0 < T; t0++) tile_block(W, rt, X, t0, 1, y, ldy, BITS, SM);                                 \
     }
 DEFINE_TILE_ROWS(tile_rows_4d, 4, SM_D)
