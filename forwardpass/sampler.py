@@ -18,6 +18,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -187,10 +188,16 @@ class SamplerOutput:
 class Sampler:
     """Turns a batch of logits into one token per row; see the module docstring for the order of operations.
 
-    `argmax` takes the greedy rows' tokens (the native kernels' scan on CPU: `kernels.native.argmax_fn`)."""
+    `argmax` takes the greedy rows' tokens (the native kernels' scan on CPU: `kernels.native.argmax_fn`);
+    `mask_rows` writes constrained rows' grammar masks (`kernels.native.mask_fn`; None: numpy)."""
 
-    def __init__(self, argmax: Callable[[torch.Tensor], torch.Tensor] = torch_argmax) -> None:
+    def __init__(
+        self,
+        argmax: Callable[[torch.Tensor], torch.Tensor] = torch_argmax,
+        mask_rows: Callable[[torch.Tensor, list[int], np.ndarray], np.ndarray] | None = None,
+    ) -> None:
         self.argmax = argmax
+        self.mask_rows = mask_rows
 
     def sample(self, logits: torch.Tensor, rows: Sequence[SamplingState]) -> SamplerOutput:
         """Pick one token per row of ``logits`` (B, V), append it to that row's state, and return them.
@@ -224,7 +231,7 @@ class Sampler:
             banned = state.banned_for_min_tokens()
             if banned is not None:
                 x[i].index_fill_(0, banned, _NEG_INF)
-        apply_masks(x, [s.guide for s in rows], fallback=logits)
+        apply_masks(x, [s.guide for s in rows], fallback=logits, mask_rows=self.mask_rows)
         return x
 
 

@@ -401,3 +401,27 @@ def test_tile_matmul_is_bit_identical_in_every_build(native_lib, qtype):
     y = tile_matmul([TileMatrix([weight], native_lib)], x)
     assert torch.equal(y, tile_matmul([TileMatrix([weight], best)], x))
     assert rel_err(y, x @ weight.dequantize().t()) <= 1e-2
+
+
+@pytest.mark.parametrize("vocab", [1000, 49152])
+def test_native_grammar_mask_keeps_exactly_the_allowed_logits(native_lib, vocab):
+    """`mask_rows`: listed rows keep the logits whose bit is set and get -inf elsewhere, other rows untouched;
+    a row reports empty when nothing it keeps is above -inf (a NaN kept counts as something)."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(8, vocab, generator=gen)
+    rows = [0, 2, 3, 5, 6, 7]
+    words = torch.randint(-(2**31), 2**31 - 1, (len(rows), (vocab + 31) // 32), generator=gen, dtype=torch.int64)
+    words = words.to(torch.int32).numpy().copy()
+    words[1] = -1  # row 2: everything allowed
+    words[2] = 0  # row 3: nothing allowed
+    x[5, np.flatnonzero(np.unpackbits(words[3].view(np.uint8), bitorder="little")[:vocab])] = float("-inf")
+    x[6, 7] = float("nan")
+    words[4] = 0
+    words[4, 0] = 1 << 7  # row 6: only its NaN allowed
+    allowed = np.unpackbits(words.view(np.uint8), axis=1, bitorder="little")[:, :vocab].astype(bool)
+    want = x.clone()
+    for k, r in enumerate(rows):
+        want[r] = torch.where(torch.from_numpy(allowed[k]), x[r], torch.tensor(float("-inf")))
+    empty = native_lib.mask(x, rows, words)
+    assert torch.equal(x.nan_to_num(nan=7.0), want.nan_to_num(nan=7.0))
+    assert empty.tolist() == [False, False, True, True, False, False]

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 
 from ..errors import ContextLengthError
-from ..kernels.native import argmax_fn
+from ..kernels.native import argmax_fn, mask_fn
 from ..outputs import EmbeddingOutput, RequestOutput
 from ..sampler import Sampler, SamplerOutput
 from ..sampling import SamplingParams
@@ -82,7 +82,8 @@ class LLMEngine:
                     f"hold {what}; raise the KV memory or lower ctx"
                 )
         self.scheduler = Scheduler(scheduler_config, self.block_manager)
-        self.sampler = Sampler(argmax_fn(runner.model.options.cpu_native))
+        lib = runner.model.options.cpu_native
+        self.sampler = Sampler(argmax_fn(lib), mask_fn(lib))
         self.requests: dict[str, Request | EmbedRequest] = {}
         self._ids = itertools.count()
         self.grammars = GrammarCompiler(tokenizer, runner.model.config.vocab_size)

@@ -30,6 +30,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..config import CPU_VARIANTS
@@ -249,6 +250,7 @@ _SIGNATURES = {  # name -> (restype, argtypes)
         [_PTR, _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _I64, _F32, _I64, _PTR, _I64],
     ),
     "argmax_rows": (None, [_PTR, _I64, _I64, _PTR, _I64]),
+    "mask_rows": (None, [_PTR, _I64, _PTR, _I64, _PTR, _I64, _PTR, _I64]),
     "decoder_workspace": (_I64, [_PTR, _I64, _I64, _I64]),
     "decoder_step": (None, [_PTR, _PTR, _I64, _PTR, _PTR, _PTR, _I64, _I64, _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _I64]),
 }
@@ -326,6 +328,26 @@ class NativeLibrary:
         self.argmax_rows(x.data_ptr(), x.shape[0], x.shape[1], out.data_ptr(), torch.get_num_threads())
         return out
 
+    def mask(self, x: torch.Tensor, rows: list[int], words: np.ndarray) -> np.ndarray:
+        """In place on x (B, V) float32, contiguous: row rows[k] keeps the logits whose bit is set in words[k]
+        (int32, bit j of word w = token 32 w + j) and gets -inf elsewhere. Returns, per listed row, whether
+        nothing it keeps is above -inf."""
+        assert x.dtype == torch.float32 and x.is_contiguous() and words.dtype == np.int32 and words.flags.c_contiguous
+        assert words.shape == (len(rows), (x.shape[1] + 31) // 32) and all(0 <= r < x.shape[0] for r in rows)
+        idx = np.asarray(rows, dtype=np.int64)
+        empty = np.zeros(len(rows), dtype=np.uint8)
+        self.mask_rows(
+            x.data_ptr(),
+            x.shape[1],
+            idx.ctypes.data,
+            len(rows),
+            words.ctypes.data,
+            words.shape[1],
+            empty.ctypes.data,
+            torch.get_num_threads(),
+        )
+        return empty.astype(bool)
+
 
 def describe(lib: NativeLibrary | None) -> str:
     """One line on what runs, for the CLI's start-up line and `bench --json`."""
@@ -334,6 +356,11 @@ def describe(lib: NativeLibrary | None) -> str:
 
 def torch_argmax(x: torch.Tensor) -> torch.Tensor:
     return x.argmax(dim=-1)
+
+
+def mask_fn(lib: NativeLibrary | None):
+    """The grammar-mask writer for `structured.guide.apply_masks`: `lib.mask`, or None (numpy) without a library."""
+    return None if lib is None else lib.mask
 
 
 def argmax_fn(lib: NativeLibrary | None):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -69,15 +69,22 @@ class Guide:
 MASKED = np.float32(-3e38)
 
 
-def _mask_bits(guides: Sequence[Guide], vocab_size: int, forbidden: bool = False) -> np.ndarray:
-    """(R, vocab_size) uint8: 1 where each guide allows a token next (where it forbids one with ``forbidden``),
-    filled in one batched call."""
+def _mask_words(guides: Sequence[Guide], vocab_size: int) -> np.ndarray:
+    """(R, ceil(vocab_size / 32)) int32, bit j of word w set where token 32 w + j is allowed next, filled in one
+    batched call."""
     words = (vocab_size + 31) // 32
-    bits = np.zeros((len(guides), words), dtype=np.int32)  # (R, W), bit j of word w = token 32w + j
+    bits = np.zeros((len(guides), words), dtype=np.int32)
     _get_executor().unsafe_compute_mask_ptr(
         [(g.matcher, i) for i, g in enumerate(guides)], bits.ctypes.data, words * 4, len(guides)
     )
-    packed = bits.view(np.uint8)  # little-endian words: byte k holds tokens 8k..8k+7, bit i = token 8k + i
+    return bits
+
+
+def _mask_bits(guides: Sequence[Guide], vocab_size: int, forbidden: bool = False) -> np.ndarray:
+    """(R, vocab_size) uint8: 1 where each guide allows a token next (where it forbids one with ``forbidden``)."""
+    packed = _mask_words(guides, vocab_size).view(
+        np.uint8
+    )  # little-endian words: byte k holds tokens 8k..8k+7, bit i = token 8k + i
     if forbidden:
         packed = ~packed  # inverting packed bits is 32x cheaper than inverting the unpacked mask
     return np.unpackbits(packed, axis=1, bitorder="little")[:, :vocab_size]
@@ -88,20 +95,33 @@ def fill_masks(guides: Sequence[Guide], vocab_size: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(_mask_bits(guides, vocab_size))).bool()
 
 
-def apply_masks(x: torch.Tensor, guides: Sequence[Guide | None], fallback: torch.Tensor | None = None) -> None:
+def apply_masks(
+    x: torch.Tensor,
+    guides: Sequence[Guide | None],
+    fallback: torch.Tensor | None = None,
+    mask_rows: Callable[[torch.Tensor, list[int], np.ndarray], np.ndarray] | None = None,
+) -> None:
     """In place on x (B, V) float32: forbid every token a row's guide forbids (rows without a guide untouched).
 
-    On the CPU a forbidden logit gets ``MASKED`` added, in numpy on one thread: torch's parallel element-wise
-    kernels cost milliseconds per call when the cores are busy (each waits for its threads). If bias or
-    min_tokens left a constrained row nothing the grammar allows, the grammar wins: the row's ``fallback``
-    logits (B, V: before those processors) are used under the mask instead, so the row still samples a token
-    that keeps its output valid."""
+    On the CPU with the native kernels, `mask_rows` (`kernels.native.mask_fn`) reads the packed bits and writes
+    -inf in one pass per row. Without them a forbidden logit gets ``MASKED`` added, in numpy on one thread:
+    torch's parallel element-wise kernels cost milliseconds per call when the cores are busy (each waits for its
+    threads). If bias or min_tokens left a constrained row nothing the grammar allows, the grammar wins: the
+    row's ``fallback`` logits (B, V: before those processors) are used under the mask instead, so the row still
+    samples a token that keeps its output valid."""
     rows = [i for i, g in enumerate(guides) if g is not None]
     if not rows:
         return
     if x.device.type != "cpu":
         allowed = torch.from_numpy(np.ascontiguousarray(_mask_bits([guides[i] for i in rows], x.shape[1])))
         return _apply_on_device(x, rows, allowed.to(x.device).bool(), fallback)
+    if mask_rows is not None and x.dtype == torch.float32 and x.is_contiguous():
+        words = _mask_words([guides[i] for i in rows], x.shape[1])
+        for j in np.flatnonzero(mask_rows(x, rows, words)):
+            forbidden = ~np.unpackbits(words[j].view(np.uint8), bitorder="little")[: x.shape[1]].view(np.bool_)
+            base = (fallback[rows[j]] if fallback is not None else x[rows[j]]).to(torch.float32).numpy()
+            x[rows[j]] = torch.from_numpy(np.where(forbidden, -np.inf, base).astype(np.float32))
+        return
     forbidden = _mask_bits([guides[i] for i in rows], x.shape[1], forbidden=True)  # (R, V) uint8
     penalty = forbidden.astype(np.float32)
     penalty *= MASKED

@@ -211,3 +211,43 @@ void argmax_rows(const float* x, int64_t rows, int64_t n, int64_t* out, int64_t 
         out[r] = at;
     }
 }
+
+/* The grammar masks of constrained rows: row idx[k] of x (rows of n floats) keeps the logits whose bit is set in
+   its mask (bits + k * words, bit j of word w = token 32 w + j) and gets -inf elsewhere; empty[k] = 1 where none
+   of the kept logits is above -inf (NaN counts as above), so the caller can fall back. */
+void mask_rows(float* x, int64_t n, const int64_t* idx, int64_t nrows, const uint32_t* bits, int64_t words,
+               uint8_t* empty, int64_t nthreads) {
+#pragma omp parallel for num_threads((int)nthreads) schedule(static) if (nrows > 1)
+    for (int64_t k = 0; k < nrows; k++) {
+        float* v = x + idx[k] * n;
+        const uint32_t* b = bits + k * words;
+        const V ninf = v_set1(-INFINITY);
+        V top = ninf;
+        uint32_t nan = 0;
+        int64_t i = 0;
+        for (; i + 32 <= n; i += 32) {
+            const uint32_t m = b[i / 32];
+            for (int h = 0; h < 2; h++) {
+                const uint32_t mh = (m >> (16 * h)) & 0xffffu;
+                if (mh == 0) {
+                    v_store(v + i + 16 * h, ninf);
+                } else {
+                    const V a = v_select_bits(mh, v_load(v + i + 16 * h), ninf);
+                    nan |= v_nan_mask(a);
+                    top = v_max(top, a);
+                    if (mh != 0xffffu) v_store(v + i + 16 * h, a);
+                }
+            }
+        }
+        float best = v_hmax(top);
+        for (; i < n; i++) {
+            if ((b[i / 32] >> (i % 32)) & 1u) {
+                if (v[i] != v[i]) nan = 1;
+                else if (v[i] > best) best = v[i];
+            } else {
+                v[i] = -INFINITY;
+            }
+        }
+        empty[k] = !nan && !(best > -INFINITY);
+    }
+}

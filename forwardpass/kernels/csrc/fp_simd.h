@@ -87,6 +87,8 @@ FP_INLINE V v_round(V v) { return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_
 /* bit i: lane i is NaN / equals b */
 FP_INLINE uint32_t v_nan_mask(V a) { return _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q); }
 FP_INLINE uint32_t v_eq_mask(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
+/* lane i of a where bit i of m is set, else lane i of b */
+FP_INLINE V v_select_bits(uint32_t m, V a, V b) { return _mm512_mask_mov_ps(b, (__mmask16)m, a); }
 FP_INLINE V v_load_bf16(const uint16_t* p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
 }
@@ -180,6 +182,12 @@ FP_INLINE uint32_t v_eq_mask(V x, V y) {
     return (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(x.a, y.a, _CMP_EQ_OQ)) |
            (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(x.b, y.b, _CMP_EQ_OQ)) << 8;
 }
+FP_INLINE __m256 select8(uint32_t m, __m256 a, __m256 b) {
+    const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256i on = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)m), bit), bit);
+    return _mm256_blendv_ps(b, a, _mm256_castsi256_ps(on));
+}
+FP_INLINE V v_select_bits(uint32_t m, V x, V y) { return (V){select8(m & 0xff, x.a, y.a), select8(m >> 8, x.b, y.b)}; }
 FP_INLINE __m256 bf16x8(const uint16_t* p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
 }
@@ -297,6 +305,15 @@ FP_INLINE uint32_t v_eq_mask(V x, V y) {
         for (int j = 0; j < 4; j++) m |= (l[j] & 1u) << (4 * i + j);
     }
     return m;
+}
+FP_INLINE V v_select_bits(uint32_t m, V x, V y) {
+    static const uint32_t bit[4] = {1, 2, 4, 8};
+    V r;
+    for (int i = 0; i < 4; i++) {
+        const uint32x4_t on = vtstq_u32(vdupq_n_u32((m >> (4 * i)) & 15u), vld1q_u32(bit));
+        r.v[i] = vbslq_f32(on, x.v[i], y.v[i]);
+    }
+    return r;
 }
 FP_INLINE V v_load_bf16(const uint16_t* p) {
     V r;
