@@ -213,3 +213,16 @@ def test_compiling_never_stalls_other_requests(tiny_path, monkeypatch):
         engine.step()
     assert re.fullmatch("[a-z]{4}", held.completions[0].output.text)
     assert engine.stats().waiting == 0 and engine.block_manager.num_used == 0
+
+
+def test_unknown_formats_are_annotations_but_unsupported_keywords_are_errors(tiny_path):
+    """An unknown "format" constrains nothing (JSON Schema's rule); oneOf, which llguidance can only approximate,
+    stays a clear error instead of an output that could fail the schema."""
+    llm = LLM(tiny_path, ctx=256)
+    schema = {"type": "object", "properties": {"t": {"type": "string", "format": "strict-uri", "maxLength": 3}}}
+    schema["required"] = ["t"]
+    out = llm.generate([PROMPTS[0]], params(StructuredOutputsParams(json=schema)))[0]
+    jsonschema.validate(json.loads(out.text), schema)
+    one_of = {"oneOf": [{"type": "integer"}, {"type": "number"}], "format": "strict-uri"}
+    with pytest.raises(StructuredOutputError, match="structured_outputs.json: "):
+        llm.generate([PROMPTS[0]], params(StructuredOutputsParams(json=one_of)))

@@ -133,14 +133,25 @@ class StructuredOutputsParams:
         return kind, json.dumps(value) if kind == "choice" else str(value)
 
     def grammar_source(self) -> str:
-        """The llguidance grammar (its JSON form) for this constraint; never compiles anything."""
+        """The llguidance grammar (its JSON form) for this constraint (a schema's grammar is checked, not compiled
+        for a tokenizer)."""
         import llguidance
 
         kind = self.kind
         if kind in ("json", "json_object"):
             text: str = self.json if kind == "json" else '{"type": "object"}'  # type: ignore[assignment]
             schema = tightened(json.loads(text))
-            return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
+            strict = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
+            if "Unknown format" not in llguidance.LLMatcher.validate_grammar(strict):
+                return strict
+            # JSON Schema makes an unknown "format" an annotation: any string. llguidance's lenient mode ignores
+            # it, and other unsupported keywords too, which would let an output fail the schema: taken only
+            # when every warning is an unknown format.
+            lenient = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={**JSON_OPTIONS, "lenient": True})
+            failed, warnings = llguidance.LLMatcher.validate_grammar_with_warnings(lenient)
+            if not failed and all(w.startswith("Unknown format") for w in warnings):
+                return lenient
+            return strict
         if kind == "regex":
             return llguidance.LLMatcher.grammar_from_regex(self.regex)  # type: ignore[arg-type]
         if kind == "choice":
