@@ -118,7 +118,7 @@ class Supervisor:
         async with httpx.AsyncClient(base_url=self.url, timeout=5) as c:
             for _ in range(300):
                 try:
-                    if (await c.get("/v1/models")).status_code == 200:
+                    if (await c.get("/health")).status_code == 200:  # both servers: 503 while loading
                         return
                 except httpx.HTTPError:
                     pass
