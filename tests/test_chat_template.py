@@ -1,5 +1,5 @@
 """Chat templates: transformers-identical rendering, and a sandbox that hostile templates cannot escape or stall
-(RELIABILITY X6, X7)."""
+(docs/reliability.md, template sandbox)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""StreamingDetokenizer: deltas never split a character and always add up to the one-shot decode (RELIABILITY S2)."""
+"""StreamingDetokenizer: deltas never split a character and always add up to the one-shot decode
+(docs/reliability.md, whole characters)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def byte_tokens(tok: Tokenizer, data: bytes) -> list[int]:
 
 @pytest.mark.parametrize("text,n_bytes", [("👍", 4), ("中", 3), ("é", 2)])
 def test_tiny_byte_fallback_vocabulary(text: str, n_bytes: int) -> None:
-    """S2 without a real model: an SPM vocabulary with only byte tokens for these characters."""
+    """Whole characters without a real model: an SPM vocabulary with only byte tokens for these characters."""
     tok = tokenizer_from_metadata(tiny_spm_metadata())
     ids = tok.encode("h" + text + "h")
     assert len(ids) == 2 + n_bytes

@@ -1,4 +1,5 @@
-"""Tests of the validating GGUF reader: round trips, the malformed-file corpus (X9), fuzzing (X10), real models."""
+"""Tests of the validating GGUF reader: round trips, the malformed-file corpus and fuzzing
+(docs/reliability.md, corrupt GGUF and GGUF fuzzing), real models."""
 
 from __future__ import annotations
 
@@ -285,11 +286,12 @@ def test_large_vocabulary_parses_fast(tmp_path: Path) -> None:
     assert min(timings) < 0.5, timings
 
 
-# -- the malformed corpus (X9) ----------------------------------------------------------------------------------
+# -- the malformed corpus ----------------------------------------------------------------------------------------
 
 
 def _assert_rejected(path: Path, expect: str | None = None) -> None:
-    """`GGUFFile(path)` raises GGUFError naming the problem, without a runaway parse, and < 2x the file size + 1 MB of memory."""
+    """`GGUFFile(path)` raises GGUFError naming the problem, without a runaway parse, and < 2x the file size + 1 MB of
+    memory."""
     start = time.perf_counter()
     with pytest.raises(GGUFError) as excinfo:
         GGUFFile(path)
@@ -333,7 +335,7 @@ def test_tiny_data_section_truncated_is_rejected(tiny_path: Path, tmp_path: Path
     _assert_rejected(path, repr(last.name))
 
 
-# -- fuzzing (X10) ----------------------------------------------------------------------------------------------
+# -- fuzzing ----------------------------------------------------------------------------------------------------
 
 INTERESTING = [0, 1, 2**31, 2**32 - 1, 2**32, 2**63 - 1, 2**63, 2**64 - 1, 64, 13, 4096]
 

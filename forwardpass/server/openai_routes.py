@@ -1,11 +1,11 @@
 """POST /v1/chat/completions and /v1/completions: validate, admit, tokenize off the event loop, generate.
 
-Context rules (RELIABILITY C1-C4): a prompt that leaves no room for one token is a 400
+Context rules (docs/reliability.md, Context and length): a prompt that leaves no room for one token is a 400
 ``context_length_exceeded`` carrying ``n_prompt_tokens`` and ``n_ctx``, decided before any SSE byte; so is
 an explicit ``max_tokens`` that does not fit; without ``max_tokens`` the output is capped by the context
-(``finish_reason: "length"``). With ``truncate_prompt_tokens`` (C6) the prompt is cut to its last tokens first.
+(``finish_reason: "length"``). With ``truncate_prompt_tokens`` the prompt is cut to its last tokens first.
 
-Queue timeout (Q3): with ``--queue-timeout``, a request that has not started when it runs out is removed from
+Queue timeout: with ``--queue-timeout``, a request that has not started when it runs out is removed from
 the engine's queue and answered 503 ``queue_timeout`` with ``Retry-After``. A stream then sends its headers
 only once the first output is there, so that a queue timeout can still be a plain 503.
 """

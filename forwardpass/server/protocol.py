@@ -11,11 +11,11 @@ that does not compile is a 400 too, found when the route compiles it.
 
 Context fields beyond OpenAI's:
 
-* ``truncate_prompt_tokens`` (vLLM's field; RELIABILITY C6): keep only the last N prompt tokens (after the chat
-  template), or with -1 as many as fit next to ``max_tokens`` (or 1 token when it is omitted). Off by default:
-  an over-long prompt is a 400 ``context_length_exceeded``. When given, the response carries
-  ``"truncated": true|false`` and ``usage.prompt_tokens`` counts the kept tokens.
-* ``n_keep`` / ``n_discard`` (llama.cpp's context-shift fields; V16): forwardpass does no context shift, so
+* ``truncate_prompt_tokens`` (vLLM's field; docs/reliability.md, opt-in truncation): keep only the last N prompt tokens
+  (after the chat template), or with -1 as many as fit next to ``max_tokens`` (or 1 token when it is omitted). Off by
+  default: an over-long prompt is a 400 ``context_length_exceeded``. When given, the response carries ``"truncated":
+  true|false`` and ``usage.prompt_tokens`` counts the kept tokens.
+* ``n_keep`` / ``n_discard`` (llama.cpp's context-shift fields): forwardpass does no context shift, so
   valid values (``n_keep`` -1..n_ctx, -1 meaning "all", and ``n_discard`` 0..n_ctx) are accepted and have no
   effect; anything else is a 400 naming the field.
 """
@@ -40,8 +40,9 @@ MAX_PROMPTS = 64  # prompts in one batched completions request
 MAX_N = 16
 MAX_TOP_LOGPROBS = 20
 MAX_USER_CHARS = 1024
-# chat_template_kwargs a request may pass to the template (X8): switches that templates document, nothing
-# that changes how the prompt is framed (add_generation_prompt) or what the renderer returns (tokenize).
+# chat_template_kwargs a request may pass to the template (docs/reliability.md, template kwargs): switches that
+# templates document, nothing that changes how the prompt is framed (add_generation_prompt) or what the renderer
+# returns (tokenize).
 TEMPLATE_KWARGS = frozenset({"enable_thinking", "thinking", "reasoning_effort"})
 MAX_TEMPLATE_VALUE_CHARS = 64
 

@@ -1,5 +1,5 @@
-"""RELIABILITY §4 (A1, A2, A3, A6) and issue 6 acceptance 3: a client that leaves aborts its request, its KV
-blocks are freed at once, and nobody else notices."""
+"""docs/reliability.md rows disconnect frees the request, abort isolation and abort storm, and issue 6 acceptance 3: a
+client that leaves aborts its request, its KV blocks are freed at once, and nobody else notices."""
 
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ def _time_to_idle(server, timeout: float = 2.0) -> float:
 
 
 def test_stream_disconnect_frees_blocks(server):
-    """A1: close a stream after its first token -> running and kv_blocks_used back to 0 within 250 ms."""
+    """Disconnect frees the request: close a stream after its first token -> running and kv_blocks_used back to 0 within
+    250 ms."""
     server.wait_idle()
     with httpx.Client(base_url=server.url, timeout=30) as c:
         with c.stream("POST", "/v1/chat/completions", json=chat_body(stream=True, **LONG)) as r:
@@ -49,7 +50,8 @@ def test_stream_disconnect_frees_blocks(server):
 
 
 def test_non_stream_disconnect_frees_blocks(server):
-    """A2: a non-streaming request whose client times out after 0.1 s is aborted too (the Starlette trap)."""
+    """Disconnect frees the request: a non-streaming request whose client times out after 0.1 s is aborted too (the
+    Starlette trap)."""
     server.wait_idle()
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(server.url + "/v1/chat/completions", json=chat_body(**LONG), timeout=0.1)
@@ -57,7 +59,8 @@ def test_non_stream_disconnect_frees_blocks(server):
 
 
 def test_abort_one_while_another_decodes(server):
-    """A6: abort A while B decodes -> B completes normally (same text as alone), later requests are served."""
+    """Abort isolation: abort A while B decodes -> B completes normally (same text as alone), later requests are
+    served."""
     body = {"prompt": "B runs alone", "max_tokens": 64, "ignore_eos": True, "temperature": 0}
     alone = server.post("/v1/completions", json=body).json()["choices"][0]["text"]
 

@@ -1,4 +1,4 @@
-"""RELIABILITY §5 Q1 (the slots/requests matrix and GET /slots) and Q3 (queue timeout).
+"""docs/reliability.md rows slots (the slots/requests matrix and GET /slots) and queue timeout.
 
 Engine steps are slowed a little (test fault ``slow_steps``) so that requests on the tiny model run long enough to
 be watched; nothing is timed against the slowdown except where the spec names a bound."""
@@ -34,7 +34,7 @@ def _busy(server) -> list[dict]:
 
 @pytest.mark.parametrize("slots", sorted(MATRIX))
 def test_slots_matrix(make_server, slots):
-    """Q1: every request is 200; while they run /slots lists `slots` slots and min(slots, requests) busy, and never
+    """Slots: every request is 200; while they run /slots lists `slots` slots and min(slots, requests) busy, and never
     more."""
     server = make_server("--max-num-seqs", str(slots), "--max-queue", "16", env=SLOW)
     table = server.get("/slots").json()
@@ -63,7 +63,7 @@ def test_slots_matrix(make_server, slots):
 
 
 def test_slots_show_progress_and_are_stable(one_slot):
-    """Q1: a busy slot names its request (the response id) and its progress; it keeps its number while it runs;
+    """Slots: a busy slot names its request (the response id) and its progress; it keeps its number while it runs;
     `?fail_on_no_slot=1` is 503 when all slots are busy."""
     server = one_slot
     with httpx.Client(base_url=server.url, timeout=30) as c:
@@ -94,9 +94,9 @@ def test_slots_needs_the_key(auth_server):
 
 
 def test_queue_timeout(one_slot):
-    """Q3: with the only slot held by a long request, waiting requests (plain and streamed) get 503 queue_timeout
-    with Retry-After when --queue-timeout runs out, and leave the engine's queue; the long request, running for
-    longer than the timeout, is not touched, and the server keeps serving."""
+    """Queue timeout: with the only slot held by a long request, waiting requests (plain and streamed) get 503
+    queue_timeout with Retry-After when --queue-timeout runs out, and leave the engine's queue; the long request,
+    running for longer than the timeout, is not touched, and the server keeps serving."""
     server = one_slot
     server.wait_idle()
     timeouts_before = server.metrics()["forwardpass_queue_timeouts_total"]
