@@ -234,15 +234,7 @@ def _content_text(content: Any, i: int, role: str) -> str:
 
 def parse_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     """``messages`` as a list of {"role", "content"[, "name"]} dicts with text content."""
-    value = body.get("messages")
-    if value is None:
-        raise invalid("messages is required", "messages")
-    if not isinstance(value, list):
-        raise invalid(f"messages must be an array of messages, got {json_type(value)}", "messages")
-    if not value:
-        raise invalid("messages must not be empty", "messages")
-    if len(value) > MAX_MESSAGES:
-        raise invalid(f"messages may hold at most {MAX_MESSAGES} messages, got {len(value)}", "messages")
+    value = fields.array(body.get("messages"), "messages", "messages", MAX_MESSAGES, required=True)
     out = []
     for i, message in enumerate(value):
         if not isinstance(message, dict):
@@ -360,30 +352,7 @@ def parse_chat_request(body: dict[str, Any], limits: Limits) -> ChatRequest:
 # ---- completions ----
 def parse_prompts(body: dict[str, Any], vocab_size: int) -> list[Prompt]:
     """``prompt``: a string, a list of token ids, a list of strings, or a list of token-id lists."""
-    value = body.get("prompt")
-    if value is None:
-        raise invalid("prompt is required", "prompt")
-    if isinstance(value, str):
-        items: list[Any] = [value]
-    elif isinstance(value, list) and value and all(isinstance(t, int) and not isinstance(t, bool) for t in value):
-        items = [value]
-    elif isinstance(value, list):
-        items = value
-    else:
-        raise invalid(f"prompt must be a string or an array, got {json_type(value)}", "prompt")
-    if not items:
-        raise invalid("prompt must not be empty", "prompt")
-    if len(items) > MAX_PROMPTS:
-        raise invalid(f"prompt may hold at most {MAX_PROMPTS} prompts, got {len(items)}", "prompt")
-    for item in items:
-        if isinstance(item, str):
-            if not item:
-                raise invalid("prompt must not be empty", "prompt")
-        elif isinstance(item, list):
-            fields.token_ids(item, "prompt", vocab_size)
-        else:
-            raise invalid(f"prompt items must be strings or token id lists, got {short_repr(item)}", "prompt")
-    return items
+    return fields.prompts(body, "prompt", vocab_size, MAX_PROMPTS)
 
 
 def parse_completion_request(body: dict[str, Any], limits: Limits) -> CompletionRequest:

@@ -214,11 +214,9 @@ def test_hostile_chat_templates(make_server, tmp_path):
         assert "template" in err["message"]
     results = {}
     t = threading.Thread(target=lambda: results.update(dos=s.post("/v1/chat/completions", json=chat_body("dos"))))
-    t0 = time.perf_counter()
     t.start()
     assert s.post("/v1/chat/completions", json=chat_body("fine", max_tokens=2)).status_code == 200
-    t.join()
-    assert time.perf_counter() - t0 < 60  # a deadline against a render that never ends, not a speed bound
+    t.join()  # the client's 60 s timeout is the deadline against a render that never ends
     assert_error(results["dos"], 500, "server_error")
     assert not (tmp_path / "pwned_marker").exists()
     assert s.get("/health").status_code == 200
