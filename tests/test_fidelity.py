@@ -26,10 +26,10 @@ def exact(request) -> tuple[str, str, list[int], torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_fast_path_kl_against_exact(exact, use_native):
+def test_fast_path_kl_against_exact(exact, native_kernels):
     """Every build of the native kernels this CPU runs (avx512, avx2 with and without AVX-VNNI, neon)."""
     model, path, ids, exact = exact
-    fast_llm = LLM(path, cpu=use_native)
+    fast_llm = LLM(path, kernels=native_kernels)
     for name, logits in [("prompt kernels", fast_llm.logits(ids)), ("decode kernels", decode_logits(fast_llm, ids))]:
         agreement = compare_logits(exact, logits)
         assert agreement.mean_kl < KL_BOUND[model], f"{name}: mean KL {agreement.mean_kl:.2e}"

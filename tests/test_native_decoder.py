@@ -5,6 +5,7 @@ neon)."""
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import shutil
 
@@ -74,15 +75,15 @@ def tiny(request, tmp_path_factory) -> tuple[str, torch.Tensor]:
     return path, LLM(path, reference=True).logits(IDS)
 
 
-def test_native_step_matches_the_pytorch_layers(tiny, use_native):
+def test_native_step_matches_the_pytorch_layers(tiny, native_kernels):
     path, exact = tiny
-    llm = LLM(path, cpu=use_native)
+    llm = LLM(path, kernels=native_kernels)
     decoder = llm.model.native_decoder
     assert decoder is not None, "every weight is a tile type: the native step must be used"
     native = decode_logits(llm, IDS)
-    llm.model.native_decoder = None  # the same tiles through the PyTorch layers
-    layers = decode_logits(llm, IDS)
-    llm.model.native_decoder = decoder
+    without_step = LLM(path, kernels=dataclasses.replace(native_kernels, native_step=False))
+    assert without_step.model.native_decoder is None
+    layers = decode_logits(without_step, IDS)  # the same tiles through the PyTorch layers
     scale = exact.abs().max().item()
     # both quantize the same activations to int8; they differ in the order of float sums only
     assert (native - layers).abs().max().item() <= 2e-2 * scale
@@ -90,9 +91,9 @@ def test_native_step_matches_the_pytorch_layers(tiny, use_native):
     assert agreement.mean_kl <= 1e-2 and agreement.top1 >= 0.9, agreement
 
 
-def test_native_step_is_batch_invariant(tiny, use_native):
+def test_native_step_is_batch_invariant(tiny, native_kernels):
     path, _ = tiny
-    llm = LLM(path, cpu=use_native)
+    llm = LLM(path, kernels=native_kernels)
     together, alone = decode_step_together_and_alone(llm, [IDS[:12], IDS[5:20], IDS[3:7]])
     assert torch.equal(together, alone)
 
