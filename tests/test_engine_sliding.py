@@ -60,7 +60,14 @@ def device(request) -> str:
     return request.param
 
 
-@pytest.fixture(scope="module", params=["mixed-types", "tile-types", "torch-attention"])
+@pytest.fixture(
+    scope="module",
+    params=[
+        "tile-types",
+        pytest.param("mixed-types", marks=pytest.mark.slow),
+        pytest.param("torch-attention", marks=pytest.mark.slow),
+    ],
+)
 def model(tmp_path_factory, request, device) -> SlidingModel:
     """Mixed types: PyTorch layers, native attention kernel; tile types: the native decode step; torch-attention:
     PyTorch layers and the PyTorch attention fallback (as on CUDA, where every variant runs the PyTorch layers)."""

@@ -160,6 +160,7 @@ def _logging_compiler(tmp_path, log) -> str:
     return str(cc)
 
 
+@pytest.mark.slow
 def test_parallel_processes_build_a_variant_once(tmp_path):
     """Two processes asking for the same build at once: one compiles (under the lock, into a temporary file in the
     cache folder itself), the other waits and loads it; nothing is left behind but the library."""

@@ -27,6 +27,8 @@ from forwardpass.fidelity import compare_logits, decode_logits
 from forwardpass.kernels import native, select
 from forwardpass.kernels.tiles import TILE_TYPES, TileMatrix, tile_matmul
 
+pytestmark = pytest.mark.slow  # builds under qemu and the sanitizers: minutes; the host build's tests stay fast
+
 REQUIRED = os.environ.get("FORWARDPASS_REQUIRE_CROSS") == "1"
 HOST = select.select_kernels("auto") if select.resolve_cpu() != "torch" else None
 

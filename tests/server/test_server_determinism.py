@@ -16,6 +16,10 @@ import httpx
 import pytest
 from server_helpers import ServerProcess, chat_body
 
+pytestmark = (
+    pytest.mark.slow
+)  # two servers of their own; tests/test_engine.py holds batch and prefix-cache invariance in the fast set
+
 PROMPT = "Once upon a time, in a land of quiet rivers and tall pines, there lived a curious fox who loved maps."
 GREEDY = {"max_tokens": 64, "ignore_eos": True, "temperature": 0, "logprobs": True}
 CHAT = "/v1/chat/completions"

@@ -124,6 +124,7 @@ def test_disconnect_while_queued_never_prefills(small_server):
     assert m["forwardpass_server_requests_active"] == 0
 
 
+@pytest.mark.slow
 def test_health_while_loading(make_server):
     """Loading: while the model loads, /health is llama.cpp's exact 503 and completions are 503 too."""
     s = make_server(env={"FORWARDPASS_TEST_FAULT": "slow_load:3"}, wait=False)
@@ -137,6 +138,7 @@ def test_health_while_loading(make_server):
     assert s.post("/v1/completions", json={"prompt": "x", "max_tokens": 2}).status_code == 200
 
 
+@pytest.mark.slow
 def test_stalled_engine_turns_health_503(make_server):
     """Stall detector: a wedged engine loop with work pending -> /health 503 once no step finished for stall_timeout."""
     s = make_server("--stall-timeout", "1", env={"FORWARDPASS_TEST_FAULT": "stall_after_steps:3"})
@@ -178,6 +180,7 @@ def test_engine_death_fails_requests_and_exits(make_server):
     assert "engine thread died" in s.logs()
 
 
+@pytest.mark.slow
 def test_bad_model_file_refuses_to_start(make_server, tmp_path):
     """Corrupt GGUF (the server side): a corrupt GGUF -> the server exits non-zero with one clear log line, no
     traceback."""

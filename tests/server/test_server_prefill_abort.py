@@ -23,6 +23,10 @@ import pytest
 from server_helpers import CHATML, ServerProcess, chat_body, stream_completion_text
 from tiny_models import write_tiny_model
 
+pytestmark = (
+    pytest.mark.slow
+)  # a 2k-context server and a 200-request storm; tests/server/test_server_cancel.py keeps disconnects in the fast set
+
 LONG_CTX = 2048
 CHUNK = 32
 

@@ -204,6 +204,7 @@ EVIL_TEMPLATE = (
 )
 
 
+@pytest.mark.slow
 def test_hostile_chat_templates(make_server, tmp_path):
     """Template sandbox: sandbox escapes and a template DoS -> 500 with a clear message, nothing executed, the server
     keeps serving (also while the DoS render runs)."""

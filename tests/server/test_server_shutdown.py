@@ -9,6 +9,7 @@ import time
 
 import httpx
 import psutil
+import pytest
 from server_helpers import assert_error
 
 
@@ -55,6 +56,7 @@ def test_sigterm_drains_in_flight_requests(make_server):
     assert s.proc.wait(timeout=10) == 0
 
 
+@pytest.mark.slow
 def test_zero_shutdown_timeout_aborts(make_server):
     """Zero-timeout shutdown: --shutdown-timeout 0 -> in-flight requests end with finish_reason "abort" (or a closed
     connection) and the process exits without waiting for them."""
@@ -72,6 +74,7 @@ def test_zero_shutdown_timeout_aborts(make_server):
             assert isinstance(r, httpx.HTTPError)
 
 
+@pytest.mark.slow
 def test_second_signal_exits_at_once(make_server):
     """Second signal: a second SIGINT during the drain exits immediately."""
     s = make_server("--shutdown-timeout", "30")

@@ -32,6 +32,7 @@ def _busy(server) -> list[dict]:
     return [s for s in r.json() if s["is_processing"]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("slots", sorted(MATRIX))
 def test_slots_matrix(make_server, slots):
     """Slots: every request is 200; while they run /slots lists `slots` slots and min(slots, requests) busy, and never

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from server_helpers import API_KEY
 
 from forwardpass.server.bench_serve import percentile
@@ -91,6 +92,7 @@ def test_bench_serve_with_key_and_chat_table(auth_server):
     assert bad.returncode == 1 and "HTTP 401" in bad.stdout
 
 
+@pytest.mark.slow
 def test_soak_smoke(server):
     r = _run(
         "scripts/soak.py",
