@@ -5,23 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 
 import httpx
 import pytest
-from server_helpers import chat_body, stream_completion_text
+from server_helpers import chat_body, stream_completion_text, wait_until
 
 LONG = {"max_tokens": 200, "ignore_eos": True, "temperature": 0}
 
 
-def _wait_running(server, timeout: float = 5.0) -> dict[str, float]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def _wait_running(server) -> dict[str, float]:
+    def running() -> dict[str, float] | None:
         m = server.metrics()
-        if m["forwardpass_kv_blocks_used"] > 0 and m["forwardpass_requests_running"] > 0:
-            return m
-        time.sleep(0.01)
-    raise AssertionError("the request never started running")
+        return m if m["forwardpass_kv_blocks_used"] > 0 and m["forwardpass_requests_running"] > 0 else None
+
+    return wait_until(running, "the request never started running")
 
 
 def _assert_idle(server) -> dict[str, float]:

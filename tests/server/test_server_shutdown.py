@@ -10,7 +10,7 @@ import time
 import httpx
 import psutil
 import pytest
-from server_helpers import assert_error
+from server_helpers import assert_error, wait_until
 
 
 def _start_requests(s, n: int, max_tokens: int) -> tuple[list[threading.Thread], list]:
@@ -29,10 +29,7 @@ def _start_requests(s, n: int, max_tokens: int) -> tuple[list[threading.Thread],
     threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 10
-    while s.metrics()["forwardpass_server_requests_active"] < n:
-        assert time.monotonic() < deadline, "requests never became active"
-        time.sleep(0.01)
+    wait_until(lambda: s.metrics()["forwardpass_server_requests_active"] >= n, "the requests never became active")
     return threads, results
 
 
