@@ -34,6 +34,17 @@ pytestmark = pytest.mark.kvgroups
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 
 
+def untrimmed(path: str, **kw) -> LLM:
+    """The model keeping whole contexts in every layer: one KV group, as before groups existed."""
+
+    def one_group(windows, budget, block_size, ctx, *args) -> list[KVGroup]:
+        return [KVGroup(0, tuple(range(len(windows))), blocks_for(max(ctx, budget), block_size))]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(llm_module, "plan_kv_groups", one_group)
+        return LLM(path, **kw)
+
+
 @dataclass(frozen=True)
 class SlidingModel:
     path: str
@@ -41,18 +52,9 @@ class SlidingModel:
     kernels: KernelChoice | None = None  # None: what LLM picks
 
     def llm(self, trim: bool = True, **kw) -> LLM:
-        """The model on its device; `trim=False` keeps whole contexts in every layer: one KV group, as before
-        groups existed."""
+        """The model on its device; `trim=False`: `untrimmed`."""
         kw.update(device=self.device, kernels=self.kernels)
-        if trim:
-            return LLM(self.path, **kw)
-
-        def one_group(windows, budget, block_size, ctx, *args) -> list[KVGroup]:
-            return [KVGroup(0, tuple(range(len(windows))), blocks_for(max(ctx, budget), block_size))]
-
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(llm_module, "plan_kv_groups", one_group)
-            return LLM(self.path, **kw)
+        return LLM(self.path, **kw) if trim else untrimmed(self.path, **kw)
 
 
 @pytest.fixture(scope="module", params=DEVICES)
