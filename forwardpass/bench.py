@@ -25,7 +25,7 @@ from .llm import LLM
 TEXT = "The quick brown fox jumps over the lazy dog. "
 
 
-def _prompt(llm: LLM, n: int) -> list[int]:
+def bench_prompt(llm: LLM, n: int) -> list[int]:
     ids = llm.tokenizer.encode(TEXT * (n // 4 + 8))[:n]
     if len(ids) < n:
         raise ValueError(f"could not build a {n}-token prompt")
@@ -40,7 +40,7 @@ def _time_prefill(llm: LLM, prompt: list[int]) -> float:
         return time.perf_counter() - t0
 
 
-def _time_decode(llm: LLM, prompt: list[int], gen_tokens: int, batch: int) -> float:
+def time_decode(llm: LLM, prompt: list[int], gen_tokens: int, batch: int) -> float:
     argmax = argmax_fn(llm.kernels)
     with llm.engine.scratch_blocks(1 + gen_tokens, batch) as tables:
         llm.runner.run([SeqChunk([prompt[b % len(prompt)]], 0, t, Logits.LAST) for b, t in enumerate(tables)])
@@ -66,9 +66,9 @@ def run_bench(
     print(llm.system_info(), file=sys.stderr, flush=True)
     load_s = time.perf_counter() - t0
     rss_loaded = psutil.Process().memory_info().rss / 2**20
-    prompt = _prompt(llm, prompt_tokens)
+    prompt = bench_prompt(llm, prompt_tokens)
     pp_s = [_time_prefill(llm, prompt) for _ in range(repeat + 1)][1:]
-    tg_s = [_time_decode(llm, prompt, gen_tokens, batch) for _ in range(repeat + 1)][1:]
+    tg_s = [time_decode(llm, prompt, gen_tokens, batch) for _ in range(repeat + 1)][1:]
     tg_tok_s = batch * gen_tokens / statistics.median(tg_s)
     size = os.path.getsize(llm.path)
     kv_bytes = llm.runner.cache.nbytes  # every layer's pool, each sized by its KV group

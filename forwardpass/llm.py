@@ -21,7 +21,7 @@ from .engine.pooling import POOLING_METHODS, pooling_from_metadata
 from .engine.scheduler import SchedulerConfig
 from .errors import ChatTemplateError, ContextLengthError
 from .gguf.reader import GGUFFile
-from .kernels import release_heap
+from .kernels import KernelChoice, release_heap
 from .kernels.native import describe
 from .kernels.select import select_kernels
 from .models.attention import KVGroup
@@ -58,10 +58,18 @@ class LLM:
     window, so the global layers get the rest), and never less than one request needs. `kv_memory` (bytes) sizes
     it by memory instead: the KV cache never takes more, and a budget too small for one request of `ctx` tokens
     is an error. `cpu` picks the CPU kernels: "auto" (the best this CPU runs), "avx512", "avx2", "neon" or
-    "torch" (the PyTorch layers only); the default is $FORWARDPASS_CPU, else "auto".
+    "torch" (the PyTorch layers only); the default is $FORWARDPASS_CPU, else "auto". `kernels` (a
+    `kernels.KernelChoice`), for tests and benchmarks, names the kernels outright instead of `cpu`.
     """
 
-    def __init__(self, model: str | None = None, *, config: EngineConfig | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        config: EngineConfig | None = None,
+        kernels: KernelChoice | None = None,
+        **options: Any,
+    ) -> None:
         t0 = time.perf_counter()
         names = {f.name for f in dataclasses.fields(EngineConfig)}
         unknown = sorted(set(options) - names)
@@ -78,10 +86,12 @@ class LLM:
         self.metadata = self.gguf.metadata
         # the CPU kernels: the best variant this CPU runs, or `cpu` ("avx512", "avx2", "neon", "torch"; default
         # $FORWARDPASS_CPU, else "auto"); only used in fast mode on a CPU
-        on_cpu = torch.device(config.device).type == "cpu"
-        self.kernels = select_kernels(config.cpu) if on_cpu and not config.reference else None
+        if kernels is None:
+            on_cpu = torch.device(config.device).type == "cpu"
+            kernels = KernelChoice(select_kernels(config.cpu) if on_cpu and not config.reference else None)
         mode = "reference" if config.reference else "fast"
-        options = LoadOptions(mode=mode, device=config.device, native=self.kernels)
+        options = LoadOptions(mode=mode, device=config.device, kernels=kernels)
+        self.kernels = options.cpu_native  # the native library this model runs on, if any
         self.model: DecoderLM = load_model(self.gguf, options)
         release_heap()  # load-time repacking leaves freed heap behind; give it back to the OS
         self.gguf.release_pages()  # the repacked weights replace the file's bytes, which are read only on demand

@@ -22,7 +22,7 @@ from gguf import GGMLQuantizationType as T
 
 from forwardpass.gguf.reader import GGUFFile
 from forwardpass.gguf.weights import QuantWeight, WeightStore
-from forwardpass.kernels import make_linear
+from forwardpass.kernels import KernelChoice, make_linear
 from forwardpass.kernels.int4 import Int4PackLinear
 from forwardpass.kernels.int8 import Int8Linear, Int8PackLinear
 from forwardpass.kernels.linear import DenseLinear, Linear
@@ -82,7 +82,7 @@ def with_threshold(linear: Linear, tokens: int) -> Linear:
 def backends(w: QuantWeight) -> dict[str, Callable[[QuantWeight], Linear]]:
     """name -> factory building that backend from a (copied) weight."""
     out: dict[str, Callable[[QuantWeight], Linear]] = {
-        "fast": lambda w: make_linear(w, mode="fast", native=select_kernels())
+        "fast": lambda w: make_linear(w, mode="fast", kernels=KernelChoice(select_kernels()))
     }
     for variant in runnable_variants():  # the tile kernels of every build this CPU runs
         lib = select_kernels(variant)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from forwardpass.fidelity import compare_logits, decode_logits  # noqa: E402
 from forwardpass.kernels import gemm  # noqa: E402
 from forwardpass.models import attention as attention_module  # noqa: E402
 
@@ -192,27 +193,6 @@ SYSTEM = (
 )
 
 
-def compare(exact: torch.Tensor, other: torch.Tensor) -> dict:
-    p = torch.log_softmax(exact.double(), -1)
-    q = torch.log_softmax(other.double(), -1)
-    kl = (p.exp() * (p - q)).sum(-1)
-    return {
-        "mean_kl": float(kl.mean()),
-        "max_kl": float(kl.max()),
-        "top1": float((exact.argmax(-1) == other.argmax(-1)).double().mean()),
-        "max_abs_logit_gap": float((exact - other).abs().max()),
-        "logit_range": float(exact.abs().max()),
-    }
-
-
-def decode_logits(llm, ids: list[int]) -> torch.Tensor:
-    """Teacher-forced logits with every token after the first through the generated-token (decode) kernels."""
-    from forwardpass.engine.model_runner import Logits, SeqChunk
-
-    with llm.engine.scratch_blocks(len(ids)) as (table,):
-        return llm.runner.run([SeqChunk(ids, 0, table, Logits.ALL, prompt_len=1)]).cpu()
-
-
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     for x, y in zip(a, b):
@@ -249,21 +229,29 @@ def check_model(
     ids = cpu_ref.tokenizer.encode(text, add_bos=True)[:tokens]
     exact = cpu_ref.logits(ids)
     emit(
-        check="fidelity", path=f"{device} fast, prompt kernels", tokens=len(ids), **compare(exact, dev_fast.logits(ids))
+        check="fidelity",
+        path=f"{device} fast, prompt kernels",
+        tokens=len(ids),
+        **compare_logits(exact, dev_fast.logits(ids)).as_dict(),
     )
     emit(
         check="fidelity",
         path=f"{device} fast, decode kernels",
         tokens=len(ids),
-        **compare(exact, decode_logits(dev_fast, ids)),
+        **compare_logits(exact, decode_logits(dev_fast, ids)).as_dict(),
     )
-    emit(check="fidelity", path=f"{device} reference (float32)", tokens=len(ids), **compare(exact, dev_ref.logits(ids)))
+    emit(
+        check="fidelity",
+        path=f"{device} reference (float32)",
+        tokens=len(ids),
+        **compare_logits(exact, dev_ref.logits(ids)).as_dict(),
+    )
     cpu_fast = LLM(path, ctx=ctx, kv_tokens=4096)
     emit(
         check="fidelity",
         path="cpu fast" + (" (native step)" if cpu_fast.model.native_decoder else " (torch)"),
         tokens=len(ids),
-        **compare(exact, cpu_fast.logits(ids)),
+        **compare_logits(exact, cpu_fast.logits(ids)).as_dict(),
     )
     del cpu_fast
 
@@ -287,14 +275,14 @@ def check_model(
             _agreement(f"{device} chunked(16)+prefix cache vs alone, invariance {tag}", chunked, alone)
             _agreement(f"{device} fast alone vs cpu reference, invariance {tag}", alone, want)
             emit(check="timing", what=f"invariance {tag} runs", seconds=round(time.perf_counter() - t0, 1))
-    from forwardpass.bench import _prompt, _time_decode
+    from forwardpass.bench import bench_prompt, time_decode
 
     steps = 32  # what the invariance measures cost: decode steps timed as `forwardpass bench` times them
     for batch in (1, 16, 64):
         for on in (False, True):
             with invariance(on):
-                _time_decode(dev_fast, _prompt(dev_fast, 64), 4, batch)  # warm-up
-                seconds = _time_decode(dev_fast, _prompt(dev_fast, 64), steps, batch)
+                time_decode(dev_fast, bench_prompt(dev_fast, 64), 4, batch)  # warm-up
+                seconds = time_decode(dev_fast, bench_prompt(dev_fast, 64), steps, batch)
             emit(
                 check="decode_speed",
                 invariance=on,

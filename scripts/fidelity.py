@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from forwardpass import LLM
+from forwardpass.fidelity import compare_logits, decode_logits
 
 TEXT = (
     "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
@@ -28,21 +29,6 @@ TEXT = (
     "standardized spelling, invented title pages and page numbers, and argued with censors in a dozen "
     "languages."
 )
-
-
-def compare(exact: torch.Tensor, other: torch.Tensor) -> dict:
-    p = torch.log_softmax(exact.double(), -1)
-    q = torch.log_softmax(other.double(), -1)
-    kl = (p.exp() * (p - q)).sum(-1)
-    return {"mean_kl": float(kl.mean()), "top1": float((exact.argmax(-1) == other.argmax(-1)).double().mean())}
-
-
-def decode_logits(llm: LLM, ids: list[int]) -> torch.Tensor:
-    """Teacher-forced logits with every token after the first through the generated-token (decode) kernels."""
-    from forwardpass.engine.model_runner import Logits, SeqChunk
-
-    with llm.engine.scratch_blocks(len(ids)) as (table,):
-        return llm.runner.run([SeqChunk(ids, 0, table, Logits.ALL, prompt_len=1)]).cpu()
 
 
 def main() -> None:
@@ -61,8 +47,8 @@ def main() -> None:
     result = {
         "model": os.path.basename(path),
         "tokens": len(ids),
-        "forwardpass": compare(exact, fast),
-        "forwardpass_decode": compare(exact, decode_logits(fast_llm, ids)),
+        "forwardpass": compare_logits(exact, fast).as_dict(),
+        "forwardpass_decode": compare_logits(exact, decode_logits(fast_llm, ids)).as_dict(),
     }
     if args.llamacpp_python:
         with tempfile.TemporaryDirectory() as tmp:
@@ -70,7 +56,7 @@ def main() -> None:
             json.dump(ids, open(ids_file, "w"))
             script = os.path.join(os.path.dirname(__file__), "llamacpp_reference.py")
             subprocess.run([args.llamacpp_python, script, path, "logits", "--ids", ids_file, "--out", out], check=True)
-            result["llama.cpp"] = compare(exact, torch.from_numpy(np.load(out)))
+            result["llama.cpp"] = compare_logits(exact, torch.from_numpy(np.load(out))).as_dict()
     print(json.dumps(result))
 
 

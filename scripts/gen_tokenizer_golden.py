@@ -1,10 +1,12 @@
 """Write llama.cpp's token ids for a fixed corpus: the golden files of tests/test_tokenizer.py.
 
-Run with the reference environment, which has llama-cpp-python (and so llama.cpp) installed:
+Run it with a Python that has llama-cpp-python (and so llama.cpp) installed, naming each model file:
 
-    /work/refenv/venv/bin/python scripts/gen_tokenizer_golden.py \
-        --model smollm2=/root/.cache/forwardpass/models/SmolLM2-135M-Instruct.Q4_1.gguf \
-        --model gemma3=/root/.cache/forwardpass/models/gemma-3-270m-q4_k_m.gguf
+    PYTHON_WITH_LLAMA_CPP scripts/gen_tokenizer_golden.py \
+        --model smollm2=MODELS/SmolLM2-135M-Instruct.Q4_1.gguf --model gemma3=MODELS/gemma-3-270m-q4_k_m.gguf \
+        [--out-dir tests/data]
+
+(`forwardpass pull NAME` downloads a model; `forwardpass list` shows where the cached files are.)
 
 For each model it writes tests/data/tokenizer_golden_<name>.json holding the corpus, the ids for the three
 (add_bos, special) combinations (F,F), (T,F), (T,T), llama.cpp's detokenized bytes, the end-of-generation ids,
@@ -287,11 +289,16 @@ def main() -> None:
     parser.add_argument("--model", action="append", required=True, help="NAME=PATH.gguf (repeatable)")
     parser.add_argument("--out-dir", default=str(Path(__file__).resolve().parent.parent / "tests" / "data"))
     args = parser.parse_args()
+    models = [spec.partition("=")[::2] for spec in args.model]
+    for spec, (name, path) in zip(args.model, models):
+        if not name or not path:
+            parser.error(f"--model {spec!r}: expected NAME=PATH.gguf")
+        if not Path(path).is_file():
+            parser.error(f"--model {spec!r}: no such file {path}")
     corpus = build_corpus()
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for spec in args.model:
-        name, _, path = spec.partition("=")
+    for name, path in models:
         golden = golden_for(Path(path), corpus)
         out = out_dir / f"tokenizer_golden_{name}.json"
         out.write_text(json.dumps(golden, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")

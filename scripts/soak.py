@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Soak test for `forwardpass serve` (RELIABILITY L7, issue 6 acceptance 5).
+"""Soak test for `forwardpass serve` (docs/reliability.md, soak; issue 6 acceptance 5).
 
 Closed-loop streaming clients run for ``--duration`` seconds. Each request is, at random, a normal streaming
 request (run to the end), a client that disconnects after a few chunks (``--disconnect``, 10%), or an invalid

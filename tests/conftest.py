@@ -32,7 +32,8 @@ def native_lib(request):
 
 
 @pytest.fixture
-def use_native(monkeypatch, native_lib):
-    """`LLM(cpu=...)` picks `native_lib`: returns the value of its `cpu` argument."""
-    monkeypatch.setenv("FORWARDPASS_AVXVNNI", "0" if native_lib.name == "avx2" else "1")
-    return native_lib.variant
+def native_kernels(native_lib):
+    """`native_lib` as the kernels of a model: `LLM(path, kernels=native_kernels)`."""
+    from forwardpass.kernels import KernelChoice
+
+    return KernelChoice(native_lib)

@@ -1,4 +1,5 @@
-"""Builders of malformed GGUF files for the reader tests (RELIABILITY.md X9; mirrors llama.cpp's test-gguf.cpp).
+"""Builders of malformed GGUF files for the reader tests (docs/reliability.md, corrupt GGUF; mirrors llama.cpp's
+test-gguf.cpp).
 
 `build()` writes a GGUF file from raw parts with `struct.pack`, so each case can break exactly one thing;
 `build()` with no arguments is a small valid file. `malformed_cases()` returns name -> bytes for every case.

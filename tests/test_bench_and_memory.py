@@ -53,9 +53,14 @@ def test_bench_reports_speeds_and_stays_within_its_memory_budget(tmp_path):
     kv_mb = 3 * 2 * (2 * 64) * 2 * 256 / 2**20
     budget_mb = os.path.getsize(path) / 2**20 + kv_mb + 400
     assert abs(r["kv_mb"] - kv_mb) < 0.1 and abs(r["rss_budget_mb"] - budget_mb) < 0.2
-    # the peak itself is reported, not asserted: in one full-suite run the fresh process peaked at 524 MB against
-    # a 402 MB budget (330-360 MB when run alone), a difference not yet understood
-    assert r["rss_mb"] > 0
+    # The peak is measured where it is (ru_maxrss of the bench's own process): at least what that process held
+    # after the load, which a peak read in the wrong unit or of another process would not be.
+    assert r["rss_after_load_mb"] <= r["rss_mb"], r
+    # Whether the peak stays within the budget is reported, not asserted: for a tiny model the budget is almost all
+    # the fixed 400 MB allowance for Python and torch, which one full-suite run exceeded (524 MB against 402; 330 to
+    # 360 MB when run alone), so a bound here would test the machine's mood rather than the engine. The budget is
+    # reported for the real models with the bench figures in docs/benchmarks.md.
+    print(f"bench peak rss {r['rss_mb']} MB, budget {r['rss_budget_mb']} MB")
 
 
 def test_releasing_pages_keeps_file_bytes_and_never_touches_copies(tmp_path):

@@ -39,12 +39,14 @@ def test_run_streams_and_prints_timings(tiny_path):
     assert "generated: 12 tokens" in r.stderr
 
 
+@pytest.mark.slow
 def test_run_reads_the_prompt_from_stdin(tiny_path):
     a = forwardpass("run", tiny_path, "-", "-n", "6", "--temperature", "0", stdin="the cat")
     b = forwardpass("run", tiny_path, "the cat", "-n", "6", "--temperature", "0")
     assert a.returncode == 0 and a.stdout == b.stdout
 
 
+@pytest.mark.slow  # three processes; test_config.py checks the same options in-process
 def test_bad_input_gives_a_clear_error(tiny_path, tmp_path):
     r = forwardpass("run", tiny_path, "x", "--temperature", "-1")
     assert r.returncode != 0 and "temperature" in r.stderr and "Traceback" not in r.stderr
@@ -56,6 +58,7 @@ def test_bad_input_gives_a_clear_error(tiny_path, tmp_path):
     assert r.returncode != 0 and "no such model" in r.stderr
 
 
+@pytest.mark.slow
 def test_chat_keeps_history_and_clears(tiny_path):
     # the tiny model has no chat template: chat must say so clearly
     r = forwardpass("chat", tiny_path, stdin="hi\n/exit\n")

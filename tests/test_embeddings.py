@@ -29,7 +29,10 @@ def hf_hidden(path: str, ids: list[int]) -> torch.Tensor:
         return model.model(torch.tensor([ids])).last_hidden_state[0]
 
 
-@pytest.mark.parametrize("pooling_type, method", [(None, "mean"), (1, "mean"), (2, "cls"), (3, "last")])
+@pytest.mark.parametrize(
+    "pooling_type, method",
+    [(None, "mean")] + [pytest.param(*p, marks=pytest.mark.slow) for p in [(1, "mean"), (2, "cls"), (3, "last")]],
+)
 def test_pooling_matches_transformers(tmp_path, pooling_type, method):
     path = str(write_tiny_model(tmp_path / "m.gguf", "llama", seed=1, pooling_type=pooling_type))
     llm = LLM(path, reference=True, ctx=256)

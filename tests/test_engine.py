@@ -21,9 +21,11 @@ def device(request) -> str:
     return request.param
 
 
-@pytest.fixture(scope="module", params=["mixed-types", "tile-types"])
+@pytest.fixture(scope="module", params=["tile-types", pytest.param("mixed-types", marks=pytest.mark.slow)])
 def tiny_path(tmp_path_factory, request) -> str:
-    """Mixed quant types decode through the PyTorch layers; tile types through the native decode step (on CPU)."""
+    """Mixed quant types decode through the PyTorch layers; tile types through the native decode step (on CPU).
+    The PyTorch layers are several times slower here: the working loop runs them in test_generate.py and
+    test_models.py, the full suite here too."""
     tiles = request.param == "tile-types"
     return str(write_tiny_model(tmp_path_factory.mktemp("engine") / "qwen3.gguf", "qwen3", seed=5, tile_types=tiles))
 

@@ -44,18 +44,18 @@ def greedy(n: int = 24) -> SamplingParams:
     ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))],
 )
 @pytest.mark.parametrize("model", ["smollm2", "gemma3"])
-def test_sixteen_prompts_batched_equal_alone(request, model, device, native_lib, use_native):
+def test_sixteen_prompts_batched_equal_alone(request, model, device, native_lib, native_kernels):
     """On CPU with every build of the native kernels this CPU runs; CUDA runs none of them (once is enough)."""
     if device == "cuda" and native_lib is not NATIVE_DEFAULT:
         pytest.skip("CUDA runs no CPU kernels: checked once")
     path = request.getfixturevalue(f"{model}_path")
-    llm = LLM(path, ctx=1024, enable_prefix_caching=False, device=device, cpu=use_native)
+    llm = LLM(path, ctx=1024, enable_prefix_caching=False, device=device, kernels=native_kernels)
     prompts = [llm.encode_prompt(f"{SYSTEM}Tell me something about {t}.") for t in TOPICS]
     alone = [llm.generate([p], greedy())[0].token_ids for p in prompts]
     together = [o.token_ids for o in llm.generate(prompts, greedy())]
     assert together == alone
     for chunk in (16, 256):
-        chunked = LLM(path, ctx=1024, max_num_batched_tokens=chunk, device=device, cpu=use_native)
+        chunked = LLM(path, ctx=1024, max_num_batched_tokens=chunk, device=device, kernels=native_kernels)
         chunked.generate([llm.encode_prompt(SYSTEM + "Hello.")], greedy(2))  # caches the shared prefix
         outs = chunked.generate(prompts, greedy())
         assert [o.token_ids for o in outs] == alone, f"chunk size {chunk}"

@@ -10,15 +10,10 @@ import torch
 from test_models import REAL_PROMPT
 
 from forwardpass import LLM
+from forwardpass.fidelity import compare_logits, decode_logits
 
 KL_BOUND = {"smollm2": 4.5e-3, "gemma3": 7.0e-3}  # 1.5x llama.cpp's
 TOP1_BOUND = {"smollm2": 0.93, "gemma3": 0.915}  # llama.cpp's minus 2 points
-
-
-def kl_and_top1(exact: torch.Tensor, fast: torch.Tensor) -> tuple[float, float]:
-    p, q = torch.log_softmax(exact.double(), -1), torch.log_softmax(fast.double(), -1)
-    kl = (p.exp() * (p - q)).sum(-1).mean().item()
-    return kl, (exact.argmax(-1) == fast.argmax(-1)).double().mean().item()
 
 
 @pytest.fixture(scope="module", params=["smollm2", "gemma3"])
@@ -31,19 +26,11 @@ def exact(request) -> tuple[str, str, list[int], torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_fast_path_kl_against_exact(exact, use_native):
+def test_fast_path_kl_against_exact(exact, native_kernels):
     """Every build of the native kernels this CPU runs (avx512, avx2 with and without AVX-VNNI, neon)."""
     model, path, ids, exact = exact
-    fast_llm = LLM(path, cpu=use_native)
+    fast_llm = LLM(path, kernels=native_kernels)
     for name, logits in [("prompt kernels", fast_llm.logits(ids)), ("decode kernels", decode_logits(fast_llm, ids))]:
-        kl, top1 = kl_and_top1(exact, logits)
-        assert kl < KL_BOUND[model], f"{name}: mean KL {kl:.2e}"
-        assert top1 >= TOP1_BOUND[model], f"{name}: top-1 agreement {top1:.3f}"
-
-
-def decode_logits(llm: LLM, ids: list[int]) -> torch.Tensor:
-    """Teacher-forced logits with every token after the first through the generated-token (decode) kernels."""
-    from forwardpass.engine.model_runner import Logits, SeqChunk
-
-    with llm.engine.scratch_blocks(len(ids)) as (table,):
-        return llm.runner.run([SeqChunk(ids, 0, table, Logits.ALL, prompt_len=1)]).cpu()
+        agreement = compare_logits(exact, logits)
+        assert agreement.mean_kl < KL_BOUND[model], f"{name}: mean KL {agreement.mean_kl:.2e}"
+        assert agreement.top1 >= TOP1_BOUND[model], f"{name}: top-1 agreement {agreement.top1:.3f}"

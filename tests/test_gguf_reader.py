@@ -1,11 +1,11 @@
-"""Tests of the validating GGUF reader: round trips, the malformed-file corpus (X9), fuzzing (X10), real models."""
+"""Tests of the validating GGUF reader: round trips, the malformed-file corpus and fuzzing
+(docs/reliability.md, corrupt GGUF and GGUF fuzzing), real models."""
 
 from __future__ import annotations
 
 import logging
 import os
 import struct
-import time
 import tracemalloc
 import warnings
 from pathlib import Path
@@ -270,35 +270,27 @@ def test_tokens_with_invalid_utf8_are_replaced(tmp_path: Path, caplog: pytest.Lo
     assert len([r for r in caplog.records if "tokenizer.ggml.tokens" in r.getMessage()]) == 1
 
 
-def test_large_vocabulary_parses_fast(tmp_path: Path) -> None:
+def test_large_vocabulary_parses(tmp_path: Path) -> None:
     n = 262_144
     items = b"".join(gstr(f"tok{i}") for i in range(n))
     data = build([kv_str("general.architecture", "test"), kv_array("tokenizer.ggml.tokens", VT.STRING, n, items)])
     path = tmp_path / "vocab.gguf"
     path.write_bytes(data)
-    timings = []
-    for _ in range(3):  # best of three, so a busy CI machine does not make this flaky
-        start = time.perf_counter()
-        tokens = GGUFFile(path).metadata["tokenizer.ggml.tokens"]
-        timings.append(time.perf_counter() - start)
-    assert len(tokens) == n and tokens[-1] == f"tok{n - 1}"
-    assert min(timings) < 0.5, timings
+    tokens = GGUFFile(path).metadata["tokenizer.ggml.tokens"]
+    assert len(tokens) == n and tokens[0] == "tok0" and tokens[-1] == f"tok{n - 1}"
 
 
-# -- the malformed corpus (X9) ----------------------------------------------------------------------------------
+# -- the malformed corpus ----------------------------------------------------------------------------------------
 
 
 def _assert_rejected(path: Path, expect: str | None = None) -> None:
-    """`GGUFFile(path)` raises GGUFError naming the problem, without a runaway parse, and < 2x the file size + 1 MB of memory."""
-    start = time.perf_counter()
+    """`GGUFFile(path)` raises GGUFError naming the problem, using less than 2x the file size + 1 MB of memory."""
     with pytest.raises(GGUFError) as excinfo:
         GGUFFile(path)
-    elapsed = time.perf_counter() - start
     message = str(excinfo.value)
     assert str(path) in message
     if expect is not None:
         assert expect in message
-    assert elapsed < 30, f"took {elapsed:.3f} s"  # a deadline against a runaway parse, not a speed bound
     tracemalloc.start()
     try:
         with pytest.raises(GGUFError):
@@ -333,7 +325,7 @@ def test_tiny_data_section_truncated_is_rejected(tiny_path: Path, tmp_path: Path
     _assert_rejected(path, repr(last.name))
 
 
-# -- fuzzing (X10) ----------------------------------------------------------------------------------------------
+# -- fuzzing ----------------------------------------------------------------------------------------------------
 
 INTERESTING = [0, 1, 2**31, 2**32 - 1, 2**32, 2**63 - 1, 2**63, 2**64 - 1, 64, 13, 4096]
 

@@ -5,18 +5,19 @@ neon)."""
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import shutil
 
 import pytest
 import torch
 from gguf import GGMLQuantizationType as T
-from test_fidelity import decode_logits
 from test_kernels import random_weight, rel_err
 from tiny_models import write_tiny_model
 
 from forwardpass import LLM
 from forwardpass.engine.model_runner import Logits, SeqChunk
+from forwardpass.fidelity import compare_logits, decode_logits
 from forwardpass.kernels import tiles as tiles_module
 from forwardpass.kernels.tiles import TILE_TYPES, TileLinear, TileMatrix, tile_matmul
 
@@ -74,26 +75,25 @@ def tiny(request, tmp_path_factory) -> tuple[str, torch.Tensor]:
     return path, LLM(path, reference=True).logits(IDS)
 
 
-def test_native_step_matches_the_pytorch_layers(tiny, use_native):
+def test_native_step_matches_the_pytorch_layers(tiny, native_kernels):
     path, exact = tiny
-    llm = LLM(path, cpu=use_native)
+    llm = LLM(path, kernels=native_kernels)
     decoder = llm.model.native_decoder
     assert decoder is not None, "every weight is a tile type: the native step must be used"
     native = decode_logits(llm, IDS)
-    llm.model.native_decoder = None  # the same tiles through the PyTorch layers
-    layers = decode_logits(llm, IDS)
-    llm.model.native_decoder = decoder
+    without_step = LLM(path, kernels=dataclasses.replace(native_kernels, native_step=False))
+    assert without_step.model.native_decoder is None
+    layers = decode_logits(without_step, IDS)  # the same tiles through the PyTorch layers
     scale = exact.abs().max().item()
     # both quantize the same activations to int8; they differ in the order of float sums only
     assert (native - layers).abs().max().item() <= 2e-2 * scale
-    p, q = torch.log_softmax(exact.double(), -1), torch.log_softmax(native.double(), -1)
-    assert (p.exp() * (p - q)).sum(-1).mean().item() <= 1e-2
-    assert (native.argmax(-1) == exact.argmax(-1)).double().mean().item() >= 0.9
+    agreement = compare_logits(exact, native)
+    assert agreement.mean_kl <= 1e-2 and agreement.top1 >= 0.9, agreement
 
 
-def test_native_step_is_batch_invariant(tiny, use_native):
+def test_native_step_is_batch_invariant(tiny, native_kernels):
     path, _ = tiny
-    llm = LLM(path, cpu=use_native)
+    llm = LLM(path, kernels=native_kernels)
     together, alone = decode_step_together_and_alone(llm, [IDS[:12], IDS[5:20], IDS[3:7]])
     assert torch.equal(together, alone)
 
@@ -160,6 +160,7 @@ def _logging_compiler(tmp_path, log) -> str:
     return str(cc)
 
 
+@pytest.mark.slow
 def test_parallel_processes_build_a_variant_once(tmp_path):
     """Two processes asking for the same build at once: one compiles (under the lock, into a temporary file in the
     cache folder itself), the other waits and loads it; nothing is left behind but the library."""

@@ -18,14 +18,16 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType as T
 from native_remote import CROSS, cross_tools_present, remote_library
-from test_fidelity import decode_logits
 from test_kernels import random_weight, rel_err
 from test_native_decoder import decode_step_together_and_alone
 from tiny_models import write_tiny_model
 
 from forwardpass import LLM
+from forwardpass.fidelity import compare_logits, decode_logits
 from forwardpass.kernels import native, select
 from forwardpass.kernels.tiles import TILE_TYPES, TileMatrix, tile_matmul
+
+pytestmark = pytest.mark.slow  # builds under qemu and the sanitizers: minutes; the host build's tests stay fast
 
 REQUIRED = os.environ.get("FORWARDPASS_REQUIRE_CROSS") == "1"
 HOST = select.select_kernels("auto") if select.resolve_cpu() != "torch" else None
@@ -126,6 +128,6 @@ def test_native_step_on_the_remote_build(remote, arch, tmp_path):
     # int8 rounding; measured avx2 vs avx512 and neon vs avx512 here: ~0.03 of a 3.6 logit range, where the
     # int8 activations themselves put both 0.27 from the float32 logits
     assert (there - here).abs().max().item() <= 2e-2 * here.abs().max().item()
-    assert (there.argmax(-1) == here.argmax(-1)).double().mean().item() >= 0.9
+    assert compare_logits(here, there).top1 >= 0.9
     together, alone = decode_step_together_and_alone(llm, [IDS[:12], IDS[5:20], IDS[3:7]])
     assert torch.equal(together, alone)

@@ -44,13 +44,13 @@ def block_info(ggml_type: int) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _f16(b: torch.Tensor) -> torch.Tensor:
+def f16(b: torch.Tensor) -> torch.Tensor:
     """``(n, 2) uint8`` little-endian fp16 field -> ``(n, 1) float32`` (exact widening)."""
     # view() needs a contiguous last dim; column slices of the blocks are strided.
     return b.contiguous().view(torch.float16).float()
 
 
-def _shr(x: torch.Tensor, start: int, stop: int, step: int) -> torch.Tensor:
+def shr(x: torch.Tensor, start: int, stop: int, step: int) -> torch.Tensor:
     """``x[..., None, :] >> s`` for each shift ``s`` in ``range(start, stop, step)``: ``(..., k) -> (..., n_s, k)``.
 
     This is gguf-py's ``x.reshape(..., 1, k) >> shifts.reshape(n_s, 1)``, which fixes the element order.
@@ -59,7 +59,7 @@ def _shr(x: torch.Tensor, start: int, stop: int, step: int) -> torch.Tensor:
     return x.unsqueeze(-2) >> shifts.view(-1, 1)
 
 
-def _le_fields(x: torch.Tensor, bits: int) -> torch.Tensor:
+def le_fields(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Split each byte into ``8 // bits`` fields, lowest bits first: ``(n, k) -> (n, k * 8 // bits)``.
 
     Reading bytes in order and bits from the lowest up is the same as shifting the little-endian integer the
@@ -70,11 +70,11 @@ def _le_fields(x: torch.Tensor, bits: int) -> torch.Tensor:
     return ((x.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)).reshape(x.shape[0], -1)
 
 
-def _nibbles(qs: torch.Tensor, group: int) -> torch.Tensor:
+def nibbles(qs: torch.Tensor, group: int) -> torch.Tensor:
     """Unpack 4-bit quants as ggml lays them out: each run of ``group`` bytes holds ``group`` elements in its
     low nibbles followed by ``group`` in its high nibbles. ``(n, k) -> (n, 2k)`` in 0..15."""
     n = qs.shape[0]
-    return (_shr(qs.reshape(n, -1, group), 0, 8, 4) & 0x0F).reshape(n, -1)
+    return (shr(qs.reshape(n, -1, group), 0, 8, 4) & 0x0F).reshape(n, -1)
 
 
 @functools.lru_cache(maxsize=None)
@@ -83,7 +83,7 @@ def _iq4_levels(device: torch.device) -> torch.Tensor:
     return torch.tensor(IQ4_NL_KVALUES, dtype=torch.float32, device=device)
 
 
-def _k_scale_min(scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def k_scale_min(scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Unpack the 12-byte 6-bit scales/mins of Q4_K and Q5_K: ``(n, 12) -> ((n, 8), (n, 8))`` in 0..63.
 
     Bytes 0-3 hold the low 6 bits of scales 0-3 (top 2 bits: high bits of scales 4-7), bytes 4-7 the same for
@@ -108,7 +108,7 @@ def dequant_f32(blocks: torch.Tensor) -> torch.Tensor:
 
 def dequant_f16(blocks: torch.Tensor) -> torch.Tensor:
     """F16: ``(n, 2) -> (n, 1)``."""
-    return _f16(blocks)
+    return f16(blocks)
 
 
 def dequant_bf16(blocks: torch.Tensor) -> torch.Tensor:
@@ -124,48 +124,48 @@ def dequant_bf16(blocks: torch.Tensor) -> torch.Tensor:
 def dequant_q4_0(blocks: torch.Tensor) -> torch.Tensor:
     """Q4_0: ``[d: f16][qs: 16 B]`` -> ``d * (q - 8)``. ``(n, 18) -> (n, 32)``."""
     d, qs = torch.split(blocks, [2, 16], dim=1)
-    q = _nibbles(qs, 16).float() - 8  # (n, 32); small ints, exact in float32
-    return _f16(d) * q
+    q = nibbles(qs, 16).float() - 8  # (n, 32); small ints, exact in float32
+    return f16(d) * q
 
 
 def dequant_q4_1(blocks: torch.Tensor) -> torch.Tensor:
     """Q4_1: ``[d: f16][m: f16][qs: 16 B]`` -> ``d * q + m``. ``(n, 20) -> (n, 32)``."""
     d, m, qs = torch.split(blocks, [2, 2, 16], dim=1)
-    q = _nibbles(qs, 16).float()  # (n, 32)
-    return _f16(d) * q + _f16(m)
+    q = nibbles(qs, 16).float()  # (n, 32)
+    return f16(d) * q + f16(m)
 
 
 def _q5_quants(qh: torch.Tensor, qs: torch.Tensor) -> torch.Tensor:
     """5-bit quants: low nibbles from ``qs`` (16 B), bit 4 of element i is bit i of ``qh`` (a LE uint32).
     ``-> (n, 32)`` in 0..31."""
-    return _nibbles(qs, 16) | (_le_fields(qh, 1) << 4)
+    return nibbles(qs, 16) | (le_fields(qh, 1) << 4)
 
 
 def dequant_q5_0(blocks: torch.Tensor) -> torch.Tensor:
     """Q5_0: ``[d: f16][qh: 4 B][qs: 16 B]`` -> ``d * (q - 16)``. ``(n, 22) -> (n, 32)``."""
     d, qh, qs = torch.split(blocks, [2, 4, 16], dim=1)
     q = _q5_quants(qh, qs).float() - 16
-    return _f16(d) * q
+    return f16(d) * q
 
 
 def dequant_q5_1(blocks: torch.Tensor) -> torch.Tensor:
     """Q5_1: ``[d: f16][m: f16][qh: 4 B][qs: 16 B]`` -> ``d * q + m``. ``(n, 24) -> (n, 32)``."""
     d, m, qh, qs = torch.split(blocks, [2, 2, 4, 16], dim=1)
     q = _q5_quants(qh, qs).float()
-    return _f16(d) * q + _f16(m)
+    return f16(d) * q + f16(m)
 
 
 def dequant_q8_0(blocks: torch.Tensor) -> torch.Tensor:
     """Q8_0: ``[d: f16][qs: 32 x int8]`` -> ``q * d``. ``(n, 34) -> (n, 32)``."""
     d, qs = torch.split(blocks, [2, 32], dim=1)
-    return qs.contiguous().view(torch.int8).float() * _f16(d)
+    return qs.contiguous().view(torch.int8).float() * f16(d)
 
 
 def dequant_iq4_nl(blocks: torch.Tensor) -> torch.Tensor:
     """IQ4_NL: Q4_0's layout, but each nibble indexes a non-linear level table. ``(n, 18) -> (n, 32)``."""
     d, qs = torch.split(blocks, [2, 16], dim=1)
-    levels = _iq4_levels(blocks.device)[_nibbles(qs, 16).long()]  # (n, 32)
-    return _f16(d) * levels
+    levels = _iq4_levels(blocks.device)[nibbles(qs, 16).long()]  # (n, 32)
+    return f16(d) * levels
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -178,10 +178,10 @@ def dequant_q2_k(blocks: torch.Tensor) -> torch.Tensor:
     ``(d * sc) * q - (dmin * m)``. ``(n, 84) -> (n, 256)``."""
     n = blocks.shape[0]
     scales, qs, d, dmin = torch.split(blocks, [16, 64, 2, 2], dim=1)
-    dl = (_f16(d) * (scales & 0x0F).float()).reshape(n, 16, 1)
-    ml = (_f16(dmin) * (scales >> 4).float()).reshape(n, 16, 1)
+    dl = (f16(d) * (scales & 0x0F).float()).reshape(n, 16, 1)
+    ml = (f16(dmin) * (scales >> 4).float()).reshape(n, 16, 1)
     # Each 32-byte half holds 4 crumbs per byte: (n, 2, 4, 32) -> (n, 16, 16).
-    q = (_shr(qs.reshape(n, 2, 32), 0, 8, 2) & 3).reshape(n, 16, 16).float()
+    q = (shr(qs.reshape(n, 2, 32), 0, 8, 2) & 3).reshape(n, 16, 16).float()
     return (dl * q - ml).reshape(n, 256)
 
 
@@ -191,12 +191,12 @@ def dequant_q3_k(blocks: torch.Tensor) -> torch.Tensor:
     n = blocks.shape[0]
     hmask, qs, scales, d = torch.split(blocks, [32, 64, 12, 2], dim=1)
     # Scale j: low 4 bits from byte j % 8 (low nibble for j < 8), high 2 bits from byte 8 + j % 4 at bit 2*(j//4).
-    lo = _shr(scales[:, :8], 0, 8, 4).reshape(n, 16)
-    hi = _shr(scales[:, 8:], 0, 8, 2).reshape(n, 16)
+    lo = shr(scales[:, :8], 0, 8, 4).reshape(n, 16)
+    hi = shr(scales[:, 8:], 0, 8, 2).reshape(n, 16)
     sc = ((lo & 0x0F) | ((hi & 0x03) << 4)).float() - 32
-    dl = (_f16(d) * sc).reshape(n, 16, 1)
-    ql = (_shr(qs.reshape(n, 2, 32), 0, 8, 2) & 3).reshape(n, 16, 16)
-    qh = (_shr(hmask, 0, 8, 1) & 1).reshape(n, 16, 16)
+    dl = (f16(d) * sc).reshape(n, 16, 1)
+    ql = (shr(qs.reshape(n, 2, 32), 0, 8, 2) & 3).reshape(n, 16, 16)
+    qh = (shr(hmask, 0, 8, 1) & 1).reshape(n, 16, 16)
     # A set hmask bit means "no offset"; a clear one subtracts 4.
     q = ql.float() - ((qh ^ 1) << 2).float()
     return (dl * q).reshape(n, 256)
@@ -207,10 +207,10 @@ def dequant_q4_k(blocks: torch.Tensor) -> torch.Tensor:
     ``(d * sc) * q - (dmin * m)``. ``(n, 144) -> (n, 256)``."""
     n = blocks.shape[0]
     d, dmin, scales, qs = torch.split(blocks, [2, 2, 12, 128], dim=1)
-    sc, mn = _k_scale_min(scales)
-    dl = (_f16(d) * sc.float()).reshape(n, 8, 1)
-    ml = (_f16(dmin) * mn.float()).reshape(n, 8, 1)
-    q = _nibbles(qs, 32).reshape(n, 8, 32).float()
+    sc, mn = k_scale_min(scales)
+    dl = (f16(d) * sc.float()).reshape(n, 8, 1)
+    ml = (f16(dmin) * mn.float()).reshape(n, 8, 1)
+    q = nibbles(qs, 32).reshape(n, 8, 32).float()
     return (dl * q - ml).reshape(n, 256)
 
 
@@ -219,11 +219,11 @@ def dequant_q5_k(blocks: torch.Tensor) -> torch.Tensor:
     ``qh[i]`` belongs to element i of sub-block j. ``(n, 176) -> (n, 256)``."""
     n = blocks.shape[0]
     d, dmin, scales, qh, qs = torch.split(blocks, [2, 2, 12, 32, 128], dim=1)
-    sc, mn = _k_scale_min(scales)
-    dl = (_f16(d) * sc.float()).reshape(n, 8, 1)
-    ml = (_f16(dmin) * mn.float()).reshape(n, 8, 1)
-    ql = _nibbles(qs, 32).reshape(n, 8, 32)
-    qhi = _shr(qh, 0, 8, 1) & 1  # (n, 8, 32)
+    sc, mn = k_scale_min(scales)
+    dl = (f16(d) * sc.float()).reshape(n, 8, 1)
+    ml = (f16(dmin) * mn.float()).reshape(n, 8, 1)
+    ql = nibbles(qs, 32).reshape(n, 8, 32)
+    qhi = shr(qh, 0, 8, 1) & 1  # (n, 8, 32)
     q = (ql | (qhi << 4)).float()
     return (dl * q - ml).reshape(n, 256)
 
@@ -233,9 +233,9 @@ def dequant_q6_k(blocks: torch.Tensor) -> torch.Tensor:
     ``(d * sc) * (q - 32)``. ``(n, 210) -> (n, 256)``."""
     n = blocks.shape[0]
     ql, qh, scales, d = torch.split(blocks, [128, 64, 16, 2], dim=1)
-    dl = (_f16(d) * scales.contiguous().view(torch.int8).float()).reshape(n, 16, 1)
-    lo = _nibbles(ql, 64).reshape(n, 8, 32)
-    hi = (_shr(qh.reshape(n, 2, 32), 0, 8, 2) & 3).reshape(n, 8, 32)
+    dl = (f16(d) * scales.contiguous().view(torch.int8).float()).reshape(n, 16, 1)
+    lo = nibbles(ql, 64).reshape(n, 8, 32)
+    hi = (shr(qh.reshape(n, 2, 32), 0, 8, 2) & 3).reshape(n, 8, 32)
     q = (lo | (hi << 4)).reshape(n, 16, 16).float() - 32
     return (dl * q).reshape(n, 256)
 
@@ -245,11 +245,11 @@ def dequant_iq4_xs(blocks: torch.Tensor) -> torch.Tensor:
     scales and IQ4_NL levels: ``(d * (sc - 32)) * level[q]``. ``(n, 136) -> (n, 256)``."""
     n = blocks.shape[0]
     d, scales_h, scales_l, qs = torch.split(blocks, [2, 2, 4, 128], dim=1)
-    lo = _le_fields(scales_l, 4)  # (n, 8): low nibble = sub-block 2i, high = 2i + 1
-    hi = _le_fields(scales_h, 2)  # (n, 8): 2 bits per sub-block of a LE uint16
+    lo = le_fields(scales_l, 4)  # (n, 8): low nibble = sub-block 2i, high = 2i + 1
+    hi = le_fields(scales_h, 2)  # (n, 8): 2 bits per sub-block of a LE uint16
     sc = (lo | (hi << 4)).float() - 32
-    dl = (_f16(d) * sc).reshape(n, 8, 1)
-    levels = _iq4_levels(blocks.device)[_nibbles(qs, 16).long()].reshape(n, 8, 32)
+    dl = (f16(d) * sc).reshape(n, 8, 1)
+    levels = _iq4_levels(blocks.device)[nibbles(qs, 16).long()].reshape(n, 8, 32)
     return (dl * levels).reshape(n, 256)
 
 

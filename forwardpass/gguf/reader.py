@@ -6,8 +6,8 @@ touched, and raises `GGUFError` naming the key or tensor for anything malformed.
 `tensor_bytes()` hands out zero-copy views of it. Copy-on-write keeps the views writable, so `torch.from_numpy`
 wraps them without a copy or a warning, while the file on disk can never be modified.
 
-Hostile input is the design case (see RELIABILITY.md X9/X10): every count, length and offset read from the file
-is checked against the bytes actually left before it is used, all size arithmetic is done with Python ints, and
+Hostile input is the design case (see docs/reliability.md, corrupt GGUF): every count, length and offset read from the
+file is checked against the bytes actually left before it is used, all size arithmetic is done with Python ints, and
 nothing is allocated in proportion to a count before that check.
 """
 

@@ -9,8 +9,8 @@ from collections.abc import Callable
 import torch
 
 from ..gguf.weights import QuantWeight
+from .choice import KernelChoice
 from .linear import Linear, make_linear
-from .native import NativeLibrary
 from .repack import concat_rows
 from .tiles import TileLinear, tile_supports
 
@@ -40,19 +40,21 @@ def make_multi_linear(
     mode: str,
     device: torch.device | str = "cpu",
     release: Callable[[torch.Tensor], None] | None = None,
-    native: NativeLibrary | None = None,
+    kernels: KernelChoice | None = None,
 ) -> MultiLinear:
     """The projections of `weights` (with `biases`), as `make_linear` would build each, fused where they can be."""
     sizes = [w.shape[0] for w in weights]
     if len({w.ggml_type for w in weights}) == 1:
         bias = torch.cat(biases).to(device) if biases else None
+        native = kernels.native if kernels is not None and mode == "fast" else None
         if native is not None and all(tile_supports(w, native) for w in weights):  # tiles are CPU-only
             return MultiLinear([TileLinear(weights, native, bias, release)], sizes)  # rows stacked: no copy
         fused = concat_rows(weights, "+".join(w.name for w in weights))
-        return MultiLinear([make_linear(fused, bias, mode=mode, device=device, release=release, native=native)], sizes)
+        linear = make_linear(fused, bias, mode=mode, device=device, release=release, kernels=kernels)
+        return MultiLinear([linear], sizes)
     return MultiLinear(
         [
-            make_linear(w, b, mode=mode, device=device, release=release, native=native)
+            make_linear(w, b, mode=mode, device=device, release=release, kernels=kernels)
             for w, b in zip(weights, biases or [None] * len(weights))
         ],
         sizes,

@@ -9,7 +9,7 @@
   unpacking the packed layout with torch ops (about 3x slower to dequantize). The kernel needs N % 16 == 0 and K % 32 == 0 (the
   caller checks N; K is always whole groups).
 
-The packed layout (torch's AVX-512 build; checked at first use by `_cpu_layout_known`): rows in blocks of 64,
+The packed layout (torch's AVX-512 build; checked at first use by `cpu_layout_known`): rows in blocks of 64,
 each block stored k-major as (K, 32) bytes, byte j holding row j in its low nibble and row 32 + j in its high
 nibble; a last block of 16, 32 or 48 rows holds rows 2i and 2i + 1 in the low and high nibbles of byte i.
 """
@@ -83,7 +83,7 @@ def unpack_int4_cpu_t(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=None)
-def _cpu_layout_known() -> bool:
+def cpu_layout_known() -> bool:
     """Whether this torch build packs int4 the way `unpack_int4_cpu_t` reads (AVX2-only builds use 32-row blocks)."""
     probe = torch.randint(
         0, 16, (BLOCK_N + 48, 2 * GROUP), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
@@ -119,10 +119,10 @@ class Int4PackLinear:
         self.scale_zero = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous()  # (K / 32, N, 2)
         self.bias = bias
         self.prefill = prefill
-        self.can_dense = prefill is not None or _cpu_layout_known()
+        self.can_dense = prefill is not None or cpu_layout_known()
         if prefill is not None:
             self.dense_min_tokens = self.dense_min_tokens_with_prefill
-        elif not _cpu_layout_known():
+        elif not cpu_layout_known():
             self.dense_min_tokens = 1 << 62  # cannot unpack this build's layout: the kernel at every size
 
     def weight_t(self) -> torch.Tensor:

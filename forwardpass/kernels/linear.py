@@ -17,10 +17,10 @@ import torch
 from gguf import GGMLQuantizationType
 
 from ..gguf.weights import QuantWeight
+from .choice import KernelChoice
 from .gemm import matmul_rows
 from .int4 import Int4Linear, Int4PackLinear
 from .int8 import Int8GroupLinear, Int8Linear, Int8PackLinear
-from .native import NativeLibrary
 from .repack import FLOAT_TYPES, INT4_GROUPERS, INT8_GROUP_TYPES, to_bf16, to_int4_groups, to_int8_groups, to_int8_rows
 from .tiles import TileLinear, tile_supports
 
@@ -71,25 +71,22 @@ class DequantLinear:
 # fallback"), SmolLM2's Q8_0 head: 1.9e-3 whole rows, 1.1e-3 at 192, 8.4e-4 at 96 (7.8e-4 with the exact weights).
 INT8_DECODE_BLOCK = {GGMLQuantizationType.Q8_0: 96}
 
-# torch >= 2.6 has the CPU int4 kernel; older releases take the other backends
-_HAS_INT4_CPU = hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
-
 
 def fast_linear(
     weight: QuantWeight,
     bias: torch.Tensor | None = None,
     release: Callable[[torch.Tensor], None] | None = None,
-    native: NativeLibrary | None = None,
+    kernels: KernelChoice = KernelChoice(),
 ) -> Linear:
-    """The fast backend for `weight` (already on its device), first match wins (scripts/bench_linear.py measures
-    the choices):
+    """The fast backend for `weight` (already on its device) under `kernels`, first match wins
+    (scripts/bench_linear.py measures the choices):
 
     1. F32, F16, BF16: a dense bf16 copy.
-    2. Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K on a CPU with a `native` library (any of its instruction sets),
+    2. Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K on a CPU with `kernels.native` (any of its instruction sets),
        N % 16 == 0: `TileLinear`, exact 16-row tiles multiplied with int8 dot products (the native step reads the
        same tiles).
-    3. Q4_0, Q4_1, Q4_K on CPU, N % 16 == 0: `Int4PackLinear`, torch's int4 kernel on an exact repacking (up to
-       bf16 scales).
+    3. Q4_0, Q4_1, Q4_K on CPU, N % 16 == 0, with `kernels.int4_cpu`: `Int4PackLinear`, torch's int4 kernel on an
+       exact repacking (up to bf16 scales).
     4. other Q4_0, Q4_1, Q4_K: `Int4Linear` (any device).
     5. Q5_0, Q5_1, Q8_0, Q6_K: `Int8GroupLinear` (any device), exact codes with per-group scales for the prompt;
        on CPU generated tokens read an int8 copy requantized per row (per block of 96 columns for Q8_0).
@@ -99,9 +96,10 @@ def fast_linear(
     cpu = weight.raw.device.type == "cpu"
     if weight.ggml_type in FLOAT_TYPES:
         return DenseLinear(to_bf16(weight), bias)
+    native = kernels.native if cpu else None
     if tile_supports(weight, native):
         return TileLinear([weight], native, bias, release)
-    if cpu and weight.ggml_type in INT4_GROUPERS and weight.shape[0] % 16 == 0 and _HAS_INT4_CPU:
+    if cpu and weight.ggml_type in INT4_GROUPERS and weight.shape[0] % 16 == 0 and kernels.int4_cpu:
         return Int4PackLinear(to_int4_groups(weight), bias)
     if weight.ggml_type in INT4_GROUPERS:
         return Int4Linear(to_int4_groups(weight), bias)
@@ -118,10 +116,10 @@ def make_linear(
     mode: str = "dequant",
     device: torch.device | str = "cpu",
     release: Callable[[torch.Tensor], None] | None = None,
-    native: NativeLibrary | None = None,
+    kernels: KernelChoice | None = None,
 ) -> Linear:
-    """A `Linear` for this weight under `mode`: "reference" (exact float32), "dequant" or "fast" (`native`: the
-    CPU kernels to use, None for torch's only)."""
+    """A `Linear` for this weight under `mode`: "reference" (exact float32), "dequant" or "fast" (with `kernels`:
+    the default `KernelChoice()` has no native library, torch's kernels only)."""
     if bias is not None:
         bias = bias.to(device)
     if mode == "reference":
@@ -129,5 +127,5 @@ def make_linear(
     if mode == "dequant":
         return DequantLinear(weight.to(device), bias)
     if mode == "fast":
-        return fast_linear(weight.to(device), bias, release, native if torch.device(device).type == "cpu" else None)
+        return fast_linear(weight.to(device), bias, release, kernels or KernelChoice())
     raise ValueError(f"unknown linear mode {mode!r}")

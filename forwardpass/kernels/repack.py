@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 import torch
 from gguf import GGMLQuantizationType as T
 
-from ..gguf.dequant import DEQUANTIZERS, _f16, _k_scale_min, _nibbles, block_info
+from ..gguf.dequant import DEQUANTIZERS, block_info, f16, k_scale_min, nibbles
 from ..gguf.weights import QuantWeight
 
 GROUP = 32  # weights per (scale, zero) group in the int4 form; the kernels' qGroupSize
@@ -63,21 +63,21 @@ class Int8Rows:
 
 def _q4_0_groups(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     d, qs = torch.split(blocks, [2, 16], dim=1)
-    scale = _f16(d)  # (n, 1)
-    return _nibbles(qs, 16), scale, torch.zeros_like(scale)
+    scale = f16(d)  # (n, 1)
+    return nibbles(qs, 16), scale, torch.zeros_like(scale)
 
 
 def _q4_1_groups(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     d, m, qs = torch.split(blocks, [2, 2, 16], dim=1)
-    scale = _f16(d)
-    return _nibbles(qs, 16), scale, _f16(m) + 8 * scale
+    scale = f16(d)
+    return nibbles(qs, 16), scale, f16(m) + 8 * scale
 
 
 def _q4_k_groups(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     d, dmin, scales, qs = torch.split(blocks, [2, 2, 12, 128], dim=1)
-    sc, mn = _k_scale_min(scales)  # (n, 8) each: one per 32-weight sub-block
-    scale = _f16(d) * sc.float()
-    return _nibbles(qs, 32), scale, 8 * scale - _f16(dmin) * mn.float()
+    sc, mn = k_scale_min(scales)  # (n, 8) each: one per 32-weight sub-block
+    scale = f16(d) * sc.float()
+    return nibbles(qs, 32), scale, 8 * scale - f16(dmin) * mn.float()
 
 
 INT4_GROUPERS: dict[int, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {
@@ -190,7 +190,7 @@ def requantize_blocks(groups: Int8Groups, width: int) -> list[Int8Rows]:
 
 def to_int8_groups(weight: QuantWeight) -> Int8Groups:
     """Q5_0 / Q5_1 / Q8_0 / Q6_K -> `Int8Groups`, exactly (the codes and scales the tile layout uses)."""
-    from .tiles import SM_DM, SM_K6, TILE_TYPES, _codes_and_scales  # noqa: PLC0415 (tiles imports native)
+    from .tiles import SM_DM, SM_K6, TILE_TYPES, codes_and_scales  # noqa: PLC0415 (tiles imports native)
 
     n, k = weight.shape
     _, smode, mconst = TILE_TYPES[weight.ggml_type]
@@ -200,7 +200,7 @@ def to_int8_groups(weight: QuantWeight) -> Int8Groups:
     zero = torch.empty_like(scale)
     for start, raw in _row_chunks(weight, k):
         rows = raw.shape[0]
-        codes, f = _codes_and_scales(QuantWeight(weight.name, weight.ggml_type, (rows, k), raw))
+        codes, f = codes_and_scales(QuantWeight(weight.name, weight.ggml_type, (rows, k), raw))
         if smode == SM_K6:
             s = f["dsb"].repeat_interleave(16, dim=1) * f["sc"].float()  # (rows, K / 16), exact in float32
             z = -32 * s

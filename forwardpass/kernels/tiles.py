@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from gguf import GGMLQuantizationType as T
 
-from ..gguf.dequant import _f16, _k_scale_min, _le_fields, _nibbles, _shr, block_info
+from ..gguf.dequant import block_info, f16, k_scale_min, le_fields, nibbles, shr
 from ..gguf.weights import QuantWeight
 from .gemm import gemm_in_chunks
 from .native import NativeLibrary, TMat
@@ -56,7 +56,7 @@ def tile_supports(weight: QuantWeight, lib: NativeLibrary | None) -> bool:
 # ---- GGUF blocks -> integer codes (N, K) uint8 and the scale fields, per type ----
 
 
-def _codes_and_scales(weight: QuantWeight) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def codes_and_scales(weight: QuantWeight) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """codes (N, K) uint8 >= 0, and per-row scale fields: d/m (N, K/32) float32 (exact fp16 values), or the K-quant
     sub-scales (N, K/32 or K/16) and super-block scales (N, K/256)."""
     n, k = weight.shape
@@ -64,33 +64,33 @@ def _codes_and_scales(weight: QuantWeight) -> tuple[torch.Tensor, dict[str, torc
     b = weight.raw.reshape(-1, type_size)
     t = weight.ggml_type
     if t == T.Q4_0:
-        return _nibbles(b[:, 2:], 16).reshape(n, k), {"d": _f16(b[:, :2]).view(n, -1)}
+        return nibbles(b[:, 2:], 16).reshape(n, k), {"d": f16(b[:, :2]).view(n, -1)}
     if t == T.Q4_1:
-        return _nibbles(b[:, 4:], 16).reshape(n, k), {"d": _f16(b[:, :2]).view(n, -1), "m": _f16(b[:, 2:4]).view(n, -1)}
+        return nibbles(b[:, 4:], 16).reshape(n, k), {"d": f16(b[:, :2]).view(n, -1), "m": f16(b[:, 2:4]).view(n, -1)}
     if t == T.Q5_0:
-        q = _nibbles(b[:, 6:], 16) | (_le_fields(b[:, 2:6], 1) << 4)
-        return q.reshape(n, k), {"d": _f16(b[:, :2]).view(n, -1)}
+        q = nibbles(b[:, 6:], 16) | (le_fields(b[:, 2:6], 1) << 4)
+        return q.reshape(n, k), {"d": f16(b[:, :2]).view(n, -1)}
     if t == T.Q5_1:
-        q = _nibbles(b[:, 8:], 16) | (_le_fields(b[:, 4:8], 1) << 4)
-        return q.reshape(n, k), {"d": _f16(b[:, :2]).view(n, -1), "m": _f16(b[:, 2:4]).view(n, -1)}
+        q = nibbles(b[:, 8:], 16) | (le_fields(b[:, 4:8], 1) << 4)
+        return q.reshape(n, k), {"d": f16(b[:, :2]).view(n, -1), "m": f16(b[:, 2:4]).view(n, -1)}
     if t == T.Q8_0:
         q = b[:, 2:].contiguous() ^ 0x80  # int8 q -> q + 128 as uint8
-        return q.reshape(n, k), {"d": _f16(b[:, :2]).view(n, -1)}
+        return q.reshape(n, k), {"d": f16(b[:, :2]).view(n, -1)}
     if t == T.Q4_K:
-        sc, mn = _k_scale_min(b[:, 4:16])
-        return _nibbles(b[:, 16:], 32).reshape(n, k), {
+        sc, mn = k_scale_min(b[:, 4:16])
+        return nibbles(b[:, 16:], 32).reshape(n, k), {
             "sc": sc.reshape(n, -1),
             "mn": mn.reshape(n, -1),
-            "dsb": _f16(b[:, :2]).view(n, -1),
-            "msb": -_f16(b[:, 2:4]).view(n, -1),
+            "dsb": f16(b[:, :2]).view(n, -1),
+            "msb": -f16(b[:, 2:4]).view(n, -1),
         }
     if t == T.Q6_K:
         m = b.shape[0]
-        lo = _nibbles(b[:, :128], 64).reshape(m, 8, 32)
-        hi = (_shr(b[:, 128:192].reshape(m, 2, 32), 0, 8, 2) & 3).reshape(m, 8, 32)
+        lo = nibbles(b[:, :128], 64).reshape(m, 8, 32)
+        hi = (shr(b[:, 128:192].reshape(m, 2, 32), 0, 8, 2) & 3).reshape(m, 8, 32)
         return (lo | (hi << 4)).reshape(n, k), {
             "sc": b[:, 192:208].contiguous().view(torch.int8).reshape(n, -1),
-            "dsb": _f16(b[:, 208:210]).view(n, -1),
+            "dsb": f16(b[:, 208:210]).view(n, -1),
         }
     raise ValueError(f"{weight.name}: no tile layout for ggml type {t}")
 
@@ -161,7 +161,7 @@ class TileMatrix:
             for start in range(0, w.shape[0], step):
                 raw = w.raw[start : start + step]
                 part = QuantWeight(w.name, w.ggml_type, (raw.shape[0], self.k), raw)
-                codes, fields = _codes_and_scales(part)
+                codes, fields = codes_and_scales(part)
                 packed = _pack(codes, fields, self.bits)
                 for key, value in packed.items():
                     if key not in self.arrays:

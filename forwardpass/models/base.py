@@ -7,13 +7,13 @@ metadata (`config_from_metadata`), which tensors a layer has (`load_layer`), and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 
 from ..gguf.weights import QuantWeight, WeightStore
-from ..kernels import Linear, MultiLinear, make_linear, make_multi_linear
+from ..kernels import KernelChoice, Linear, MultiLinear, make_linear, make_multi_linear
 from ..kernels.native import NativeLibrary
 from ..kernels.native_decoder import LayerSpec, NativeDecoder
 from .attention import AttentionMetadata, KVCache, attention
@@ -21,16 +21,23 @@ from .config import ModelConfig
 from .layers import Rotary, rms_norm, softcap
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadOptions:
     mode: str = "dequant"  # the Linear backend ("reference" = exact float32)
     device: str = "cpu"
-    native: NativeLibrary | None = None  # the CPU kernels of "fast" mode (`kernels.native.select_kernels`)
+    kernels: KernelChoice = field(default_factory=KernelChoice)  # the kernels of "fast" mode (`LLM` picks them)
+
+    @property
+    def cpu_kernels(self) -> KernelChoice:
+        """`kernels` as they apply to this model: the native library only in fast mode on a CPU."""
+        if self.mode == "fast" and torch.device(self.device).type == "cpu":
+            return self.kernels
+        return self.kernels.without_native()
 
     @property
     def cpu_native(self) -> NativeLibrary | None:
         """The native library where this model runs on it: fast mode on a CPU."""
-        return self.native if self.mode == "fast" and torch.device(self.device).type == "cpu" else None
+        return self.cpu_kernels.native
 
 
 class DecoderLM:
@@ -77,7 +84,7 @@ class DecoderLM:
 
     def _native_decoder(self) -> NativeDecoder | None:
         """The native step over this model's tiles where it can run (CPU fast mode with native kernels)."""
-        lib = self.options.cpu_native
+        lib = self.options.cpu_kernels.step_lib
         if lib is None:
             return None
         self._rotaries = list({id(r): r for r in self.rotary}.values())  # distinct tables, in layer order
@@ -104,7 +111,7 @@ class DecoderLM:
             mode=self.options.mode,
             device=self.options.device,
             release=release,
-            native=self.options.cpu_native,
+            kernels=self.options.cpu_kernels,
         )
 
     def multi_linear(self, weights: list[QuantWeight], biases: list[torch.Tensor] | None = None) -> MultiLinear:
@@ -115,7 +122,7 @@ class DecoderLM:
             mode=self.options.mode,
             device=self.options.device,
             release=release,
-            native=self.options.cpu_native,
+            kernels=self.options.cpu_kernels,
         )
 
     def norm(self, store: WeightStore, name: str, size: int) -> torch.Tensor:
@@ -150,7 +157,9 @@ class DecoderLM:
         qk = rotary(qk, rotation)  # float32
         q, k = qk[:, :n_heads], qk[:, n_heads:]
         cache.write(i, meta.slot_mapping, k, v)
-        o = attention(q, cache, i, meta, self.config.scale, self.config.sliding_window[i], self.options.cpu_native)
+        o = attention(
+            q, cache, i, meta, self.config.scale, self.config.sliding_window[i], self.options.cpu_kernels.attention_lib
+        )
         return o.reshape(q.shape[0], -1)
 
     # ---- the forward pass ----

@@ -134,24 +134,13 @@ def _message(message: Any, i: int) -> list[dict[str, Any]]:
 
 
 def parse_messages(value: Any) -> list[dict[str, Any]]:
-    if value is None:
-        raise invalid("messages is required", "messages")
-    if not isinstance(value, list):
-        raise invalid(f"messages must be an array of messages, got {json_type(value)}", "messages")
-    if not value:
-        raise invalid("messages must not be empty", "messages")
-    if len(value) > MAX_MESSAGES:
-        raise invalid(f"messages may hold at most {MAX_MESSAGES} messages, got {len(value)}", "messages")
+    value = fields.array(value, "messages", "messages", MAX_MESSAGES, required=True)
     return [m for i, message in enumerate(value) for m in _message(message, i)]
 
 
 def parse_tools(value: Any) -> list[dict[str, Any]]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise invalid(f"tools must be an array, got {json_type(value)}", "tools")
     out = []
-    for i, tool in enumerate(value):
+    for i, tool in enumerate(fields.array(value, "tools")):
         if not isinstance(tool, dict):
             raise invalid(f"tools[{i}] must be an object, got {short_repr(tool)}", "tools")
         if tool.get("type") not in (None, "custom"):
@@ -220,9 +209,7 @@ def parse_messages_request(body: dict[str, Any], count_only: bool = False) -> Me
         messages = messages[:-1]
         if not messages:
             raise invalid("messages must hold a user message before a final assistant message", "messages")
-    stops = body.get("stop_sequences")
-    if stops is not None and not isinstance(stops, list):
-        raise invalid(f"stop_sequences must be an array of strings, got {json_type(stops)}", "stop_sequences")
+    stops = fields.array(body.get("stop_sequences"), "stop_sequences", "strings") or None
     metadata = fields.obj(body, "metadata") or {}
     chat_body: dict[str, Any] = {
         "model": fields.string(body, "model", 256),

@@ -31,9 +31,8 @@ from . import fields
 from . import responses as R
 from .errors import APIError, invalid, short_repr, unavailable
 from .generation import ClientDisconnected, QueueTimeout, release_once, unless_disconnected
-from .jsonbody import json_type
 from .metrics import ServerMetrics
-from .openai_routes import check_model, context_error, read_json, tokenize_prompts
+from .openai_routes import check_context, check_model, context_error, read_json, tokenize_prompts
 from .protocol import MAX_USER_CHARS, Limits
 from .state import ServerState
 
@@ -52,32 +51,7 @@ class EmbeddingRequest:
 
 
 def parse_inputs(body: dict[str, Any], vocab_size: int) -> list[str | list[int]]:
-    value = body.get("input")
-    if value is None:
-        raise invalid("input is required", "input")
-    if isinstance(value, str):
-        items: list[Any] = [value]
-    elif isinstance(value, list) and value and all(isinstance(t, int) and not isinstance(t, bool) for t in value):
-        items = [value]
-    elif isinstance(value, list):
-        items = value
-    else:
-        raise invalid(
-            f"input must be a string, an array of strings or an array of token ids, got {json_type(value)}", "input"
-        )
-    if not items:
-        raise invalid("input must not be empty", "input")
-    if len(items) > MAX_INPUTS:
-        raise invalid(f"input may hold at most {MAX_INPUTS} items, got {len(items)}", "input")
-    for i, item in enumerate(items):
-        if isinstance(item, str):
-            if not item:
-                raise invalid(f"input[{i}] must not be an empty string", "input")
-        elif isinstance(item, list):
-            fields.token_ids(item, "input", vocab_size)
-        else:
-            raise invalid(f"input items must be strings or token id lists, got {short_repr(item)}", "input")
-    return items
+    return fields.prompts(body, "input", vocab_size, MAX_INPUTS)
 
 
 def parse_embedding_request(body: dict[str, Any], limits: Limits, width: int) -> EmbeddingRequest:
@@ -208,15 +182,8 @@ async def embeddings(request: Request) -> Response:
     timer: asyncio.TimerHandle | None = None
     try:
         prompts = await tokenize_prompts(lambda: [llm.encode_prompt(p) for p in req.inputs])
-        n_ctx = state.limits.n_ctx
         for i, ids in enumerate(prompts):
-            if len(ids) > n_ctx:
-                raise context_error(
-                    f"input[{i}] has {len(ids)} tokens but the model's context holds {n_ctx} tokens",
-                    len(ids),
-                    n_ctx,
-                    "input",
-                )
+            check_context(len(ids), None, state.limits.n_ctx, "input", generates=False, what=f"input[{i}]")
         group = EmbedGroup(state.engine, request.app.state.metrics, rid, prompts, llm.pooling, window)
         state.groups.add(group)  # type: ignore[arg-type]  (aborted like a RequestGroup at shutdown)
         group.start()

@@ -2,11 +2,11 @@
 
 Values (one at a time):
 
-* ``crash_after_steps:N`` - the engine thread raises after N steps (RELIABILITY Q6);
-* ``stall_after_steps:N`` - the engine thread hangs after N steps while work is pending (Q5);
-* ``slow_load:S`` - model loading takes S more seconds (Q7);
+* ``crash_after_steps:N`` - the engine thread raises after N steps (docs/reliability.md, engine death);
+* ``stall_after_steps:N`` - the engine thread hangs after N steps while work is pending (stall detector);
+* ``slow_load:S`` - model loading takes S more seconds (loading);
 * ``slow_steps:S`` - every engine step takes S more seconds, so that tests can watch a prefill or a queue
-  at work on a tiny model (A4, A5, Q1, Q3).
+  at work on a tiny model (leaving during prefill, abort storm, slots, queue timeout).
 """
 
 from __future__ import annotations

@@ -78,6 +78,50 @@ def obj(body: Mapping[str, Any], name: str) -> dict[str, Any] | None:
     return value
 
 
+def array(value: Any, name: str, what: str = "", max_items: int | None = None, required: bool = False) -> list[Any]:
+    """A JSON array (``what`` names its items in the message); ``null`` is ``[]`` unless ``required``, when it and
+    an empty array are refused."""
+    if value is None:
+        if required:
+            raise invalid(f"{name} is required", name)
+        return []
+    if not isinstance(value, list):
+        raise invalid(f"{name} must be an array{' of ' + what if what else ''}, got {json_type(value)}", name)
+    if required and not value:
+        raise invalid(f"{name} must not be empty", name)
+    if max_items is not None and len(value) > max_items:
+        raise invalid(f"{name} may hold at most {max_items} {what or 'items'}, got {len(value)}", name)
+    return value
+
+
+def prompts(body: Mapping[str, Any], name: str, vocab_size: int, max_items: int) -> list[str | list[int]]:
+    """A completions ``prompt`` or an embeddings ``input``: a string, a list of token ids, a list of strings, or a
+    list of token-id lists; never empty, strings non-empty, ids in the vocabulary."""
+    value = body.get(name)
+    if value is None:
+        raise invalid(f"{name} is required", name)
+    if isinstance(value, str):
+        items: list[Any] = [value]
+    elif isinstance(value, list) and value and all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+        items = [value]
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise invalid(
+            f"{name} must be a string, an array of strings or an array of token ids, got {json_type(value)}", name
+        )
+    array(items, name, f"{name}s", max_items, required=True)
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            if not item:
+                raise invalid(f"{name}[{i}] must not be an empty string", name)
+        elif isinstance(item, list):
+            token_ids(item, name, vocab_size)
+        else:
+            raise invalid(f"{name} items must be strings or token id lists, got {short_repr(item)}", name)
+    return items
+
+
 def stop(body: Mapping[str, Any]) -> tuple[str, ...]:
     """``stop``: a string or up to 4 non-empty strings of at most 1000 characters."""
     value = body.get("stop")

@@ -5,7 +5,7 @@ cumulative snapshots, so the group keeps only the latest one per prompt: a slow 
 pile up in memory. ``abort()`` cancels whatever is unfinished (its KV blocks are freed before the engine's
 next step) and wakes the consumer, which then sees ``finish_reason == "abort"``.
 
-Queue timeout (RELIABILITY Q3): ``expire_if_queued()``, called when ``--queue-timeout`` runs out, removes the
+Queue timeout (docs/reliability.md): ``expire_if_queued()``, called when ``--queue-timeout`` runs out, removes the
 request from the engine's queue and fails it with ``QueueTimeout`` (a 503) unless it has started: some output
 arrived, or the engine's last published running batch holds it (its prefill is under way).
 """

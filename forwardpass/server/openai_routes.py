@@ -1,11 +1,11 @@
 """POST /v1/chat/completions and /v1/completions: validate, admit, tokenize off the event loop, generate.
 
-Context rules (RELIABILITY C1-C4): a prompt that leaves no room for one token is a 400
+Context rules (docs/reliability.md, Context and length): a prompt that leaves no room for one token is a 400
 ``context_length_exceeded`` carrying ``n_prompt_tokens`` and ``n_ctx``, decided before any SSE byte; so is
 an explicit ``max_tokens`` that does not fit; without ``max_tokens`` the output is capped by the context
-(``finish_reason: "length"``). With ``truncate_prompt_tokens`` (C6) the prompt is cut to its last tokens first.
+(``finish_reason: "length"``). With ``truncate_prompt_tokens`` the prompt is cut to its last tokens first.
 
-Queue timeout (Q3): with ``--queue-timeout``, a request that has not started when it runs out is removed from
+Queue timeout: with ``--queue-timeout``, a request that has not started when it runs out is removed from
 the engine's queue and answered 503 ``queue_timeout`` with ``Retry-After``. A stream then sends its headers
 only once the first output is there, so that a queue timeout can still be a plain 503.
 """
@@ -66,11 +66,15 @@ def context_error(message: str, n_prompt: int, n_ctx: int, param: str) -> APIErr
     )
 
 
-def check_context(n_prompt: int, max_tokens: int | None, n_ctx: int, param: str) -> None:
-    if n_prompt >= n_ctx:
+def check_context(
+    n_prompt: int, max_tokens: int | None, n_ctx: int, param: str, generates: bool = True, what: str = "the prompt"
+) -> None:
+    """A 400 ``context_length_exceeded`` unless `what` (`n_prompt` tokens) fits the context: with room for one
+    generated token, and for `max_tokens` when given, if it `generates`; whole otherwise (embeddings)."""
+    if n_prompt > (n_ctx - 1 if generates else n_ctx):
+        room = ", with room for at least one generated token" if generates else ""
         raise context_error(
-            f"the prompt has {n_prompt} tokens but the model's context holds {n_ctx} tokens, "
-            f"with room for at least one generated token",
+            f"{what} has {n_prompt} tokens but the model's context holds {n_ctx} tokens{room}",
             n_prompt,
             n_ctx,
             param,
@@ -215,7 +219,7 @@ def _logprob_formatter(request: Request, wanted: bool) -> R.LogprobFormatter | N
     return R.LogprobFormatter(request.app.state.server.llm.tokenizer) if wanted else None
 
 
-def _with_constraint(
+def with_constraint(
     state: ServerState,
     req: GenerationRequest,
     constraint: StructuredOutputsParams | None,
@@ -235,7 +239,7 @@ def _with_constraint(
     return run
 
 
-def _chat_plan(req: ChatRequest, template_source: str) -> tuple[ToolPlan, StructuredOutputsParams | None, str | None]:
+def chat_plan(req: ChatRequest, template_source: str) -> tuple[ToolPlan, StructuredOutputsParams | None, str | None]:
     """The request's tool plan and the one constraint it runs under (a tool_choice's grammar wins over
     response_format), with the field a compile error is blamed on."""
     try:
@@ -259,7 +263,7 @@ async def chat_completions(request: Request) -> Response:
         raise invalid("this model has no chat template; use /v1/completions", "messages")
     rid, created = R.new_id("chatcmpl"), int(time.time())
     fmt = _logprob_formatter(request, req.logprobs)
-    plan, constraint, structured_param = _chat_plan(req, llm.chat_template.source)
+    plan, constraint, structured_param = chat_plan(req, llm.chat_template.source)
     parsed = bool(plan.tools) or plan.reasoning or any(m.get("tool_calls") for m in req.messages)
     prompt_text = [""]
 
@@ -297,7 +301,7 @@ async def chat_completions(request: Request) -> Response:
         req,
         rid,
         1,
-        _with_constraint(state, req, constraint, tokenize),
+        with_constraint(state, req, constraint, tokenize),
         "messages",
         stream_fn,
         body_fn,
@@ -344,7 +348,7 @@ async def completions(request: Request) -> Response:
         )
         return R.completion_body(rid, created, state.model_name, choices, used)
 
-    tokenize = _with_constraint(state, req, req.structured, lambda: [llm.encode_prompt(p) for p in req.prompts])
+    tokenize = with_constraint(state, req, req.structured, lambda: [llm.encode_prompt(p) for p in req.prompts])
     return await generate(
         request, req, rid, len(req.prompts), tokenize, "prompt", stream_fn, body_fn, req.structured_param
     )

@@ -11,11 +11,11 @@ that does not compile is a 400 too, found when the route compiles it.
 
 Context fields beyond OpenAI's:
 
-* ``truncate_prompt_tokens`` (vLLM's field; RELIABILITY C6): keep only the last N prompt tokens (after the chat
-  template), or with -1 as many as fit next to ``max_tokens`` (or 1 token when it is omitted). Off by default:
-  an over-long prompt is a 400 ``context_length_exceeded``. When given, the response carries
-  ``"truncated": true|false`` and ``usage.prompt_tokens`` counts the kept tokens.
-* ``n_keep`` / ``n_discard`` (llama.cpp's context-shift fields; V16): forwardpass does no context shift, so
+* ``truncate_prompt_tokens`` (vLLM's field; docs/reliability.md, opt-in truncation): keep only the last N prompt tokens
+  (after the chat template), or with -1 as many as fit next to ``max_tokens`` (or 1 token when it is omitted). Off by
+  default: an over-long prompt is a 400 ``context_length_exceeded``. When given, the response carries ``"truncated":
+  true|false`` and ``usage.prompt_tokens`` counts the kept tokens.
+* ``n_keep`` / ``n_discard`` (llama.cpp's context-shift fields): forwardpass does no context shift, so
   valid values (``n_keep`` -1..n_ctx, -1 meaning "all", and ``n_discard`` 0..n_ctx) are accepted and have no
   effect; anything else is a 400 naming the field.
 """
@@ -40,8 +40,9 @@ MAX_PROMPTS = 64  # prompts in one batched completions request
 MAX_N = 16
 MAX_TOP_LOGPROBS = 20
 MAX_USER_CHARS = 1024
-# chat_template_kwargs a request may pass to the template (X8): switches that templates document, nothing
-# that changes how the prompt is framed (add_generation_prompt) or what the renderer returns (tokenize).
+# chat_template_kwargs a request may pass to the template (docs/reliability.md, template kwargs): switches that
+# templates document, nothing that changes how the prompt is framed (add_generation_prompt) or what the renderer
+# returns (tokenize).
 TEMPLATE_KWARGS = frozenset({"enable_thinking", "thinking", "reasoning_effort"})
 MAX_TEMPLATE_VALUE_CHARS = 64
 
@@ -233,15 +234,7 @@ def _content_text(content: Any, i: int, role: str) -> str:
 
 def parse_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     """``messages`` as a list of {"role", "content"[, "name"]} dicts with text content."""
-    value = body.get("messages")
-    if value is None:
-        raise invalid("messages is required", "messages")
-    if not isinstance(value, list):
-        raise invalid(f"messages must be an array of messages, got {json_type(value)}", "messages")
-    if not value:
-        raise invalid("messages must not be empty", "messages")
-    if len(value) > MAX_MESSAGES:
-        raise invalid(f"messages may hold at most {MAX_MESSAGES} messages, got {len(value)}", "messages")
+    value = fields.array(body.get("messages"), "messages", "messages", MAX_MESSAGES, required=True)
     out = []
     for i, message in enumerate(value):
         if not isinstance(message, dict):
@@ -359,30 +352,7 @@ def parse_chat_request(body: dict[str, Any], limits: Limits) -> ChatRequest:
 # ---- completions ----
 def parse_prompts(body: dict[str, Any], vocab_size: int) -> list[Prompt]:
     """``prompt``: a string, a list of token ids, a list of strings, or a list of token-id lists."""
-    value = body.get("prompt")
-    if value is None:
-        raise invalid("prompt is required", "prompt")
-    if isinstance(value, str):
-        items: list[Any] = [value]
-    elif isinstance(value, list) and value and all(isinstance(t, int) and not isinstance(t, bool) for t in value):
-        items = [value]
-    elif isinstance(value, list):
-        items = value
-    else:
-        raise invalid(f"prompt must be a string or an array, got {json_type(value)}", "prompt")
-    if not items:
-        raise invalid("prompt must not be empty", "prompt")
-    if len(items) > MAX_PROMPTS:
-        raise invalid(f"prompt may hold at most {MAX_PROMPTS} prompts, got {len(items)}", "prompt")
-    for item in items:
-        if isinstance(item, str):
-            if not item:
-                raise invalid("prompt must not be empty", "prompt")
-        elif isinstance(item, list):
-            fields.token_ids(item, "prompt", vocab_size)
-        else:
-            raise invalid(f"prompt items must be strings or token id lists, got {short_repr(item)}", "prompt")
-    return items
+    return fields.prompts(body, "prompt", vocab_size, MAX_PROMPTS)
 
 
 def parse_completion_request(body: dict[str, Any], limits: Limits) -> CompletionRequest:

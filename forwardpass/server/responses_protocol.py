@@ -142,12 +142,8 @@ def _arguments(value: Any, where: str) -> str:
 
 def parse_tools(value: Any) -> list[dict[str, Any]]:
     """Responses function tools (``{"type": "function", "name", "parameters", ...}``) as chat tools."""
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise invalid(f"tools must be an array, got {json_type(value)}", "tools")
     out = []
-    for i, tool in enumerate(value):
+    for i, tool in enumerate(fields.array(value, "tools")):
         if not isinstance(tool, dict) or tool.get("type") != "function":
             kind = tool.get("type") if isinstance(tool, dict) else tool
             raise invalid(f"tools[{i}]: only function tools are supported, got {short_repr(kind)}", "tools")

@@ -1,6 +1,6 @@
 """Run the app under uvicorn: load the model once the socket is up, drain on SIGTERM, exit when the engine dies.
 
-Shutdown (RELIABILITY G1-G3): the first SIGTERM/SIGINT makes new requests and /health answer 503 while
+Shutdown (docs/reliability.md, Shutdown): the first SIGTERM/SIGINT makes new requests and /health answer 503 while
 in-flight requests finish, for up to ``shutdown_timeout`` seconds; what is still running then is aborted
 (``finish_reason: "abort"``) and the process exits 0. A second signal exits at once. If the engine thread dies,
 in-flight requests get their error, /health turns 503, and the process exits 1 within a few seconds so a

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from ..tools import ToolPlan
 from ..tools.parser import OutputParser as CallParser
 from .errors import APIError
-from .openai_routes import _chat_plan, _with_constraint
+from .openai_routes import chat_plan, with_constraint
 
 if TYPE_CHECKING:
     from .protocol import ChatRequest
@@ -93,7 +93,7 @@ class ToolSession:
         self.state, self.req, self.rename = state, req, rename
         try:
             self.plan: ToolPlan
-            self.plan, self.constraint, param = _chat_plan(req, llm.chat_template.source)
+            self.plan, self.constraint, param = chat_plan(req, llm.chat_template.source)
         except APIError as e:
             e.param = rename.get(e.param or "", e.param)
             raise
@@ -111,7 +111,7 @@ class ToolSession:
             self.prompt_text = self.plan.render(llm.chat_template, self.req.messages, **self.req.template_kwargs)
             return [llm.encode_prompt(self.prompt_text + prefill)]
 
-        return _with_constraint(self.state, self.req, self.constraint, tokenize)
+        return with_constraint(self.state, self.req, self.constraint, tokenize)
 
     def parser(self) -> OutputParser:
         """A parser for one answer (call after the prompt has been rendered)."""

@@ -3,7 +3,7 @@
 A GGUF file's template is untrusted code. It runs in jinja2's ImmutableSandboxedEnvironment (no dunder
 attributes, no mutation of lists/dicts) configured as transformers configures it (trim_blocks, lstrip_blocks,
 loopcontrols, a non-escaping ``tojson``, ``raise_exception``, ``strftime_now``), plus resource guards so a
-hostile template cannot hang or exhaust the server (RELIABILITY.md X6/X7):
+hostile template cannot hang or exhaust the server (docs/reliability.md, template sandbox):
 
 * a deadline (0.9 s by default, so that a render is aborted within 1 s), checked between output chunks,
   inside every loop (each ``for`` iterable is wrapped in a checking iterator at parse time), and on every

@@ -12,7 +12,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import psutil
@@ -21,8 +23,20 @@ CHATML = (
     "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
+T = TypeVar("T")
 API_KEY = "sk-test-Key-123"
 N_CTX = 256
+
+
+def wait_until(condition: Callable[[], T], what: str, timeout: float = 30, poll: float = 0.01) -> T:
+    """Poll `condition` until it returns a true value, and return that value; an AssertionError naming `what` if it
+    never does within `timeout` s. A deadline against an event that never comes, not a bound on how fast it comes."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} (waited {timeout} s)")
+        time.sleep(poll)
+    return value
 
 
 def free_port() -> int:

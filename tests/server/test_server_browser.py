@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # headless Chromium
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [

@@ -1,5 +1,6 @@
-"""RELIABILITY §6 D3 and D4 over HTTP: greedy output does not depend on what else runs in the batch, on the
-prefill chunk size (--max-num-batched-tokens), or on whether the prompt came from the prefix cache.
+"""docs/reliability.md, Determinism (batch-independent greedy, prefix cache is invisible) over HTTP: greedy output does
+not depend on what else runs in the batch, on the prefill chunk size (--max-num-batched-tokens), or on whether the
+prompt came from the prefix cache.
 
 Outputs are compared token by token (the `bytes` of each token in the chat logprobs), not only as text: the tiny
 random model emits many byte tokens that would all read as U+FFFD."""
@@ -14,6 +15,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from server_helpers import ServerProcess, chat_body
+
+pytestmark = (
+    pytest.mark.slow
+)  # two servers of their own; tests/test_engine.py holds batch and prefix-cache invariance in the fast set
 
 PROMPT = "Once upon a time, in a land of quiet rivers and tall pines, there lived a curious fox who loved maps."
 GREEDY = {"max_tokens": 64, "ignore_eos": True, "temperature": 0, "logprobs": True}
@@ -69,8 +74,8 @@ def _with_neighbours(server: ServerProcess) -> list[list[int]]:
 
 
 def test_batch_and_chunk_size_do_not_change_greedy_output(server, chunk16, chunk32):
-    """D3: temperature 0, alone vs. with 3 concurrent unrelated requests, with prefill chunks of 16, 32 and 512
-    tokens -> the same 64 tokens."""
+    """Batch-independent greedy: temperature 0, alone vs. with 3 concurrent unrelated requests, with prefill chunks of
+    16, 32 and 512 tokens -> the same 64 tokens."""
     n_prompt = len(server.post("/tokenize", json={"messages": [{"role": "user", "content": PROMPT}]}).json()["tokens"])
     assert n_prompt > 3 * 32  # several chunks at both sizes
     reference = _alone(chunk16)
@@ -84,8 +89,8 @@ def test_batch_and_chunk_size_do_not_change_greedy_output(server, chunk16, chunk
 
 
 def test_prefix_cache_hit_gives_the_same_text(server):
-    """D4: the same prompt computed from scratch (miss) and mostly read from the prefix cache (hit) -> identical
-    tokens; usage.prompt_tokens_details.cached_tokens tells which was which."""
+    """Prefix cache is invisible: the same prompt computed from scratch (miss) and mostly read from the prefix cache
+    (hit) -> identical tokens; usage.prompt_tokens_details.cached_tokens tells which was which."""
     body = chat_body(f"[{uuid.uuid4().hex}] {PROMPT}", **GREEDY)  # never seen before: the first request misses
     miss = server.post(CHAT, json=body)
     hit = server.post(CHAT, json=body)

@@ -1,5 +1,6 @@
-"""The official `openai` client, unchanged, against the server (issue 6 acceptance 1; RELIABILITY S1, S3, S4, D1,
-D2): chat and completions, streaming and not, logprobs, n=2, stop strings, seeds."""
+"""The official `openai` client, unchanged, against the server (issue 6 acceptance 1; docs/reliability.md rows stream
+equals non-stream, stop strings, logprobs, seeded sampling, concurrent greedy): chat and completions, streaming and not,
+logprobs, n=2, stop strings, seeds."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def test_chat_completion(client):
 
 
 def test_chat_stream_equals_non_stream(client):
-    """S1: identical text at temperature 0; role first, one id, a final chunk with finish_reason, usage, [DONE]."""
+    """Stream equals non-stream: identical text at temperature 0; role first, one id, a final chunk with finish_reason,
+    usage, [DONE]."""
     whole = client.chat.completions.create(
         model="default", messages=MESSAGES, max_tokens=24, temperature=0, extra_body=IGNORE_EOS
     )
@@ -83,7 +85,7 @@ def test_completions_prompt_forms(client):
 
 
 def test_chat_logprobs(client):
-    """S4: one entry per token, bytes is a list, top_logprobs has k entries, bytes concatenate to the content."""
+    """Logprobs: one entry per token, bytes is a list, top_logprobs has k entries, bytes concatenate to the content."""
     r = client.chat.completions.create(
         model="default",
         messages=MESSAGES,
@@ -143,7 +145,7 @@ def test_n2_gives_two_choices(client):
 
 
 def test_stop_string(client):
-    """S3: the output ends before the stop string, streamed deltas never contain it."""
+    """Stop strings: the output ends before the stop string, streamed deltas never contain it."""
     full = (
         client.completions.create(
             model="default", prompt="Stop here", max_tokens=40, temperature=0, extra_body=IGNORE_EOS
@@ -173,7 +175,7 @@ def test_stop_string(client):
 
 
 def test_seed_makes_sampling_reproducible(client):
-    """D1: same seed at temperature 1 -> same text; another seed -> different text."""
+    """Seeded sampling: same seed at temperature 1 -> same text; another seed -> different text."""
 
     def run(seed: int) -> str:
         return (
@@ -190,7 +192,7 @@ def test_seed_makes_sampling_reproducible(client):
 
 
 def test_concurrent_identical_requests_agree(client):
-    """D2: 4 identical concurrent greedy requests give identical text."""
+    """Concurrent greedy: 4 identical concurrent greedy requests give identical text."""
 
     def run(_: int) -> str:
         return (

@@ -1,4 +1,4 @@
-"""RELIABILITY §8 (X1-X8, X13): API keys on every route, path tricks, CORS, Host checks, size limits, hostile chat
+"""docs/reliability.md, Security: API keys on every route, path tricks, CORS, Host checks, size limits, hostile chat
 templates, template kwargs, log injection."""
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ def _route_calls() -> list[tuple[str, str]]:
 
 
 def test_every_route_needs_the_key_but_the_allowlist(auth_server):
-    """X1: walk app.routes; without a key every route is 401 authentication_error except the public allowlist."""
+    """Every route needs the key: walk app.routes; without a key every route is 401 authentication_error except the
+    public allowlist."""
     assert security.PUBLIC_PATHS == PUBLIC
     calls = _route_calls()
     assert {
@@ -62,7 +63,8 @@ def test_every_route_needs_the_key_but_the_allowlist(auth_server):
 
 
 def test_keys_are_exact(auth_server):
-    """X2: the right key as Bearer -> 200; a key differing in case, a prefix, or another scheme -> 401."""
+    """Every route needs the key: the right key as Bearer -> 200; a key differing in case, a prefix, or another scheme
+    -> 401."""
     ok = {"Authorization": f"Bearer {API_KEY}"}
     assert auth_server.get("/v1/models", headers=ok).status_code == 200
     assert auth_server.get("/v1/models", headers={"Authorization": "bearer second-key"}).status_code == 200
@@ -95,7 +97,7 @@ TRICKS = [
 
 @pytest.mark.parametrize("path", TRICKS)
 def test_path_tricks_without_a_key_are_401(auth_server, path):
-    """X2: no path spelling reaches a protected route (or any unknown one) without the key."""
+    """Path spellings: no path spelling reaches a protected route (or any unknown one) without the key."""
     status, raw = raw_http(
         auth_server.port,
         f"POST {path} HTTP/1.1\nHost: localhost\nContent-Type: "
@@ -114,7 +116,7 @@ def edge_server(tiny_chat_model):
 
 
 def test_root_path_does_not_open_routes(edge_server):
-    """X2 with root_path set: protected paths stay protected under every spelling; /health stays public."""
+    """Path spellings with root_path set: protected paths stay protected under every spelling; /health stays public."""
     for path in ("/v1/models", "/api/v1/models", "/api//v1/models", "/metrics", "/api/metrics"):
         assert_error(edge_server.get(path), 401, "authentication_error")
     assert edge_server.get("/health").status_code == 200
@@ -133,7 +135,7 @@ def _preflight(server, origin: str) -> httpx.Response:
 
 
 def test_cors_is_off_by_default(server):
-    """X3: with no --cors-origin, no Access-Control-Allow-Origin for anyone."""
+    """CORS: with no --cors-origin, no Access-Control-Allow-Origin for anyone."""
     for r in (
         _preflight(server, "http://evil.example"),
         server.get("/v1/models", headers={"Origin": "http://evil.example"}),
@@ -142,7 +144,7 @@ def test_cors_is_off_by_default(server):
 
 
 def test_cors_allows_only_the_listed_origin(edge_server):
-    """X3: --cors-origin http://a.example allows that origin only, never with credentials."""
+    """CORS: --cors-origin http://a.example allows that origin only, never with credentials."""
     ok = _preflight(edge_server, "http://a.example")
     assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "http://a.example"
     assert "authorization" in ok.headers["access-control-allow-headers"].lower()
@@ -155,7 +157,7 @@ def test_cors_allows_only_the_listed_origin(edge_server):
 
 
 def test_cors_wildcard_never_sends_credentials():
-    """X3: `--cors-origin '*'` answers `*` and never Allow-Credentials (checked on the app in-process)."""
+    """CORS: `--cors-origin '*'` answers `*` and never Allow-Credentials (checked on the app in-process)."""
     app = create_app(ServerConfig(cors_origins=("*",)))
     with TestClient(app, base_url="http://localhost") as c:
         r = c.get("/health", headers={"Origin": "http://anything.example"})
@@ -164,7 +166,7 @@ def test_cors_wildcard_never_sends_credentials():
 
 
 def test_foreign_host_header_is_403(server):
-    """X4: bound to 127.0.0.1, Host: attacker.example -> 403; loopback names -> 200."""
+    """Host check: bound to 127.0.0.1, Host: attacker.example -> 403; loopback names -> 200."""
     assert_error(server.get("/health", headers={"Host": "attacker.example"}), 403, "permission_error")
     assert_error(server.post("/v1/completions", json={"prompt": "x"}, headers={"Host": "evil:80"}), 403)
     for host in (f"localhost:{server.port}", f"127.0.0.1:{server.port}", "localhost", f"[::1]:{server.port}"):
@@ -172,7 +174,7 @@ def test_foreign_host_header_is_403(server):
 
 
 def test_size_limits(server):
-    """X5: a 5 MiB body -> 413; headers over 16 KiB -> 400/431; more than 100 headers -> 400/431."""
+    """Size limits: a 5 MiB body -> 413; headers over 16 KiB -> 400/431; more than 100 headers -> 400/431."""
     assert_error(
         server.post("/v1/chat/completions", content=b"{" + b" " * (5 << 20) + b"}"), 413, code="request_too_large"
     )
@@ -184,7 +186,7 @@ def test_size_limits(server):
 
 
 def test_chunked_body_over_the_limit_is_413(server):
-    """X5: a body without Content-Length is counted as it arrives."""
+    """Size limits: a body without Content-Length is counted as it arrives."""
 
     def chunks():
         for _ in range(40):
@@ -202,9 +204,10 @@ EVIL_TEMPLATE = (
 )
 
 
+@pytest.mark.slow
 def test_hostile_chat_templates(make_server, tmp_path):
-    """X6/X7: sandbox escapes and a template DoS -> 500 with a clear message, nothing executed, the server keeps
-    serving (also while the DoS render runs)."""
+    """Template sandbox: sandbox escapes and a template DoS -> 500 with a clear message, nothing executed, the server
+    keeps serving (also while the DoS render runs)."""
     model = write_tiny_model(tmp_path / "evil.gguf", "llama", chat_template=EVIL_TEMPLATE)
     s = make_server(model=str(model), cwd=str(tmp_path))
     for content in ("mro", "popen"):
@@ -212,11 +215,9 @@ def test_hostile_chat_templates(make_server, tmp_path):
         assert "template" in err["message"]
     results = {}
     t = threading.Thread(target=lambda: results.update(dos=s.post("/v1/chat/completions", json=chat_body("dos"))))
-    t0 = time.perf_counter()
     t.start()
     assert s.post("/v1/chat/completions", json=chat_body("fine", max_tokens=2)).status_code == 200
-    t.join()
-    assert time.perf_counter() - t0 < 60  # a deadline against a render that never ends, not a speed bound
+    t.join()  # the client's 60 s timeout is the deadline against a render that never ends
     assert_error(results["dos"], 500, "server_error")
     assert not (tmp_path / "pwned_marker").exists()
     assert s.get("/health").status_code == 200
@@ -234,7 +235,7 @@ def test_hostile_chat_templates(make_server, tmp_path):
     ],
 )
 def test_chat_template_kwargs_allowlist(server, kwargs):
-    """X8: keys outside the allowlist, huge or non-scalar values -> 400."""
+    """Template kwargs: keys outside the allowlist, huge or non-scalar values -> 400."""
     assert_error(
         server.post("/v1/chat/completions", json=chat_body(chat_template_kwargs=kwargs)),
         400,
@@ -251,7 +252,7 @@ def test_chat_template_kwargs_allowed_and_no_request_template(server):
 
 
 def test_log_injection_is_escaped(server):
-    """X13: CR/LF in user-controlled fields never start a forged log line."""
+    """Log injection: CR/LF in user-controlled fields never start a forged log line."""
     forged = "\r\nFORGED line\nFORGED"
     server.post("/v1/chat/completions", json=chat_body(forged, user=forged, max_tokens=2))
     server.post("/v1/completions", json={"prompt": "x", "model": forged})

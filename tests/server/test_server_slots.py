@@ -1,4 +1,4 @@
-"""RELIABILITY §5 Q1 (the slots/requests matrix and GET /slots) and Q3 (queue timeout).
+"""docs/reliability.md rows slots (the slots/requests matrix and GET /slots) and queue timeout.
 
 Engine steps are slowed a little (test fault ``slow_steps``) so that requests on the tiny model run long enough to
 be watched; nothing is timed against the slowdown except where the spec names a bound."""
@@ -32,9 +32,10 @@ def _busy(server) -> list[dict]:
     return [s for s in r.json() if s["is_processing"]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("slots", sorted(MATRIX))
 def test_slots_matrix(make_server, slots):
-    """Q1: every request is 200; while they run /slots lists `slots` slots and min(slots, requests) busy, and never
+    """Slots: every request is 200; while they run /slots lists `slots` slots and min(slots, requests) busy, and never
     more."""
     server = make_server("--max-num-seqs", str(slots), "--max-queue", "16", env=SLOW)
     table = server.get("/slots").json()
@@ -63,7 +64,7 @@ def test_slots_matrix(make_server, slots):
 
 
 def test_slots_show_progress_and_are_stable(one_slot):
-    """Q1: a busy slot names its request (the response id) and its progress; it keeps its number while it runs;
+    """Slots: a busy slot names its request (the response id) and its progress; it keeps its number while it runs;
     `?fail_on_no_slot=1` is 503 when all slots are busy."""
     server = one_slot
     with httpx.Client(base_url=server.url, timeout=30) as c:
@@ -94,40 +95,39 @@ def test_slots_needs_the_key(auth_server):
 
 
 def test_queue_timeout(one_slot):
-    """Q3: with the only slot held by a long request, waiting requests (plain and streamed) get 503 queue_timeout
-    with Retry-After when --queue-timeout runs out, and leave the engine's queue; the long request, running for
-    longer than the timeout, is not touched, and the server keeps serving."""
+    """Queue timeout: with the only slot held by a long request, waiting requests (plain and streamed) get 503
+    queue_timeout with Retry-After when --queue-timeout runs out, and leave the engine's queue; the long request,
+    running for longer than the timeout, is not touched, and the server keeps serving."""
     server = one_slot
     server.wait_idle()
     timeouts_before = server.metrics()["forwardpass_queue_timeouts_total"]
     long = {"prompt": "hold the slot", "max_tokens": 200, "ignore_eos": True, "temperature": 0}
     short = {"prompt": "waiting", "max_tokens": 5}
 
-    async def run() -> tuple[httpx.Response, list[tuple[httpx.Response, float]], dict]:
+    async def run() -> tuple[httpx.Response, list[httpx.Response], float, dict]:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as c:
             blocker = asyncio.ensure_future(c.post("/v1/completions", json=long))
             while not _busy(server):
                 await asyncio.sleep(0.01)
 
-            async def timed(body: dict) -> tuple[httpx.Response, float]:
-                t0 = time.perf_counter()
-                r = await c.post("/v1/completions", json=body)
-                return r, time.perf_counter() - t0
-
-            waiting = await asyncio.gather(
-                timed(short), timed(short | {"stream": True}), timed(short | {"n": 2, "temperature": 1})
-            )
+            bodies = (short, short | {"stream": True}, short | {"n": 2, "temperature": 1})
+            tasks = [asyncio.ensure_future(c.post("/v1/completions", json=body)) for body in bodies]
+            queued = 0.0  # the most requests seen waiting before any of the three was answered
+            while queued < len(bodies) and not any(t.done() for t in tasks):
+                queued = max(queued, server.metrics()["forwardpass_requests_waiting"])
+                await asyncio.sleep(0.01)
+            waiting = await asyncio.gather(*tasks)
             deadline = time.monotonic() + 2  # the engine drops them at its next step
             while (after := server.metrics())["forwardpass_requests_waiting"] and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
             assert not blocker.done()
-            return await blocker, waiting, after
+            return await blocker, waiting, queued, after
 
-    blocker, waiting, after = asyncio.run(run())
-    for r, elapsed in waiting:
+    blocker, waiting, queued, after = asyncio.run(run())
+    assert queued >= 3, queued  # they waited in the queue first: not refused at once
+    for r in waiting:
         err = assert_error(r, 503, "unavailable_error", code="queue_timeout")
         assert "queue timeout" in err["message"] and r.headers["retry-after"] == "1"
-        assert 0.9 < elapsed < 30, elapsed  # answered when the timeout ran out, not at once nor never
     assert after["forwardpass_requests_waiting"] == 0 and after["forwardpass_requests_running"] == 1
     assert after["forwardpass_queue_timeouts_total"] - timeouts_before == 3
     assert blocker.status_code == 200 and blocker.json()["usage"]["completion_tokens"] == 200

@@ -1,5 +1,5 @@
-"""`forwardpass bench-serve` and scripts/soak.py run against the tiny model; S5 (every SSE line is one valid JSON
-object over valid UTF-8, under random sampling)."""
+"""`forwardpass bench-serve` and scripts/soak.py run against the tiny model; docs/reliability.md, valid SSE lines (every
+SSE line is one valid JSON object over valid UTF-8, under random sampling)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from server_helpers import API_KEY
 
 from forwardpass.server.bench_serve import percentile
@@ -91,6 +92,7 @@ def test_bench_serve_with_key_and_chat_table(auth_server):
     assert bad.returncode == 1 and "HTTP 401" in bad.stdout
 
 
+@pytest.mark.slow
 def test_soak_smoke(server):
     r = _run(
         "scripts/soak.py",
@@ -117,8 +119,8 @@ def test_soak_smoke(server):
 
 
 def test_random_sampling_streams_are_valid_json_lines(server):
-    """S5 (reduced): random-sampling streams at temperature 1.5; read with a strict line splitter (httpx's, which
-    also splits on U+2028 and friends), every SSE line is one JSON object over valid UTF-8."""
+    """Valid SSE lines (reduced): random-sampling streams at temperature 1.5; read with a strict line splitter (httpx's,
+    which also splits on U+2028 and friends), every SSE line is one JSON object over valid UTF-8."""
 
     async def one(c: httpx.AsyncClient, seed: int) -> int:
         n = 0

@@ -1,5 +1,5 @@
-"""RELIABILITY §1 (validation, V1-V20) and §2 (context, C1-C6): every bad request is a 4xx in OpenAI's error shape,
-never a 500 or a traceback; opt-in prompt truncation (C6) reports what it kept."""
+"""docs/reliability.md, Validation and Context and length: every bad request is a 4xx in OpenAI's error shape,
+never a 500 or a traceback; opt-in prompt truncation reports what it kept."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def post_raw(server, path: str, raw: bytes) -> httpx.Response:
     ],
 )
 def test_malformed_bodies_are_400(server, raw):
-    """V1 truncated JSON, V2 non-object bodies, V4 invalid UTF-8."""
+    """Malformed body: truncated JSON, non-object bodies, invalid UTF-8."""
     assert_error(post_raw(server, CHAT, raw), 400, "invalid_request_error")
 
 
@@ -50,13 +50,13 @@ def test_malformed_bodies_are_400(server, raw):
     ],
 )
 def test_bad_messages(server, messages):
-    """V3 and V15 (`messages: []`)."""
+    """Malformed messages, `messages: []` included."""
     body = {"model": "default"} if messages == "missing" else {"messages": messages}
     assert_error(server.post(CHAT, json=body), 400, "invalid_request_error", "messages")
 
 
 def test_lone_surrogate_is_replaced(server):
-    """V5: "\\ud800" in content -> 200 (U+FFFD substituted), no crash."""
+    """Lone surrogate: "\\ud800" in content -> 200 (U+FFFD substituted), no crash."""
     raw = b'{"messages":[{"role":"user","content":"hi \\ud800 there"}],"max_tokens":2}'
     assert post_raw(server, CHAT, raw).status_code == 200
 
@@ -99,14 +99,14 @@ BAD_FIELDS = [
 
 @pytest.mark.parametrize("field,value", BAD_FIELDS, ids=[f"{f}={str(v)[:20]}" for f, v in BAD_FIELDS])
 def test_bad_sampling_fields(server, field, value):
-    """V6-V10, V12, V13: 400 naming the field, on both endpoints."""
+    """Sampling fields: 400 naming the field, on both endpoints."""
     assert_error(server.post(CHAT, json=chat_body(**{field: value})), 400, "invalid_request_error", field)
     assert_error(server.post(COMPLETIONS, json={"prompt": "hi", field: value}), 400, "invalid_request_error", field)
 
 
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
 def test_nan_and_infinity_are_refused(server, constant):
-    """V6: non-finite numbers never reach the sampler."""
+    """Sampling fields: non-finite numbers never reach the sampler."""
     raw = ('{"messages":[{"role":"user","content":"x"}],"temperature":%s}' % constant).encode()
     assert_error(post_raw(server, CHAT, raw), 400, "invalid_request_error", "temperature")
 
@@ -124,18 +124,18 @@ def test_nan_and_infinity_are_refused(server, constant):
     ],
 )
 def test_valid_edge_values(server, field, value):
-    """V7 top_p 1.0, V8 top_k 0/-1 disable, V13 a huge bias is clamped."""
+    """Sampling fields: top_p 1.0 is accepted, top_k 0/-1 disable, a huge bias is clamped."""
     assert server.post(CHAT, json=chat_body(max_tokens=2, **{field: value})).status_code == 200
 
 
 def test_n_is_checked_fast_and_needs_sampling(server):
-    """V9: n=10^9 is refused before anything is allocated; n>1 at temperature 0 is refused."""
+    """N is bounded: n=10^9 is refused before anything is allocated; n>1 at temperature 0 is refused."""
     assert_error(server.post(CHAT, json=chat_body(n=10**9)), 400, param="n")
     assert_error(server.post(CHAT, json=chat_body(n=2, temperature=0)), 400, param="n")
 
 
 def test_logprob_limits(server):
-    """V11: top_logprobs 21 (chat) and logprobs 1000 (completions) -> 400."""
+    """Logprob limits: top_logprobs 21 (chat) and logprobs 1000 (completions) -> 400."""
     assert_error(server.post(CHAT, json=chat_body(logprobs=True, top_logprobs=21)), 400, param="top_logprobs")
     assert_error(server.post(COMPLETIONS, json={"prompt": "x", "logprobs": 1000}), 400, param="logprobs")
     assert_error(server.post(CHAT, json=chat_body(top_logprobs=2)), 400, param="top_logprobs")
@@ -143,7 +143,7 @@ def test_logprob_limits(server):
 
 @pytest.mark.parametrize("prompt", [[999999], [-1], [1, 2, "x"], "", [], [""], [[]], 5, [{"a": 1}]])
 def test_bad_prompts(server, prompt):
-    """V14 out-of-vocabulary ids, V15 empty prompts."""
+    """Prompt ids and empty prompts: out-of-vocabulary ids, empty prompts."""
     err = assert_error(server.post(COMPLETIONS, json={"prompt": prompt}), 400, "invalid_request_error", "prompt")
     if prompt in ([999999], [-1]):
         assert "out of vocabulary" in err["message"]
@@ -160,12 +160,12 @@ def test_bad_prompts(server, prompt):
     ],
 )
 def test_unsupported_or_malformed_features(server, field, value):
-    """V17: malformed response_format/tools -> 400 (and features we lack are refused, not ignored)."""
+    """Malformed constraints: malformed response_format/tools -> 400 (and features we lack are refused, not ignored)."""
     assert_error(server.post(CHAT, json=chat_body(**{field: value})), 400, "invalid_request_error", field)
 
 
 def test_many_invalid_items_give_a_small_error(server):
-    """V18: 10,000 invalid items -> 400 with a body of at most 4 KiB."""
+    """Small error bodies: 10,000 invalid items -> 400 with a body of at most 4 KiB."""
     for body in (
         chat_body() | {"messages": [123] * 10_000},
         chat_body(logit_bias={f"x{i}": 1 for i in range(1000)}),
@@ -177,7 +177,7 @@ def test_many_invalid_items_give_a_small_error(server):
 
 
 def test_deep_nesting_and_huge_integers(server):
-    """V19: JSON nested 100k deep and a 10^6-digit integer -> 400."""
+    """Deep nesting: JSON nested 100k deep and a 10^6-digit integer -> 400."""
     for raw in (
         b"[" * 100_000 + b"]" * 100_000,
         b'{"messages": ' + b"[" * 100_000,
@@ -188,19 +188,19 @@ def test_deep_nesting_and_huge_integers(server):
 
 @pytest.mark.parametrize("model", ["nope", "../../etc/passwd", "/abs/path.gguf", "file:///etc/passwd"])
 def test_unknown_model_is_404(server, model):
-    """V20 and X11: 404 model_not_found; a path-like name is just an unknown name (no file access)."""
+    """Unknown model: 404 model_not_found; a path-like name is just an unknown name (no file access)."""
     assert_error(server.post(CHAT, json=chat_body() | {"model": model}), 404, code="model_not_found", param="model")
     assert_error(server.post(COMPLETIONS, json={"prompt": "x", "model": model}), 404, code="model_not_found")
 
 
 def test_unknown_fields_are_ignored_and_model_names_accepted(server):
-    """V20: unknown extra fields are ignored; `model` may be the served name, "default", or omitted."""
+    """Unknown model: unknown extra fields are ignored; `model` may be the served name, "default", or omitted."""
     for extra in ({"model": "tiny-chat", "frobnicate": {"x": [1]}}, {"model": "default"}, {}):
         body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 2, **extra}
         assert server.post(CHAT, json=body).status_code == 200
 
 
-# ---- context (C1-C5) ----
+# ---- context and length ----
 def _context_error(r: httpx.Response, n_prompt: int | None) -> None:
     err = assert_error(r, 400, "invalid_request_error", code="context_length_exceeded")
     assert err["n_ctx"] == N_CTX and str(N_CTX) in err["message"]
@@ -211,13 +211,13 @@ def _context_error(r: httpx.Response, n_prompt: int | None) -> None:
 
 
 def test_prompt_longer_than_context(server):
-    """C1: non-streaming -> 400 context_length_exceeded with n_prompt_tokens and n_ctx."""
+    """Prompt over the context: non-streaming -> 400 context_length_exceeded with n_prompt_tokens and n_ctx."""
     _context_error(server.post(COMPLETIONS, json={"prompt": [10] * 300}), 300)
     _context_error(server.post(CHAT, json=chat_body("word " * 400)), None)
 
 
 def test_prompt_longer_than_context_streaming(server):
-    """C2: with stream=true the 400 comes before any SSE byte."""
+    """Prompt over the context: with stream=true the 400 comes before any SSE byte."""
     for path, body in ((COMPLETIONS, {"prompt": [10] * 300}), (CHAT, chat_body("word " * 400))):
         r = server.post(path, json=body | {"stream": True})
         assert r.headers["content-type"].startswith("application/json") and not r.text.startswith("data:")
@@ -225,20 +225,21 @@ def test_prompt_longer_than_context_streaming(server):
 
 
 def test_max_tokens_and_context(server):
-    """C3: explicit max_tokens past the context -> 400; omitted -> capped, finish_reason length."""
+    """Max_tokens and the context: explicit max_tokens past the context -> 400; omitted -> capped, finish_reason
+    length."""
     _context_error(server.post(COMPLETIONS, json={"prompt": [10] * 200, "max_tokens": 100}), 200)
     r = server.post(COMPLETIONS, json={"prompt": [10] * 200, "ignore_eos": True, "temperature": 0}).json()
     assert r["choices"][0]["finish_reason"] == "length" and r["usage"]["completion_tokens"] == N_CTX - 200
 
 
 def test_prompt_of_context_minus_one(server):
-    """C4: n_ctx - 1 prompt tokens -> 200 with exactly one token and `length`."""
+    """Max_tokens and the context: n_ctx - 1 prompt tokens -> 200 with exactly one token and `length`."""
     r = server.post(COMPLETIONS, json={"prompt": [10] * (N_CTX - 1), "ignore_eos": True}).json()
     assert r["usage"]["completion_tokens"] == 1 and r["choices"][0]["finish_reason"] == "length"
 
 
 def test_huge_prompt_is_413_and_health_stays_fast(server):
-    """C5: a 3 MiB prompt -> 413 before tokenization, while /health keeps answering."""
+    """Huge prompt: a 3 MiB prompt -> 413 before tokenization, while /health keeps answering."""
     results = {}
 
     def big() -> None:
@@ -256,7 +257,7 @@ def test_huge_prompt_is_413_and_health_stays_fast(server):
     assert_error(results["r"], 413, code="request_too_large")
 
 
-# ---- V16: llama.cpp's context-shift fields (validated, then ignored: there is no context shift) ----
+# ---- context-shift fields: llama.cpp's context-shift fields (validated, then ignored: there is no context shift) ----
 BAD_SHIFT = [
     ("n_keep", -2),
     ("n_keep", -(2**63)),
@@ -275,7 +276,8 @@ BAD_SHIFT = [
 
 @pytest.mark.parametrize("field,value", BAD_SHIFT, ids=[f"{f}={str(v)[:20]}" for f, v in BAD_SHIFT])
 def test_bad_context_shift_fields(server, field, value):
-    """V16: n_keep / n_discard negative (n_keep -1 means "all") or beyond the context -> 400 naming the field."""
+    """Context-shift fields: n_keep / n_discard negative (n_keep -1 means "all") or beyond the context -> 400 naming the
+    field."""
     for path, body in ((CHAT, chat_body()), (COMPLETIONS, {"prompt": "hi"})):
         r = server.post(path, json=body | {field: value, "max_tokens": 2})
         err = assert_error(r, 400, "invalid_request_error", field)
@@ -283,7 +285,7 @@ def test_bad_context_shift_fields(server, field, value):
 
 
 def test_valid_context_shift_fields_are_ignored(server):
-    """V16: in-range values are accepted and change nothing (same greedy text as without them)."""
+    """Context-shift fields: in-range values are accepted and change nothing (same greedy text as without them)."""
     body = {"prompt": "the cat", "max_tokens": 8, "temperature": 0, "ignore_eos": True}
     plain = server.post(COMPLETIONS, json=body).json()["choices"][0]["text"]
     for extra in (
@@ -297,15 +299,15 @@ def test_valid_context_shift_fields_are_ignored(server):
         assert r.json()["choices"][0]["text"] == plain
 
 
-# ---- C6: opt-in truncation (vLLM's truncate_prompt_tokens: keep the last N tokens) ----
+# ---- opt-in truncation (vLLM's truncate_prompt_tokens: keep the last N tokens) ----
 def test_truncation_is_off_by_default(server):
-    """C6: without truncate_prompt_tokens an over-long prompt stays a 400 context_length_exceeded."""
+    """Opt-in truncation: without truncate_prompt_tokens an over-long prompt stays a 400 context_length_exceeded."""
     _context_error(server.post(COMPLETIONS, json={"prompt": [10] * 300}), 300)
 
 
 def test_truncate_prompt_tokens_completions(server):
-    """C6: usage.prompt_tokens is the kept count, `truncated: true` is reported, and the kept tokens are the last N
-    (same greedy text as sending those N tokens alone)."""
+    """Opt-in truncation: usage.prompt_tokens is the kept count, `truncated: true` is reported, and the kept tokens are
+    the last N (same greedy text as sending those N tokens alone)."""
     prompt = [(7 * i) % 300 + 4 for i in range(300)]
     body = {"max_tokens": 8, "temperature": 0, "ignore_eos": True}
     r = server.post(COMPLETIONS, json=body | {"prompt": prompt, "truncate_prompt_tokens": 100})
@@ -328,7 +330,8 @@ def test_truncate_prompt_tokens_completions(server):
 
 
 def test_truncate_prompt_tokens_chat_and_stream(server):
-    """C6 on chat, streamed and not: the usage chunk counts the kept tokens and carries `truncated: true`."""
+    """Opt-in truncation on chat, streamed and not: the usage chunk counts the kept tokens and carries `truncated:
+    true`."""
     body = chat_body("word " * 400, max_tokens=4, truncate_prompt_tokens=64)
     r = server.post(CHAT, json=body)
     assert r.status_code == 200, r.text
@@ -340,7 +343,8 @@ def test_truncate_prompt_tokens_chat_and_stream(server):
 
 
 def test_truncation_still_needs_room_for_max_tokens(server):
-    """C6: the kept prompt plus an explicit max_tokens must fit the context; bad values name the field."""
+    """Opt-in truncation: the kept prompt plus an explicit max_tokens must fit the context; bad values name the
+    field."""
     r = server.post(COMPLETIONS, json={"prompt": [10] * 300, "truncate_prompt_tokens": 200, "max_tokens": 100})
     err = assert_error(r, 400, "invalid_request_error", "max_tokens", code="context_length_exceeded")
     assert err["n_prompt_tokens"] == 200
