@@ -75,12 +75,12 @@ class ServerProcess:
             cwd=cwd,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
-        self.client = httpx.Client(base_url=self.url, timeout=60)
+        self.client = httpx.Client(base_url=self.url, timeout=300)
         self.auth_headers: dict[str, str] = {}
         if wait:
             self.wait_healthy()
 
-    def wait_healthy(self, timeout: float = 60) -> None:
+    def wait_healthy(self, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -93,7 +93,7 @@ class ServerProcess:
             time.sleep(0.05)
         raise TimeoutError(f"server not healthy after {timeout} s:\n{self.logs()}")
 
-    def wait_listening(self, timeout: float = 60) -> None:
+    def wait_listening(self, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
