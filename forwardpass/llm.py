@@ -14,6 +14,7 @@ import psutil
 import torch
 
 from .config import DEFAULT_KV_TOKENS, DEFAULT_MAX_CTX, EngineConfig, SpeculativeConfig
+from .engine.draft import DraftProposer, check_same_vocabulary
 from .engine.kv_groups import plan_kv_groups
 from .engine.llm_engine import LLMEngine
 from .engine.model_runner import ModelRunner
@@ -113,10 +114,22 @@ class LLM:
         if spec.method == "ngram":
             proposer = NgramProposer(spec.prompt_lookup_min, spec.prompt_lookup_max)
         else:
-            from .engine.draft import load_draft
-
-            proposer = load_draft(spec.model, self)
+            proposer = self._draft_proposer(spec.model)
         return Speculator(proposer, spec.num_speculative_tokens, spec.adaptive)
+
+    def _draft_proposer(self, model: str) -> DraftProposer:
+        """Load the draft model with the target's options (its own KV cache); its vocabulary must be ours."""
+        config = self.engine_config.replace(model=model, speculative_config=None, ctx=None)
+        self.draft = LLM(config=config)
+        check_same_vocabulary(self.tokenizer, self.draft.tokenizer, str(self.draft.path))
+        engine = self.draft.engine
+        return DraftProposer(
+            self.draft.runner,
+            engine.block_manager,
+            engine.sampler.argmax,
+            min(self.ctx, self.draft.ctx),
+            self.vocab_size,
+        )
 
     def _plan_kv(self, config: EngineConfig, kv_dtype: torch.dtype) -> list[KVGroup]:
         """The KV cache's groups of layers and their pools, from a budget in tokens or in bytes."""

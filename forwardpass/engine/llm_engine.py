@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import time
@@ -390,7 +391,7 @@ class LLMEngine:
             seq.token_ids.append(token)
             logprob = sampled.logprobs[i] if sampled.logprobs is not None else None
             top = sampled.top_logprobs[i] if sampled.top_logprobs is not None else None
-            completion.add_token(token, logprob, top)
+            completion.add_token(token, logprob, top, guide_at_token=i == indices[-1])
             if request.first_token_time is None:
                 request.first_token_time = time.perf_counter()
             changed[request.request_id] = request
@@ -417,7 +418,7 @@ class LLMEngine:
             kv_blocks_total=bm.num_blocks,
             prefix_cache_hit_rate=bm.prefix_hits / bm.prefix_queries if bm.prefix_queries else 0.0,
             preemptions=self.scheduler.num_preemptions,
-            spec=self.speculator.stats if self.speculator is not None else None,
+            spec=dataclasses.replace(self.speculator.stats) if self.speculator is not None else None,
             running_seqs=tuple(
                 SeqProgress(
                     s.owner.request.request_id if s.owner is not None else "",
