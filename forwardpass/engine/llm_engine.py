@@ -226,7 +226,13 @@ class LLMEngine:
         for completion in request.completions:
             completion.abort()
             if completion.seq.status is not Status.FINISHED:
-                self.scheduler.finish(completion.seq)
+                self._finish(completion.seq)
+
+    def _finish(self, seq: Sequence) -> None:
+        """A sample is done (or aborted): its blocks and its proposer's state go at once."""
+        self.scheduler.finish(seq)
+        if self.speculator is not None:
+            self.speculator.release(seq)
 
     @contextlib.contextmanager
     def scratch_blocks(self, num_tokens: int, count: int = 1) -> Iterator[list[list[list[int]]]]:
@@ -396,7 +402,7 @@ class LLMEngine:
                 request.first_token_time = time.perf_counter()
             changed[request.request_id] = request
             if completion.output.finished:
-                self.scheduler.finish(seq)
+                self._finish(seq)
                 break
 
     def _outputs(self, changed: dict[str, Request]) -> list[RequestOutput]:
