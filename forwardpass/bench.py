@@ -99,6 +99,7 @@ def compare_spec(llm: LLM, repeats: int, max_tokens: int) -> dict[str, dict]:
     for name, text in SPEC_PROMPTS.items():
         messages = [{"role": "user", "content": text}]
         prompt = llm.chat_prompt(messages) if llm.chat_template is not None else llm.tokenizer.encode(text)
+        prompt = prompt[-(llm.ctx - max_tokens - 1) :]  # a model of a short context sees the prompt's end
         plain_s, spec_s = [], []
         before, speculator.stats = speculator.stats, SpecStats()
         try:

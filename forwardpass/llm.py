@@ -119,9 +119,10 @@ class LLM:
 
     def _draft_proposer(self, model: str) -> DraftProposer:
         """Load the draft model with the target's options (its own KV cache); its vocabulary must be ours."""
-        config = self.engine_config.replace(model=model, speculative_config=None, ctx=None)
-        self.draft = LLM(config=config)
-        check_same_vocabulary(self.tokenizer, self.draft.tokenizer, str(self.draft.path))
+        path = resolve_model(model)
+        draft_tokens = GGUFFile(path).metadata.get("tokenizer.ggml.tokens") or []
+        check_same_vocabulary(self.metadata.get("tokenizer.ggml.tokens") or [], draft_tokens, path)  # before loading
+        self.draft = LLM(config=self.engine_config.replace(model=path, speculative_config=None, ctx=None))
         engine = self.draft.engine
         return DraftProposer(
             self.draft.runner,

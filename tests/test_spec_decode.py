@@ -363,3 +363,64 @@ def test_draft_with_another_vocabulary_is_refused(tmp_path, monkeypatch):
     other = write_tiny_model(tmp_path / "other.gguf", "llama", seed=3)
     with pytest.raises(ValueError, match="same vocabulary"):
         LLM(str(path), ctx=256, speculative_config={"method": "draft", "model": str(other)})
+
+
+# ---- figures ----
+def test_metrics_report_acceptance(model):
+    from forwardpass.server.metrics import EngineCollector
+
+    path, cpu = model
+    llm = LLM(path, ctx=256, cpu=cpu, speculative_config=NGRAM)
+    outputs(llm, PROMPTS[:1], greedy(20))
+
+    class State:
+        engine, active_requests, engine_steps, ready = llm.engine, 0, 0, True
+
+    llm.engine.last_step_time = 0.0
+    families = {f.name: f for f in EngineCollector(State()).collect()}
+    spec = llm.engine.stats().spec
+    assert families["forwardpass_spec_accepted_tokens"].samples[0].value == spec.accepted
+    assert families["forwardpass_spec_proposed_tokens"].samples[0].value == spec.proposed > 0
+    rate = families["forwardpass_spec_acceptance_rate"].samples[0].value
+    assert rate == pytest.approx(spec.accepted / spec.proposed)
+    length = families["forwardpass_spec_mean_accepted_length"].samples[0].value
+    assert length == pytest.approx(1 + spec.accepted / spec.steps)
+
+
+def test_cli_run_and_bench_with_speculation(model):
+    import subprocess
+    import sys
+
+    path, cpu = model
+    if cpu is not None:
+        pytest.skip("one kernel set is enough for the command line")
+    base = [sys.executable, "-m", "forwardpass.cli"]
+    run = [*base, "run", path, "the cat", "-n", "12", "--temperature", "0", "--ignore-eos"]
+    plain = subprocess.run(run, capture_output=True, text=True, timeout=300)
+    spec = subprocess.run(
+        [*run, "--speculative-config", json.dumps(NGRAM)], capture_output=True, text=True, timeout=300
+    )
+    assert spec.returncode == 0, spec.stderr
+    assert spec.stdout == plain.stdout
+    assert "spec: acceptance" in spec.stderr and "mean accepted length" in spec.stderr
+    bad = subprocess.run([*run, "--speculative-config", '{"method": "medusa"}'], capture_output=True, text=True)
+    assert bad.returncode != 0 and "speculative_config.method" in bad.stderr and "Traceback" not in bad.stderr
+    bench = [
+        *base,
+        "bench",
+        path,
+        "-p",
+        "16",
+        "-n",
+        "8",
+        "-r",
+        "1",
+        "--json",
+        "--speculative-config",
+        json.dumps(NGRAM),
+    ]
+    r = subprocess.run(bench, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    figures = json.loads(r.stdout.strip().splitlines()[-1])["spec"]
+    assert set(figures) == {"copy", "free"}
+    assert all(f["plain_tok_s"] > 0 and 0 <= f["acceptance_rate"] <= 1 for f in figures.values())

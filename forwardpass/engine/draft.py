@@ -11,18 +11,20 @@ Proposals are batched over the sequences; a sequence whose mirror finds no room 
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Sequence as Seq
 
 import torch
 
-from ..tokenizer import Tokenizer
 from .block_manager import BlockManager
 from .model_runner import Logits, ModelRunner, SeqChunk
 from .sequence import Sequence
 
 
-def check_same_vocabulary(target: Tokenizer, draft: Tokenizer, draft_name: str) -> None:
-    """A draft must share the target's vocabulary: the same token texts under the same ids."""
-    a, b = target.vocab.tokens, draft.vocab.tokens
+def check_same_vocabulary(a: Seq[str], b: Seq[str], draft_name: str) -> None:
+    """A draft must share the target's vocabulary: the same token texts (`tokenizer.ggml.tokens`) under the same
+    ids. ValueError otherwise."""
+    if not a or not b:
+        raise ValueError(f"draft model {draft_name} or the target has no token list: cannot check the vocabulary")
     if len(a) != len(b):
         raise ValueError(
             f"draft model {draft_name} has {len(b)} tokens but the target has {len(a)}: speculative decoding "
