@@ -345,10 +345,10 @@ def test_draft_model_greedy_equals_plain_batched_and_alone(model, solo, tmp_path
     for draft, accepts in ((path, True), (other, False)):  # itself: nearly all accepted; another: mostly not
         spec = {"method": "draft", "model": draft, "num_speculative_tokens": 3}
         llm = LLM(path, ctx=256, cpu=cpu, max_num_batched_tokens=32, speculative_config=spec)
-        requests = run_checked(llm, PROMPTS, greedy())
-        assert [r.completions[0].output.token_ids for r in requests] == solo
+        requests = run_checked(llm, PROMPTS, greedy(24))
+        assert [r.completions[0].output.token_ids for r in requests] == [s[:24] for s in solo]
         assert llm.draft.engine.block_manager.num_used == 0  # every mirror released with its sequence
-        assert [outputs(llm, [p], greedy())[0] for p in PROMPTS] == solo
+        assert [outputs(llm, [p], greedy(24))[0] for p in PROMPTS[:2]] == [s[:24] for s in solo[:2]]
         stats = llm.engine.stats().spec
         assert stats.steps > 0 and stats.proposed > 0
         if accepts:
