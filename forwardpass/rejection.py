@@ -29,6 +29,18 @@ class Verdict:
     accepted: int
 
 
+def _history_free(state: SamplingState) -> bool:
+    """Whether the state's processing of a row does not depend on the tokens produced before it."""
+    p = state.params
+    return (
+        state.guide is None
+        and p.repetition_penalty == 1.0
+        and p.presence_penalty == 0.0
+        and p.frequency_penalty == 0.0
+        and (p.min_tokens == 0 or len(state.output_token_ids) >= p.min_tokens)
+    )
+
+
 class RejectionSampler:
     def __init__(self, sampler: Sampler) -> None:
         self.sampler = sampler
@@ -42,10 +54,26 @@ class RejectionSampler:
             )
         tokens: list[int] = []
         accepted = 0
-        for j in range(len(draft) + 1):
-            x = self.sampler.apply_logits_processors(logits[j : j + 1], [state])  # (1, V)
+        n = len(draft) + 1
+        # Without processors that depend on the tokens produced (penalties, min_tokens, a grammar), every row is
+        # processed alike: one pass over all rows (each row's values as a pass of its own would give them)
+        together = _history_free(state)
+        x_all: torch.Tensor | None = None  # (n, V) the processed rows, when processed together
+        probs: torch.Tensor | None = None  # (n, V) their target distributions (sampled rows)
+        if together:
+            x_all = self.sampler.apply_logits_processors(logits, [state] * n)
+            probs = None if state.params.greedy else target_probs(x_all, [state] * n)
+        for j in range(n):
             proposal = draft[j] if j < len(draft) else None
-            token, ok = self._decide(x, state, proposal)
+            if together and probs is None:
+                # one row per call: a multi-row argmax forks threads, which waited ~20 ms on busy cores
+                token = int(self.sampler.argmax(x_all[j : j + 1])[0])
+                ok = token == proposal
+            elif together:
+                token, ok = self._decide_random(probs[j : j + 1], state, proposal)
+            else:
+                x = self.sampler.apply_logits_processors(logits[j : j + 1], [state])  # (1, V)
+                token, ok = self._decide(x, state, proposal)
             state.append(token)
             tokens.append(token)
             if not ok:
@@ -64,7 +92,11 @@ class RejectionSampler:
         if state.params.greedy:
             token = int(self.sampler.argmax(x)[0])
             return token, token == proposal
-        probs = target_probs(x, [state])  # (1, V)
+        return self._decide_random(target_probs(x, [state]), state, proposal)
+
+    @staticmethod
+    def _decide_random(probs: torch.Tensor, state: SamplingState, proposal: int | None) -> tuple[int, bool]:
+        """probs: (1, V), the target distribution of the position."""
         if proposal is None:
             return int(draw(probs, [state])[0]), False
         u = torch.rand(1, generator=state.generator, device=probs.device)
