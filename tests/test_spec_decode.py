@@ -304,6 +304,8 @@ def test_sampled_tokens_keep_the_plain_distribution(model):
     """The second and third tokens of 1200 seeded samples, with and without speculation (the proposals are the
     plain run's most frequent tokens, so they are accepted often and rejected often)."""
     path, cpu = model
+    if path.endswith("llama.gguf") and cpu == "torch":
+        pytest.skip("the distribution is the sampler's: one kernel path is enough")
     prompt = PROMPTS[1]
     seeds = range(1200)
 
