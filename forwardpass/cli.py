@@ -97,20 +97,29 @@ def _split_model_prompt(first: str | None, second: str | None) -> tuple[str | No
     return None, first
 
 
-def _print_stats(stats) -> None:
+def _print_stats(stats, spec=None) -> None:
+    """The closing line; `spec`: this answer's speculative decoding totals (a `SpecStats`), if on."""
     cached = f" ({stats.cached_tokens} cached)" if stats.cached_tokens else ""
+    speculation = ""
+    if spec is not None:
+        speculation = (
+            f" | spec: acceptance {100 * spec.acceptance_rate:.1f}%, "
+            f"mean accepted length {spec.mean_accepted_length:.2f}"
+        )
     sys.stderr.write(
         f"\nprompt: {stats.prompt_tokens} tokens{cached}, {stats.prompt_tok_s:.1f} tok/s | "
         f"first token: {stats.ttft_s * 1000:.0f} ms | "
-        f"generated: {stats.generated_tokens} tokens, {stats.decode_tok_s:.1f} tok/s\n"
+        f"generated: {stats.generated_tokens} tokens, {stats.decode_tok_s:.1f} tok/s{speculation}\n"
     )
     sys.stderr.flush()
 
 
 def _stream_answer(llm, prompt, params) -> str:
+    from .engine.spec_decode import SpecStats
     from .outputs import GenerationStats
 
     stats = GenerationStats()
+    before = llm.engine.stats().spec
     parts = []
     for delta in llm.stream(prompt, params, stats=stats):
         parts.append(delta)
@@ -118,7 +127,11 @@ def _stream_answer(llm, prompt, params) -> str:
         sys.stdout.flush()
     sys.stdout.write("\n")
     sys.stdout.flush()
-    _print_stats(stats)
+    after = llm.engine.stats().spec
+    spec = None
+    if before is not None and after is not None:  # this answer's share of the engine's totals
+        spec = SpecStats(after.steps - before.steps, after.proposed - before.proposed, after.accepted - before.accepted)
+    _print_stats(stats, spec)
     return "".join(parts)
 
 

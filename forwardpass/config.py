@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,78 @@ def memory_size(text: str) -> int:
     if not 1 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive size, got {text!r}")
     return int(value)
+
+
+SPEC_METHODS = ("ngram", "draft")
+MAX_SPEC_TOKENS = 32
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig:
+    """Speculative decoding (vLLM's shape): `method` "ngram" proposes the tokens that followed the latest earlier
+    occurrence of the sequence's last `prompt_lookup_max` .. `prompt_lookup_min` tokens (prompt lookup); "draft"
+    runs the smaller model `model` (a path or short name, same vocabulary) ahead. Up to `num_speculative_tokens`
+    proposals per sequence and step are verified by the target model in one pass."""
+
+    method: str = "ngram"
+    num_speculative_tokens: int = 4
+    prompt_lookup_min: int = 2
+    prompt_lookup_max: int = 4
+    model: str | None = None
+    adaptive: bool = True  # shrink a sequence's k while its proposals are mostly rejected
+
+    def __post_init__(self) -> None:
+        if self.method not in SPEC_METHODS:
+            raise ValueError(f"speculative_config.method must be one of {', '.join(SPEC_METHODS)}, got {self.method!r}")
+        for name, hi in (
+            ("num_speculative_tokens", MAX_SPEC_TOKENS),
+            ("prompt_lookup_min", 64),
+            ("prompt_lookup_max", 64),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= hi:
+                raise ValueError(f"speculative_config.{name} must be an integer in 1..{hi}, got {value!r}")
+        if self.prompt_lookup_min > self.prompt_lookup_max:
+            raise ValueError(
+                f"speculative_config.prompt_lookup_min ({self.prompt_lookup_min}) must not exceed "
+                f"prompt_lookup_max ({self.prompt_lookup_max})"
+            )
+        if self.method == "draft" and (not isinstance(self.model, str) or not self.model):
+            raise ValueError(
+                f"speculative_config.model must name the draft model for method 'draft', got {self.model!r}"
+            )
+        if self.method == "ngram" and self.model is not None:
+            raise ValueError("speculative_config.model is only for method 'draft'")
+        if not isinstance(self.adaptive, bool):
+            raise ValueError(f"speculative_config.adaptive must be True or False, got {self.adaptive!r}")
+
+    @classmethod
+    def parse(cls, value: SpeculativeConfig | dict[str, Any] | str) -> SpeculativeConfig:
+        """From a dict or its JSON text (the `--speculative-config` flag); unknown keys are an error."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"speculative_config is not valid JSON: {e}") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"speculative_config must be a JSON object, got {value!r}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            raise ValueError(
+                f"speculative_config: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(names))})"
+            )
+        return cls(**value)
+
+
+def speculative_json(text: str) -> SpeculativeConfig:
+    """argparse type: --speculative-config JSON."""
+    try:
+        return SpeculativeConfig.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _option(default: Any, help: str, *flags: str, **argparse_kwargs: Any) -> Any:
@@ -103,8 +176,18 @@ class EngineConfig:
         "--no-prefix-caching",
         action="store_false",
     )
+    speculative_config: SpeculativeConfig | None = _option(
+        None,
+        'speculative decoding, JSON: {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 2, '
+        '"prompt_lookup_max": 4} or {"method": "draft", "model": NAME, "num_speculative_tokens": 4}',
+        "--speculative-config",
+        type=speculative_json,
+        metavar="JSON",
+    )
 
     def __post_init__(self) -> None:
+        if self.speculative_config is not None:  # a dict or JSON text becomes the validated dataclass
+            object.__setattr__(self, "speculative_config", SpeculativeConfig.parse(self.speculative_config))
         if self.model is not None and (not isinstance(self.model, str) or not self.model):
             raise ValueError(f"model must be a path or a model name, got {self.model!r}")
         for name in ("reference", "enable_prefix_caching"):

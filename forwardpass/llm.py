@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, Any, Union
 import psutil
 import torch
 
-from .config import DEFAULT_KV_TOKENS, DEFAULT_MAX_CTX, EngineConfig
+from .config import DEFAULT_KV_TOKENS, DEFAULT_MAX_CTX, EngineConfig, SpeculativeConfig
+from .engine.draft import DraftProposer, check_same_vocabulary
 from .engine.kv_groups import plan_kv_groups
 from .engine.llm_engine import LLMEngine
 from .engine.model_runner import ModelRunner
 from .engine.pooling import POOLING_METHODS, pooling_from_metadata
 from .engine.scheduler import SchedulerConfig
+from .engine.spec_decode import NgramProposer, Speculator
 from .errors import ChatTemplateError, ContextLengthError
 from .gguf.reader import GGUFFile
 from .kernels import KernelChoice, release_heap
@@ -104,9 +106,41 @@ class LLM:
         groups = self._plan_kv(config, kv_dtype)
         self.runner = ModelRunner(self.model, groups, BLOCK_SIZE, kv_dtype, config.device)
         scheduler = SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens)
-        self.engine = LLMEngine(self.runner, self.tokenizer, self.ctx, scheduler, config.enable_prefix_caching)
+        self.engine = LLMEngine(
+            self.runner,
+            self.tokenizer,
+            self.ctx,
+            scheduler,
+            config.enable_prefix_caching,
+            self._speculator(config.speculative_config),
+        )
         self.load_s = time.perf_counter() - t0
         logger.info("loaded %s (%s) in %.2f s", self.path, self.config.arch, self.load_s)
+
+    def _speculator(self, spec: SpeculativeConfig | None) -> Speculator | None:
+        """The proposer of `speculative_config` (a draft model is loaded here, its vocabulary checked)."""
+        if spec is None:
+            return None
+        if spec.method == "ngram":
+            proposer = NgramProposer(spec.prompt_lookup_min, spec.prompt_lookup_max)
+        else:
+            proposer = self._draft_proposer(spec.model)
+        return Speculator(proposer, spec.num_speculative_tokens, spec.adaptive)
+
+    def _draft_proposer(self, model: str) -> DraftProposer:
+        """Load the draft model with the target's options (its own KV cache); its vocabulary must be ours."""
+        path = resolve_model(model)
+        draft_tokens = GGUFFile(path).metadata.get("tokenizer.ggml.tokens") or []
+        check_same_vocabulary(self.metadata.get("tokenizer.ggml.tokens") or [], draft_tokens, path)  # before loading
+        self.draft = LLM(config=self.engine_config.replace(model=path, speculative_config=None, ctx=None))
+        engine = self.draft.engine
+        return DraftProposer(
+            self.draft.runner,
+            engine.block_manager,
+            engine.sampler.argmax,
+            min(self.ctx, self.draft.ctx),
+            self.vocab_size,
+        )
 
     def _plan_kv(self, config: EngineConfig, kv_dtype: torch.dtype) -> list[KVGroup]:
         """The KV cache's groups of layers and their pools, from a budget in tokens or in bytes."""

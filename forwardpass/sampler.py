@@ -206,8 +206,8 @@ class Sampler:
         """
         raw = self.apply_logits_processors(logits, rows)  # binds rows, validates the shape
         tokens = _choose_tokens(raw, rows, self.argmax)  # (B,) int64
-        logprobs = _log_softmax_if_needed(logits, rows)
-        out = _gather_output(tokens, logprobs, rows)
+        logprobs = log_softmax_if_needed(logits, rows)
+        out = gather_output(tokens, logprobs, rows)
         for state, token in zip(rows, out.token_ids):
             state.append(token)
         return out
@@ -220,7 +220,12 @@ class Sampler:
         vocab_size = logits.shape[1]
         for state in rows:
             state.bind(vocab_size, logits.device)
-        x = logits.to(torch.float32, copy=True)  # (B, V)
+        if logits.device.type == "cpu":
+            # numpy's copy: one thread, ~10 us for a 49k row; torch's parallel copy waits for its pool, which took
+            # ~30 ms per call on two busy cores
+            x = torch.from_numpy(logits.to(torch.float32).numpy().copy())  # (B, V)
+        else:
+            x = logits.to(torch.float32, copy=True)  # (B, V)
         for i, state in enumerate(rows):
             bias = state.logit_bias()
             if bias is not None:
@@ -334,18 +339,23 @@ def apply_min_p(x: torch.Tensor, min_p: list[float]) -> torch.Tensor:
     return x.masked_fill(probs < threshold, _NEG_INF)
 
 
-def _sample_random(x: torch.Tensor, rows: Sequence[SamplingState]) -> torch.Tensor:
-    """Temperature, top-k, top-p, min-p, then one draw per row from its own generator. x (R, V) -> (R,)."""
+def target_probs(x: torch.Tensor, rows: Sequence[SamplingState]) -> torch.Tensor:
+    """The distribution a random row draws from: temperature, top-k, top-p, min-p, softmax. x (R, V) -> (R, V)."""
     params = [s.params for s in rows]
     if any(p.temperature != 1.0 for p in params):
         x = x / _row_values([p.temperature for p in params], x.device)
     x = apply_top_k(x, [p.top_k for p in params])
     x = apply_top_p(x, [p.top_p for p in params])
     x = apply_min_p(x, [p.min_p for p in params])
-    return _draw(x.softmax(dim=-1), rows)
+    return x.softmax(dim=-1)
 
 
-def _draw(probs: torch.Tensor, rows: Sequence[SamplingState]) -> torch.Tensor:
+def _sample_random(x: torch.Tensor, rows: Sequence[SamplingState]) -> torch.Tensor:
+    """`target_probs`, then one draw per row from its own generator. x (R, V) -> (R,)."""
+    return draw(target_probs(x, rows), rows)
+
+
+def draw(probs: torch.Tensor, rows: Sequence[SamplingState]) -> torch.Tensor:
     """Inverse-CDF sampling, two uniform numbers per row from that row's generator. (R, V) -> (R,) int64.
 
     The draw depends only on the row's probabilities and its generator, so it is batch-invariant, and two numbers
@@ -391,14 +401,14 @@ def _choose_tokens(
     return tokens.index_copy_(0, random_idx, sampled)
 
 
-def _log_softmax_if_needed(logits: torch.Tensor, rows: Sequence[SamplingState]) -> torch.Tensor | None:
+def log_softmax_if_needed(logits: torch.Tensor, rows: Sequence[SamplingState]) -> torch.Tensor | None:
     """The model's raw log-probabilities (B, V), before any processing, if any row asked for logprobs."""
     if all(s.params.logprobs is None for s in rows):
         return None
     return torch.log_softmax(logits.to(torch.float32), dim=-1)
 
 
-def _gather_output(tokens: torch.Tensor, logprobs: torch.Tensor | None, rows: Sequence[SamplingState]) -> SamplerOutput:
+def gather_output(tokens: torch.Tensor, logprobs: torch.Tensor | None, rows: Sequence[SamplingState]) -> SamplerOutput:
     """Bring tokens (B,) and the requested logprobs to the host in one transfer."""
     batch = tokens.shape[0]
     if logprobs is None:

@@ -223,6 +223,43 @@ class BlockManager:
         assert self.ensure_slots(child, parent.num_computed), "fork without a free block: call can_fork first"
         return [(g, parent.block_tables[g][full], child.block_tables[g][full]) for g in range(len(self.pools))]
 
+    def rollback(self, seq: Sequence) -> None:
+        """Drop the slots past the computed tokens (speculative proposals that were rejected): every block wholly
+        beyond `num_computed` returns to its pool, unnamed (a block is named only once its tokens are computed and
+        accepted), so the tables hold exactly what a plain decode step would have left."""
+        keep = self.blocks_for(seq.num_computed)
+        for pool, table in zip(self.pools, seq.block_tables):
+            while len(table) > keep:
+                block = table.pop()
+                if block != FREED:
+                    pool.release(block)
+        assert len(seq.block_hashes) <= seq.num_computed // self.block_size, "a named block holds rejected tokens"
+
+    def check(self, seqs: Seq[Sequence]) -> None:
+        """Raise AssertionError unless the pools agree with the live sequences `seqs` (every sequence holding
+        blocks): reference counts, the free queue, the prefix-cache names and each table's length and hashes."""
+        for g, pool in enumerate(self.pools):
+            refs = [0] * pool.num_blocks
+            for seq in seqs:
+                for block in seq.block_tables[g] if seq.block_tables else ():
+                    if block != FREED:
+                        refs[block] += 1
+            assert refs == pool.ref_counts, f"group {g}: reference counts disagree with the block tables"
+            assert set(pool.free) == {b for b, r in enumerate(refs) if r == 0}, f"group {g}: free queue wrong"
+            for h, block in pool.cached.items():
+                assert pool.block_hash[block] == h, f"group {g}: cached block {block} named otherwise"
+        for seq in seqs:
+            if not seq.block_tables:
+                continue
+            assert len({len(t) for t in seq.block_tables}) == 1, "block tables of different lengths"
+            assert len(seq.block_tables[0]) >= self.blocks_for(seq.num_computed), "computed tokens without a slot"
+            full = seq.num_computed // self.block_size
+            assert len(seq.block_hashes) <= full, "a named block is not wholly computed"
+            prev = 0
+            for i, h in enumerate(seq.block_hashes):
+                prev = chain_hash(prev, tuple(seq.token_ids[i * self.block_size : (i + 1) * self.block_size]))
+                assert h == prev, f"block {i}'s hash does not name its tokens"
+
     def free_seq(self, seq: Sequence) -> None:
         """Return a sequence's blocks; blocks nobody else uses become free (hash kept for later reuse)."""
         for pool, table in zip(self.pools, seq.block_tables):

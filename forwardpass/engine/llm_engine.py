@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import time
@@ -16,6 +17,7 @@ import torch
 from ..errors import ContextLengthError
 from ..kernels.native import argmax_fn, mask_fn
 from ..outputs import EmbeddingOutput, RequestOutput
+from ..rejection import RejectionSampler, Verdict
 from ..sampler import Sampler, SamplerOutput
 from ..sampling import SamplingParams
 from ..structured.compiler import CompiledGrammar, GrammarCompiler
@@ -28,6 +30,7 @@ from .pooling import EmbedRequest, Pooler
 from .request import Completion, Request
 from .scheduler import ScheduledSeq, Scheduler, SchedulerConfig, SchedulerOutput
 from .sequence import Sequence, Status
+from .spec_decode import SpecStats, Speculator
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +53,7 @@ class EngineStats:
     prefix_cache_hit_rate: float  # prompt tokens found in the cache / prompt tokens admitted (same in every group)
     preemptions: int
     running_seqs: tuple[SeqProgress, ...] = ()  # the running batch, oldest first
+    spec: SpecStats | None = None  # speculative decoding's totals (None without it)
 
 
 class LLMEngine:
@@ -60,6 +64,7 @@ class LLMEngine:
         ctx: int,
         scheduler_config: SchedulerConfig | None = None,
         enable_prefix_caching: bool = True,
+        speculator: Speculator | None = None,
     ) -> None:
         self.runner = runner
         self.tokenizer = tokenizer
@@ -84,6 +89,8 @@ class LLMEngine:
         self.scheduler = Scheduler(scheduler_config, self.block_manager)
         lib = runner.model.options.cpu_native
         self.sampler = Sampler(argmax_fn(lib), mask_fn(lib))
+        self.speculator = speculator  # speculative decoding: proposals verified in the step (None: off)
+        self.rejection = RejectionSampler(self.sampler)
         self.requests: dict[str, Request | EmbedRequest] = {}
         self._ids = itertools.count()
         self.grammars = GrammarCompiler(tokenizer, runner.model.config.vocab_size)
@@ -220,7 +227,13 @@ class LLMEngine:
         for completion in request.completions:
             completion.abort()
             if completion.seq.status is not Status.FINISHED:
-                self.scheduler.finish(completion.seq)
+                self._finish(completion.seq)
+
+    def _finish(self, seq: Sequence) -> None:
+        """A sample is done (or aborted): its blocks and its proposer's state go at once."""
+        self.scheduler.finish(seq)
+        if self.speculator is not None:
+            self.speculator.release(seq)
 
     @contextlib.contextmanager
     def scratch_blocks(self, num_tokens: int, count: int = 1) -> Iterator[list[list[list[int]]]]:
@@ -268,6 +281,8 @@ class LLMEngine:
         """Run one batch; return the outputs of every request that changed (finished ones for the last time)."""
         self._admit_compiled()
         done = self._failed_outputs()  # outputs that need no run
+        if self.speculator is not None:
+            self._propose()
         output = self.scheduler.schedule()
         if not output:
             if not done and self._compiling:  # nothing else to do: wait briefly for a grammar, not spin
@@ -281,25 +296,68 @@ class LLMEngine:
         for group, src, dst in update.block_copies:
             self.runner.cache.copy_block(group, src, dst)
         completions, rows = [], []  # each sample and the row of the logits it draws from
-        for row, s in enumerate(x for x in generating.scheduled if x.samples):
+        verified: list[tuple[ScheduledSeq, int]] = []  # sequences with proposals and their first logits row
+        row = 0
+        for s in generating.scheduled:
+            if not s.samples:
+                continue
+            if s.draft:
+                verified.append((s, row))
+                row += len(s.draft) + 1
+                continue
             for seq in [s.seq, *update.forked.get(s.seq.seq_id, ())]:  # forks draw from their parent's logits
                 completions.append(seq.owner)
                 rows.append(row)
-        if not completions:
-            return done
-        if len(rows) != logits.shape[0]:
-            logits = logits[torch.tensor(rows, device=logits.device)]
-        sampled = self.sampler.sample(logits, [c.state for c in completions])
-        return done + self._update(completions, sampled)
+            row += 1
+        changed: dict[str, Request] = {}
+        if completions:
+            picked = (
+                logits if rows == list(range(logits.shape[0])) else logits[torch.tensor(rows, device=logits.device)]
+            )
+            sampled = self.sampler.sample(picked, [c.state for c in completions])
+            for i, completion in enumerate(completions):
+                self._add_tokens(completion, sampled, [i], changed)
+        for s, first in verified:
+            self._accept(
+                s, self.rejection.verify(logits[first : first + len(s.draft) + 1], s.draft, s.seq.owner.state), changed
+            )
+        return done + self._outputs(changed)
+
+    def _propose(self) -> None:
+        """Proposals for the decoding sequences, each capped so that its tokens stay within its limits."""
+        running = self.scheduler.running
+        limits = []
+        for seq in running:
+            params = getattr(seq.owner, "params", None)
+            left = seq.max_tokens - seq.num_tokens
+            if params is not None and params.max_tokens is not None:
+                left = min(left, params.max_tokens - seq.num_output_tokens)
+            limits.append(left - 1 if params is not None else 0)
+        self.speculator.propose(running, limits)
+
+    def _accept(self, s: ScheduledSeq, verdict: Verdict, changed: dict[str, Request]) -> None:
+        """Record a verified sequence's tokens, then roll the rejected proposals out of its KV cache."""
+        seq, completion = s.seq, s.seq.owner
+        out = verdict.output
+        self.speculator.record(seq, len(s.draft), verdict.accepted)
+        self._add_tokens(completion, out, range(len(out.token_ids)), changed)
+        if seq.status is Status.FINISHED:
+            return  # its blocks are already free
+        # the last token and the accepted proposals are in the cache; the token after them is not
+        seq.num_computed += min(verdict.accepted, len(out.token_ids) - 1)
+        self.block_manager.rollback(seq)
+        self.block_manager.on_computed(seq)
 
     def _run(self, output: SchedulerOutput) -> torch.Tensor | None:
-        """The logits of the scheduled sequences that sample this step, in order (None if nothing runs)."""
+        """The logits of the scheduled sequences that sample this step, in order (None if nothing runs): one row
+        each, or one per position of a sequence verifying proposals."""
         chunks = [
             SeqChunk(
                 s.token_ids,
                 s.start,
                 s.seq.block_tables,
-                Logits.LAST if s.samples else Logits.NONE,
+                Logits.ALL if s.draft else Logits.LAST if s.samples else Logits.NONE,
+                logits_from=s.num_tokens - 1,
                 prompt_len=s.seq.num_prompt_tokens,
             )
             for s in output.scheduled
@@ -332,21 +390,24 @@ class LLMEngine:
             self.requests.pop(request.request_id, None)
         return [r.snapshot() for r in done]
 
-    def _update(self, completions: list[Completion], sampled: SamplerOutput) -> list[RequestOutput]:
-        now = time.perf_counter()
-        changed: dict[str, Request] = {}
-        for i, completion in enumerate(completions):
-            seq, request = completion.seq, completion.request
+    def _add_tokens(self, completion: Completion, sampled: SamplerOutput, indices, changed: dict[str, Request]) -> None:
+        """Append the sampled tokens at `indices` to a completion, in order, until it finishes."""
+        seq, request = completion.seq, completion.request
+        for i in indices:
             token = sampled.token_ids[i]
             seq.token_ids.append(token)
             logprob = sampled.logprobs[i] if sampled.logprobs is not None else None
             top = sampled.top_logprobs[i] if sampled.top_logprobs is not None else None
-            completion.add_token(token, logprob, top)
+            completion.add_token(token, logprob, top, guide_at_token=i == indices[-1])
             if request.first_token_time is None:
-                request.first_token_time = now
-            if completion.output.finished:
-                self.scheduler.finish(seq)
+                request.first_token_time = time.perf_counter()
             changed[request.request_id] = request
+            if completion.output.finished:
+                self._finish(seq)
+                break
+
+    def _outputs(self, changed: dict[str, Request]) -> list[RequestOutput]:
+        now = time.perf_counter()
         outputs = []
         for request in changed.values():
             if request.finished:
@@ -364,6 +425,7 @@ class LLMEngine:
             kv_blocks_total=bm.num_blocks,
             prefix_cache_hit_rate=bm.prefix_hits / bm.prefix_queries if bm.prefix_queries else 0.0,
             preemptions=self.scheduler.num_preemptions,
+            spec=dataclasses.replace(self.speculator.stats) if self.speculator is not None else None,
             running_seqs=tuple(
                 SeqProgress(
                     s.owner.request.request_id if s.owner is not None else "",

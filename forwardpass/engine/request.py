@@ -30,8 +30,12 @@ class Completion:
         self.stops = StopStringMatcher(params.stop, params.include_stop_str_in_output)
         self.output = CompletionOutput(index=index, logprobs=[] if params.logprobs is not None else None)
 
-    def add_token(self, token: int, logprob: float | None, top: list[tuple[int, float]] | None) -> None:
-        """Record a sampled token; decide whether the sample is finished and why."""
+    def add_token(
+        self, token: int, logprob: float | None, top: list[tuple[int, float]] | None, guide_at_token: bool = True
+    ) -> None:
+        """Record a sampled token; decide whether the sample is finished and why. `guide_at_token=False`: the
+        grammar state has already consumed later tokens (a verified run of speculative proposals, which stops at
+        the token that completes the grammar), so it says nothing about this one."""
         out = self.output
         out.token_ids.append(token)
         if out.logprobs is not None and logprob is not None:
@@ -45,7 +49,9 @@ class Completion:
         if stopped:
             return self._finish("stop", self.stops.matched)
         guide = self.state.guide
-        if guide is not None and (guide.done or guide.failed):  # the document is complete: nothing may follow
+        if (
+            guide is not None and guide_at_token and (guide.done or guide.failed)
+        ):  # the document is complete: nothing may follow
             return self._finish("stop", None)
         seq = self.seq
         if (

@@ -9,12 +9,16 @@ front of the queue, to be recomputed later (its prefix-cached blocks make that c
 A step: `schedule()` says what runs (`SchedulerOutput`), the runner computes it, then `update(output)` records
 the computed tokens and forks the other samples of an n > 1 request from the first one, whose prompt is now in
 the cache; the block copies that takes are the runner's to do.
+
+Speculative decoding: a decoding sequence with proposed tokens (`Sequence.draft`) runs them after its last
+token in the same chunk when the budget and free blocks allow (never preempting anyone for them); the engine
+rolls the rejected ones back out of the cache (`BlockManager.rollback`) once it has verified them.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .block_manager import BlockManager
 from .sequence import Sequence, Status
@@ -39,10 +43,12 @@ class ScheduledSeq:
     seq: Sequence
     num_tokens: int
     start: int
+    draft: list[int] = field(default_factory=list)  # proposed tokens verified after the last one
 
     @property
     def token_ids(self) -> list[int]:
-        return self.seq.token_ids[self.start : self.start + self.num_tokens]
+        """The tokens this step computes: the sequence's, then the proposals."""
+        return self.seq.token_ids[self.start : self.start + self.num_tokens] + self.draft
 
     @property
     def samples(self) -> bool:
@@ -94,9 +100,10 @@ class Scheduler:
             if seq.status is not Status.RUNNING or budget == 0:
                 continue  # preempted earlier in this loop
             n = min(seq.num_uncomputed, budget)
-            if self._reserve(seq, n):
-                scheduled.append(ScheduledSeq(seq, n, seq.num_computed))
-                budget -= n
+            draft = self._draft_slots(seq, budget - n)
+            if draft or self._reserve(seq, n):
+                scheduled.append(ScheduledSeq(seq, n, seq.num_computed, draft))
+                budget -= n + len(draft)
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
             if not self.blocks.allocate_prefix(seq):
@@ -138,6 +145,14 @@ class Scheduler:
         parent.forks = []
         return forked
 
+    def _draft_slots(self, seq: Sequence, budget: int) -> list[int]:
+        """The proposals of a decoding sequence that fit the budget, with their blocks (and its next token's)
+        reserved; [] where they do not fit without preempting."""
+        draft = seq.draft[:budget] if seq.num_uncomputed == 1 else []
+        if draft and self.blocks.ensure_slots(seq, seq.num_computed + 1 + len(draft)):
+            return draft
+        return []
+
     def _reserve(self, seq: Sequence, n: int) -> bool:
         """Blocks for `n` more tokens of a running sequence, preempting the newest ones if needed."""
         while not self.blocks.ensure_slots(seq, seq.num_computed + n):
@@ -149,6 +164,7 @@ class Scheduler:
 
     def preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
+        seq.draft = []
         self.blocks.free_seq(seq)
         seq.status = Status.WAITING
         self.waiting.appendleft(seq)

@@ -31,6 +31,8 @@ class Sequence:
     reuse_prefix: bool = True  # may take blocks from the prefix cache (not mean-pooled embeddings: see pooling.py)
     forks: list[Sequence] = field(default_factory=list)  # the other samples of an n > 1 request: they fork from
     # this one (sharing its blocks) once its prompt is computed
+    draft: list[int] = field(default_factory=list)  # tokens proposed to follow (speculative decoding), set by the
+    # engine before each step and verified with the last token in one chunk
 
     @property
     def block_table(self) -> list[int]:

@@ -83,6 +83,23 @@ class EngineCollector(Collector):
             "Sequences preempted for lack of KV blocks",
             value=stats.preemptions if stats else 0,
         )
+        spec = stats.spec if stats else None
+        if spec is not None:  # speculative decoding is on
+            yield CounterMetricFamily(
+                "forwardpass_spec_verify_steps", "Sequence steps that verified proposed tokens", value=spec.steps
+            )
+            yield CounterMetricFamily(
+                "forwardpass_spec_proposed_tokens", "Tokens proposed by speculative decoding", value=spec.proposed
+            )
+            yield CounterMetricFamily(
+                "forwardpass_spec_accepted_tokens", "Proposed tokens the target model accepted", value=spec.accepted
+            )
+            yield gauge("spec_acceptance_rate", "Accepted / proposed tokens since start", spec.acceptance_rate)
+            yield gauge(
+                "spec_mean_accepted_length",
+                "Tokens produced per verifying step (accepted proposals + the target's own), since start",
+                spec.mean_accepted_length,
+            )
         yield CounterMetricFamily(
             "forwardpass_engine_steps",
             "Engine steps run (one prefill chunk or decode token per running sequence each)",
