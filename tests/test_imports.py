@@ -15,13 +15,26 @@ ROOT = Path(forwardpass.__file__).parent
 
 # folder -> the package's folders and top-level modules it must not import
 FORBIDDEN = {
-    "gguf": {"tokenizer", "models", "kernels", "engine", "server", "structured", "tools", "llm", "cli", "bench"},
-    "tokenizer": {"models", "kernels", "engine", "server", "structured", "tools", "llm", "cli", "bench"},
-    "kernels": {"models", "engine", "server", "tokenizer", "structured", "tools", "llm", "cli", "bench"},
-    "models": {"engine", "server", "tokenizer", "structured", "tools", "llm", "cli", "bench"},
-    "engine": {"server", "llm", "cli", "bench"},
-    "structured": {"models", "kernels", "engine", "server", "llm", "cli", "bench"},
-    "tools": {"models", "kernels", "engine", "server", "llm", "cli", "bench"},
+    "gguf": {
+        "tokenizer",
+        "models",
+        "kernels",
+        "engine",
+        "server",
+        "structured",
+        "tools",
+        "llm",
+        "cli",
+        "bench",
+        "parallel",
+    },
+    "tokenizer": {"models", "kernels", "engine", "server", "structured", "tools", "llm", "cli", "bench", "parallel"},
+    "kernels": {"models", "engine", "server", "tokenizer", "structured", "tools", "llm", "cli", "bench", "parallel"},
+    "models": {"engine", "server", "tokenizer", "structured", "tools", "llm", "cli", "bench", "parallel"},
+    "engine": {"server", "llm", "cli", "bench", "parallel"},
+    "structured": {"models", "kernels", "engine", "server", "llm", "cli", "bench", "parallel"},
+    "tools": {"models", "kernels", "engine", "server", "llm", "cli", "bench", "parallel"},
+    "parallel": {"server", "llm", "cli", "bench"},
 }
 
 

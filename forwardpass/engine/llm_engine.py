@@ -278,7 +278,7 @@ class LLMEngine:
         done += self._pool(pooled) if pooled else []
         update = self.scheduler.update(generating)
         for group, src, dst in update.block_copies:
-            self.runner.cache.copy_block(group, src, dst)
+            self.runner.copy_block(group, src, dst)
         completions, rows = [], []  # each sample and the row of the logits it draws from
         for row, s in enumerate(x for x in generating.scheduled if x.samples):
             for seq in [s.seq, *update.forked.get(s.seq.seq_id, ())]:  # forks draw from their parent's logits

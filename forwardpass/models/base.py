@@ -8,7 +8,7 @@ metadata (`config_from_metadata`), which tensors a layer has (`load_layer`), and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 
@@ -21,11 +21,28 @@ from .config import ModelConfig
 from .layers import Rotary, rms_norm, softcap
 
 
+class ParallelLoad(Protocol):
+    """How one tensor-parallel rank loads its part of a model (`parallel.shard.TensorParallelLoad`)."""
+
+    def local_config(self, config: ModelConfig) -> ModelConfig:
+        """The rank's hyperparameters: its query heads, KV heads and FFN columns."""
+        ...
+
+    def store(self, gguf: Any, config: ModelConfig) -> WeightStore:
+        """A store that hands out the rank's slices (asked for with the local config's shapes)."""
+        ...
+
+    def wrap(self, weight: QuantWeight, linear: Linear) -> Linear:
+        """The `Linear` of `weight` as this rank runs it (row-parallel ones add an all-reduce)."""
+        ...
+
+
 @dataclass
 class LoadOptions:
     mode: str = "dequant"  # the Linear backend ("reference" = exact float32)
     device: str = "cpu"
     native: NativeLibrary | None = None  # the CPU kernels of "fast" mode (`kernels.native.select_kernels`)
+    parallel: ParallelLoad | None = None  # tensor parallelism: this rank's part only
 
     @property
     def cpu_native(self) -> NativeLibrary | None:
@@ -78,7 +95,7 @@ class DecoderLM:
     def _native_decoder(self) -> NativeDecoder | None:
         """The native step over this model's tiles where it can run (CPU fast mode with native kernels)."""
         lib = self.options.cpu_native
-        if lib is None:
+        if lib is None or self.options.parallel is not None:  # the step runs whole layers: not a rank's part
             return None
         self._rotaries = list({id(r): r for r in self.rotary}.values())  # distinct tables, in layer order
         index = {id(r): i for i, r in enumerate(self._rotaries)}
@@ -98,7 +115,7 @@ class DecoderLM:
     # ---- helpers for architectures ----
     def linear(self, weight: QuantWeight, bias: torch.Tensor | None = None) -> Linear:
         release = self._store.release if self._store is not None else None
-        return make_linear(
+        linear = make_linear(
             weight,
             bias,
             mode=self.options.mode,
@@ -106,6 +123,7 @@ class DecoderLM:
             release=release,
             native=self.options.cpu_native,
         )
+        return self.options.parallel.wrap(weight, linear) if self.options.parallel is not None else linear
 
     def multi_linear(self, weights: list[QuantWeight], biases: list[torch.Tensor] | None = None) -> MultiLinear:
         release = self._store.release if self._store is not None else None

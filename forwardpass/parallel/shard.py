@@ -1,0 +1,163 @@
+"""One rank's part of a model: its weights sliced out of the GGUF file, and the all-reduce after each row-parallel
+projection.
+
+Column-parallel (`attn_q`, `attn_k`, `attn_v` with their biases, `ffn_gate`, `ffn_up`): a rank holds the output
+rows of its heads / FFN columns, whole rows of GGUF blocks. Row-parallel (`attn_output`, `ffn_down`): a rank holds
+the input columns matching them, cut at block boundaries (`plan.py` guarantees it), computes a partial sum, and one
+all-reduce per projection adds the ranks' parts. Everything else (embedding, norms, the output head) is held whole
+by every rank.
+
+A row-parallel weight in a float type (F32, F16, BF16: a bf16 GEMM whose output is rounded to bf16) is held whole
+instead, and its input columns gathered from the ranks: rounding each rank's partial sum to bf16 would move the
+result by bf16's precision, and gathering keeps it equal to one device's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from ..errors import GGUFError
+from ..gguf.dequant import block_info
+from ..gguf.reader import GGUFFile
+from ..gguf.weights import QuantWeight, WeightStore
+from ..kernels import Linear
+from ..kernels.repack import FLOAT_TYPES
+from ..models.config import ModelConfig
+from .group import Collective
+from .plan import RankShard, plan_shards
+
+COLUMN_PARALLEL = ("attn_q", "attn_k", "attn_v", "ffn_gate", "ffn_up")
+ROW_PARALLEL = ("attn_output", "ffn_down")
+
+
+def _role(name: str) -> str | None:
+    """'blk.3.attn_q.weight' -> 'attn_q'; None for tensors outside the layers."""
+    parts = name.split(".")
+    return parts[2] if len(parts) == 4 and parts[0] == "blk" else None
+
+
+def plan_for(gguf: GGUFFile, config: ModelConfig, world: int) -> list[RankShard]:
+    """The ranks' shards of this model: `plan.plan_shards` with the widest block of each row-parallel weight."""
+    widest = {role: 1 for role in ROW_PARALLEL}
+    for name, info in gguf.tensors.items():
+        role = _role(name)
+        if role in widest:
+            widest[role] = math.lcm(widest[role], block_info(info.ggml_type)[0])
+    return plan_shards(
+        config.n_heads,
+        config.n_kv_heads,
+        config.head_dim,
+        config.n_ff,
+        widest["attn_output"],
+        widest["ffn_down"],
+        world,
+    )
+
+
+def slice_weight(w: QuantWeight, dim: int, start: int, stop: int) -> QuantWeight:
+    """Rows (dim 0 of a matrix) or input columns (the last dim) start..stop of `w`, never cutting a GGUF block."""
+    shape = list(w.shape)
+    if dim == 0 and len(shape) == 2:  # whole rows: a view of the file's bytes
+        shape[0] = stop - start
+        return QuantWeight(w.name, w.ggml_type, tuple(shape), w.raw[start:stop])
+    block, type_size = block_info(w.ggml_type)
+    cols = shape[-1]
+    if start % block or (stop % block and stop != cols):
+        raise GGUFError(f"{w.name}: columns {start}..{stop} would cut a block of {block}")
+    lo, hi = start // block * type_size, -(-stop // block) * type_size
+    shape[-1] = stop - start
+    return QuantWeight(w.name, w.ggml_type, tuple(shape), w.raw[:, lo:hi].contiguous())
+
+
+class ShardedWeightStore(WeightStore):
+    """A `WeightStore` that hands a rank its slice of each split tensor. The model asks with its local shape (its
+    config holds the rank's heads and FFN columns); the file's tensor must have the full shape that slices to it."""
+
+    def __init__(self, gguf: GGUFFile, shard: RankShard, head_dim: int) -> None:
+        super().__init__(gguf)
+        self.whole: set[str] = set()  # row-parallel float weights held whole (`GatherLinear`)
+        q = range(shard.q_heads.start * head_dim, shard.q_heads.stop * head_dim)
+        kv = range(shard.kv_heads.start * head_dim, shard.kv_heads.stop * head_dim)
+        self.splits = {
+            "attn_q": q,
+            "attn_k": kv,
+            "attn_v": kv,
+            "attn_output": q,
+            "ffn_gate": shard.ff,
+            "ffn_up": shard.ff,
+            "ffn_down": shard.ff,
+        }
+
+    def get(self, name: str, shape: tuple[int, ...]) -> QuantWeight:
+        role = _role(name)
+        part = self.splits.get(role) if role else None
+        info = self.gguf.tensors.get(name)
+        if part is None or info is None:
+            return super().get(name, shape)
+        full = tuple(info.shape)
+        dim = len(full) - 1 if role in ROW_PARALLEL else 0
+        expected = full[:dim] + (len(part),) + full[dim + 1 :]
+        if expected != tuple(shape):
+            raise GGUFError(f"tensor {name!r} has shape {full}, which does not split to {tuple(shape)}")
+        if role in ROW_PARALLEL and info.ggml_type in FLOAT_TYPES:
+            self.whole.add(name)
+            return super().get(name, full)
+        return slice_weight(super().get(name, full), dim, part.start, part.stop)
+
+
+class AllReduceLinear:
+    """A row-parallel projection: this rank's partial product, then the sum over the ranks (float32)."""
+
+    def __init__(self, inner: Linear, collective: Collective) -> None:
+        self.inner, self.collective = inner, collective
+        self.in_features, self.out_features = inner.in_features, inner.out_features
+
+    def __call__(self, x: torch.Tensor, prefill: bool | None = None) -> torch.Tensor:
+        return self.collective.all_reduce(self.inner(x, prefill).float())
+
+
+class GatherLinear:
+    """A row-parallel projection held whole: the ranks' input columns gathered, then one device's product."""
+
+    def __init__(self, inner: Linear, collective: Collective, widths: list[int]) -> None:
+        self.inner, self.collective, self.widths = inner, collective, widths
+        self.in_features, self.out_features = widths[collective.rank], inner.out_features
+
+    def __call__(self, x: torch.Tensor, prefill: bool | None = None) -> torch.Tensor:
+        return self.inner(self.collective.all_gather_columns(x, self.widths), prefill)
+
+
+@dataclasses.dataclass
+class TensorParallelLoad:
+    """`LoadOptions.parallel`: how one rank loads its part (`models/registry.load_model` and `DecoderLM.linear`
+    call it). The native one-call step runs whole layers and so is off: ranks run the per-layer path, whose
+    `Linear`s still use the native kernels."""
+
+    shards: list[RankShard]  # every rank's (the gathers need each one's width)
+    collective: Collective
+
+    @property
+    def shard(self) -> RankShard:
+        return self.shards[self.collective.rank]
+
+    def local_config(self, config: ModelConfig) -> ModelConfig:
+        s = self.shard
+        return dataclasses.replace(config, n_heads=len(s.q_heads), n_kv_heads=len(s.kv_heads), n_ff=len(s.ff))
+
+    def store(self, gguf: GGUFFile, config: ModelConfig) -> WeightStore:
+        self._store = ShardedWeightStore(gguf, self.shard, config.head_dim)
+        self._head_dim = config.head_dim
+        return self._store
+
+    def wrap(self, weight: QuantWeight, linear: Linear) -> Linear:
+        role = _role(weight.name)
+        if role not in ROW_PARALLEL:
+            return linear
+        if weight.name in self._store.whole:
+            hd = self._head_dim
+            widths = [len(s.q_heads) * hd if role == "attn_output" else len(s.ff) for s in self.shards]
+            return GatherLinear(linear, self.collective, widths)
+        return AllReduceLinear(linear, self.collective)
