@@ -73,10 +73,10 @@ class Ingress:
         self.replicas._start()  # in the replica's event loop: poll the engines from now on
         self.state = ServerState(config, replicas=len(engines))
         self.state.attach(front, self.replicas)
-        self.app = create_app(config, self.state)
+        self.server_app = create_app(config, self.state)  # (`app` is the wrapper's)
 
     def __serve_build_asgi_app__(self) -> Any:
-        return self.app
+        return self.server_app
 
 
 def build_app(config: ServerConfig | None = None, replicas: int = 2, **engine_options: Any) -> Any:

@@ -172,7 +172,14 @@ class ReplicaSet:
         r = self.router
         return [
             ReplicaInfo(
-                i, r.up[i], r.load[i], r.routed[i], r.prefix_routed[i], self.replica_stats[i], self.last_error[i]
+                i,
+                r.up[i],
+                r.load[i],
+                r.routed[i],
+                r.prefix_routed[i],
+                self.replica_stats[i],
+                self.last_error[i],
+                self.pids[i],
             )
             for i in range(len(self.clients))
         ]
