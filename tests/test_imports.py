@@ -14,27 +14,17 @@ import forwardpass
 ROOT = Path(forwardpass.__file__).parent
 
 # folder -> the package's folders and top-level modules it must not import
+ABOVE_ENGINE = {"server", "llm", "cli", "bench", "parallel", "ray"}
 FORBIDDEN = {
-    "gguf": {
-        "tokenizer",
-        "models",
-        "kernels",
-        "engine",
-        "server",
-        "structured",
-        "tools",
-        "llm",
-        "cli",
-        "bench",
-        "parallel",
-    },
-    "tokenizer": {"models", "kernels", "engine", "server", "structured", "tools", "llm", "cli", "bench", "parallel"},
-    "kernels": {"models", "engine", "server", "tokenizer", "structured", "tools", "llm", "cli", "bench", "parallel"},
-    "models": {"engine", "server", "tokenizer", "structured", "tools", "llm", "cli", "bench", "parallel"},
-    "engine": {"server", "llm", "cli", "bench", "parallel"},
-    "structured": {"models", "kernels", "engine", "server", "llm", "cli", "bench", "parallel"},
-    "tools": {"models", "kernels", "engine", "server", "llm", "cli", "bench", "parallel"},
-    "parallel": {"server", "llm", "cli", "bench"},
+    "gguf": {"tokenizer", "models", "kernels", "engine", "structured", "tools", *ABOVE_ENGINE},
+    "tokenizer": {"models", "kernels", "engine", "structured", "tools", *ABOVE_ENGINE},
+    "kernels": {"models", "engine", "tokenizer", "structured", "tools", *ABOVE_ENGINE},
+    "models": {"engine", "tokenizer", "structured", "tools", *ABOVE_ENGINE},
+    "engine": ABOVE_ENGINE,
+    "structured": {"models", "kernels", "engine", *ABOVE_ENGINE},
+    "tools": {"models", "kernels", "engine", *ABOVE_ENGINE},
+    "parallel": {"server", "llm", "cli", "bench", "ray"},
+    "server": {"parallel", "ray"},
 }
 
 

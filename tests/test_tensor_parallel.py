@@ -27,7 +27,7 @@ from forwardpass.parallel.plan import plan_shards
 from forwardpass.parallel.shard import slice_weight
 
 IDS = [5, 9, 33, 70, 100, 200, 7, 8, 9, 10, 300, 301, 17, 18, 19, 20, 21]
-PROMPTS = [[4 + (i * 7 + j * 3) % 300 for j in range(5 + 9 * i)] for i in range(4)]
+PROMPTS = [[4 + (i * 7 + j * 3) % 300 for j in range(5 + 9 * i)] for i in range(8)]  # 8 prompts, 5..68 tokens
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
