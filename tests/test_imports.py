@@ -24,7 +24,7 @@ FORBIDDEN = {
     "structured": {"models", "kernels", "engine", *ABOVE_ENGINE},
     "tools": {"models", "kernels", "engine", *ABOVE_ENGINE},
     "parallel": {"server", "llm", "cli", "bench", "ray"},
-    "server": {"parallel", "ray"},
+    "server": {"parallel"},  # (its `serve` command hands `--replicas` over to ray/)
 }
 
 

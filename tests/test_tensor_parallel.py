@@ -2,8 +2,8 @@
 
 Exactness is checked on the reference path (float32 math on dequantized weights), where two ranks differ from one
 only by the order of the all-reduce's float sums. On the fast path every rounding step downstream (bf16 keys and
-values, int8 activations) can turn such a 1e-7 difference into a step of its own: the tile-type fixtures stay
-within 1e-3, and docs/scale-out.md gives the real models' figures.
+values, int8 activations) can turn such a 1e-7 difference into a step of its own: the tile-type fixtures' logits
+stay within 1e-3, but a greedy continuation can part after a few tokens; docs/scale-out.md gives the figures.
 """
 
 from __future__ import annotations
@@ -136,12 +136,24 @@ def tp_llama(tile_llama):
     llm.close()
 
 
-def test_fast_logits_and_greedy_tokens_match_one_rank(tile_llama, tp_llama):
-    """The native tile kernels on each rank (the per-layer path): logits within 1e-3, the same greedy tokens."""
+def test_fast_logits_match_one_rank(tile_llama, tp_llama):
+    """The native tile kernels on each rank (the per-layer path): logits within 1e-3 and the same first greedy
+    token for 8 prompts. Later tokens may part (one of these 8 prompts does after 8 tokens): see the module doc."""
     one = LLM(tile_llama, threads=2, ctx=256)
     assert rel(one.logits(IDS), tp_llama.logits(IDS)) < 1e-3
+    expected = [o.outputs[0].token_ids for o in one.generate(PROMPTS, greedy(1))]
+    assert [o.outputs[0].token_ids for o in tp_llama.generate(PROMPTS, greedy(1))] == expected
+
+
+def test_reference_greedy_tokens_match_one_rank(tile_llama):
+    """Float32 math: the same greedy tokens as one process for 8 prompts, batched."""
+    one = LLM(tile_llama, reference=True, threads=2, ctx=256)
     expected = [o.outputs[0].token_ids for o in one.generate(PROMPTS, greedy())]
-    assert [o.outputs[0].token_ids for o in tp_llama.generate(PROMPTS, greedy())] == expected
+    tp = LLM(tile_llama, reference=True, threads=2, ctx=256, tensor_parallel_size=2)
+    try:
+        assert [o.outputs[0].token_ids for o in tp.generate(PROMPTS, greedy())] == expected
+    finally:
+        tp.close()
 
 
 def test_batched_equals_alone_under_tensor_parallel(tp_llama):
