@@ -181,6 +181,8 @@ def test_fake_deployment_routes_by_prefix_streams_and_reports_every_replica(depl
         assert all(len(c.served) >= 2 for c in clients)  # the unrelated prompts spread over both
         streamed = await complete(client, prompt(3), stream=True)
         assert streamed.status_code == 200 and streamed.text.rstrip().endswith("data: [DONE]")
+        embedded = await client.post("/v1/embeddings", json={"model": "default", "input": [prompt(4), prompt(5)]})
+        assert embedded.status_code == 200 and [len(d["embedding"]) for d in embedded.json()["data"]] == [256, 256]
 
         async def hit_rate_shown(c: httpx.AsyncClient) -> bool:
             text = (await c.get("/metrics")).text

@@ -210,6 +210,10 @@ class ParallelRunner(ModelRunner):
             self.workers.failed = self.workers.failure()
             self.close()
             raise TensorParallelError(self.workers.failed) from e
+        except BaseException:  # interrupted mid-step: the ranks' collectives no longer pair up
+            self.workers.failed = "a step was interrupted on rank 0; the tensor-parallel group was stopped"
+            self.close()
+            raise
 
     def close(self) -> None:
         """Stop the workers (idempotent; also runs when the runner is collected or at exit)."""
