@@ -190,21 +190,21 @@ class ParallelRunner(ModelRunner):
         self._closer = weakref.finalize(self, workers.close)
 
     def run(self, chunks: list[SeqChunk]) -> torch.Tensor:
-        return self._call(
-            "run", [replace(c, logits=Logits.NONE) for c in chunks], lambda: super(ParallelRunner, self).run(chunks)
-        )
+        no_logits = [replace(c, logits=Logits.NONE) for c in chunks]  # only rank 0 computes the head
+        return self._call(("run", no_logits), lambda: ModelRunner.run(self, chunks))
 
     def hidden(self, chunks: list[SeqChunk]) -> list[torch.Tensor]:
-        return self._call("hidden", chunks, lambda: super(ParallelRunner, self).hidden(chunks))
+        return self._call(("hidden", chunks), lambda: ModelRunner.hidden(self, chunks))
 
     def copy_block(self, group: int, src: int, dst: int) -> None:
-        self._call("copy_block", None, lambda: super(ParallelRunner, self).copy_block(group, src, dst), group, src, dst)
+        self._call(("copy_block", group, src, dst), lambda: ModelRunner.copy_block(self, group, src, dst))
 
-    def _call(self, command: str, worker_chunks: Any, local: Callable[[], T], *args: Any) -> T:
+    def _call(self, command: tuple[Any, ...], local: Callable[[], T]) -> T:
+        """Send `command` (a `ModelRunner` method and its arguments) to every worker, then run `local` here."""
         if self.workers.failed is not None:
             raise TensorParallelError(self.workers.failed)
         try:
-            self.workers.send(command, *((worker_chunks,) if worker_chunks is not None else args))
+            self.workers.send(*command)
             return local()
         except Exception as e:
             self.workers.failed = self.workers.failure()

@@ -138,6 +138,8 @@ class TensorParallelLoad:
 
     shards: list[RankShard]  # every rank's (the gathers need each one's width)
     collective: Collective
+    _store: ShardedWeightStore | None = dataclasses.field(default=None, init=False)  # set by `store`
+    _head_dim: int = dataclasses.field(default=0, init=False)
 
     @property
     def shard(self) -> RankShard:
@@ -156,6 +158,7 @@ class TensorParallelLoad:
         role = _role(weight.name)
         if role not in ROW_PARALLEL:
             return linear
+        assert self._store is not None, "store() hands out the weights before they are wrapped"
         if weight.name in self._store.whole:
             hd = self._head_dim
             widths = [len(s.q_heads) * hd if role == "attn_output" else len(s.ff) for s in self.shards]
