@@ -146,14 +146,10 @@ class LLM:
     def system_info(self) -> str:
         """One line on what runs, as llama.cpp's system info: the kernels, threads and device."""
         kernels = "reference (float32)" if self.reference else describe(self.kernels)
+        tp = self.engine_config.tensor_parallel_size
         return (
             f"forwardpass: {self.config.arch} | kernels {kernels} | threads {torch.get_num_threads()} | "
-            f"device {self.device}"
-            + (
-                f" | tensor parallel {self.engine_config.tensor_parallel_size}"
-                if self.engine_config.tensor_parallel_size > 1
-                else ""
-            )
+            f"device {self.device}" + (f" | tensor parallel {tp} (threads per rank)" if tp > 1 else "")
         )
 
     @property
