@@ -25,7 +25,8 @@ def connect_store(host: str, port: int, world: int) -> dist.TCPStore:
 
 
 class Collective:
-    """The sum over the ranks that row-parallel projections need; blocks until every rank has joined."""
+    """The all-gathers around `attn_output` and `ffn_down` (`shard.SplitOutputLinear`); each blocks until every rank
+    has joined."""
 
     def __init__(self, store: dist.Store, rank: int, world: int, device: torch.device) -> None:
         self.rank, self.world, self.device = rank, world, device
@@ -33,12 +34,6 @@ class Collective:
             self.group = dist.ProcessGroupNCCL(store, rank, world)
         else:
             self.group = dist.ProcessGroupGloo(store, rank, world, COLLECTIVE_TIMEOUT)
-
-    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
-        """Sum `x` over the ranks, in place when it is contiguous; returns the sum."""
-        x = x.contiguous()
-        self.group.allreduce([x]).wait()
-        return x
 
     def all_gather_columns(self, x: torch.Tensor, widths: list[int]) -> torch.Tensor:
         """(T, widths[rank]) on each rank -> (T, sum(widths)): the ranks' columns side by side, in rank order."""

@@ -1,21 +1,22 @@
-"""One rank's part of a model: its weights sliced out of the GGUF file, and the all-reduce after each row-parallel
-projection.
+"""One rank's part of a model: its weights sliced out of the GGUF file, and the gathers around the projections that
+read every head or FFN column.
 
 Column-parallel (`attn_q`, `attn_k`, `attn_v` with their biases, `ffn_gate`, `ffn_up`): a rank holds the output
-rows of its heads / FFN columns, whole rows of GGUF blocks. Row-parallel (`attn_output`, `ffn_down`): a rank holds
-the input columns matching them, cut at block boundaries (`plan.py` guarantees it), computes a partial sum, and one
-all-reduce per projection adds the ranks' parts. Everything else (embedding, norms, the output head) is held whole
-by every rank.
+rows of its heads / FFN columns, whole rows of GGUF blocks. `attn_output` and `ffn_down`, which read all of them,
+are split by output rows too, never by input columns: each rank gathers the whole input (every rank's heads or FFN
+columns), computes its share of the output rows (whole 16-row tiles) over the full input, and a second all-gather
+puts the rows side by side. No rank ever sums a partial product, so every output value is computed over the same
+input, in the same order, by the same kernel as on one process: the result is bit-identical to it (an all-reduce
+of partial sums would change the summation order, and the int8 requantization downstream amplifies that).
+Everything else (embedding, norms, the output head) is held whole by every rank.
 
-A row-parallel weight in a float type (F32, F16, BF16: a bf16 GEMM whose output is rounded to bf16) is held whole
-instead, and its input columns gathered from the ranks: rounding each rank's partial sum to bf16 would move the
-result by bf16's precision, and gathering keeps it equal to one device's.
+A float-typed `attn_output` / `ffn_down` (F32, F16, BF16: a bf16 GEMM, whose blocking may depend on the output
+width) is held whole instead: the input gathered, then one device's whole product on every rank.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 
@@ -30,7 +31,20 @@ from .group import Collective
 from .plan import RankShard, plan_shards
 
 COLUMN_PARALLEL = ("attn_q", "attn_k", "attn_v", "ffn_gate", "ffn_up")
-ROW_PARALLEL = ("attn_output", "ffn_down")
+ROW_PARALLEL = ("attn_output", "ffn_down")  # read every rank's heads / FFN columns: gathered, split by output rows
+TILE_ROWS = 16  # the tile kernels' rows per tile (`kernels/tiles.py`): output splits fall on tile boundaries
+
+
+def output_rows(rows: int, world: int) -> list[range]:
+    """Each rank's output rows of a gathered projection: whole 16-row tiles, as evenly as they go."""
+    unit = TILE_ROWS if rows % TILE_ROWS == 0 else 1
+    base, extra = divmod(rows // unit, world)
+    out, start = [], 0
+    for i in range(world):
+        size = (base + (1 if i < extra else 0)) * unit
+        out.append(range(start, start + size))
+        start += size
+    return out
 
 
 def _role(name: str) -> str | None:
@@ -40,21 +54,9 @@ def _role(name: str) -> str | None:
 
 
 def plan_for(gguf: GGUFFile, config: ModelConfig, world: int) -> list[RankShard]:
-    """The ranks' shards of this model: `plan.plan_shards` with the widest block of each row-parallel weight."""
-    widest = {role: 1 for role in ROW_PARALLEL}
-    for name, info in gguf.tensors.items():
-        role = _role(name)
-        if role in widest:
-            widest[role] = math.lcm(widest[role], block_info(info.ggml_type)[0])
-    return plan_shards(
-        config.n_heads,
-        config.n_kv_heads,
-        config.head_dim,
-        config.n_ff,
-        widest["attn_output"],
-        widest["ffn_down"],
-        world,
-    )
+    """The ranks' shards of this model: `plan.plan_shards` in whole 16-row tiles. No weight is split by input
+    columns any more (`attn_output` and `ffn_down` are split by output rows), so GGUF blocks never constrain it."""
+    return plan_shards(config.n_heads, config.n_kv_heads, config.head_dim, config.n_ff, TILE_ROWS, TILE_ROWS, world)
 
 
 def slice_weight(w: QuantWeight, dim: int, start: int, stop: int) -> QuantWeight:
@@ -76,9 +78,11 @@ class ShardedWeightStore(WeightStore):
     """A `WeightStore` that hands a rank its slice of each split tensor. The model asks with its local shape (its
     config holds the rank's heads and FFN columns); the file's tensor must have the full shape that slices to it."""
 
-    def __init__(self, gguf: GGUFFile, shard: RankShard, head_dim: int) -> None:
+    def __init__(self, gguf: GGUFFile, shard: RankShard, head_dim: int, world: int) -> None:
         super().__init__(gguf)
-        self.whole: set[str] = set()  # row-parallel float weights held whole (`GatherLinear`)
+        self.rank, self.world = shard.rank, world
+        self.whole: set[str] = set()  # float-typed attn_output / ffn_down held whole (`GatherLinear`)
+        self.out_rows: dict[str, list[range]] = {}  # the others: every rank's output rows (`SplitOutputLinear`)
         q = range(shard.q_heads.start * head_dim, shard.q_heads.stop * head_dim)
         kv = range(shard.kv_heads.start * head_dim, shard.kv_heads.stop * head_dim)
         self.splits = {
@@ -102,21 +106,28 @@ class ShardedWeightStore(WeightStore):
         expected = full[:dim] + (len(part),) + full[dim + 1 :]
         if expected != tuple(shape):
             raise GGUFError(f"tensor {name!r} has shape {full}, which does not split to {tuple(shape)}")
-        if role in ROW_PARALLEL and info.ggml_type in FLOAT_TYPES:
-            self.whole.add(name)
-            return super().get(name, full)
+        if role in ROW_PARALLEL:
+            if info.ggml_type in FLOAT_TYPES or len(full) != 2:
+                self.whole.add(name)
+                return super().get(name, full)
+            rows = self.out_rows[name] = output_rows(full[0], self.world)
+            mine = rows[self.rank]
+            return slice_weight(super().get(name, full), 0, mine.start, mine.stop)
         return slice_weight(super().get(name, full), dim, part.start, part.stop)
 
 
-class AllReduceLinear:
-    """A row-parallel projection: this rank's partial product, then the sum over the ranks (float32)."""
+class SplitOutputLinear:
+    """`attn_output` / `ffn_down` on one rank: every rank's input columns gathered, this rank's output rows
+    computed over the full input, and the ranks' rows gathered side by side. Two all-gathers, no sum."""
 
-    def __init__(self, inner: Linear, collective: Collective) -> None:
-        self.inner, self.collective = inner, collective
-        self.in_features, self.out_features = inner.in_features, inner.out_features
+    def __init__(self, inner: Linear, collective: Collective, in_widths: list[int], out_rows: list[range]) -> None:
+        self.inner, self.collective, self.in_widths = inner, collective, in_widths
+        self.out_widths = [len(r) for r in out_rows]
+        self.in_features, self.out_features = in_widths[collective.rank], sum(self.out_widths)
 
     def __call__(self, x: torch.Tensor, prefill: bool | None = None) -> torch.Tensor:
-        return self.collective.all_reduce(self.inner(x, prefill).float())
+        y = self.inner(self.collective.all_gather_columns(x, self.in_widths), prefill)
+        return self.collective.all_gather_columns(y, self.out_widths)
 
 
 class GatherLinear:
@@ -150,7 +161,7 @@ class TensorParallelLoad:
         return dataclasses.replace(config, n_heads=len(s.q_heads), n_kv_heads=len(s.kv_heads), n_ff=len(s.ff))
 
     def store(self, gguf: GGUFFile, config: ModelConfig) -> WeightStore:
-        self._store = ShardedWeightStore(gguf, self.shard, config.head_dim)
+        self._store = ShardedWeightStore(gguf, self.shard, config.head_dim, len(self.shards))
         self._head_dim = config.head_dim
         return self._store
 
@@ -159,8 +170,8 @@ class TensorParallelLoad:
         if role not in ROW_PARALLEL:
             return linear
         assert self._store is not None, "store() hands out the weights before they are wrapped"
+        hd = self._head_dim
+        widths = [len(s.q_heads) * hd if role == "attn_output" else len(s.ff) for s in self.shards]
         if weight.name in self._store.whole:
-            hd = self._head_dim
-            widths = [len(s.q_heads) * hd if role == "attn_output" else len(s.ff) for s in self.shards]
             return GatherLinear(linear, self.collective, widths)
-        return AllReduceLinear(linear, self.collective)
+        return SplitOutputLinear(linear, self.collective, widths, self._store.out_rows[weight.name])
