@@ -33,7 +33,7 @@ class ParallelLoad(Protocol):
         ...
 
     def wrap(self, weight: QuantWeight, linear: Linear) -> Linear:
-        """The `Linear` of `weight` as this rank runs it (row-parallel ones add an all-reduce)."""
+        """The `Linear` of `weight` as this rank runs it (`attn_output` / `ffn_down` gather their input and output)."""
         ...
 
 

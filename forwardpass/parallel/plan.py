@@ -4,9 +4,9 @@ process starts.
 Attention is split by KV heads: a rank holds whole KV heads and the query heads that read them, so grouped-query
 attention stays local (a rank's query head h reads its KV head h // group, as on one device). With fewer KV heads
 than ranks, each KV head is held by several ranks (its projection computed on each) and its query heads are split
-among them. Splits may be uneven (SmolLM2-135M: 3 KV heads on 2 ranks hold 2 and 1), as long as every boundary of
-the row-parallel weights (`attn_output`'s input columns, `ffn_down`'s) falls on a boundary of their GGUF blocks:
-quantized blocks are never cut.
+among them. Splits may be uneven (SmolLM2-135M: 3 KV heads on 2 ranks hold 2 and 1), as long as every boundary
+falls on a multiple of `o_block` / `down_block` (`shard.plan_for` passes the tile kernels' 16 rows: a rank's rows
+of q/k/v and gate/up are whole tiles).
 """
 
 from __future__ import annotations
