@@ -59,9 +59,9 @@ def _head_parts(n_heads: int, n_kv_heads: int, world: int) -> list[tuple[range, 
 def plan_shards(
     n_heads: int, n_kv_heads: int, head_dim: int, n_ff: int, o_block: int, down_block: int, world: int
 ) -> list[RankShard]:
-    """Each rank's heads and FFN columns. `o_block` / `down_block`: the widest GGUF block (in columns) of any
-    layer's `attn_output` / `ffn_down`, whose input columns the ranks split. `ValueError` when no split keeps
-    every block whole."""
+    """Each rank's heads and FFN columns. `o_block` / `down_block`: the unit (in columns of `attn_output` /
+    `ffn_down`'s input, i.e. rows of q and gate/up) that every boundary must fall on: `shard.plan_for` passes the
+    16-row tiles. `ValueError` when no split keeps every unit whole."""
     if world < 1:
         raise ValueError(f"tensor_parallel_size must be at least 1, got {world}")
     heads = _head_parts(n_heads, n_kv_heads, world)
