@@ -14,6 +14,7 @@ from .errors import (
     GGUFError,
     ModelNotFoundError,
     StructuredOutputError,
+    TensorParallelError,
     TokenizerError,
     UnsupportedModelError,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "GGUFError",
     "ModelNotFoundError",
     "StructuredOutputError",
+    "TensorParallelError",
     "TokenizerError",
     "UnsupportedModelError",
 ]

@@ -23,6 +23,7 @@ DEFAULT_MAX_CTX = 8192  # ctx when not given: the model's context length, up to 
 DEFAULT_KV_TOKENS = 16384  # kv_tokens when neither it nor kv_memory is given: max(ctx, this)
 MAX_NUM_SEQS_LIMIT = 1 << 16
 MAX_BATCHED_TOKENS_LIMIT = 1 << 20
+MAX_TENSOR_PARALLEL = 64
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -184,6 +185,14 @@ class EngineConfig:
         type=speculative_json,
         metavar="JSON",
     )
+    tensor_parallel_size: int = _option(
+        1,
+        "split every layer's heads and FFN over this many processes (torch.distributed: gloo on CPU, NCCL on "
+        "CUDA); each gets threads / size CPU threads (default 1)",
+        "--tensor-parallel-size",
+        "-tp",
+        type=positive_int,
+    )
 
     def __post_init__(self) -> None:
         if self.speculative_config is not None:  # a dict or JSON text becomes the validated dataclass
@@ -205,6 +214,9 @@ class EngineConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= hi:
                 raise ValueError(f"{name} must be an integer in 1..{hi}, got {value!r}")
+        tp = self.tensor_parallel_size
+        if isinstance(tp, bool) or not isinstance(tp, int) or not 1 <= tp <= MAX_TENSOR_PARALLEL:
+            raise ValueError(f"tensor_parallel_size must be an integer in 1..{MAX_TENSOR_PARALLEL}, got {tp!r}")
         kind, _, index = self.device.partition(":") if isinstance(self.device, str) else ("", "", "")
         if kind not in DEVICE_TYPES or (index and not index.isdigit()):
             raise ValueError(f"device must be one of {', '.join(DEVICE_TYPES)} (optionally ':N'), got {self.device!r}")

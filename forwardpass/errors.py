@@ -45,3 +45,7 @@ class StructuredOutputError(ForwardpassError, ValueError):
     def __init__(self, message: str, *, field: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+class TensorParallelError(ForwardpassError, RuntimeError):
+    """A tensor-parallel rank failed to start or died: the engine cannot run any more (load a new one)."""

@@ -28,7 +28,7 @@ from .kernels.native import describe
 from .kernels.select import select_kernels
 from .models.attention import KVGroup
 from .models.base import DecoderLM, LoadOptions
-from .models.registry import load_model
+from .models.registry import architecture_of, load_model
 from .outputs import EmbeddingOutput, GenerationStats, RequestOutput
 from .registry import resolve_model
 from .sampling import SamplingParams
@@ -81,11 +81,17 @@ class LLM:
             options["model"] = model
         config = (config or EngineConfig()).replace(**options) if options else (config or EngineConfig())
         self.engine_config = config
-        torch.set_num_threads(config.threads or default_threads())
+        tp = config.tensor_parallel_size
+        threads = max(1, (config.threads or default_threads()) // tp)  # each rank gets its share of the threads
+        torch.set_num_threads(threads)
         self.device, self.reference = config.device, config.reference
         self.path = resolve_model(config.model)
         self.gguf = GGUFFile(self.path)
         self.metadata = self.gguf.metadata
+        self.config = architecture_of(self.metadata).config_from_metadata(self.metadata)  # the whole model's
+        self.ctx = self._context_size(config.ctx)
+        kv_dtype = torch.float32 if config.reference else torch.bfloat16
+        groups = self._plan_kv(config, kv_dtype)  # with tensor parallelism: the sum over the ranks' caches
         # the CPU kernels: the best variant this CPU runs, or `cpu` ("avx512", "avx2", "neon", "torch"; default
         # $FORWARDPASS_CPU, else "auto"); only used in fast mode on a CPU
         if kernels is None:
@@ -94,17 +100,21 @@ class LLM:
         mode = "reference" if config.reference else "fast"
         options = LoadOptions(mode=mode, device=config.device, kernels=kernels)
         self.kernels = options.cpu_native  # the native library this model runs on, if any
-        self.model: DecoderLM = load_model(self.gguf, options)
-        release_heap()  # load-time repacking leaves freed heap behind; give it back to the OS
-        self.gguf.release_pages()  # the repacked weights replace the file's bytes, which are read only on demand
+        if tp > 1:  # the ranks choose their kernels from `config` as this process does
+            from .parallel import start_tensor_parallel
+
+            self.runner = start_tensor_parallel(
+                self.gguf, self.path, config, self.config, groups, BLOCK_SIZE, kv_dtype, threads
+            )
+            self.model: DecoderLM = self.runner.model  # rank 0's part
+        else:
+            self.model = load_model(self.gguf, options)
+            release_heap()  # load-time repacking leaves freed heap behind; give it back to the OS
+            self.gguf.release_pages()  # the repacked weights replace the file's bytes, read only on demand
+            self.runner = ModelRunner(self.model, groups, BLOCK_SIZE, kv_dtype, config.device)
         self.tokenizer = tokenizer_from_metadata(self.metadata)
         self.chat_template = ChatTemplate.from_metadata(self.metadata)
-        self.config = self.model.config
         self.pooling = pooling_from_metadata(self.metadata, self.config.arch)  # how embed() pools by default
-        self.ctx = self._context_size(config.ctx)
-        kv_dtype = torch.float32 if config.reference else torch.bfloat16
-        groups = self._plan_kv(config, kv_dtype)
-        self.runner = ModelRunner(self.model, groups, BLOCK_SIZE, kv_dtype, config.device)
         scheduler = SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens)
         self.engine = LLMEngine(
             self.runner,
@@ -142,6 +152,13 @@ class LLM:
             self.vocab_size,
         )
 
+    def close(self) -> None:
+        """Stop the tensor-parallel worker processes, if any (they also stop when this process exits). The
+        engine cannot run afterwards."""
+        close = getattr(self.runner, "close", None)
+        if close is not None:
+            close()
+
     def _plan_kv(self, config: EngineConfig, kv_dtype: torch.dtype) -> list[KVGroup]:
         """The KV cache's groups of layers and their pools, from a budget in tokens or in bytes."""
         kv_tokens, kv_memory = config.kv_tokens, config.kv_memory
@@ -173,9 +190,10 @@ class LLM:
     def system_info(self) -> str:
         """One line on what runs, as llama.cpp's system info: the kernels, threads and device."""
         kernels = "reference (float32)" if self.reference else describe(self.kernels)
+        tp = self.engine_config.tensor_parallel_size
         return (
             f"forwardpass: {self.config.arch} | kernels {kernels} | threads {torch.get_num_threads()} | "
-            f"device {self.device}"
+            f"device {self.device}" + (f" | tensor parallel {tp} (threads per rank)" if tp > 1 else "")
         )
 
     @property

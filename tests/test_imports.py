@@ -14,14 +14,17 @@ import forwardpass
 ROOT = Path(forwardpass.__file__).parent
 
 # folder -> the package's folders and top-level modules it must not import
+ABOVE_ENGINE = {"server", "llm", "cli", "bench", "parallel", "ray"}
 FORBIDDEN = {
-    "gguf": {"tokenizer", "models", "kernels", "engine", "server", "structured", "tools", "llm", "cli", "bench"},
-    "tokenizer": {"models", "kernels", "engine", "server", "structured", "tools", "llm", "cli", "bench"},
-    "kernels": {"models", "engine", "server", "tokenizer", "structured", "tools", "llm", "cli", "bench"},
-    "models": {"engine", "server", "tokenizer", "structured", "tools", "llm", "cli", "bench"},
-    "engine": {"server", "llm", "cli", "bench"},
-    "structured": {"models", "kernels", "engine", "server", "llm", "cli", "bench"},
-    "tools": {"models", "kernels", "engine", "server", "llm", "cli", "bench"},
+    "gguf": {"tokenizer", "models", "kernels", "engine", "structured", "tools", *ABOVE_ENGINE},
+    "tokenizer": {"models", "kernels", "engine", "structured", "tools", *ABOVE_ENGINE},
+    "kernels": {"models", "engine", "tokenizer", "structured", "tools", *ABOVE_ENGINE},
+    "models": {"engine", "tokenizer", "structured", "tools", *ABOVE_ENGINE},
+    "engine": ABOVE_ENGINE,
+    "structured": {"models", "kernels", "engine", *ABOVE_ENGINE},
+    "tools": {"models", "kernels", "engine", *ABOVE_ENGINE},
+    "parallel": {"server", "llm", "cli", "bench", "ray"},
+    "server": {"parallel"},  # (its `serve` command hands `--replicas` over to ray/)
 }
 
 

@@ -28,6 +28,11 @@ class EngineDeadError(ForwardpassError):
     """The engine loop stopped after an unexpected error; the process should be restarted."""
 
 
+class ReplicaLostError(EngineDeadError):
+    """The engine replica running a request died, or none is up (`ray/replicas.py`): the server answers 503 and
+    the client may retry, since the deployment replaces the replica."""
+
+
 class AsyncEngine:
     def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine

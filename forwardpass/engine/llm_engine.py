@@ -14,16 +14,16 @@ from typing import NamedTuple
 
 import torch
 
-from ..errors import ContextLengthError
 from ..kernels.native import argmax_fn, mask_fn
 from ..outputs import EmbeddingOutput, RequestOutput
 from ..rejection import RejectionSampler, Verdict
 from ..sampler import Sampler, SamplerOutput
 from ..sampling import SamplingParams
-from ..structured.compiler import CompiledGrammar, GrammarCompiler
+from ..structured.compiler import CompiledGrammar
 from ..structured.guide import Guide
 from ..tokenizer import Tokenizer
 from .block_manager import BlockManager
+from .checks import RequestChecks
 from .kv_groups import blocks_per_sequence
 from .model_runner import Logits, ModelRunner, SeqChunk
 from .pooling import EmbedRequest, Pooler
@@ -93,7 +93,8 @@ class LLMEngine:
         self.rejection = RejectionSampler(self.sampler)
         self.requests: dict[str, Request | EmbedRequest] = {}
         self._ids = itertools.count()
-        self.grammars = GrammarCompiler(tokenizer, runner.model.config.vocab_size)
+        self.checks = RequestChecks(tokenizer, runner.model.config.vocab_size, ctx)
+        self.grammars = self.checks.grammars
         # structured-output requests whose grammar is still compiling: not scheduled until it is ready
         self._compiling: dict[str, tuple[Request, Future[CompiledGrammar]]] = {}
         self._failed: list[Request] = []  # ended before running (grammar failed); reported by the next step
@@ -103,26 +104,10 @@ class LLMEngine:
         """Raise `ContextLengthError` or `ValueError` if the request can never run. A structured-output
         constraint is compiled here, in the caller's thread (`StructuredOutputError` if it cannot be), so
         the engine loop later finds it in the compiler's cache."""
-        self._check(prompt_token_ids, params)
-        if params.structured_outputs is not None:
-            self.grammars.compile(params.structured_outputs)
+        self.checks.validate(prompt_token_ids, params)
 
     def _check(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        n_prompt = len(prompt_token_ids)
-        if n_prompt == 0:
-            raise ValueError("the prompt must contain at least one token")
-        if n_prompt >= self.ctx:
-            raise ContextLengthError(
-                f"the prompt has {n_prompt} tokens but the context holds {self.ctx}, and at least one token "
-                f"must be generated",
-                n_prompt_tokens=n_prompt,
-                n_ctx=self.ctx,
-            )
-        vocab = self.runner.model.config.vocab_size
-        for t in prompt_token_ids:
-            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab:
-                raise ValueError(f"prompt: token id {t!r} is out of vocabulary (0..{vocab - 1})")
-        params.verify_vocab(vocab)
+        self.checks.check(prompt_token_ids, params)
 
     def add_request(
         self,
@@ -186,19 +171,7 @@ class LLMEngine:
 
     def validate_embed(self, prompt_token_ids: list[int]) -> None:
         """Raise `ContextLengthError` or `ValueError` if an embedding input can never run."""
-        n_prompt = len(prompt_token_ids)
-        if n_prompt == 0:
-            raise ValueError("an embedding input must contain at least one token")
-        if n_prompt > self.ctx:
-            raise ContextLengthError(
-                f"the input has {n_prompt} tokens but the model's context holds {self.ctx} tokens",
-                n_prompt_tokens=n_prompt,
-                n_ctx=self.ctx,
-            )
-        vocab = self.runner.model.config.vocab_size
-        for t in prompt_token_ids:
-            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab:
-                raise ValueError(f"input: token id {t!r} is out of vocabulary (0..{vocab - 1})")
+        self.checks.validate_embed(prompt_token_ids)
 
     def add_embed_request(
         self, prompt_token_ids: list[int], pooling: str, request_id: str | None = None, normalize: bool = True
@@ -294,7 +267,7 @@ class LLMEngine:
         done += self._pool(pooled) if pooled else []
         update = self.scheduler.update(generating)
         for group, src, dst in update.block_copies:
-            self.runner.cache.copy_block(group, src, dst)
+            self.runner.copy_block(group, src, dst)
         completions, rows = [], []  # each sample and the row of the logits it draws from
         verified: list[tuple[ScheduledSeq, int]] = []  # sequences with proposals and their first logits row
         row = 0

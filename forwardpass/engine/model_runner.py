@@ -140,6 +140,10 @@ class ModelRunner:
             return torch.empty(0, self.model.config.vocab_size, device=self.device)
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
+    def copy_block(self, group: int, src: int, dst: int) -> None:
+        """Copy one KV block in every layer of `group` (a fork's copy-on-write of a shared partial block)."""
+        self.cache.copy_block(group, src, dst)
+
     def _native(self) -> bool:
         native = self.model.native_decoder
         return native is not None and native.accepts(self.cache)

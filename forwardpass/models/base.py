@@ -8,7 +8,7 @@ metadata (`config_from_metadata`), which tensors a layer has (`load_layer`), and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 
@@ -21,11 +21,28 @@ from .config import ModelConfig
 from .layers import Rotary, rms_norm, softcap
 
 
+class ParallelLoad(Protocol):
+    """How one tensor-parallel rank loads its part of a model (`parallel.shard.TensorParallelLoad`)."""
+
+    def local_config(self, config: ModelConfig) -> ModelConfig:
+        """The rank's hyperparameters: its query heads, KV heads and FFN columns."""
+        ...
+
+    def store(self, gguf: Any, config: ModelConfig) -> WeightStore:
+        """A store that hands out the rank's slices (asked for with the local config's shapes)."""
+        ...
+
+    def wrap(self, weight: QuantWeight, linear: Linear) -> Linear:
+        """The `Linear` of `weight` as this rank runs it (`attn_output` / `ffn_down` gather their input and output)."""
+        ...
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     mode: str = "dequant"  # the Linear backend ("reference" = exact float32)
     device: str = "cpu"
     kernels: KernelChoice = field(default_factory=KernelChoice)  # the kernels of "fast" mode (`LLM` picks them)
+    parallel: ParallelLoad | None = None  # tensor parallelism: this rank's part only
 
     @property
     def cpu_kernels(self) -> KernelChoice:
@@ -85,7 +102,7 @@ class DecoderLM:
     def _native_decoder(self) -> NativeDecoder | None:
         """The native step over this model's tiles where it can run (CPU fast mode with native kernels)."""
         lib = self.options.cpu_kernels.step_lib
-        if lib is None:
+        if lib is None or self.options.parallel is not None:  # the step runs whole layers: not a rank's part
             return None
         self._rotaries = list({id(r): r for r in self.rotary}.values())  # distinct tables, in layer order
         index = {id(r): i for i, r in enumerate(self._rotaries)}
@@ -105,7 +122,7 @@ class DecoderLM:
     # ---- helpers for architectures ----
     def linear(self, weight: QuantWeight, bias: torch.Tensor | None = None) -> Linear:
         release = self._store.release if self._store is not None else None
-        return make_linear(
+        linear = make_linear(
             weight,
             bias,
             mode=self.options.mode,
@@ -113,6 +130,7 @@ class DecoderLM:
             release=release,
             kernels=self.options.cpu_kernels,
         )
+        return self.options.parallel.wrap(weight, linear) if self.options.parallel is not None else linear
 
     def multi_linear(self, weights: list[QuantWeight], biases: list[torch.Tensor] | None = None) -> MultiLinear:
         release = self._store.release if self._store is not None else None

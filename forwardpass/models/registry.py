@@ -29,4 +29,7 @@ def load_model(gguf: GGUFFile, options: LoadOptions) -> DecoderLM:
     """Build the model `gguf` describes, strictly: every tensor expected, with its shape, and no others."""
     cls = architecture_of(gguf.metadata)
     config = cls.config_from_metadata(gguf.metadata)
+    if options.parallel is not None:  # one tensor-parallel rank: its heads and FFN columns
+        config = options.parallel.local_config(config)
+        return cls(config, options.parallel.store(gguf, config), options)
     return cls(config, WeightStore(gguf), options)

@@ -129,7 +129,16 @@ def _static_route(name: str) -> Any:
 
 async def health(request: Request) -> Response:
     """200 ``{"status": "ok"}``, or 503 while loading, shutting down, or when the engine is dead or stalled."""
-    problem = request.app.state.server.health_problem()
+    state = request.app.state.server
+    problem = state.health_problem()
+    replicas = getattr(state.engine, "replicas", None)  # engine replicas behind this ingress (`ray/`)
+    if problem is None and replicas is not None:
+        shown = [
+            {"replica": r.index, "healthy": r.healthy, "in_flight": r.in_flight, "pid": r.pid, "error": r.last_error}
+            for r in replicas()
+        ]
+        status = "ok" if all(r["healthy"] for r in shown) else "degraded"
+        return JSONResponse({"status": status, "replicas": shown})
     if problem is None:
         return JSONResponse({"status": "ok"})
     if problem == "Loading model":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 
 from ..config import EngineConfig, add_engine_args, positive_int
 from .config import DEFAULT_MAX_BODY, ServerConfig
@@ -68,6 +69,18 @@ def add_server_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--root-path", default="", help="ASGI root_path when served behind a path-prefixing proxy")
     p.add_argument("--served-model-name", default=None, help="the model name clients use (default: from the file)")
+    p.add_argument(
+        "--replicas",
+        type=positive_int,
+        default=1,
+        help="engine replicas on Ray Serve behind one ingress, requests routed by prompt prefix (needs "
+        "forwardpass[ray]; default 1: this process serves alone)",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="join this Ray cluster (e.g. ray://head:10001 or auto) instead of starting a local Ray instance",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench-serve", help="load-test an OpenAI-compatible server (TTFT, ITL, tok/s)")
@@ -113,6 +126,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         served_model_name=args.served_model_name,
         queue_timeout=args.queue_timeout,
     )
+    if args.replicas > 1 or args.ray_address is not None:
+        try:
+            from ..ray.deploy import serve_replicas
+        except ImportError as e:
+            print(f"error: --replicas needs Ray Serve: pip install 'forwardpass[ray]' ({e})", file=sys.stderr)
+            return 2
+        return serve_replicas(config, args.replicas, args.ray_address)
     return run_server(config)
 
 

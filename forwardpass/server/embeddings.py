@@ -24,7 +24,7 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..engine.async_engine import AsyncEngine, EngineDeadError
+from ..engine.async_engine import AsyncEngine, EngineDeadError, ReplicaLostError
 from ..errors import ContextLengthError
 from ..outputs import EmbeddingOutput
 from . import fields
@@ -207,6 +207,8 @@ async def embeddings(request: Request) -> Response:
         return Response(status_code=499)
     except QueueTimeout as e:
         raise unavailable(str(e), retry_after=1, code="queue_timeout") from None
+    except ReplicaLostError as e:
+        raise unavailable(str(e), retry_after=1, code="replica_lost") from None
     except EngineDeadError as e:
         raise APIError(500, f"embedding failed: {e}", type="server_error", code="engine_error") from None
     except ContextLengthError as e:

@@ -100,11 +100,54 @@ class EngineCollector(Collector):
                 "Tokens produced per verifying step (accepted proposals + the target's own), since start",
                 spec.mean_accepted_length,
             )
+        replicas = getattr(engine, "replicas", None)  # engine replicas behind this ingress (`ray/`)
+        if replicas is not None:
+            yield from _replica_metrics(replicas())
         yield CounterMetricFamily(
             "forwardpass_engine_steps",
             "Engine steps run (one prefill chunk or decode token per running sequence each)",
             value=self.state.engine_steps,
         )
+
+
+def _replica_metrics(replicas: list[Any]) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """One sample per replica (label `replica`) of each gauge, from the replicas' last stats."""
+    families = {
+        "replica_healthy": ("1 while the replica answers", lambda r: 1.0 if r.healthy else 0.0),
+        "replica_requests_in_flight": (
+            "Requests the ingress has sent to the replica and not finished",
+            lambda r: r.in_flight,
+        ),
+        "replica_requests_running": (
+            "Sequences in the replica's running batch",
+            lambda r: r.stats.running if r.stats else 0,
+        ),
+        "replica_kv_blocks_used": (
+            "KV cache blocks in use in the replica",
+            lambda r: r.stats.kv_blocks_used if r.stats else 0,
+        ),
+        "replica_prefix_cache_hit_rate": (
+            "Share of the replica's prompt tokens found in its prefix cache",
+            lambda r: r.stats.prefix_cache_hit_rate if r.stats else 0.0,
+        ),
+    }
+    for name, (doc, value) in families.items():
+        family = GaugeMetricFamily(f"forwardpass_{name}", doc, labels=["replica"])
+        for r in replicas:
+            family.add_metric([str(r.index)], value(r))
+        yield family
+    for name, doc, value in (
+        ("replica_routed", "Requests routed to the replica", lambda r: r.routed),
+        (
+            "replica_prefix_routed",
+            "Requests routed to the replica because it held their prefix",
+            lambda r: r.prefix_routed,
+        ),
+    ):
+        counter = CounterMetricFamily(f"forwardpass_{name}", doc, labels=["replica"])
+        for r in replicas:
+            counter.add_metric([str(r.index)], value(r))
+        yield counter
 
 
 class ServerMetrics:

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..engine.async_engine import EngineDeadError
+from ..engine.async_engine import EngineDeadError, ReplicaLostError
 from ..errors import ChatTemplateError, ContextLengthError, StructuredOutputError, TokenizerError
 from ..outputs import RequestOutput
 from ..structured.params import StructuredOutputsParams
@@ -185,6 +185,8 @@ async def generate(
     except QueueTimeout as e:
         logger.info("%s: queue timeout", rid)
         raise unavailable(str(e), retry_after=1, code="queue_timeout") from None
+    except ReplicaLostError as e:
+        raise unavailable(str(e), retry_after=1, code="replica_lost") from None
     except EngineDeadError as e:
         raise APIError(500, f"generation failed: {e}", type="server_error", code="engine_error") from None
     except ContextLengthError as e:

@@ -127,6 +127,8 @@ def run_server(config: ServerConfig) -> int:
     server.run()
     if state.engine is not None:
         state.engine.shutdown(timeout=2.0)
+    if state.llm is not None:
+        state.llm.close()  # tensor-parallel workers, if any
     if state.load_error is not None:
         return 1
     return server.exit_code

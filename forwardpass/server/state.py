@@ -32,8 +32,9 @@ logger = logging.getLogger(__name__)
 class ServerState:
     """Shared by every request: the model once loaded, the engine, and the counters admission needs."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, replicas: int = 1) -> None:
         self.config = config
+        self.seq_slots = replicas * config.engine.max_num_seqs  # engine replicas behind this server (`ray/`)
         self.model_name = config.model_name
         self.created = int(time.time())
         self.llm: LLM | None = None
@@ -49,7 +50,7 @@ class ServerState:
         self.fault = faults.from_env()
         self.groups: set[RequestGroup] = set()  # live requests, so a forced shutdown can abort them
         self.aborting = False  # set by abort_all: requests that start afterwards are aborted at once
-        self.slots = SlotTable(config.engine.max_num_seqs)
+        self.slots = SlotTable(self.seq_slots)
         self.engine_steps = 0  # engine steps run (counted in the engine thread, read by /metrics)
 
     # ---- loading (background thread) ----
@@ -70,15 +71,19 @@ class ServerState:
             logger.error("cannot load model %r: %s", self.config.engine.model, e)
             loop.call_soon_threadsafe(self.request_exit, 1)
             return
-        self.llm, self.engine = llm, engine
-        self.limits = Limits(vocab_size=llm.vocab_size, n_ctx=llm.ctx)
-        self._ready.set()
+        self.attach(llm, engine)
         logger.info(
             "model %r ready (context %d tokens, %d max sequences)",
             self.model_name,
             llm.ctx,
             self.config.engine.max_num_seqs,
         )
+
+    def attach(self, llm: LLM, engine: AsyncEngine) -> None:
+        """The loaded model and its engine (`ray/` attaches a weightless front and its replicas): ready."""
+        self.llm, self.engine = llm, engine
+        self.limits = Limits(vocab_size=llm.vocab_size, n_ctx=llm.ctx)
+        self._ready.set()
 
     def _step_hook(self, fault_hook: Callable[[], None] | None) -> Callable[[], None]:
         """Runs in the engine thread before every step: counts steps, then the test fault (if any)."""
@@ -120,7 +125,7 @@ class ServerState:
     # ---- admission ----
     def admit(self, n_seqs: int) -> None:
         """Reserve room for ``n_seqs`` sequences or raise 503 (queue full) at once."""
-        capacity = self.config.engine.max_num_seqs + self.config.max_queue
+        capacity = self.seq_slots + self.config.max_queue
         if n_seqs > capacity:
             raise APIError(
                 400, f"this request needs {n_seqs} sequences but the server holds at most {capacity}", param="n"

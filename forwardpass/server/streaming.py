@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..engine.async_engine import ReplicaLostError
 from ..outputs import CompletionOutput
 from ..tools import OutputParser
 from . import responses as R
@@ -51,6 +52,8 @@ class _Cursor:
 
 def _error_event(e: BaseException) -> bytes:
     logger.error("stream failed: %r", e)
+    if isinstance(e, ReplicaLostError):  # the replica died mid-stream: a 503 the client may retry
+        return event({"error": {"message": str(e), "type": "unavailable_error", "param": None, "code": 503}})
     return event(
         {"error": {"message": f"generation failed: {e}", "type": "server_error", "param": None, "code": "engine_error"}}
     )
