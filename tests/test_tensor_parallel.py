@@ -125,7 +125,9 @@ def test_unsplittable_model_fails_before_any_process(tmp_path):
 # ---- two ranks against one ----
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3"])
+@pytest.mark.parametrize(
+    "arch", ["llama", *(pytest.param(a, marks=pytest.mark.slow) for a in ("qwen2", "qwen3", "gemma3"))]
+)
 def test_reference_logits_match_one_rank(tmp_path, arch):
     """Every architecture and quant type of the fixtures, GQA and a replicated KV head (qwen3, gemma3: one KV
     head, two query heads): float32 math. No sums are split, so only the BLAS could part them (a narrower output
@@ -166,7 +168,7 @@ def test_fast_logits_equal_one_rank(tile_llama, tp_llama):
     assert rel(native.logits(IDS), got) < 1e-3
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "qwen3", "gemma3"])
+@pytest.mark.parametrize("arch", ["gemma3", *(pytest.param(a, marks=pytest.mark.slow) for a in ("qwen2", "qwen3"))])
 def test_fast_logits_equal_one_rank_every_architecture(tmp_path, arch):
     """The other fixtures (their quant types, q/k norms, biases, a replicated KV head) on the fast path: two ranks
     bit-identical to one process's per-layer path."""
@@ -213,7 +215,7 @@ def test_close_stops_every_worker(tile_llama):
         llm.generate([PROMPTS[0]], greedy(4))
 
 
-@pytest.mark.parametrize("how", ["exit", "sigkill"])
+@pytest.mark.parametrize("how", ["exit", pytest.param("sigkill", marks=pytest.mark.slow)])
 def test_workers_never_outlive_their_parent(tile_llama, how):
     script = (
         "import os, signal, sys\n"
