@@ -31,10 +31,14 @@ def outputs(llm: LLM, prompts, params) -> list[list[int]]:
     return [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
 
 
-@pytest.fixture(scope="module", params=["native-step", "mixed-types", "torch"])
+@pytest.fixture(
+    scope="module",
+    params=["native-step", *(pytest.param(p, marks=pytest.mark.slow) for p in ("mixed-types", "torch"))],
+)
 def model(tmp_path_factory, request) -> tuple[str, str | None]:
     """(path, cpu): tile types take the native one-call step; mixed types the PyTorch layers with the native
-    attention; cpu="torch" the PyTorch layers and attention (the fallback)."""
+    attention; cpu="torch" the PyTorch layers and attention (the fallback). The working loop (`-m "not slow"`)
+    runs the default path; the full suite runs all three."""
     tiles = request.param != "mixed-types"
     path = write_tiny_model(tmp_path_factory.mktemp("spec") / "llama.gguf", "llama", seed=3, tile_types=tiles)
     return str(path), "torch" if request.param == "torch" else None

@@ -211,7 +211,7 @@ def test_close_stops_every_worker(tile_llama):
     assert llm.generate([PROMPTS[0]], greedy(4))[0].outputs[0].token_ids
     llm.close()
     assert all(gone(pid, 10.0) for pid in pids)
-    with pytest.raises(TensorParallelError):
+    with pytest.raises(TensorParallelError, match="was closed"):
         llm.generate([PROMPTS[0]], greedy(4))
 
 

@@ -162,7 +162,9 @@ class Workers:
         return f"tensor-parallel rank {rank} (pid {proc.pid}) exited unexpectedly (exit code {proc.exitcode})"
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Stop every worker: ask, then terminate, then kill what is left; reap them all."""
+        """Stop every worker: ask, then terminate, then kill what is left; reap them all. Later steps fail at once."""
+        if self.failed is None:
+            self.failed = "the tensor-parallel group was closed"
         for conn in self.conns:
             try:
                 conn.send(("stop", ()))
