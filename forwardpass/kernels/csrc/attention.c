@@ -165,12 +165,8 @@ void paged_attention(const float* q, const uint16_t* k, const uint16_t* v, const
                      int64_t dim, float scale, int64_t window, float* out, int64_t n_threads) {
     const int64_t group = heads / kv_heads;
     int64_t lmax = 1;
-    int64_t work = 0;  /* multiply-adds: q.k and p.v over each row's context */
-    for (int64_t r = 0; r < rows; r++) {
-        if (lens[r] > lmax) lmax = lens[r];
-        work += 2 * (window > 0 && lens[r] > window ? window : lens[r]) * heads * dim;
-    }
-#pragma omp parallel num_threads(threads_for(work, n_threads))
+    for (int64_t r = 0; r < rows; r++) if (lens[r] > lmax) lmax = lens[r];
+#pragma omp parallel num_threads((int)n_threads)
     {
         float* s = (float*)malloc(sizeof(float) * 4 * (size_t)(lmax + 16));
 #pragma omp for schedule(dynamic, 4)
@@ -186,7 +182,7 @@ void paged_attention(const float* q, const uint16_t* k, const uint16_t* v, const
 /* out[r] = the first index of row r's largest value, a NaN counting as larger than anything (torch.argmax's
    rule): one vector pass for the maximum, one for its first position. */
 void argmax_rows(const float* x, int64_t rows, int64_t n, int64_t* out, int64_t nthreads) {
-#pragma omp parallel for num_threads(threads_for(rows * n, nthreads)) schedule(static) if (rows > 1)
+#pragma omp parallel for num_threads((int)nthreads) schedule(static) if (rows > 1)
     for (int64_t r = 0; r < rows; r++) {
         const float* v = x + r * n;
         V m = v_set1(-INFINITY);
@@ -221,7 +217,7 @@ void argmax_rows(const float* x, int64_t rows, int64_t n, int64_t* out, int64_t 
    of the kept logits is above -inf (NaN counts as above), so the caller can fall back. */
 void mask_rows(float* x, int64_t n, const int64_t* idx, int64_t nrows, const uint32_t* bits, int64_t words,
                uint8_t* empty, int64_t nthreads) {
-#pragma omp parallel for num_threads(threads_for(nrows * n, nthreads)) schedule(static) if (nrows > 1)
+#pragma omp parallel for num_threads((int)nthreads) schedule(static) if (nrows > 1)
     for (int64_t k = 0; k < nrows; k++) {
         float* v = x + idx[k] * n;
         const uint32_t* b = bits + k * words;

@@ -20,16 +20,6 @@ typedef struct { _Alignas(64) uint64_t word; } work_slot_t;
 typedef struct { work_slot_t slot[FP_MAX_THREADS]; } work_t;  /* zeroed before the parallel region */
 typedef struct { work_t* work; uint32_t calls; } team_t;       /* per thread */
 
-/* Threads for a standalone call of `work` multiply-adds: one per FP_WORK_PER_THREAD of them, at most nthreads.
-   Starting and joining a team costs a few microseconds on idle cores, and a whole time slice when another busy
-   process holds one of them (the call waits for the thread sharing its core): a call smaller than that runs on
-   the caller's thread alone. Each thread computes whole rows in a fixed order, so results never depend on it. */
-#define FP_WORK_PER_THREAD (INT64_C(1) << 19)
-static inline int threads_for(int64_t work, int64_t nthreads) {
-    const int64_t n = work / FP_WORK_PER_THREAD;
-    return (int)(n < 1 ? 1 : n < nthreads ? n : nthreads);
-}
-
 /* tiles.c */
 void quantize_row(const float* x, int64_t t, const qact_t* a);
 void tile_matmul_multi(const tmat_t* const* mats, int nm, const qact_t* X, int64_t T, float* y, int64_t ldy,

@@ -539,9 +539,7 @@ void tile_matmul(const tmat_t* const* mats, int64_t nm, const float* x, int64_t 
     quantize_rows(x, t, mats[0]->k, mats[0]->k, q, dx, sx, s16);
     work_t work;
     memset(&work, 0, sizeof(work));
-    int64_t rows = 0;
-    for (int64_t i = 0; i < nm; i++) rows += mats[i]->n;
-#pragma omp parallel num_threads(threads_for(t * rows * mats[0]->k, nthreads))
+#pragma omp parallel num_threads((int)nthreads)
     {
         team_t team = {&work, 0};
         tile_matmul_multi(mats, (int)nm, &a, t, y, ldy, &team);
