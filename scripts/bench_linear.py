@@ -29,7 +29,7 @@ from forwardpass.kernels.linear import DenseLinear, Linear
 from forwardpass.kernels.native import describe, runnable_variants
 from forwardpass.kernels.repack import INT4_GROUPERS, to_int4_groups, to_int8_rows
 from forwardpass.kernels.select import select_kernels
-from forwardpass.kernels.tiles import TileLinear, tile_supports
+from forwardpass.kernels.tiles import TileLinear, TileMatrix, tile_supports
 from forwardpass.registry import resolve_model
 
 # short name -> (registry name, tensors to time, a layer whose q/k/v share one type, for the fusion figures)
@@ -69,6 +69,8 @@ def storage_bytes(linear: Linear) -> int:
     for value in vars(linear).values():
         if isinstance(value, QuantWeight):
             value = value.raw
+        if isinstance(value, TileMatrix):  # the tiles' codes, planes and scales
+            total += sum(a.numel() * a.element_size() for a in value.arrays.values())
         if isinstance(value, torch.Tensor) and value.numel() > 1024:
             total += value.numel() * value.element_size()
     return total
