@@ -4,6 +4,8 @@ fidelity tests and scripts/fidelity.py and scripts/cuda_check.py (one definition
 `compare_logits(exact, other)` computes, per position, KL(exact || other) over the softmax distributions in float64
 and whether the two argmaxes agree. `decode_logits(llm, ids)` gives teacher-forced logits with every token after
 the first through the generated-token (decode) kernels, to set next to `llm.logits(ids)` (the prompt kernels).
+`BATCH_SYSTEM` and `BATCH_TOPICS` make the 16 prompts of the batch-invariance checks (tests/test_engine_real.py and
+scripts/cuda_check.py): one shared system text, so a chunked run meets a cached prefix, and a topic each.
 """
 
 from __future__ import annotations
@@ -15,6 +17,29 @@ import torch
 
 if TYPE_CHECKING:
     from .llm import LLM
+
+BATCH_TOPICS = (
+    "the ocean",
+    "a robot",
+    "the moon",
+    "coffee",
+    "a library",
+    "winter",
+    "trains",
+    "the desert",
+    "music",
+    "a city at night",
+    "bees",
+    "mathematics",
+    "a lighthouse",
+    "rain",
+    "chess",
+    "volcanoes",
+)
+BATCH_SYSTEM = (
+    "You are a careful assistant. Answer in plain English, in two or three sentences, without lists. "
+    "Prefer concrete facts to opinions, and say so when you are unsure. "
+)
 
 
 @dataclass(frozen=True)

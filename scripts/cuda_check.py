@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from forwardpass.fidelity import compare_logits, decode_logits  # noqa: E402
+from forwardpass.fidelity import BATCH_SYSTEM, BATCH_TOPICS, compare_logits, decode_logits  # noqa: E402
 from forwardpass.kernels import gemm  # noqa: E402
 from forwardpass.models import attention as attention_module  # noqa: E402
 
@@ -169,30 +169,6 @@ def _prefill_attention_gaps(device: str, gen: torch.Generator) -> dict:
 
 
 # ---- model ----
-TOPICS = [
-    "the ocean",
-    "a robot",
-    "the moon",
-    "coffee",
-    "a library",
-    "winter",
-    "trains",
-    "the desert",
-    "music",
-    "a city at night",
-    "bees",
-    "mathematics",
-    "a lighthouse",
-    "rain",
-    "chess",
-    "volcanoes",
-]
-SYSTEM = (
-    "You are a careful assistant. Answer in plain English, in two or three sentences, without lists. "
-    "Prefer concrete facts to opinions, and say so when you are unsure. "
-)
-
-
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     for x, y in zip(a, b):
@@ -256,7 +232,7 @@ def check_model(
     del cpu_fast
 
     params = SamplingParams(temperature=0, max_tokens=gen_tokens, ignore_eos=True)
-    prompts = [dev_fast.encode_prompt(f"{SYSTEM}Tell me something about {t}.") for t in TOPICS]
+    prompts = [dev_fast.encode_prompt(f"{BATCH_SYSTEM}Tell me something about {t}.") for t in BATCH_TOPICS]
     want = [o.token_ids for o in cpu_ref.generate(prompts, params)]
     for on in (False, True):
         with invariance(on):  # fresh engines: no KV block computed under the other setting is reused
@@ -266,7 +242,7 @@ def check_model(
             together = [o.token_ids for o in solo_llm.generate(prompts, params)]
             chunked_llm = LLM(path, device=device, ctx=ctx, kv_tokens=4096, max_num_batched_tokens=16)
             chunked_llm.generate(
-                [dev_fast.encode_prompt(SYSTEM + "Hello.")], SamplingParams(temperature=0, max_tokens=2)
+                [dev_fast.encode_prompt(BATCH_SYSTEM + "Hello.")], SamplingParams(temperature=0, max_tokens=2)
             )
             chunked = [o.token_ids for o in chunked_llm.generate(prompts, params)]
             del chunked_llm, solo_llm

@@ -16,6 +16,13 @@ from forwardpass.tokenizer.bpe import BYTE_TO_CHAR
 
 REPLACEMENT = "\ufffd"
 FUZZ_EXAMPLES = int(os.environ.get("FORWARDPASS_FUZZ_EXAMPLES", "150"))
+FUZZ = settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 
 
 @pytest.fixture(scope="module")
@@ -107,13 +114,7 @@ def lossless(tok: Tokenizer, text: str) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.fuzz
-@settings(
-    max_examples=FUZZ_EXAMPLES,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+@FUZZ
 @given(text=unicode_text)
 def test_streaming_equals_decode_on_random_text(smollm2: Tokenizer, gemma3: Tokenizer, text: str) -> None:
     for tok in (smollm2, gemma3):
@@ -129,13 +130,7 @@ def test_streaming_equals_decode_on_random_text(smollm2: Tokenizer, gemma3: Toke
 
 @pytest.mark.slow
 @pytest.mark.fuzz
-@settings(
-    max_examples=FUZZ_EXAMPLES,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+@FUZZ
 @given(data=st.data())
 def test_streaming_equals_decode_on_random_ids(smollm2: Tokenizer, gemma3: Tokenizer, data: st.DataObject) -> None:
     for tok in (smollm2, gemma3):

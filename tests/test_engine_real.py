@@ -6,32 +6,10 @@ import pytest
 import torch
 
 from forwardpass import LLM, SamplingParams
+from forwardpass.fidelity import BATCH_SYSTEM, BATCH_TOPICS
 from forwardpass.kernels.select import resolve_cpu, select_kernels
 
 NATIVE_DEFAULT = select_kernels() if resolve_cpu() != "torch" else None
-
-TOPICS = [
-    "the ocean",
-    "a robot",
-    "the moon",
-    "coffee",
-    "a library",
-    "winter",
-    "trains",
-    "the desert",
-    "music",
-    "a city at night",
-    "bees",
-    "mathematics",
-    "a lighthouse",
-    "rain",
-    "chess",
-    "volcanoes",
-]
-SYSTEM = (
-    "You are a careful assistant. Answer in plain English, in two or three sentences, without lists. "
-    "Prefer concrete facts to opinions, and say so when you are unsure. "
-)
 
 
 def greedy(n: int = 24) -> SamplingParams:
@@ -50,13 +28,13 @@ def test_sixteen_prompts_batched_equal_alone(request, model, device, native_lib,
         pytest.skip("CUDA runs no CPU kernels: checked once")
     path = request.getfixturevalue(f"{model}_path")
     llm = LLM(path, ctx=1024, enable_prefix_caching=False, device=device, kernels=native_kernels)
-    prompts = [llm.encode_prompt(f"{SYSTEM}Tell me something about {t}.") for t in TOPICS]
+    prompts = [llm.encode_prompt(f"{BATCH_SYSTEM}Tell me something about {t}.") for t in BATCH_TOPICS]
     alone = [llm.generate([p], greedy())[0].token_ids for p in prompts]
     together = [o.token_ids for o in llm.generate(prompts, greedy())]
     assert together == alone
     for chunk in (16, 256):
         chunked = LLM(path, ctx=1024, max_num_batched_tokens=chunk, device=device, kernels=native_kernels)
-        chunked.generate([llm.encode_prompt(SYSTEM + "Hello.")], greedy(2))  # caches the shared prefix
+        chunked.generate([llm.encode_prompt(BATCH_SYSTEM + "Hello.")], greedy(2))  # caches the shared prefix
         outs = chunked.generate(prompts, greedy())
         assert [o.token_ids for o in outs] == alone, f"chunk size {chunk}"
         assert all(o.num_cached_tokens > 0 for o in outs)
@@ -70,8 +48,8 @@ def test_gemma3_past_its_window_equals_keeping_whole_contexts(gemma3_path):
     from test_engine_sliding import untrimmed
 
     whole = untrimmed(gemma3_path, ctx=1024, enable_prefix_caching=False)
-    story = " ".join(f"{SYSTEM}Tell me something about {t}." for t in TOPICS)
-    prompts = [whole.encode_prompt(f"{story} Now, in one sentence: what about {t}?") for t in TOPICS[12:]]
+    story = " ".join(f"{BATCH_SYSTEM}Tell me something about {t}." for t in BATCH_TOPICS)
+    prompts = [whole.encode_prompt(f"{story} Now, in one sentence: what about {t}?") for t in BATCH_TOPICS[12:]]
     assert all(len(p) > 600 for p in prompts)
     alone = [whole.generate([p], greedy(32))[0].token_ids for p in prompts]
     trimmed = LLM(gemma3_path, ctx=1024, max_num_batched_tokens=256)

@@ -10,7 +10,7 @@ logit soft-capping.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -18,29 +18,26 @@ import torch
 
 from ..errors import GGUFError
 from ..gguf.weights import QuantWeight, WeightStore
-from ..kernels import Linear, MultiLinear
 from ..kernels.native_decoder import LayerSpec
 from .attention import AttentionMetadata, KVCache
 from .base import DecoderLM
 from .config import MetadataView, ModelConfig, vocab_size_of
 from .layers import gelu_tanh_mul, rms_norm
+from .llama import LlamaLayer
 
 SWA_PERIOD = 6  # llama.cpp's and transformers' default: every sixth layer is global
 LOCAL_ROPE_BASE = 10_000.0
 
 
-@dataclass
-class Gemma3Layer:
-    attn_norm: torch.Tensor
-    wqkv: MultiLinear  # -> q, k, v
-    wo: Linear
-    q_norm: torch.Tensor
-    k_norm: torch.Tensor
+@dataclass(kw_only=True)
+class Gemma3Layer(LlamaLayer):
+    """The llama layer (q_norm and k_norm always set) with norms after the attention and the feed-forward."""
+
     post_attn_norm: torch.Tensor
-    ffn_norm: torch.Tensor
-    w_gate_up: MultiLinear  # -> gate, up
-    w_down: Linear
     post_ffn_norm: torch.Tensor
+
+    def spec(self, act: str) -> LayerSpec:
+        return replace(super().spec(act), post_attn_norm=self.post_attn_norm, post_ffn_norm=self.post_ffn_norm)
 
 
 def _local_layers(m: MetadataView, n_layers: int) -> list[bool]:
@@ -120,20 +117,7 @@ class Gemma3LM(DecoderLM):
         )
 
     def decoder_layer(self, i: int) -> LayerSpec:
-        layer = self.layers[i]
-        return LayerSpec(
-            attn_norm=layer.attn_norm,
-            qkv=layer.wqkv,
-            o=layer.wo,
-            ffn_norm=layer.ffn_norm,
-            gate_up=layer.w_gate_up,
-            down=layer.w_down,
-            act="gelu_tanh",
-            q_norm=layer.q_norm,
-            k_norm=layer.k_norm,
-            post_attn_norm=layer.post_attn_norm,
-            post_ffn_norm=layer.post_ffn_norm,
-        )
+        return self.layers[i].spec("gelu_tanh")
 
     def block(
         self, i: int, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, cache: KVCache

@@ -32,6 +32,20 @@ class LlamaLayer:
     q_norm: torch.Tensor | None = None
     k_norm: torch.Tensor | None = None
 
+    def spec(self, act: str) -> LayerSpec:
+        """This layer for the native CPU step, with `act` the feed-forward's gate activation."""
+        return LayerSpec(
+            attn_norm=self.attn_norm,
+            qkv=self.wqkv,
+            o=self.wo,
+            ffn_norm=self.ffn_norm,
+            gate_up=self.w_gate_up,
+            down=self.w_down,
+            act=act,
+            q_norm=self.q_norm,
+            k_norm=self.k_norm,
+        )
+
 
 class LlamaLM(DecoderLM):
     arch: ClassVar[str] = "llama"
@@ -87,18 +101,7 @@ class LlamaLM(DecoderLM):
         return layer
 
     def decoder_layer(self, i: int) -> LayerSpec:
-        layer = self.layers[i]
-        return LayerSpec(
-            attn_norm=layer.attn_norm,
-            qkv=layer.wqkv,
-            o=layer.wo,
-            ffn_norm=layer.ffn_norm,
-            gate_up=layer.w_gate_up,
-            down=layer.w_down,
-            act="silu",
-            q_norm=layer.q_norm,
-            k_norm=layer.k_norm,
-        )
+        return self.layers[i].spec("silu")
 
     def block(
         self, i: int, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, cache: KVCache

@@ -24,15 +24,15 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..engine.async_engine import AsyncEngine, EngineDeadError, ReplicaLostError
+from ..engine.async_engine import AsyncEngine, EngineDeadError
 from ..errors import ContextLengthError
 from ..outputs import EmbeddingOutput
 from . import fields
 from . import responses as R
-from .errors import APIError, invalid, short_repr, unavailable
-from .generation import ClientDisconnected, QueueTimeout, release_once, unless_disconnected
+from .errors import invalid, short_repr
+from .generation import ClientDisconnected, QueueTimeout, queue_expired, release_once, unless_disconnected
 from .metrics import ServerMetrics
-from .openai_routes import check_context, check_model, context_error, read_json, tokenize_prompts
+from .openai_routes import check_context, check_model, engine_failure, read_json, tokenize_prompts
 from .protocol import MAX_USER_CHARS, Limits
 from .state import ServerState
 
@@ -153,12 +153,9 @@ class EmbedGroup:
         """The queue timeout ran out: fail with ``QueueTimeout`` unless some input has started."""
         if self.finished or any(r is not None for r in self.results):
             return
-        running = {seq.request_id for seq in self.engine.stats().running_seqs}
-        if running.intersection(self.ids[i] for i in self._in_flight):
-            return
-        self.error = QueueTimeout(f"no slot became free within the queue timeout of {timeout:g} s; retry later")
-        self.metrics.queue_timeouts.inc()
-        self._cancel()
+        self.error = queue_expired(self.engine, [self.ids[i] for i in self._in_flight], self.metrics, timeout)
+        if self.error is not None:
+            self._cancel()
 
 
 def encode(vector: list[float], fmt: str) -> list[float] | str:
@@ -205,14 +202,8 @@ async def embeddings(request: Request) -> Response:
     except ClientDisconnected:
         logger.info("%s: client disconnected; request aborted", rid)
         return Response(status_code=499)
-    except QueueTimeout as e:
-        raise unavailable(str(e), retry_after=1, code="queue_timeout") from None
-    except ReplicaLostError as e:
-        raise unavailable(str(e), retry_after=1, code="replica_lost") from None
-    except EngineDeadError as e:
-        raise APIError(500, f"embedding failed: {e}", type="server_error", code="engine_error") from None
-    except ContextLengthError as e:
-        raise context_error(str(e), e.n_prompt_tokens, e.n_ctx, "input") from None
+    except (QueueTimeout, EngineDeadError, ContextLengthError) as e:
+        raise engine_failure(e, "embedding", "input") from None
     except ValueError as e:
         raise invalid(str(e)[:300], "input") from None
     finally:

@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from .errors import invalid, short_repr
+from .errors import APIError, invalid, short_repr
 from .jsonbody import json_type
 
 T = TypeVar("T")
@@ -22,13 +22,18 @@ LOGIT_BIAS_LIMIT = 100.0
 MAX_INT_FIELD = 2**63 - 1
 
 
+def _wrong_type(name: str, kind: str, value: Any) -> APIError:
+    """The 400 for a field `name` that is not `kind` (e.g. "a number")."""
+    return invalid(f"{name} must be {kind}, got {json_type(value)} {short_repr(value)}", name)
+
+
 def number(body: Mapping[str, Any], name: str, default: float, lo: float, hi: float, lo_open: bool = False) -> float:
     """A finite number in ``[lo, hi]`` (``(lo, hi]`` when ``lo_open``)."""
     value = body.get(name)
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise invalid(f"{name} must be a number, got {json_type(value)} {short_repr(value)}", name)
+        raise _wrong_type(name, "a number", value)
     value = float(value)
     low_ok = value > lo if lo_open else value >= lo
     if not (math.isfinite(value) and low_ok and value <= hi):
@@ -43,7 +48,7 @@ def integer(body: Mapping[str, Any], name: str, default: T, lo: int, hi: int = M
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int):
-        raise invalid(f"{name} must be an integer, got {json_type(value)} {short_repr(value)}", name)
+        raise _wrong_type(name, "an integer", value)
     if not lo <= value <= hi:
         raise invalid(f"{name} must be between {lo} and {hi}, got {short_repr(value)}", name)
     return value
@@ -54,7 +59,7 @@ def boolean(body: Mapping[str, Any], name: str, default: bool) -> bool:
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise invalid(f"{name} must be a boolean, got {json_type(value)} {short_repr(value)}", name)
+        raise _wrong_type(name, "a boolean", value)
     return value
 
 
@@ -63,7 +68,7 @@ def string(body: Mapping[str, Any], name: str, max_chars: int) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise invalid(f"{name} must be a string, got {json_type(value)} {short_repr(value)}", name)
+        raise _wrong_type(name, "a string", value)
     if len(value) > max_chars:
         raise invalid(f"{name} must be at most {max_chars} characters, got {len(value)}", name)
     return value
@@ -74,7 +79,7 @@ def obj(body: Mapping[str, Any], name: str) -> dict[str, Any] | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise invalid(f"{name} must be an object, got {json_type(value)} {short_repr(value)}", name)
+        raise _wrong_type(name, "an object", value)
     return value
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from functools import partial
 from typing import TypeVar
 
@@ -32,6 +32,17 @@ logger = logging.getLogger(__name__)
 
 class QueueTimeout(Exception):
     """The request waited longer than ``--queue-timeout`` for a slot and was removed from the queue."""
+
+
+def queue_expired(
+    engine: AsyncEngine, request_ids: Iterable[str], metrics: ServerMetrics, timeout: float
+) -> QueueTimeout | None:
+    """The error of a group whose queue timeout ran out (counted), or None if one of `request_ids` is running."""
+    running = {seq.request_id for seq in engine.stats().running_seqs}
+    if running.intersection(request_ids):
+        return None
+    metrics.queue_timeouts.inc()
+    return QueueTimeout(f"no slot became free within the queue timeout of {timeout:g} s; retry later")
 
 
 class RequestGroup:
@@ -85,13 +96,11 @@ class RequestGroup:
         """The queue timeout ran out: fail with ``QueueTimeout`` unless the request has started."""
         if self.finished or any(out is not None for out in self.latest):
             return
-        running = {seq.request_id for seq in self.engine.stats().running_seqs}
-        if running.intersection(self.ids):
+        self.error = queue_expired(self.engine, self.ids, self.metrics, timeout)
+        if self.error is None:
             return
         for request_id in self.ids[: self._submitted]:
             self.engine.abort(request_id)
-        self.error = QueueTimeout(f"no slot became free within the queue timeout of {timeout:g} s; retry later")
-        self.metrics.queue_timeouts.inc()
         self._changed.set()
         self._first.set()
 

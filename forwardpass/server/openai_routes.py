@@ -66,6 +66,18 @@ def context_error(message: str, n_prompt: int, n_ctx: int, param: str) -> APIErr
     )
 
 
+def engine_failure(e: QueueTimeout | EngineDeadError | ContextLengthError, what: str, param: str) -> APIError:
+    """The answer to a request the engine did not serve: 503 (retry) for a queue timeout or a lost replica, 400
+    on `param` for a prompt over the context, 500 ("`what` failed") for a dead engine."""
+    if isinstance(e, QueueTimeout):
+        return unavailable(str(e), retry_after=1, code="queue_timeout")
+    if isinstance(e, ReplicaLostError):
+        return unavailable(str(e), retry_after=1, code="replica_lost")
+    if isinstance(e, ContextLengthError):
+        return context_error(str(e), e.n_prompt_tokens, e.n_ctx, param)
+    return APIError(500, f"{what} failed: {e}", type="server_error", code="engine_error")
+
+
 def check_context(
     n_prompt: int, max_tokens: int | None, n_ctx: int, param: str, generates: bool = True, what: str = "the prompt"
 ) -> None:
@@ -184,13 +196,9 @@ async def generate(
         return Response(status_code=499)
     except QueueTimeout as e:
         logger.info("%s: queue timeout", rid)
-        raise unavailable(str(e), retry_after=1, code="queue_timeout") from None
-    except ReplicaLostError as e:
-        raise unavailable(str(e), retry_after=1, code="replica_lost") from None
-    except EngineDeadError as e:
-        raise APIError(500, f"generation failed: {e}", type="server_error", code="engine_error") from None
-    except ContextLengthError as e:
-        raise context_error(str(e), e.n_prompt_tokens, e.n_ctx, param) from None
+        raise engine_failure(e, "generation", param) from None
+    except (EngineDeadError, ContextLengthError) as e:
+        raise engine_failure(e, "generation", param) from None
     except ValueError as e:
         raise invalid(str(e)[:300]) from None
     finally:

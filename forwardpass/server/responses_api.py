@@ -255,6 +255,10 @@ class _ResponseStream:
     def ev(self, type_: str, **data: Any) -> bytes:
         return named_event({"type": type_, "sequence_number": next(self._seq), **data})
 
+    def part_ev(self, type_: str, index: int, **data: Any) -> bytes:
+        """An event of the text part (the only content part) of the message item at output index `index`."""
+        return self.ev(type_, item_id=self.b.msg_id, output_index=index, content_index=0, **data)
+
     def on(self, e: tool_seam.StreamEvent) -> list[bytes]:
         b, out = self.b, []
         if e.kind == "text":
@@ -263,27 +267,11 @@ class _ResponseStream:
                 self.message = len(self.items)
                 self.items.append(b.message_item("", "in_progress"))
                 out.append(self.ev("response.output_item.added", output_index=self.message, item=self.items[-1]))
-                out.append(
-                    self.ev(
-                        "response.content_part.added",
-                        item_id=b.msg_id,
-                        output_index=self.message,
-                        content_index=0,
-                        part={"type": "output_text", "text": "", "annotations": []},
-                    )
-                )
+                part = {"type": "output_text", "text": "", "annotations": []}
+                out.append(self.part_ev("response.content_part.added", self.message, part=part))
             if e.text:
                 self.text.append(e.text)
-                out.append(
-                    self.ev(
-                        "response.output_text.delta",
-                        item_id=b.msg_id,
-                        output_index=self.message,
-                        content_index=0,
-                        delta=e.text,
-                        logprobs=[],
-                    )
-                )
+                out.append(self.part_ev("response.output_text.delta", self.message, delta=e.text, logprobs=[]))
         elif e.kind == "call_start":
             assert e.call is not None
             out += self.close_message("completed") + self.close_call("completed")
@@ -307,15 +295,8 @@ class _ResponseStream:
         part = {"type": "output_text", "text": whole, "annotations": [], "logprobs": []}
         self.items[index] = b.message_item(whole, status)
         return [
-            self.ev(
-                "response.output_text.done",
-                item_id=b.msg_id,
-                output_index=index,
-                content_index=0,
-                text=whole,
-                logprobs=[],
-            ),
-            self.ev("response.content_part.done", item_id=b.msg_id, output_index=index, content_index=0, part=part),
+            self.part_ev("response.output_text.done", index, text=whole, logprobs=[]),
+            self.part_ev("response.content_part.done", index, part=part),
             self.ev("response.output_item.done", output_index=index, item=self.items[index]),
         ]
 
@@ -377,18 +358,22 @@ async def response_events(
         )
 
 
+def _not_found(response_id: str) -> APIError:
+    return APIError(
+        404,
+        f"Response with id {response_id[:100]!r} not found.",
+        type="invalid_request_error",
+        param="response_id",
+        code="not_found",
+    )
+
+
 async def get_response(request: Request) -> Response:
     store: ResponseStore = request.app.state.response_store
     response_id = request.path_params["response_id"]
     entry = store.get(response_id)
     if entry is None:
-        raise APIError(
-            404,
-            f"Response with id {response_id[:100]!r} not found.",
-            type="invalid_request_error",
-            param="response_id",
-            code="not_found",
-        )
+        raise _not_found(response_id)
     return JSONResponse(entry.response)
 
 
@@ -396,11 +381,5 @@ async def delete_response(request: Request) -> Response:
     store: ResponseStore = request.app.state.response_store
     response_id = request.path_params["response_id"]
     if not store.delete(response_id):
-        raise APIError(
-            404,
-            f"Response with id {response_id[:100]!r} not found.",
-            type="invalid_request_error",
-            param="response_id",
-            code="not_found",
-        )
+        raise _not_found(response_id)
     return JSONResponse({"id": response_id, "object": "response.deleted", "deleted": True})

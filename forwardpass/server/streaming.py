@@ -73,8 +73,14 @@ async def _follow(group: RequestGroup) -> AsyncIterator[list[tuple[int, Completi
             return
 
 
-def _cached_tokens(group: RequestGroup) -> int:
-    return sum(out.num_cached_tokens for out in group.latest if out is not None)
+def _usage_event(group: RequestGroup, info: StreamInfo, object_: str, completion_tokens: int) -> bytes:
+    """The last chunk before [DONE] when the client asked for usage."""
+    cached = sum(out.num_cached_tokens for out in group.latest if out is not None)
+    return info.final(
+        R.usage_chunk(
+            info.rid, info.created, info.model, object_, R.usage(info.prompt_tokens, completion_tokens, cached)
+        )
+    )
 
 
 def _new_tokens(o: CompletionOutput, c: _Cursor) -> tuple[str, list]:
@@ -115,15 +121,7 @@ async def chat_events(group: RequestGroup, info: StreamInfo) -> AsyncIterator[by
                         finish = "tool_calls"
                     yield info.final(R.chat_chunk(info.rid, info.created, info.model, o.index, {}, finish))
         if info.include_usage:
-            yield info.final(
-                R.usage_chunk(
-                    info.rid,
-                    info.created,
-                    info.model,
-                    "chat.completion.chunk",
-                    R.usage(info.prompt_tokens, completion_tokens, _cached_tokens(group)),
-                )
-            )
+            yield _usage_event(group, info, "chat.completion.chunk", completion_tokens)
     except Exception as e:  # noqa: BLE001 - the client hears about it in-band
         yield _error_event(e)
     yield DONE
@@ -164,15 +162,7 @@ async def completion_events(
                     completion_tokens += len(o.token_ids)
                     yield chunk(index, "", o.finish_reason, None)
         if info.include_usage:
-            yield info.final(
-                R.usage_chunk(
-                    info.rid,
-                    info.created,
-                    info.model,
-                    "text_completion",
-                    R.usage(info.prompt_tokens, completion_tokens, _cached_tokens(group)),
-                )
-            )
+            yield _usage_event(group, info, "text_completion", completion_tokens)
     except Exception as e:  # noqa: BLE001
         yield _error_event(e)
     yield DONE

@@ -215,14 +215,20 @@ class OutputParser:
 
     # ---- one call object ----
     def _in_call(self, final: bool) -> None:
-        end = self._stream_call(final)
+        end = self._call_end(final)
         if end is None:
-            return
-        if end == js.MALFORMED:
-            self._mode = "raw"
             return
         self.pos = js.skip_ws(self.buf, end)
         self._mode = "end_marker" if self.syntax.end else "text"
+
+    def _call_end(self, final: bool) -> int | None:
+        """Stream the call object at ``pos``; its end index once complete, else None (for good if it is malformed:
+        the rest is then raw text)."""
+        end = self._stream_call(final)
+        if end == js.MALFORMED:
+            self._mode = "raw"
+            return None
+        return end
 
     def _stream_call(self, final: bool) -> int | None:
         """Stream the call object at ``pos``; its end index once complete, MALFORMED, or None for now."""
@@ -293,11 +299,8 @@ class OutputParser:
                 self._mode = "raw"
                 return
             self.pos = j
-        end = self._stream_call(final)
+        end = self._call_end(final)
         if end is None:
-            return
-        if end == js.MALFORMED:
-            self._mode = "raw"
             return
         self.pos = end
 

@@ -45,6 +45,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _busy(m: dict[str, float]) -> tuple[float, float, float]:
+    return m["forwardpass_requests_running"], m["forwardpass_requests_waiting"], m["forwardpass_kv_blocks_used"]
+
+
 class ServerProcess:
     """`python -m forwardpass.cli serve MODEL --port P --ctx 256 ARGS...` as a subprocess."""
 
@@ -127,14 +131,15 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while True:
             m = self.metrics()
-            gauges = [
-                m["forwardpass_requests_running"],
-                m["forwardpass_requests_waiting"],
-                m["forwardpass_kv_blocks_used"],
-            ]
-            if gauges == [0, 0, 0] or time.monotonic() > deadline:
+            if _busy(m) == (0, 0, 0) or time.monotonic() > deadline:
                 return m
             time.sleep(0.02)
+
+    def assert_idle(self, timeout: float = 5.0) -> dict[str, float]:
+        """Nothing running or waiting and no KV block in use, within `timeout` seconds; the last sample."""
+        m = self.wait_idle(timeout)
+        assert _busy(m) == (0, 0, 0), m
+        return m
 
     def stop(self) -> None:
         self.client.close()

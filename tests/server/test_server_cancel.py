@@ -21,21 +21,10 @@ def _wait_running(server) -> dict[str, float]:
     return wait_until(running, "the request never started running")
 
 
-def _assert_idle(server) -> dict[str, float]:
-    """Nothing running or waiting and no KV block in use (waiting up to a 30 s deadline)."""
-    m = server.wait_idle(timeout=30)
-    assert (m["forwardpass_requests_running"], m["forwardpass_requests_waiting"], m["forwardpass_kv_blocks_used"]) == (
-        0,
-        0,
-        0,
-    ), m
-    return m
-
-
 def _assert_aborted(server, generated_before: float) -> None:
     """The request that left was aborted: the server is idle again, and it generated fewer tokens than the request
     asked for, so it did not just run to its end."""
-    m = _assert_idle(server)
+    m = server.assert_idle(timeout=30)
     generated = m["forwardpass_generation_tokens_total"] - generated_before
     assert generated < LONG["max_tokens"], generated
 
@@ -80,7 +69,7 @@ def test_abort_one_while_another_decodes(server):
 
     assert asyncio.run(run()) == alone
     assert server.post("/v1/completions", json={"prompt": "later", "max_tokens": 2}).status_code == 200
-    _assert_idle(server)
+    server.assert_idle(timeout=30)
 
 
 async def _leave_at_random(c: httpx.AsyncClient, rng: random.Random, i: int) -> None:
@@ -116,4 +105,4 @@ def test_disconnect_storm(server):
 
     solo, together = asyncio.run(run())
     assert together == solo
-    _assert_idle(server)
+    server.assert_idle(timeout=30)

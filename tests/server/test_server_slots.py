@@ -136,3 +136,28 @@ def test_queue_timeout(one_slot):
     assert server.post("/v1/completions", json=short).status_code == 200
     r = server.post("/v1/completions", json=short | {"stream": True})
     assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]")
+
+
+def test_queue_timeout_of_an_embedding_request(one_slot):
+    """An embedding request behind the only slot's long generation gets 503 queue_timeout too, counted once, and
+    the generation is not touched."""
+    server = one_slot
+    server.wait_idle()
+    timeouts_before = server.metrics()["forwardpass_queue_timeouts_total"]
+    long = {"prompt": "hold the slot", "max_tokens": 200, "ignore_eos": True, "temperature": 0}
+
+    async def run() -> tuple[httpx.Response, httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as c:
+            blocker = asyncio.ensure_future(c.post("/v1/completions", json=long))
+            while not _busy(server):
+                await asyncio.sleep(0.01)
+            waiting = await c.post("/v1/embeddings", json={"input": ["waiting", "also waiting"]})
+            assert not blocker.done()
+            return await blocker, waiting
+
+    blocker, waiting = asyncio.run(run())
+    err = assert_error(waiting, 503, "unavailable_error", code="queue_timeout")
+    assert "queue timeout" in err["message"] and waiting.headers["retry-after"] == "1"
+    assert server.metrics()["forwardpass_queue_timeouts_total"] - timeouts_before == 1
+    assert blocker.status_code == 200 and blocker.json()["usage"]["completion_tokens"] == 200
+    server.assert_idle()

@@ -22,6 +22,10 @@ def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
+def _bench_serve(url: str, flags: str) -> subprocess.CompletedProcess:
+    return _run("-m", "forwardpass.cli", "bench-serve", "--url", url, *flags.split())
+
+
 def test_percentile():
     assert percentile([], 50) == 0.0
     assert percentile([3.0], 99) == 3.0
@@ -30,22 +34,7 @@ def test_percentile():
 
 
 def test_bench_serve_reports_every_level(server):
-    r = _run(
-        "-m",
-        "forwardpass.cli",
-        "bench-serve",
-        "--url",
-        server.url,
-        "--concurrency",
-        "1,4",
-        "--requests",
-        "6",
-        "--max-tokens",
-        "12",
-        "--prompt-tokens",
-        "24",
-        "--json",
-    )
+    r = _bench_serve(server.url, "--concurrency 1,4 --requests 6 --max-tokens 12 --prompt-tokens 24 --json")
     assert r.returncode == 0, r.stderr + r.stdout
     results = json.loads(r.stdout)["results"]
     assert [x["concurrency"] for x in results] == [1, 4]
@@ -55,40 +44,12 @@ def test_bench_serve_reports_every_level(server):
 
 
 def test_bench_serve_with_key_and_chat_table(auth_server):
-    r = _run(
-        "-m",
-        "forwardpass.cli",
-        "bench-serve",
-        "--url",
-        auth_server.url,
-        "--concurrency",
-        "2",
-        "--requests",
-        "4",
-        "--max-tokens",
-        "8",
-        "--endpoint",
-        "chat",
-        "--api-key",
-        API_KEY,
+    r = _bench_serve(
+        auth_server.url, f"--concurrency 2 --requests 4 --max-tokens 8 --endpoint chat --api-key {API_KEY}"
     )
     assert r.returncode == 0, r.stderr + r.stdout
     assert "out tok/s" in r.stdout and "TTFT p99" in r.stdout
-    bad = _run(
-        "-m",
-        "forwardpass.cli",
-        "bench-serve",
-        "--url",
-        auth_server.url,
-        "--concurrency",
-        "1",
-        "--requests",
-        "2",
-        "--max-tokens",
-        "4",
-        "--warmup",
-        "0",
-    )
+    bad = _bench_serve(auth_server.url, "--concurrency 1 --requests 2 --max-tokens 4 --warmup 0")
     assert bad.returncode == 1 and "HTTP 401" in bad.stdout
 
 
