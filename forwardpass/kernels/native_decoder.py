@@ -57,8 +57,9 @@ class StepGather(Protocol):
         row-split projection; None for one held otherwise (the native step then does not run)."""
         ...
 
-    def all_gather_columns(self, x: torch.Tensor, widths: list[int]) -> torch.Tensor:
-        """(T, widths[rank]) on each rank -> (T, sum(widths)): the ranks' columns side by side, in rank order."""
+    def all_gather_columns(self, x: torch.Tensor, widths: list[int], out: torch.Tensor | None = None) -> torch.Tensor:
+        """(T, widths[rank]) on each rank -> (T, sum(widths)): the ranks' columns side by side, in rank order, into
+        `out` (the step's buffer)."""
         ...
 
 
@@ -328,7 +329,7 @@ class NativeDecoder:
             mine, total = widths[self.gather.rank], sum(widths)
             src = torch.frombuffer((ctypes.c_float * (rows * mine)).from_address(local), dtype=torch.float32)
             dst = torch.frombuffer((ctypes.c_float * (rows * total)).from_address(full), dtype=torch.float32)
-            dst.view(rows, total).copy_(self.gather.all_gather_columns(src.view(rows, mine), widths))
+            self.gather.all_gather_columns(src.view(rows, mine), widths, out=dst.view(rows, total))
             return 0
         except BaseException as e:  # noqa: BLE001 (an exception must not cross the C frames: kept for `step`)
             self._error = e

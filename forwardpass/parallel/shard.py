@@ -164,8 +164,8 @@ class NativeGather:
             return None
         return linear.inner, linear.in_widths, linear.out_widths
 
-    def all_gather_columns(self, x: torch.Tensor, widths: list[int]) -> torch.Tensor:
-        return self.collective.all_gather_columns(x, widths)
+    def all_gather_columns(self, x: torch.Tensor, widths: list[int], out: torch.Tensor | None = None) -> torch.Tensor:
+        return self.collective.all_gather_columns(x, widths, out)
 
 
 @dataclasses.dataclass
