@@ -210,6 +210,26 @@ def test_per_layer_logits_equal_one_rank_every_architecture(tmp_path, arch):
         tp.close()
 
 
+def test_ranks_that_disagree_on_the_native_step_are_refused(tile_llama, monkeypatch):
+    """Ranks on different paths would pair their gathers up but not their math: refused at start, workers gone."""
+    from forwardpass.parallel import runner
+
+    load = runner.load_rank
+
+    def without_native_step(*args, **kwargs):
+        model = load(*args, **kwargs)
+        model.native_decoder = None  # rank 0 only: the spawned workers load as usual
+        return model
+
+    monkeypatch.setattr(runner, "load_rank", without_native_step)
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with pytest.raises(TensorParallelError, match="disagree on the native step"):
+        LLM(tile_llama, threads=2, tensor_parallel_size=2, ctx=256)
+    workers = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    workers = [p for p in workers if "spawn_main" in " ".join(p.cmdline())]  # not multiprocessing's resource tracker
+    assert all(gone(p.pid, 10.0) for p in workers)
+
+
 class OneRankGather:
     """A `StepGather` of a group of one: the native step's gather path in one process (each gather the identity,
     counted; `fail_at`: the gather call that raises)."""
