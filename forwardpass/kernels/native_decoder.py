@@ -151,6 +151,10 @@ class NativeDecoder:
             (down,), (down_bias,) = _tiles(down_lin)
             if any(b is not None for b in gu_biases + [o_bias, down_bias]):
                 raise ValueError("biases outside q, k, v are not supported by the native step")
+            if widths is not None:  # this rank's output rows of each, over every rank's gathered input columns
+                q, ff, rows = widths
+                if (o.n, o.k, down.n, down.k) != (rows[gather.rank], sum(q), rows[gather.rank], sum(ff)):
+                    raise ValueError("attn_output / ffn_down do not hold this rank's rows over the gathered input")
             bias = None
             if any(b is not None for b in qkv_biases):
                 bias = torch.cat([b if b is not None else torch.zeros(m.n) for b, m in zip(qkv_biases, qkv)]).float()
