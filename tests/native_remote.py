@@ -320,9 +320,11 @@ class RemoteLibrary(native.NativeLibrary):
 
     def decoder_step(
         self, m, x, b, rope, slots, ctx, ctx_stride, ctx_group_stride, seq, lens, out_rows, n_out, logits, ws, nthreads
-    ) -> None:
+    ) -> int:
         call = Call()
         model = self._model(call, _addr(m), self.caches)
+        if model.gather:
+            raise ValueError("a tensor-parallel step calls back into this process: it cannot run in another one")
         groups = max(model.layers[i].group for i in range(model.n_layers)) + 1
         n_rope = max(model.layers[i].rope for i in range(model.n_layers)) + 1
         ls = _i64s(lens, b)
@@ -345,7 +347,7 @@ class RemoteLibrary(native.NativeLibrary):
             output=True,
         )
         call.add(ws, ws_size, output=True)
-        self._run(
+        return self._run(
             call,
             "decoder_step",
             [

@@ -1,13 +1,15 @@
 """Tensor parallelism: the plan, the weight slices, two ranks against one, batching, shutdown and a dead worker.
 
 No rank sums a partial product (`attn_output` and `ffn_down` are split by output rows over the gathered input), so
-every value is computed as one process computes it: on the fast path two ranks' logits are bit-identical to one
-process running the same per-layer path (the ranks do not run the native one-call step, whose own results differ
-from the per-layer path's within the int8 activation rounding; docs/scale-out.md gives the figures).
+every value is computed as one process computes it. On the fast path with tiled weights every rank runs the native
+one-call step over its part (the C step calls back for the gathers): two ranks' logits are bit-identical to one
+process's default engine (its native step). Where the step cannot run (weights it does not tile) the ranks run the
+per-layer path, bit-identical to one process's per-layer path.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -23,6 +25,7 @@ from forwardpass import LLM, SamplingParams, TensorParallelError
 from forwardpass.gguf.dequant import block_info
 from forwardpass.gguf.reader import GGUFFile
 from forwardpass.gguf.weights import WeightStore
+from forwardpass.kernels.native_decoder import StepError
 from forwardpass.parallel.plan import plan_shards
 from forwardpass.parallel.shard import output_rows, slice_weight
 
@@ -153,32 +156,130 @@ def tp_llama(tile_llama):
     llm.close()
 
 
+def runs_native_step(llm: LLM) -> bool:
+    """Whether every rank of `llm` built the native one-call step (rank 0 here, the workers as they reported)."""
+    return llm.model.native_decoder is not None and all(llm.runner.workers.native_step)
+
+
 def test_fast_logits_equal_one_rank(tile_llama, tp_llama):
-    """The native tile kernels on each rank (the per-layer path): the logits are bit-identical to one process's
-    per-layer path, and so are 8 prompts' greedy continuations, batched. Against one process's native one-call
-    step (its default) the logits differ by that step's own int8 rounding, as one process's two paths do."""
-    layers = one_process_layers(tile_llama, threads=2, ctx=256)
-    expected = layers.logits(IDS)
+    """Every rank runs the native one-call step over its part: the logits are bit-identical to one process's
+    default engine (its native step over the whole model), and so are 8 prompts' greedy continuations, batched."""
+    assert runs_native_step(tp_llama) and tp_llama.runner.workers.native_step == [True]
+    one = LLM(tile_llama, threads=2, ctx=256)
+    assert one.model.native_decoder is not None
+    expected = one.logits(IDS)
+    before = tp_llama.model.native_decoder.runs
     got = tp_llama.logits(IDS)
+    assert tp_llama.model.native_decoder.runs > before  # it ran the native step, not the per-layer path
     assert torch.equal(got, expected)
-    tokens = [o.outputs[0].token_ids for o in layers.generate(PROMPTS, greedy())]
+    tokens = [o.outputs[0].token_ids for o in one.generate(PROMPTS, greedy())]
     assert [o.outputs[0].token_ids for o in tp_llama.generate(PROMPTS, greedy())] == tokens
-    native = LLM(tile_llama, threads=2, ctx=256)
-    assert native.model.native_decoder is not None
-    assert rel(native.logits(IDS), got) < 1e-3
 
 
 @pytest.mark.parametrize("arch", ["gemma3", *(pytest.param(a, marks=pytest.mark.slow) for a in ("qwen2", "qwen3"))])
-def test_fast_logits_equal_one_rank_every_architecture(tmp_path, arch):
-    """The other fixtures (their quant types, q/k norms, biases, a replicated KV head) on the fast path: two ranks
-    bit-identical to one process's per-layer path."""
+def test_native_step_logits_equal_one_process_every_architecture(tmp_path, arch):
+    """The other tiled fixtures through every rank's native step (gemma3: sandwich norms, GELU, sliding windows
+    and one KV head held by both ranks; qwen2: q/k/v biases; qwen3: q/k norms): bit-identical to one process's
+    default engine, prompt and generated tokens."""
+    path = str(write_tiny_model(tmp_path / f"{arch}.gguf", arch, tile_types=True))
+    one = LLM(path, threads=2)
+    assert one.model.native_decoder is not None
+    expected = one.logits(IDS)
+    tokens = [o.outputs[0].token_ids for o in one.generate(PROMPTS[:4], greedy(8))]
+    del one
+    tp = LLM(path, threads=2, tensor_parallel_size=2)
+    try:
+        assert runs_native_step(tp)
+        assert torch.equal(tp.logits(IDS), expected)
+        assert [o.outputs[0].token_ids for o in tp.generate(PROMPTS[:4], greedy(8))] == tokens
+    finally:
+        tp.close()
+
+
+@pytest.mark.parametrize("arch", ["gemma3", *(pytest.param(a, marks=pytest.mark.slow) for a in ("qwen2", "qwen3"))])
+def test_per_layer_logits_equal_one_rank_every_architecture(tmp_path, arch):
+    """Fixtures whose quant types the native step does not tile: every rank runs the per-layer path (the native
+    Linear kernels, `SplitOutputLinear`), bit-identical to one process's per-layer path."""
     path = str(write_tiny_model(tmp_path / f"{arch}.gguf", arch))
     expected = one_process_layers(path, threads=2).logits(IDS)
     tp = LLM(path, threads=2, tensor_parallel_size=2)
     try:
+        assert tp.model.native_decoder is None and tp.runner.workers.native_step == [False]
         assert torch.equal(tp.logits(IDS), expected)
     finally:
         tp.close()
+
+
+def test_ranks_that_disagree_on_the_native_step_are_refused(tile_llama, monkeypatch):
+    """Ranks on different paths would pair their gathers up but not their math: refused at start, workers gone."""
+    from forwardpass.parallel import runner
+
+    load = runner.load_rank
+
+    def without_native_step(*args, **kwargs):
+        model = load(*args, **kwargs)
+        model.native_decoder = None  # rank 0 only: the spawned workers load as usual
+        return model
+
+    monkeypatch.setattr(runner, "load_rank", without_native_step)
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with pytest.raises(TensorParallelError, match="disagree on the native step"):
+        LLM(tile_llama, threads=2, tensor_parallel_size=2, ctx=256)
+    workers = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    workers = [p for p in workers if "spawn_main" in " ".join(p.cmdline())]  # not multiprocessing's resource tracker
+    assert all(gone(p.pid, 10.0) for p in workers)
+
+
+class OneRankGather:
+    """A `StepGather` of a group of one: the native step's gather path in one process (each gather the identity,
+    counted; `fail_at`: the gather call that raises)."""
+
+    rank = 0
+
+    def __init__(self, model, fail_at: int | None = None) -> None:
+        c = model.config
+        self.q, self.ff, self.rows = [c.n_heads * c.head_dim], [c.n_ff], [c.d_model]
+        self.calls, self.fail_at = 0, fail_at
+
+    def split(self, linear):
+        return linear, self.q if linear.in_features == self.q[0] else self.ff, self.rows
+
+    def all_gather_columns(self, x, widths, out):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("the group is gone")
+        assert widths in (self.q, self.ff, self.rows) and x.shape[1] == widths[0] and out.shape == x.shape
+        return out.copy_(x)
+
+
+@dataclasses.dataclass
+class OneRankLoad:
+    gather: OneRankGather
+
+    def native_gather(self) -> OneRankGather:
+        return self.gather
+
+
+def test_native_step_gather_path_in_one_process(tile_llama):
+    """The native step's tensor-parallel code path (gathered buffers, local output rows, the callback) with a group
+    of one: bit-identical to the plain step, 4 gathers per layer; a gather that raises is a clear error."""
+    llm = LLM(tile_llama, threads=2, ctx=256)
+    model = llm.model
+    expected = llm.logits(IDS)
+    plain = model.native_decoder
+    gather = OneRankGather(model)
+    model.options = dataclasses.replace(model.options, parallel=OneRankLoad(gather))
+    model.native_decoder = model._native_decoder()
+    assert model.native_decoder is not None and model.native_decoder.gather is gather
+    assert torch.equal(llm.logits(IDS), expected)
+    assert gather.calls == 4 * model.config.n_layers
+    gather.calls, gather.fail_at = 0, 5
+    with pytest.raises(StepError, match="gather of the native step failed") as info:
+        llm.logits(IDS)
+    assert "the group is gone" in str(info.value.__cause__)
+    assert gather.calls == 5  # the later gathers were skipped
+    model.native_decoder = plain
+    assert torch.equal(llm.logits(IDS), expected)
 
 
 def test_reference_greedy_tokens_match_one_rank(tile_llama):
@@ -262,16 +363,18 @@ SENTENCES = [
 
 @pytest.mark.slow
 def test_smollm2_two_ranks_match_one(smollm2_path):
-    """SmolLM2-135M splits unevenly (3 KV heads: 2 and 1). Fast path: logits bit-identical to one process's
-    per-layer path and the same greedy tokens for 8 prompts, batched as alone; reference path: within 1e-5 (its
-    float32 GEMMs on a share of the output rows) and the same greedy tokens."""
-    layers = one_process_layers(smollm2_path, threads=2)
-    ids = layers.encode_prompt("The history of the Roman empire spans many centuries, beginning with")
-    logits = layers.logits(ids)
-    tokens = [o.outputs[0].token_ids for o in layers.generate(SENTENCES, greedy(16))]
-    del layers
+    """SmolLM2-135M splits unevenly (3 KV heads: 2 and 1). Fast path, every rank in its native step: logits
+    bit-identical to one process's default engine and the same greedy tokens for 8 prompts, batched as alone;
+    reference path: within 1e-5 (its float32 GEMMs on a share of the output rows) and the same greedy tokens."""
+    default = LLM(smollm2_path, threads=2)
+    assert default.model.native_decoder is not None
+    ids = default.encode_prompt("The history of the Roman empire spans many centuries, beginning with")
+    logits = default.logits(ids)
+    tokens = [o.outputs[0].token_ids for o in default.generate(SENTENCES, greedy(16))]
+    del default
     fast = LLM(smollm2_path, threads=2, tensor_parallel_size=2)
     try:
+        assert runs_native_step(fast)
         assert torch.equal(fast.logits(ids), logits)
         together = [o.outputs[0].token_ids for o in fast.generate(SENTENCES, greedy(16))]
         assert together == tokens

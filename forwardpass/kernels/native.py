@@ -211,6 +211,13 @@ class DLayer(ctypes.Structure):
     ]
 
 
+# fp_gather_fn: (ctx, what, local, rows, full) -> 0, or nonzero on failure
+GATHER_FN = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p
+)
+GATHER_ATT, GATHER_O, GATHER_FF, GATHER_DOWN = range(4)  # forwardpass.h's FP_GATHER_*: what a rank gathers
+
+
 class DModel(ctypes.Structure):
     _fields_ = [
         (n, ctypes.c_int64)
@@ -221,6 +228,11 @@ class DModel(ctypes.Structure):
         ("layers", ctypes.POINTER(DLayer)),
         ("out_norm", ctypes.c_void_p),
         ("head", _PT),
+        ("gather", GATHER_FN),  # tensor parallelism (NULL: one process)
+        ("gather_ctx", ctypes.c_void_p),
+        ("q_out_full", ctypes.c_int64),
+        ("n_ff_full", ctypes.c_int64),
+        ("d_local", ctypes.c_int64),
     ]
 
 
@@ -252,7 +264,7 @@ _SIGNATURES = {  # name -> (restype, argtypes)
     "argmax_rows": (None, [_PTR, _I64, _I64, _PTR, _I64]),
     "mask_rows": (None, [_PTR, _I64, _PTR, _I64, _PTR, _I64, _PTR, _I64]),
     "decoder_workspace": (_I64, [_PTR, _I64, _I64, _I64]),
-    "decoder_step": (None, [_PTR, _PTR, _I64, _PTR, _PTR, _PTR, _I64, _I64, _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _I64]),
+    "decoder_step": (_I64, [_PTR, _PTR, _I64, _PTR, _PTR, _PTR, _I64, _I64, _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _I64]),
 }
 
 

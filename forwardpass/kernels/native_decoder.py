@@ -5,12 +5,18 @@ projections and activation it has. The PyTorch `block` of the architecture file 
 tokens and every other device run it, and tests check that this step gives the same logits within the int8
 activation rounding. This module knows the model only through what it is handed (its shape, the layer specs,
 the head): it imports nothing from `models/`.
+
+Tensor parallelism: a rank builds this step over its share of each layer (its heads and FFN columns, its output
+rows of `attn_output` and `ffn_down`) with a `StepGather`, which the C step calls back (from the calling thread)
+for the all-gathers before and after those two projections. Every value is then computed from the same input by
+the same kernel as on one process, so the ranks' logits are bit-identical to one process's native step.
 """
 
 from __future__ import annotations
 
 import ctypes
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -18,7 +24,7 @@ import torch
 
 from .fused import MultiLinear
 from .linear import Linear
-from .native import DLayer, DModel, NativeLibrary
+from .native import GATHER_ATT, GATHER_DOWN, GATHER_FF, GATHER_FN, GATHER_O, DLayer, DModel, NativeLibrary
 from .tiles import TileLinear, TileMatrix
 
 ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}
@@ -38,6 +44,27 @@ class DecoderShape(Protocol):
     scale: float
     vocab_size: int
     sliding_window: list[int]
+
+
+class StepGather(Protocol):
+    """A tensor-parallel rank's side of the step (`parallel.shard.NativeGather`): the all-gather among the ranks,
+    and the rank's own part of each `attn_output` / `ffn_down` (split by output rows over the gathered input)."""
+
+    rank: int
+
+    def split(self, linear: object) -> tuple[Linear, list[int], list[int]] | None:
+        """(the rank's Linear of its output rows, every rank's input columns, every rank's output rows) of a
+        row-split projection; None for one held otherwise (the native step then does not run)."""
+        ...
+
+    def all_gather_columns(self, x: torch.Tensor, widths: list[int], out: torch.Tensor | None = None) -> torch.Tensor:
+        """(T, widths[rank]) on each rank -> (T, sum(widths)): the ranks' columns side by side, in rank order, into
+        `out` (the step's buffer)."""
+        ...
+
+
+class StepError(RuntimeError):
+    """A gather of a tensor-parallel native step failed (its cause chained)."""
 
 
 @dataclass
@@ -67,9 +94,25 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+def _split_widths(specs: list[LayerSpec], gather: StepGather) -> tuple[list[int], list[int], list[int]] | None:
+    """Every rank's (attention output columns, FFN columns, output rows of attn_output / ffn_down), the same in
+    every layer; None where a layer's o or down is not split by output rows."""
+    found: set[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = set()
+    for s in specs:
+        o, down = gather.split(s.o), gather.split(s.down)
+        if o is None or down is None or o[2] != down[2]:
+            return None
+        found.add((tuple(o[1]), tuple(down[1]), tuple(o[2])))
+    if len(found) != 1:
+        return None
+    q, ff, rows = found.pop()
+    return list(q), list(ff), list(rows)
+
+
 class NativeDecoder:
     """The step of every layer for a batch of tokens in one call. `rope_index[i]`: which of the step's rope
-    tables layer i uses; `lm_head` and `output_norm`: the head, computed in the same call where it is tiled."""
+    tables layer i uses; `lm_head` and `output_norm`: the head, computed in the same call where it is tiled.
+    `gather`: a tensor-parallel rank's (`shape` then holds the rank's heads and FFN columns)."""
 
     def __init__(
         self,
@@ -80,9 +123,20 @@ class NativeDecoder:
         lm_head: Linear,
         output_norm: torch.Tensor,
         lib: NativeLibrary,
+        gather: StepGather | None = None,
     ) -> None:
         c = shape
         self.lib = lib
+        widths = _split_widths(specs, gather) if gather is not None else None
+        if gather is not None:
+            if widths is None:
+                raise ValueError("attn_output / ffn_down are not split by output rows")
+            q, ff, rows = widths
+            r = gather.rank
+            if q[r] != c.n_heads * c.head_dim or ff[r] != c.n_ff or sum(rows) != c.d_model:
+                raise ValueError("the gathered widths do not match the rank's shape")
+            if sum(q) % 32 or sum(ff) % 32 or c.n_ff % 16:
+                raise ValueError("gathered widths the kernel does not handle")
         self.config = c
         self._keep: list[object] = []  # tensors the C structs point into
         self.layers = (DLayer * c.n_layers)()
@@ -92,10 +146,15 @@ class NativeDecoder:
         for i, spec in enumerate(specs):
             qkv, qkv_biases = _tiles(spec.qkv)
             gu, gu_biases = _tiles(spec.gate_up)
-            (o,), (o_bias,) = _tiles(spec.o)
-            (down,), (down_bias,) = _tiles(spec.down)
+            o_lin, down_lin = (gather.split(spec.o)[0], gather.split(spec.down)[0]) if gather else (spec.o, spec.down)
+            (o,), (o_bias,) = _tiles(o_lin)
+            (down,), (down_bias,) = _tiles(down_lin)
             if any(b is not None for b in gu_biases + [o_bias, down_bias]):
                 raise ValueError("biases outside q, k, v are not supported by the native step")
+            if widths is not None:  # this rank's output rows of each, over every rank's gathered input columns
+                q, ff, rows = widths
+                if (o.n, o.k, down.n, down.k) != (rows[gather.rank], sum(q), rows[gather.rank], sum(ff)):
+                    raise ValueError("attn_output / ffn_down do not hold this rank's rows over the gathered input")
             bias = None
             if any(b is not None for b in qkv_biases):
                 bias = torch.cat([b if b is not None else torch.zeros(m.n) for b, m in zip(qkv_biases, qkv)]).float()
@@ -143,6 +202,19 @@ class NativeDecoder:
             c.scale,
             self.layers,
         )
+        self.gather = gather
+        self.runs = 0  # steps run (tests check that tensor-parallel ranks run this step)
+        self._error: BaseException | None = None
+        if gather is not None:
+            assert widths is not None
+            q, ff, rows = widths
+            self._widths = {GATHER_ATT: q, GATHER_O: rows, GATHER_FF: ff, GATHER_DOWN: rows}
+            # kept alive with the struct that points to it; through a weak reference, so no cycle keeps the
+            # decoder (and the process group it gathers over) alive until the interpreter's last collection
+            ref = weakref.ref(self)
+            self._callback = GATHER_FN(lambda ctx, what, local, rows, full: ref()._gather(what, local, rows, full))
+            self.model.gather = self._callback
+            self.model.q_out_full, self.model.n_ff_full, self.model.d_local = sum(q), sum(ff), rows[gather.rank]
         head = _tiles(lm_head)
         self.has_head = head is not None and len(head[0]) == 1 and head[1][0] is None
         if self.has_head:  # the final norm and the head in the same call
@@ -165,21 +237,32 @@ class NativeDecoder:
         lm_head: Linear,
         output_norm: torch.Tensor,
         lib: NativeLibrary | None,
+        gather: StepGather | None = None,
     ) -> NativeDecoder | None:
         """A native step, or None where it cannot run (no kernels, a layer the architecture does not describe, a
-        weight that is not tiled, a shape the kernel does not handle)."""
+        weight that is not tiled, a shape the kernel does not handle). With `gather` (a tensor-parallel rank) the
+        shape's heads and FFN columns are the rank's: the checks on the widths the kernel reads apply to the
+        gathered ones (`__init__`)."""
         c = shape
         if lib is None:
             return None
-        if c.d_model % 32 or c.n_ff % 32 or (c.n_heads * c.head_dim) % 32 or c.head_dim % 16:
+        if gather is None and (c.n_ff % 32 or (c.n_heads * c.head_dim) % 32):
+            return None
+        if c.d_model % 32 or c.head_dim % 16:
             return None
         if any(s is None for s in specs):
             return None
         for s in specs:
-            if any(_tiles(lin) is None for lin in (s.qkv, s.o, s.gate_up, s.down)):
+            o, down = s.o, s.down
+            if gather is not None:
+                parts = gather.split(o), gather.split(down)
+                if parts[0] is None or parts[1] is None:
+                    return None
+                o, down = parts[0][0], parts[1][0]
+            if any(_tiles(lin) is None for lin in (s.qkv, o, s.gate_up, down)):
                 return None
         try:
-            return cls(shape, specs, rope_index, rope_neox, lm_head, output_norm, lib)
+            return cls(shape, specs, rope_index, rope_neox, lm_head, output_norm, lib, gather)
         except ValueError:
             return None
 
@@ -215,7 +298,7 @@ class NativeDecoder:
         logits = torch.empty(n_out, self.vocab) if n_out else None
         rows = logit_rows.contiguous() if n_out else None
         t0 = time.perf_counter()
-        self.lib.decoder_step(
+        failed = self.lib.decoder_step(
             ctypes.byref(self.model),
             x.data_ptr(),
             x.shape[0],
@@ -232,8 +315,29 @@ class NativeDecoder:
             self._workspace.data_ptr(),
             threads,
         )
+        self.runs += 1
+        if failed or self._error is not None:
+            error, self._error = self._error, None
+            if isinstance(error, Exception) or error is None:
+                raise StepError("a tensor-parallel gather of the native step failed") from error
+            raise error  # KeyboardInterrupt and the like, as they came
         self.threads.record(x.shape[0], threads, time.perf_counter() - t0)
         return x if logit_rows is None else logits
+
+    def _gather(self, what: int, local: int, rows: int, full: int) -> int:
+        """The C step's gather callback (on the thread that called the step, holding the GIL): every rank's
+        columns of `what`, side by side into `full`. Returns 0, or 1 with the exception kept for `step`."""
+        try:
+            assert self.gather is not None
+            widths = self._widths[what]
+            mine, total = widths[self.gather.rank], sum(widths)
+            src = torch.frombuffer((ctypes.c_float * (rows * mine)).from_address(local), dtype=torch.float32)
+            dst = torch.frombuffer((ctypes.c_float * (rows * total)).from_address(full), dtype=torch.float32)
+            self.gather.all_gather_columns(src.view(rows, mine), widths, out=dst.view(rows, total))
+            return 0
+        except BaseException as e:  # noqa: BLE001 (an exception must not cross the C frames: kept for `step`)
+            self._error = e
+            return 1
 
 
 class AdaptiveThreads:

@@ -15,7 +15,7 @@ import torch
 from ..gguf.weights import QuantWeight, WeightStore
 from ..kernels import KernelChoice, Linear, MultiLinear, make_linear, make_multi_linear
 from ..kernels.native import NativeLibrary
-from ..kernels.native_decoder import LayerSpec, NativeDecoder
+from ..kernels.native_decoder import LayerSpec, NativeDecoder, StepGather
 from .attention import AttentionMetadata, KVCache, attention
 from .config import ModelConfig
 from .layers import Rotary, rms_norm, softcap
@@ -34,6 +34,10 @@ class ParallelLoad(Protocol):
 
     def wrap(self, weight: QuantWeight, linear: Linear) -> Linear:
         """The `Linear` of `weight` as this rank runs it (`attn_output` / `ffn_down` gather their input and output)."""
+        ...
+
+    def native_gather(self) -> StepGather:
+        """The rank's side of the native one-call step: its part of `attn_output` / `ffn_down`, the all-gathers."""
         ...
 
 
@@ -100,15 +104,24 @@ class DecoderLM:
         return None
 
     def _native_decoder(self) -> NativeDecoder | None:
-        """The native step over this model's tiles where it can run (CPU fast mode with native kernels)."""
+        """The native step over this model's tiles where it can run (CPU fast mode with native kernels); on a
+        tensor-parallel rank, over its part, gathering around `attn_output` / `ffn_down` as its `Linear`s do."""
         lib = self.options.cpu_kernels.step_lib
-        if lib is None or self.options.parallel is not None:  # the step runs whole layers: not a rank's part
+        if lib is None:
             return None
+        gather = self.options.parallel.native_gather() if self.options.parallel is not None else None
         self._rotaries = list({id(r): r for r in self.rotary}.values())  # distinct tables, in layer order
         index = {id(r): i for i, r in enumerate(self._rotaries)}
         specs = [self.decoder_layer(i) for i in range(self.config.n_layers)]
         return NativeDecoder.build(
-            self.config, specs, [index[id(r)] for r in self.rotary], self.rope_neox, self.lm_head, self.output_norm, lib
+            self.config,
+            specs,
+            [index[id(r)] for r in self.rotary],
+            self.rope_neox,
+            self.lm_head,
+            self.output_norm,
+            lib,
+            gather,
         )
 
     def _native_rope(self, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:

@@ -30,16 +30,30 @@ class Collective:
 
     def __init__(self, store: dist.Store, rank: int, world: int, device: torch.device) -> None:
         self.rank, self.world, self.device = rank, world, device
+        self._flat: dict[tuple[int, torch.dtype], list[torch.Tensor]] = {}  # (width, dtype) -> send, then receives
         if device.type == "cuda":  # untested here (no GPUs on the development machine)
             self.group = dist.ProcessGroupNCCL(store, rank, world)
         else:
             self.group = dist.ProcessGroupGloo(store, rank, world, COLLECTIVE_TIMEOUT)
 
-    def all_gather_columns(self, x: torch.Tensor, widths: list[int]) -> torch.Tensor:
-        """(T, widths[rank]) on each rank -> (T, sum(widths)): the ranks' columns side by side, in rank order."""
-        width = max(widths)
-        x = x.contiguous()
-        padded = torch.nn.functional.pad(x, (0, width - x.shape[1])) if x.shape[1] < width else x
-        parts = [torch.empty_like(padded) for _ in widths]
-        self.group.allgather([parts], [padded]).wait()
-        return torch.cat([p[:, :w] for p, w in zip(parts, widths)], dim=1)
+    def all_gather_columns(self, x: torch.Tensor, widths: list[int], out: torch.Tensor | None = None) -> torch.Tensor:
+        """(T, widths[rank]) on each rank -> (T, sum(widths)): the ranks' columns side by side, in rank order
+        (into `out` when given). The collective's buffers are kept and reused: a fresh set per call measured ~100 us
+        more per gather here (about the cost of the gather itself)."""
+        width, rows = max(widths), x.shape[0]
+        send, parts = self._buffers(rows, width, x.dtype)
+        send[:, : x.shape[1]].copy_(x)  # the columns past a narrower rank's width are never read
+        self.group.allgather([parts], [send]).wait()
+        if out is None:
+            out = torch.empty(rows, sum(widths), dtype=x.dtype, device=x.device)
+        return torch.cat([p[:, :w] for p, w in zip(parts, widths)], dim=1, out=out)
+
+    def _buffers(self, rows: int, width: int, dtype: torch.dtype) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """A send buffer and one receive buffer per rank, (rows, width) each: views of flat buffers that grow."""
+        key = (width, dtype)
+        flat = self._flat.get(key)
+        if flat is None or flat[0].numel() < rows * width:
+            flat = [torch.empty(rows * width, dtype=dtype, device=self.device) for _ in range(self.world + 1)]
+            self._flat[key] = flat
+        views = [f[: rows * width].view(rows, width) for f in flat]
+        return views[0], views[1:]

@@ -3,7 +3,8 @@ processes started with torch.multiprocessing (spawn) that hold their part of the
 
 Each step rank 0 sends the typed step (`SeqChunk`s, without logits) to every worker over a pipe, then every rank
 runs the same forward pass on its heads and FFN columns, meeting in the all-gathers around `attn_output` and `ffn_down`
-(`shard.py`). Rank 0 computes the logits (the head is replicated) and samples. The pipes carry commands only;
+(`shard.py`): on a CPU with the native kernels every rank runs the one-call native step (its C code calls back for
+the gathers), elsewhere the per-layer path; every rank runs the same one (checked once every rank has loaded). Rank 0 computes the logits (the head is replicated) and samples. The pipes carry commands only;
 a worker waits on its pipe without a timeout (an idle server is fine) and exits when rank 0's end closes, so
 workers never outlive their engine. A worker that dies fails rank 0's next collective at once (its connections
 close); rank 0 then raises `TensorParallelError` with the worker's traceback or exit code, never hangs.
@@ -60,7 +61,7 @@ class RankSpec:
 
 
 def load_rank(spec: RankSpec, rank: int, collective: Collective, gguf: GGUFFile | None = None) -> DecoderLM:
-    """Rank `rank`'s part of the model (the per-layer path with the native Linear kernels on CPU)."""
+    """Rank `rank`'s part of the model (on CPU with the native kernels, its native step where it builds)."""
     gguf = gguf or GGUFFile(spec.path)
     device = spec.device(rank)
     c = spec.config
@@ -84,7 +85,7 @@ def _worker_main(rank: int, port: int, spec: RankSpec, conn: Connection) -> None
         collective = Collective(connect_store("127.0.0.1", port, world), rank, world, spec.device(rank))
         model = load_rank(spec, rank, collective)
         runner = ModelRunner(model, spec.kv_groups, spec.block_size, spec.kv_dtype, str(spec.device(rank)))
-        conn.send(("ready", None))
+        conn.send(("ready", model.native_decoder is not None))
     except BaseException:
         conn.send(("error", traceback.format_exc()))
         return
@@ -110,6 +111,7 @@ class Workers:
         self.procs: list[Any] = []
         self.conns: list[Connection] = []
         self.failed: str | None = None
+        self.native_step: list[bool] = []  # per worker: whether it runs the native one-call step
         for rank in range(1, len(spec.shards)):
             ours, theirs = ctx.Pipe()
             proc = ctx.Process(
@@ -131,6 +133,7 @@ class Workers:
                 raise TensorParallelError(self._describe(rank, None)) from None
             if status != "ready":
                 raise TensorParallelError(f"tensor-parallel rank {rank} failed to load:\n{detail}")
+            self.native_step.append(bool(detail))
 
     def send(self, command: str, *arg: Any) -> None:
         for conn in self.conns:
@@ -248,6 +251,12 @@ def start_tensor_parallel(
         collective = Collective(store, 0, world, spec.device(0))
         model = load_rank(spec, 0, collective, gguf)
         workers.wait_ready()
+        native = model.native_decoder is not None
+        if any(n != native for n in workers.native_step):  # their collectives would pair up, their math would not
+            raise TensorParallelError(
+                f"tensor-parallel ranks disagree on the native step (rank 0: {native}, the others: "
+                f"{workers.native_step}); every rank must run the same path"
+            )
     except BaseException:
         workers.close()
         raise

@@ -12,6 +12,13 @@ Everything else (embedding, norms, the output head) is held whole by every rank.
 
 A float-typed `attn_output` / `ffn_down` (F32, F16, BF16: a bf16 GEMM, whose blocking may depend on the output
 width) is held whole instead: the input gathered, then one device's whole product on every rank.
+
+On a CPU with the native kernels each rank runs the one-call native step (`kernels/native_decoder.py`) over its
+part, as one process runs it over the whole model: the C step calls back into `NativeGather` for the same two
+all-gathers around `attn_output` and `ffn_down`, so the ranks' logits are bit-identical to one process's default
+(native) step. Where the step cannot run (a float-typed `attn_output` / `ffn_down`, an architecture without a
+layer spec) every rank runs the per-layer path through `SplitOutputLinear` / `GatherLinear`, bit-identical to one
+process's per-layer path.
 """
 
 from __future__ import annotations
@@ -142,15 +149,37 @@ class GatherLinear:
 
 
 @dataclasses.dataclass
+class NativeGather:
+    """A rank's side of the native step (`kernels.native_decoder.StepGather`): its own part of each row-split
+    projection, and the all-gather the C step calls back for around them."""
+
+    collective: Collective
+
+    @property
+    def rank(self) -> int:
+        return self.collective.rank
+
+    def split(self, linear: object) -> tuple[Linear, list[int], list[int]] | None:
+        if not isinstance(linear, SplitOutputLinear):
+            return None
+        return linear.inner, linear.in_widths, linear.out_widths
+
+    def all_gather_columns(self, x: torch.Tensor, widths: list[int], out: torch.Tensor | None = None) -> torch.Tensor:
+        return self.collective.all_gather_columns(x, widths, out)
+
+
+@dataclasses.dataclass
 class TensorParallelLoad:
     """`LoadOptions.parallel`: how one rank loads its part (`models/registry.load_model` and `DecoderLM.linear`
-    call it). The native one-call step runs whole layers and so is off: ranks run the per-layer path, whose
-    `Linear`s still use the native kernels."""
+    call it, and `DecoderLM._native_decoder` builds the native step with `native_gather`)."""
 
     shards: list[RankShard]  # every rank's (the gathers need each one's width)
     collective: Collective
     _store: ShardedWeightStore | None = dataclasses.field(default=None, init=False)  # set by `store`
     _head_dim: int = dataclasses.field(default=0, init=False)
+
+    def native_gather(self) -> NativeGather:
+        return NativeGather(self.collective)
 
     @property
     def shard(self) -> RankShard:

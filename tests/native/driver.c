@@ -86,7 +86,8 @@ int main(int argc, char** argv) {
     } else if (!strcmp(name, "decoder_workspace")) {
         ret = decoder_workspace(P(0), I(1), I(2), I(3));
     } else if (!strcmp(name, "decoder_step")) {
-        decoder_step(P(0), P(1), I(2), P(3), P(4), P(5), I(6), I(7), P(8), P(9), P(10), I(11), P(12), P(13), I(14));
+        ret = decoder_step(P(0), P(1), I(2), P(3), P(4), P(5), I(6), I(7), P(8), P(9), P(10), I(11), P(12), P(13),
+                           I(14));
     } else {
         fail("unknown function");
     }

@@ -15,7 +15,15 @@
    architecture files describe their layers with `kernels/native_decoder.py`'s spec; the PyTorch code in each
    architecture file stays the definition (prompt tokens and CUDA run it) and the tests hold the two together.
    Each token is computed alone (its own norm, quantization, dot products and attention), so its result never
-   depends on the other tokens of the step. */
+   depends on the other tokens of the step.
+
+   Tensor parallelism (`dmodel_t.gather` set): a rank runs this same step on its share of each layer, its query
+   heads (and their KV heads, its cache) and its FFN columns; norms, residuals and the head are computed whole on
+   every rank. Before attn_output and ffn_down it gathers every rank's columns of their input, quantizes the full
+   rows and computes its share of their output rows (whole 16-row tiles) over them, then gathers the ranks' output
+   rows into f. No rank sums a partial product, and every value is computed from the same input by the same
+   kernel as on one process: the result is bit-identical to it. The gathers run on thread 0 (the caller's thread,
+   which calls back into Python) while the others wait at the phase's barrier. */
 #include <omp.h>
 #include <sched.h>
 #include <stdlib.h>
@@ -106,14 +114,28 @@ static inline void* take_bytes(char** w, size_t n) {
 
 static int64_t max3(int64_t a, int64_t b, int64_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
 
+/* the widths the step works at: local (this rank's heads and FFN columns), full (the gathered input of
+   attn_output and ffn_down) and this rank's output rows of those two; one process: full = local, d_local = D */
+typedef struct { int64_t QO, F, QOF, FF, DL; } widths_t;
+
+static widths_t step_widths(const dmodel_t* M) {
+    const int64_t QO = M->n_heads * M->head_dim, F = M->n_ff;
+    if (!M->gather) return (widths_t){QO, F, QO, F, M->d_model};
+    return (widths_t){QO, F, M->q_out_full, M->n_ff_full, M->d_local};
+}
+
 /* bytes of scratch `decoder_step` needs for B tokens whose contexts hold at most lmax tokens */
 int64_t decoder_workspace(const dmodel_t* M, int64_t B, int64_t lmax, int64_t nthreads) {
-    const int64_t D = M->d_model, F = M->n_ff, QO = M->n_heads * M->head_dim;
-    const int64_t NQKV = QO + 2 * M->n_kv * M->head_dim, KMAX = max3(F, QO, D);
-    const int64_t sizes[11] = {4 * B * D, 4 * B * D, 4 * B * NQKV, 4 * B * QO, 4 * B * 2 * F, 4 * B * F, B * KMAX,
-                               4 * B * KMAX / 32, 4 * B * KMAX / 32, 4 * B * KMAX / 16, 4 * nthreads * 4 * (lmax + 16)};
+    const int64_t D = M->d_model;
+    const widths_t W = step_widths(M);
+    const int64_t NQKV = W.QO + 2 * M->n_kv * M->head_dim, KMAX = max3(W.FF, W.QOF, D);
+    const int64_t tp = M->gather != NULL;  /* the gathered buffers and the local output rows */
+    const int64_t sizes[14] = {4 * B * D, 4 * B * D, 4 * B * NQKV, 4 * B * W.QO, 4 * B * 2 * W.F, 4 * B * W.F,
+                               B * KMAX, 4 * B * KMAX / 32, 4 * B * KMAX / 32, 4 * B * KMAX / 16,
+                               4 * nthreads * 4 * (lmax + 16), tp * 4 * B * W.QOF, tp * 4 * B * W.FF,
+                               tp * 4 * B * W.DL};
     int64_t total = 0;
-    for (int i = 0; i < 11; i++) total += (sizes[i] + 63) / 64 * 64;
+    for (int i = 0; i < 14; i++) total += (sizes[i] + 63) / 64 * 64;
     return total;
 }
 
@@ -122,14 +144,27 @@ typedef struct {
     const dmodel_t* M;
     float *x, *h, *f, *qkv, *att, *gu, *a;  /* (B, d_model), (B, d_model), (B, d_model), (B, q|k|v), (B, q_out),
                                               (B, 2 n_ff), (B, n_ff) */
-    qact_t qD, qQ, qF;                      /* one int8 buffer read as K = d_model, q_out or n_ff columns */
+    float *att_full, *a_full, *y;           /* (B, q_out_full), (B, n_ff_full), (B, d_local): the gathered inputs
+                                              of attn_output and ffn_down, their local output rows (one process:
+                                              att, a and f) */
+    widths_t W;
+    qact_t qD, qQ, qF;                      /* one int8 buffer read as K = d_model, q_out_full or n_ff_full columns */
     const float* rope;
     const int64_t *slots, *ctx, *seq, *lens;
     int64_t B, ctx_stride, ctx_group_stride;
     spin_barrier_t* bar;  /* ends each phase (the work-sharing loops run with nowait) */
     int distinct;   /* every token belongs to a different sequence */
     int f_ready;    /* f holds a block's output to add to x */
+    int* failed;    /* a gather failed: the later ones are skipped (thread 0 only) */
 } step_t;
+
+/* full = every rank's `local` side by side (tensor parallelism): thread 0 calls the gather while the others wait
+   at the barrier, which publishes `full` to them */
+static void gather_phase(const step_t* S, int64_t what, const float* local, float* full) {
+    if (omp_get_thread_num() == 0 && !*S->failed && S->M->gather(S->M->gather_ctx, what, local, S->B, full))
+        *S->failed = 1;
+    step_barrier(S->bar);
+}
 
 /* q head hh < H, or KV head hh - H (its k and v), of token r: bias, per-head norm, RoPE; k and v into the cache */
 static void qkv_head(const step_t* S, const dlayer_t* L, int64_t r, int64_t hh) {
@@ -186,10 +221,11 @@ static void residual_and_norm(const step_t* S, const float* post, const float* n
     step_barrier(S->bar);
 }
 
-/* the attention block of layer L up to its output projection in f (its input h already normalized and quantized) */
+/* the attention block of layer L up to its output projection in f (its input h already normalized and quantized);
+   with tensor parallelism, this rank's heads, then every rank's gathered before and after attn_output */
 static void attention_block(const step_t* S, const dlayer_t* L, float* s, team_t* team) {
     const dmodel_t* M = S->M;
-    const int64_t B = S->B, D = M->d_model, H = M->n_heads, KV = M->n_kv, HD = M->head_dim;
+    const int64_t B = S->B, H = M->n_heads, KV = M->n_kv, HD = M->head_dim;
     const int64_t QO = H * HD, NQKV = QO + 2 * KV * HD, G = H / KV;
     tile_matmul_multi(L->qkv, (int)L->n_qkv, &S->qD, B, S->qkv, NQKV, team);
     step_barrier(S->bar);
@@ -212,28 +248,39 @@ static void attention_block(const step_t* S, const dlayer_t* L, float* s, team_t
         for (int64_t u = 0; u < B * KV; u++) attend_unit(S, L, u / KV, u % KV, s);  /* a token's heads of a KV head */
         step_barrier(S->bar);
     }
+    const int tp = M->gather != NULL;
+    if (tp) gather_phase(S, FP_GATHER_ATT, S->att, S->att_full);
     #pragma omp for schedule(static) nowait
-    for (int64_t r = 0; r < B; r++) quantize_row(S->att + r * QO, r, &S->qQ);
+    for (int64_t r = 0; r < B; r++) quantize_row(S->att_full + r * S->W.QOF, r, &S->qQ);
     step_barrier(S->bar);
-    tile_matmul_multi(&L->o, 1, &S->qQ, B, S->f, D, team);
+    tile_matmul_multi(&L->o, 1, &S->qQ, B, S->y, S->W.DL, team);
     step_barrier(S->bar);
+    if (tp) gather_phase(S, FP_GATHER_O, S->y, S->f);
 }
 
 /* the feed-forward block of layer L up to its down projection in f (its input h already normalized, quantized) */
 static void ffn_block(const step_t* S, const dlayer_t* L, team_t* team) {
     const dmodel_t* M = S->M;
-    const int64_t B = S->B, D = M->d_model, F = M->n_ff;
+    const int64_t B = S->B, F = M->n_ff, FF = S->W.FF;
+    const int tp = M->gather != NULL;
     tile_matmul_multi(L->gu, (int)L->n_gu, &S->qD, B, S->gu, 2 * F, team);
     step_barrier(S->bar);
     #pragma omp for schedule(static) nowait
     for (int64_t r = 0; r < B; r++) {
         const float* g = S->gu + r * 2 * F;
         act_mul_row(g, g + F, S->a + r * F, F, M->act);
-        quantize_row(S->a + r * F, r, &S->qF);
+        if (!tp) quantize_row(S->a + r * F, r, &S->qF);
     }
     step_barrier(S->bar);
-    tile_matmul_multi(&L->down, 1, &S->qF, B, S->f, D, team);
+    if (tp) {  /* every rank's FFN columns, then the full rows quantized */
+        gather_phase(S, FP_GATHER_FF, S->a, S->a_full);
+        #pragma omp for schedule(static) nowait
+        for (int64_t r = 0; r < B; r++) quantize_row(S->a_full + r * FF, r, &S->qF);
+        step_barrier(S->bar);
+    }
+    tile_matmul_multi(&L->down, 1, &S->qF, B, S->y, S->W.DL, team);
     step_barrier(S->bar);
+    if (tp) gather_phase(S, FP_GATHER_DOWN, S->y, S->f);
 }
 
 /* x: (B, d_model) float32 hidden states of B tokens (prompt or generated, of one or many sequences), updated in
@@ -243,13 +290,15 @@ static void ffn_block(const step_t* S, const dlayer_t* L, team_t* team) {
    group's, and a sliding layer reads only its window of it); seq: (B,) each token's sequence; lens: (B,) the
    context length each token sees, itself included. A sequence's tokens are written to the cache before any
    attends, so a prompt chunk attends to itself causally through `lens`. ws: `decoder_workspace` bytes of scratch
-   (no allocation per step). */
-void decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, const int64_t* slots,
-                  const int64_t* ctx, int64_t ctx_stride, int64_t ctx_group_stride,
-                  const int64_t* seq, const int64_t* lens,
-                  const int64_t* out_rows, int64_t n_out, float* logits, void* ws, int64_t nthreads) {
-    const int64_t D = M->d_model, F = M->n_ff, QO = M->n_heads * M->head_dim;
-    const int64_t NQKV = QO + 2 * M->n_kv * M->head_dim, KMAX = max3(F, QO, D);
+   (no allocation per step). With tensor parallelism (`M->gather`), returns nonzero when a gather failed (the
+   outputs are then garbage); 0 otherwise. */
+int64_t decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, const int64_t* slots,
+                     const int64_t* ctx, int64_t ctx_stride, int64_t ctx_group_stride,
+                     const int64_t* seq, const int64_t* lens,
+                     const int64_t* out_rows, int64_t n_out, float* logits, void* ws, int64_t nthreads) {
+    const widths_t W = step_widths(M);
+    const int64_t D = M->d_model, F = W.F, QO = W.QO;
+    const int64_t NQKV = QO + 2 * M->n_kv * M->head_dim, KMAX = max3(W.FF, W.QOF, D);
     int64_t lmax = 1;
     for (int64_t r = 0; r < B; r++) if (lens[r] > lmax) lmax = lens[r];
     char* w = (char*)ws;
@@ -258,9 +307,17 @@ void decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, con
                 .att = TAKE(float, B * QO), .gu = TAKE(float, B * 2 * F), .a = TAKE(float, B * F)};
     S.qD = (qact_t){TAKE(int8_t, B * KMAX), TAKE(float, B * KMAX / 32), TAKE(float, B * KMAX / 32),
                     TAKE(int32_t, B * KMAX / 16), D, B};
-    S.qQ = S.qD; S.qQ.k = QO;
-    S.qF = S.qD; S.qF.k = F;
+    S.qQ = S.qD; S.qQ.k = W.QOF;  /* the int8 rows of attn_output's and ffn_down's full input */
+    S.qF = S.qD; S.qF.k = W.FF;
     float* scores = TAKE(float, nthreads * 4 * (lmax + 16));
+    S.W = W;
+    if (M->gather) {
+        S.att_full = TAKE(float, B * W.QOF); S.a_full = TAKE(float, B * W.FF); S.y = TAKE(float, B * W.DL);
+    } else {
+        S.att_full = S.att; S.a_full = S.a; S.y = S.f;
+    }
+    int failed = 0;
+    S.failed = &failed;
     #undef TAKE
     S.rope = rope; S.slots = slots; S.ctx = ctx; S.seq = seq; S.lens = lens; S.B = B; S.ctx_stride = ctx_stride;
     S.ctx_group_stride = ctx_group_stride;
@@ -296,4 +353,5 @@ void decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, con
             tile_matmul_multi(&M->head, 1, &S.qD, n_out, logits, M->head->n, &team);
         }
     }
+    return failed;
 }

@@ -38,12 +38,27 @@ typedef struct {
     int64_t group;              /* its KV group: which of the step's slot and context tables address its cache */
 } dlayer_t;
 
+/* What a tensor-parallel rank gathers from every rank (`dmodel_t.gather`): the attention output's columns (its
+   heads), attn_output's output rows, the FFN activation's columns, ffn_down's output rows. */
+enum { FP_GATHER_ATT = 0, FP_GATHER_O = 1, FP_GATHER_FF = 2, FP_GATHER_DOWN = 3 };
+
+/* The all-gather of a tensor-parallel rank: `local` (rows, this rank's width of `what`) -> `full` (rows, every
+   rank's width side by side, in rank order). Returns 0, or nonzero on failure (the step then skips every later
+   gather and the caller reports the error). */
+typedef int (*fp_gather_fn)(void* ctx, int64_t what, const float* local, int64_t rows, float* full);
+
 typedef struct {
     int64_t n_layers, d_model, n_ff, n_heads, n_kv, head_dim, rope_dims, neox, act;  /* act 0: SiLU, 1: GELU-tanh */
     float eps, scale;
     const dlayer_t* layers;
     const float* out_norm;      /* final norm and output head: logits of the rows asked for */
     const tmat_t* head;
+    /* Tensor parallelism (gather NULL: one process, and the fields below are unused). n_heads, n_kv and n_ff are
+       then this rank's; o and down hold this rank's d_local output rows over the full q_out_full / n_ff_full
+       input columns, gathered from every rank before them; their output rows are gathered after them. */
+    fp_gather_fn gather;
+    void* gather_ctx;
+    int64_t q_out_full, n_ff_full, d_local;
 } dmodel_t;
 
 /* struct name, then each field: the list fp_abi_layout reports (sizeof, then offsetof per field) */
@@ -56,7 +71,8 @@ typedef struct {
     X(dlayer_t, window) X(dlayer_t, rope) X(dlayer_t, group)                                                     \
     X(dmodel_t, n_layers) X(dmodel_t, d_model) X(dmodel_t, n_ff) X(dmodel_t, n_heads) X(dmodel_t, n_kv)          \
     X(dmodel_t, head_dim) X(dmodel_t, rope_dims) X(dmodel_t, neox) X(dmodel_t, act) X(dmodel_t, eps)              \
-    X(dmodel_t, scale) X(dmodel_t, layers) X(dmodel_t, out_norm) X(dmodel_t, head)
+    X(dmodel_t, scale) X(dmodel_t, layers) X(dmodel_t, out_norm) X(dmodel_t, head) X(dmodel_t, gather)          \
+    X(dmodel_t, gather_ctx) X(dmodel_t, q_out_full) X(dmodel_t, n_ff_full) X(dmodel_t, d_local)
 
 /* ---- entry points ---- */
 
@@ -79,7 +95,7 @@ FP_EXPORT void argmax_rows(const float* x, int64_t rows, int64_t n, int64_t* out
 FP_EXPORT void mask_rows(float* x, int64_t n, const int64_t* idx, int64_t nrows, const uint32_t* bits, int64_t words,
                          uint8_t* empty, int64_t nthreads);
 FP_EXPORT int64_t decoder_workspace(const dmodel_t* M, int64_t B, int64_t lmax, int64_t nthreads);
-FP_EXPORT void decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, const int64_t* slots,
+FP_EXPORT int64_t decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, const int64_t* slots,
                             const int64_t* ctx, int64_t ctx_stride, int64_t ctx_group_stride, const int64_t* seq,
                             const int64_t* lens, const int64_t* out_rows, int64_t n_out, float* logits, void* ws,
                             int64_t nthreads);
