@@ -113,6 +113,17 @@ class LocalClient:
         self.dead, self.die_after = False, None
 
 
+class RestartingClient(LocalClient):
+    """A `LocalClient` that reports a process id, so a test can swap its process as Ray restarts a replica."""
+
+    process = 1000
+
+    async def pid(self) -> int:
+        if self.dead:
+            raise ConnectionError("the replica's process died")
+        return self.process
+
+
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory) -> str:
     return str(write_tiny_model(tmp_path_factory.mktemp("replicas") / "llama.gguf", "llama", tile_types=True))
@@ -127,9 +138,9 @@ def deployment(tiny_path):
         r.close()
 
 
-def make_app(deployment, api_key: str | None = None):
+def make_app(deployment, api_key: str | None = None, client=LocalClient):
     engine, replicas = deployment
-    clients = [LocalClient(r) for r in replicas]
+    clients = [client(r) for r in replicas]
     front = FrontLLM(engine, len(clients))
     replica_set = ReplicaSet(clients, front.engine.validate, front.engine.validate_embed, 16)
     config = ServerConfig(engine=engine, api_keys=(api_key,) if api_key else ())
@@ -227,3 +238,30 @@ def test_fake_deployment_dead_replica_ends_its_requests_with_503(deployment):
 
     run(scenario, app)
     assert replica_set.router.load == [0, 0]
+
+
+def test_a_replica_replaced_between_polls_forgets_its_prefixes_and_shows_its_new_process(deployment):
+    """Ray may replace a replica's process while no request runs on it: nothing fails, only its process id
+    changes. Its prefix cache went with the old process, so the router must stop sending that prefix there."""
+    app, clients, replica_set = make_app(deployment, client=RestartingClient)
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        async def pids_shown(c: httpx.AsyncClient) -> bool:
+            return [r["pid"] for r in (await c.get("/health")).json()["replicas"]] == [1000, 1000]
+
+        assert await until(pids_shown, client)
+        first = await complete(client, SHARED + [7])
+        assert first.status_code == 200
+        holder = next(i for i, c in enumerate(clients) if c.served)
+        assert replica_set.router.holds_prefix(holder, SHARED + [8])
+        clients[holder].process = 2000  # the replica restarted between two polls
+
+        async def new_pid_shown(c: httpx.AsyncClient) -> bool:
+            return (await c.get("/health")).json()["replicas"][holder]["pid"] == 2000
+
+        assert await until(new_pid_shown, client)
+        assert not replica_set.router.holds_prefix(holder, SHARED + [8])
+        health = (await client.get("/health")).json()
+        assert health["status"] == "ok" and "replaced" in (replica_set.last_error[holder] or "")
+
+    run(scenario, app)

@@ -256,13 +256,17 @@ class ReplicaSet:
         client, asked = self.clients[i], time.monotonic()
         try:
             stats = await asyncio.wait_for(client.stats(), STATS_TIMEOUT_S)
-            if (self.pids[i] is None or not self.router.up[i]) and hasattr(client, "pid"):
-                self.pids[i] = await asyncio.wait_for(client.pid(), STATS_TIMEOUT_S)
+            pid = await asyncio.wait_for(client.pid(), STATS_TIMEOUT_S) if hasattr(client, "pid") else None
         except Exception as e:  # noqa: BLE001 - any failure: down until it answers again
             self._mark_down(i, repr(e))
             return
         if asked < self.down_since[i]:  # an answer from before the replica failed
             return
+        if pid is not None and self.pids[i] not in (None, pid) and self.router.up[i]:
+            # its process was replaced between two polls (no request saw it die): what it cached is gone
+            self._mark_down(i, f"replaced: process {self.pids[i]} ended, {pid} took its place")
+        if pid is not None:
+            self.pids[i] = pid
         if not self.router.up[i]:
             logger.info("replica %d is up", i)
         self.router.mark_up(i)

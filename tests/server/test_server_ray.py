@@ -27,7 +27,8 @@ def replica_samples(server: ServerProcess, name: str) -> dict[int, float]:
     }
 
 
-def wait_for(check, timeout_s: float, what: str) -> None:
+def wait_for(check, timeout_s: float, what: str, seen=lambda: None) -> None:
+    """Wait until check() holds; on timeout the error names `what` and the last of `seen()` (e.g. /health)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -36,7 +37,11 @@ def wait_for(check, timeout_s: float, what: str) -> None:
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise TimeoutError(what)
+    try:
+        last = seen()
+    except httpx.HTTPError as e:
+        last = repr(e)
+    raise TimeoutError(f"{what}; last seen: {last}")
 
 
 def outcome(fn) -> str:
@@ -104,5 +109,5 @@ def test_replicas_stream_route_by_prefix_and_survive_a_dead_replica(ray_server, 
         replicas = s.get("/health").json()["replicas"]
         return all(r["healthy"] for r in replicas) and replicas[0]["pid"] not in (None, victim)
 
-    wait_for(healthy_again, 240, "2 healthy replicas after the kill")
+    wait_for(healthy_again, 240, "2 healthy replicas after the kill", lambda: s.get("/health").json())
     assert chat(1)
