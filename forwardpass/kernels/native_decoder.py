@@ -17,7 +17,7 @@ from __future__ import annotations
 import ctypes
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import torch
@@ -94,25 +94,31 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _split_widths(specs: list[LayerSpec], gather: StepGather) -> tuple[list[int], list[int], list[int]] | None:
-    """Every rank's (attention output columns, FFN columns, output rows of attn_output / ffn_down), the same in
-    every layer; None where a layer's o or down is not split by output rows."""
-    found: set[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = set()
+Widths = tuple[list[int], list[int], list[int]]
+
+
+def _rank_specs(specs: list[LayerSpec], gather: StepGather) -> tuple[list[LayerSpec], Widths] | None:
+    """A tensor-parallel rank's layers: each with the rank's own `attn_output` / `ffn_down` (its output rows), and
+    every rank's (attention output columns, FFN columns, output rows of those two), the same in every layer; None
+    where a layer's o or down is not split by output rows."""
+    local, found = [], set()
     for s in specs:
         o, down = gather.split(s.o), gather.split(s.down)
         if o is None or down is None or o[2] != down[2]:
             return None
+        local.append(replace(s, o=o[0], down=down[0]))
         found.add((tuple(o[1]), tuple(down[1]), tuple(o[2])))
     if len(found) != 1:
         return None
     q, ff, rows = found.pop()
-    return list(q), list(ff), list(rows)
+    return local, (list(q), list(ff), list(rows))
 
 
 class NativeDecoder:
     """The step of every layer for a batch of tokens in one call. `rope_index[i]`: which of the step's rope
     tables layer i uses; `lm_head` and `output_norm`: the head, computed in the same call where it is tiled.
-    `gather`: a tensor-parallel rank's (`shape` then holds the rank's heads and FFN columns)."""
+    `gather` and `widths`: a tensor-parallel rank's (`shape` then holds the rank's heads and FFN columns, `specs`
+    its own rows of attn_output / ffn_down: `_rank_specs`)."""
 
     def __init__(
         self,
@@ -124,13 +130,13 @@ class NativeDecoder:
         output_norm: torch.Tensor,
         lib: NativeLibrary,
         gather: StepGather | None = None,
+        widths: Widths | None = None,
     ) -> None:
         c = shape
         self.lib = lib
-        widths = _split_widths(specs, gather) if gather is not None else None
-        if gather is not None:
-            if widths is None:
-                raise ValueError("attn_output / ffn_down are not split by output rows")
+        if (gather is None) != (widths is None):
+            raise ValueError("a tensor-parallel step needs both its gather and the ranks' widths")
+        if gather is not None and widths is not None:
             q, ff, rows = widths
             r = gather.rank
             if q[r] != c.n_heads * c.head_dim or ff[r] != c.n_ff or sum(rows) != c.d_model:
@@ -146,12 +152,11 @@ class NativeDecoder:
         for i, spec in enumerate(specs):
             qkv, qkv_biases = _tiles(spec.qkv)
             gu, gu_biases = _tiles(spec.gate_up)
-            o_lin, down_lin = (gather.split(spec.o)[0], gather.split(spec.down)[0]) if gather else (spec.o, spec.down)
-            (o,), (o_bias,) = _tiles(o_lin)
-            (down,), (down_bias,) = _tiles(down_lin)
+            (o,), (o_bias,) = _tiles(spec.o)
+            (down,), (down_bias,) = _tiles(spec.down)
             if any(b is not None for b in gu_biases + [o_bias, down_bias]):
                 raise ValueError("biases outside q, k, v are not supported by the native step")
-            if widths is not None:  # this rank's output rows of each, over every rank's gathered input columns
+            if gather is not None and widths is not None:  # the rank's output rows over every rank's input columns
                 q, ff, rows = widths
                 if (o.n, o.k, down.n, down.k) != (rows[gather.rank], sum(q), rows[gather.rank], sum(ff)):
                     raise ValueError("attn_output / ffn_down do not hold this rank's rows over the gathered input")
@@ -250,19 +255,20 @@ class NativeDecoder:
             return None
         if c.d_model % 32 or c.head_dim % 16:
             return None
-        if any(s is None for s in specs):
+        layers = [s for s in specs if s is not None]
+        if len(layers) != len(specs):
             return None
-        for s in specs:
-            o, down = s.o, s.down
-            if gather is not None:
-                parts = gather.split(o), gather.split(down)
-                if parts[0] is None or parts[1] is None:
-                    return None
-                o, down = parts[0][0], parts[1][0]
-            if any(_tiles(lin) is None for lin in (s.qkv, o, s.gate_up, down)):
+        widths = None
+        if gather is not None:
+            ranked = _rank_specs(layers, gather)
+            if ranked is None:
+                return None
+            layers, widths = ranked
+        for s in layers:
+            if any(_tiles(lin) is None for lin in (s.qkv, s.o, s.gate_up, s.down)):
                 return None
         try:
-            return cls(shape, specs, rope_index, rope_neox, lm_head, output_norm, lib, gather)
+            return cls(shape, layers, rope_index, rope_neox, lm_head, output_norm, lib, gather, widths)
         except ValueError:
             return None
 

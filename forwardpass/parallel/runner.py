@@ -4,7 +4,8 @@ processes started with torch.multiprocessing (spawn) that hold their part of the
 Each step rank 0 sends the typed step (`SeqChunk`s, without logits) to every worker over a pipe, then every rank
 runs the same forward pass on its heads and FFN columns, meeting in the all-gathers around `attn_output` and `ffn_down`
 (`shard.py`): on a CPU with the native kernels every rank runs the one-call native step (its C code calls back for
-the gathers), elsewhere the per-layer path; every rank runs the same one (checked once every rank has loaded). Rank 0 computes the logits (the head is replicated) and samples. The pipes carry commands only;
+the gathers), elsewhere the per-layer path; every rank runs the same one (checked once every rank has loaded).
+Rank 0 computes the logits (the head is replicated) and samples. The pipes carry commands only;
 a worker waits on its pipe without a timeout (an idle server is fine) and exits when rank 0's end closes, so
 workers never outlive their engine. A worker that dies fails rank 0's next collective at once (its connections
 close); rank 0 then raises `TensorParallelError` with the worker's traceback or exit code, never hangs.

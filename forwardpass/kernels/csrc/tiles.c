@@ -270,6 +270,13 @@ FP_INLINE void tile_scales(const tmat_t* W, int64_t rt, int64_t g, int64_t G, co
 
 #define PREFETCH_TILES 4
 
+/* the codes of the tile PREFETCH_TILES ahead of tile tg (many tokens per tile make too slow a consumer for the
+   hardware prefetcher to stay ahead) */
+FP_INLINE void prefetch_ahead(const tmat_t* W, int64_t tg, const int BITS) {
+    const uint8_t* c = W->codes + (tg + PREFETCH_TILES) * (BITS == 8 ? 512 : 256);
+    for (int l = 0; l < (BITS == 8 ? 8 : 4); l++) PREFETCH(c + 64 * l);
+}
+
 /* rows of tile rt for tokens t0 .. t0 + TN - 1: y[t, 16 rt + r]. The tile's codes are decoded once for the TN
    tokens; each token's sums run in the same order whatever TN (the result of a token never depends on TN). */
 FP_INLINE void tile_block(const tmat_t* W, int64_t rt, const qact_t* X, int64_t t0, const int TN, float* y,
@@ -283,10 +290,7 @@ FP_INLINE void tile_block(const tmat_t* W, int64_t rt, const qact_t* X, int64_t 
 #pragma GCC unroll 16
     for (int i = 0; i < TN; i++) acc[i] = v_zero();
     for (int64_t g = 0; g < G; g++, xq += 32 * LD, dx += LD, sx += LD, s16 += 2 * LD) {
-        if (TN >= 8) {  /* many tokens per tile: too slow a consumer for the hardware prefetcher to stay ahead */
-            const uint8_t* c = W->codes + (rt * G + g + PREFETCH_TILES) * (BITS == 8 ? 512 : 256);
-            for (int l = 0; l < (BITS == 8 ? 8 : 4); l++) PREFETCH(c + 64 * l);
-        }
+        if (TN >= 8) prefetch_ahead(W, rt * G + g, BITS);
         TOP op[8];
         tile_ops(W, rt * G + g, BITS, op);
         V dw, mw = v_zero();
@@ -382,10 +386,7 @@ FP_INLINE void tile_block_halves(const tmat_t* W, int64_t rt, const qact_t* X, i
 #pragma GCC unroll 8
         for (int i = 0; i < TN; i++) acc[i] = _mm256_setzero_ps();
         for (int64_t g = 0; g < G; g++, xq += 32 * LD, dx += LD, sx += LD, s16 += 2 * LD) {
-            if (h == 0) {
-                const uint8_t* c = W->codes + (rt * G + g + PREFETCH_TILES) * (BITS == 8 ? 512 : 256);
-                for (int l = 0; l < (BITS == 8 ? 8 : 4); l++) PREFETCH(c + 64 * l);
-            }
+            if (h == 0) prefetch_ahead(W, rt * G + g, BITS);
             __m256i op[8], mag[8];
             half_ops(W, rt * G + g, BITS, h, op, mag);
             V dw2, mw2 = v_zero();
