@@ -5,8 +5,8 @@
 #include "forwardpass.h"
 #include "fp_simd.h"
 
-/* tokens of K columns quantized, group-major with room for `ld` tokens: q (K / 32, ld, 32) int8, dx and sx
-   (K / 32, ld), s16 (K / 32, ld, 2) */
+/* tokens of K columns quantized, the codes group-major with room for `ld` tokens: q (K / 32, ld, 32) int8; the
+   scales token-major: dx and sx (ld, K / 32), s16 (ld, K / 32, 2) */
 typedef struct { int8_t* q; float* dx; float* sx; int32_t* s16; int64_t k, ld; } qact_t;
 
 /* How the row tiles of a matmul are shared out: each thread starts on its own contiguous part (one stream the

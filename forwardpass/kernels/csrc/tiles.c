@@ -21,9 +21,11 @@ tile's scales apply lane by lane: per row, never a horizontal sum inside the loo
   Each reproduces the GGUF weight exactly (the dequantizer here is bit-exact with gguf-py's).
 
 Activations are quantized per token and 32 columns to int8 (`quantize_rows`: q = round(x / dx), dx = max|x| / 127,
-as llama.cpp's q8_0), keeping dx, sx = dx * sum(q) and the integer sums of each 16 columns. They are stored group
-by group: the 32 codes of column group g for tokens 0, 1, 2 ... follow each other (and so do dx, sx, sums), so the
-kernel reaches any token of a block at a constant offset from one pointer. A row's output is
+as llama.cpp's q8_0), keeping dx, sx = dx * sum(q) and the integer sums of each 16 columns. The codes are stored
+group by group (the 32 codes of column group g for tokens 0, 1, 2 ... follow each other), dx, sx and the sums token
+by token, so the kernel reaches any token of a block at a constant offset from one pointer each. (The step's threads
+quantize whole tokens: one group's scales of every token in one cache line made the threads take that line from
+each other at every group, 12% of a 16-token step.) A row's output is
 
     y = sum over tiles of  float(dot(code, q)) * (d * dx)  +  m * sx
 
@@ -45,11 +47,11 @@ static inline void quantize_group(const float* xg, int64_t t, int64_t g, const q
     const float amax = v_hmax(v_max(v_abs(x0), v_abs(x1)));
     const float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
     const VI q0 = v_to_vi(v_mul(x0, v_set1(id))), q1 = v_to_vi(v_mul(x1, v_set1(id)));
-    const int64_t at = g * a->ld + t;
-    int8_t* qg = a->q + at * 32;
+    int8_t* qg = a->q + (g * a->ld + t) * 32;
     vi_store_i8(qg, q0);
     vi_store_i8(qg + 16, q1);
     const int32_t s0 = vi_hsum(q0), s1 = vi_hsum(q1);
+    const int64_t at = t * (a->k / 32) + g;
     a->s16[2 * at] = s0;
     a->s16[2 * at + 1] = s1;
     a->dx[at] = d;
@@ -282,14 +284,14 @@ FP_INLINE void prefetch_ahead(const tmat_t* W, int64_t tg, const int BITS) {
 FP_INLINE void tile_block(const tmat_t* W, int64_t rt, const qact_t* X, int64_t t0, const int TN, float* y,
                           int64_t ldy, const int BITS, const int SM) {
     const int64_t G = W->k / 32, LD = X->ld;
-    /* token i of column group g: codes at xq + 32 i, scales at dx[i], sx[i], sums at s16[2 i] (constant offsets) */
+    /* token i of column group g: codes at xq + 32 i, scales at dx[i G], sx[i G], sums at s16[2 i G] */
     const int8_t* xq = X->q + t0 * 32;
-    const float *dx = X->dx + t0, *sx = X->sx + t0;
-    const int32_t* s16 = X->s16 + 2 * t0;
+    const float *dx = X->dx + t0 * G, *sx = X->sx + t0 * G;
+    const int32_t* s16 = X->s16 + 2 * t0 * G;
     V acc[16];
 #pragma GCC unroll 16
     for (int i = 0; i < TN; i++) acc[i] = v_zero();
-    for (int64_t g = 0; g < G; g++, xq += 32 * LD, dx += LD, sx += LD, s16 += 2 * LD) {
+    for (int64_t g = 0; g < G; g++, xq += 32 * LD, dx++, sx++, s16 += 2) {
         if (TN >= 8) prefetch_ahead(W, rt * G + g, BITS);
         TOP op[8];
         tile_ops(W, rt * G + g, BITS, op);
@@ -299,17 +301,17 @@ FP_INLINE void tile_block(const tmat_t* W, int64_t rt, const qact_t* X, int64_t 
 #pragma GCC unroll 16
         for (int i = 0; i < TN; i++) {
             const int8_t* xi = xq + 32 * i;
-            const V dxd = v_mul(dw, v_set1(dx[i]));
+            const V dxd = v_mul(dw, v_set1(dx[i * G]));
             if (SM == SM_K6) {  /* each half of the columns has its own integer scale */
                 VI a = tile_dot(op, xi, 0, 4, BITS), b = tile_dot(op, xi, 4, 8, BITS);
-                a = vi_mullo(vi_sub(a, vi_set1(32 * s16[2 * i])), sca);
-                b = vi_mullo(vi_sub(b, vi_set1(32 * s16[2 * i + 1])), scb);
+                a = vi_mullo(vi_sub(a, vi_set1(32 * s16[2 * i * G])), sca);
+                b = vi_mullo(vi_sub(b, vi_set1(32 * s16[2 * i * G + 1])), scb);
                 acc[i] = v_fma(vi_to_v(vi_add(a, b)), dxd, acc[i]);
             } else {
                 VI a = tile_dot(op, xi, 0, 8, BITS);
-                if (SIGNED_8BIT && BITS == 8) a = vi_add(a, vi_set1(128 * (s16[2 * i] + s16[2 * i + 1])));
+                if (SIGNED_8BIT && BITS == 8) a = vi_add(a, vi_set1(128 * (s16[2 * i * G] + s16[2 * i * G + 1])));
                 acc[i] = v_fma(vi_to_v(a), dxd, acc[i]);
-                acc[i] = v_fma(mw, v_set1(sx[i]), acc[i]);
+                acc[i] = v_fma(mw, v_set1(sx[i * G]), acc[i]);
             }
         }
     }
@@ -380,12 +382,12 @@ FP_INLINE void tile_block_halves(const tmat_t* W, int64_t rt, const qact_t* X, i
     const int64_t G = W->k / 32, LD = X->ld;
     for (int h = 0; h < 2; h++) {
         const int8_t* xq = X->q + t0 * 32;
-        const float *dx = X->dx + t0, *sx = X->sx + t0;
-        const int32_t* s16 = X->s16 + 2 * t0;
+        const float *dx = X->dx + t0 * G, *sx = X->sx + t0 * G;
+        const int32_t* s16 = X->s16 + 2 * t0 * G;
         __m256 acc[8];
 #pragma GCC unroll 8
         for (int i = 0; i < TN; i++) acc[i] = _mm256_setzero_ps();
-        for (int64_t g = 0; g < G; g++, xq += 32 * LD, dx += LD, sx += LD, s16 += 2 * LD) {
+        for (int64_t g = 0; g < G; g++, xq += 32 * LD, dx++, sx++, s16 += 2) {
             if (h == 0) prefetch_ahead(W, rt * G + g, BITS);
             __m256i op[8], mag[8];
             half_ops(W, rt * G + g, BITS, h, op, mag);
@@ -397,18 +399,18 @@ FP_INLINE void tile_block_halves(const tmat_t* W, int64_t rt, const qact_t* X, i
 #pragma GCC unroll 8
             for (int i = 0; i < TN; i++) {
                 const int8_t* xi = xq + 32 * i;
-                const __m256 dxd = _mm256_mul_ps(dw, _mm256_set1_ps(dx[i]));
+                const __m256 dxd = _mm256_mul_ps(dw, _mm256_set1_ps(dx[i * G]));
                 if (SM == SM_K6) {
                     __m256i a = half_dot(op, mag, xi, 0, 4, BITS), b = half_dot(op, mag, xi, 4, 8, BITS);
-                    a = _mm256_mullo_epi32(_mm256_sub_epi32(a, _mm256_set1_epi32(32 * s16[2 * i])), sca);
-                    b = _mm256_mullo_epi32(_mm256_sub_epi32(b, _mm256_set1_epi32(32 * s16[2 * i + 1])), scb);
+                    a = _mm256_mullo_epi32(_mm256_sub_epi32(a, _mm256_set1_epi32(32 * s16[2 * i * G])), sca);
+                    b = _mm256_mullo_epi32(_mm256_sub_epi32(b, _mm256_set1_epi32(32 * s16[2 * i * G + 1])), scb);
                     acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(a, b)), dxd, acc[i]);
                 } else {
                     __m256i a = half_dot(op, mag, xi, 0, 8, BITS);
                     if (BITS == 8)
-                        a = _mm256_add_epi32(a, _mm256_set1_epi32(128 * (s16[2 * i] + s16[2 * i + 1])));
+                        a = _mm256_add_epi32(a, _mm256_set1_epi32(128 * (s16[2 * i * G] + s16[2 * i * G + 1])));
                     acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), dxd, acc[i]);
-                    acc[i] = _mm256_fmadd_ps(mw, _mm256_set1_ps(sx[i]), acc[i]);
+                    acc[i] = _mm256_fmadd_ps(mw, _mm256_set1_ps(sx[i * G]), acc[i]);
                 }
             }
         }
