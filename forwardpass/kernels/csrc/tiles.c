@@ -199,9 +199,16 @@ FP_INLINE void top_store(uint8_t* p, TOP op, const int BITS) {
 FP_INLINE VI tile_dot(const TOP* op, const int8_t* xi, const int o0, const int o1, const int BITS) {
 #if defined(FP_AVX512)
     (void)BITS;
-    __m512i a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), op[o0], _mm512_set1_epi32(load_i32(xi + 4 * o0)));
-    for (int o = o0 + 1; o < o1; o++) a = _mm512_dpbusd_epi32(a, op[o], _mm512_set1_epi32(load_i32(xi + 4 * o)));
-    return a;
+    /* two chains (even and odd operands) summed at the end: a token's sum waits on half as many vpdpbusd
+       latencies, and the integer is the same (16-token step 0.89x) */
+    __m512i a = _mm512_setzero_si512(), b = a;
+    int o = o0;
+    for (; o + 1 < o1; o += 2) {
+        a = _mm512_dpbusd_epi32(a, op[o], _mm512_set1_epi32(load_i32(xi + 4 * o)));
+        b = _mm512_dpbusd_epi32(b, op[o + 1], _mm512_set1_epi32(load_i32(xi + 4 * o + 4)));
+    }
+    if (o < o1) a = _mm512_dpbusd_epi32(a, op[o], _mm512_set1_epi32(load_i32(xi + 4 * o)));
+    return _mm512_add_epi32(a, b);
 #elif defined(FP_AVX2) && defined(FP_AVXVNNI)
     (void)BITS;
     __m256i ra = _mm256_setzero_si256(), rb = _mm256_setzero_si256();
@@ -270,7 +277,7 @@ FP_INLINE void tile_scales(const tmat_t* W, int64_t rt, int64_t g, int64_t G, co
 
 /* ---- the kernel ---- */
 
-#define PREFETCH_TILES 4
+#define PREFETCH_TILES 8
 
 /* the codes of the tile PREFETCH_TILES ahead of tile tg (many tokens per tile make too slow a consumer for the
    hardware prefetcher to stay ahead) */
