@@ -91,10 +91,14 @@ def test_native_step_matches_the_pytorch_layers(tiny, native_kernels):
     assert agreement.mean_kl <= 1e-2 and agreement.top1 >= 0.9, agreement
 
 
-def test_native_step_is_batch_invariant(tiny, native_kernels):
+@pytest.mark.parametrize("n_seqs", [3, 6])
+def test_native_step_is_batch_invariant(tiny, native_kernels, n_seqs):
+    """3 sequences on 2 threads: the attention shared out per (token, KV head); 6: per token, with its row of
+    attn_output's input quantized in the same unit. Either way a token's logits are those it gets alone."""
     path, _ = tiny
-    llm = LLM(path, kernels=native_kernels)
-    together, alone = decode_step_together_and_alone(llm, [IDS[:12], IDS[5:20], IDS[3:7]])
+    llm = LLM(path, kernels=native_kernels, threads=2)
+    prompts = [IDS[:12], IDS[5:20], IDS[3:7], IDS[1:9], IDS[10:29], IDS[:2]][:n_seqs]
+    together, alone = decode_step_together_and_alone(llm, prompts)
     assert torch.equal(together, alone)
 
 
