@@ -2,7 +2,7 @@
 """Paired A/B timing of two builds of the native library in one process: the model loads once, then decode
 steps (and prompt passes) alternate between build A and build B, so machine noise hits both alike.
 
-    python scripts/ab_native.py MODEL --a OLD_CSRC_DIR [--b NEW_CSRC_DIR] [--variant avx2] [--batch 1]
+    python scripts/ab_native.py MODEL --a OLD_CSRC_DIR [--b NEW_CSRC_DIR] [--variant avx2] [--batch 1] [--context 1]
 
 A csrc folder is compiled as the variant's build would be (default B: this checkout's). Prints each build's
 median step time and B/A.
@@ -48,6 +48,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--steps", type=int, default=10, help="decode steps per round and build")
     ap.add_argument("--prompt-tokens", type=int, default=0, help="also time prompt passes of this many tokens")
+    ap.add_argument("--context", type=int, default=1, help="tokens each sequence holds before the timed steps")
     args = ap.parse_args()
     llm = LLM(args.model, threads=args.threads, cpu=args.variant)
     variant = llm.kernels.variant
@@ -59,10 +60,11 @@ def main() -> int:
         decoder = llm.model.native_decoder
         ids = llm.tokenizer.encode("The quick brown fox jumps over the lazy dog. " * 200)
         times: dict[str, list[float]] = {"A": [], "B": [], "pA": [], "pB": []}
-        n = args.steps * args.rounds + 2
+        n = args.context + args.steps + 2
         with llm.engine.scratch_blocks(n + 1, args.batch) as tables:
-            llm.runner.run([SeqChunk([ids[b]], 0, t, Logits.LAST) for b, t in enumerate(tables)])
-            pos = 1
+            for b, t in enumerate(tables):
+                llm.runner.run([SeqChunk(ids[b : b + args.context], 0, t, Logits.LAST)])
+            pos = args.context
             for r in range(args.rounds):
                 for name in "AB" if r % 2 == 0 else "BA":
                     decoder.lib = libs[name]

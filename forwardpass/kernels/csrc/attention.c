@@ -44,9 +44,14 @@ FP_INLINE void attend_vec(const float* qv, const uint16_t* k, const uint16_t* v,
     for (int g = 0; g < G; g++) mxv[g] = v_set1(-INFINITY);
     for (int64_t jb = 0; jb < n; jb += 16) {
         const int cnt = n - jb < 16 ? (int)(n - jb) : 16;
-        for (int64_t j = jb + 16; j < jb + 32 && j < n; j++) {  /* the next block's keys: scattered rows */
-            const char* kp = (const char*)(k + (slots[start + j] * kv_heads + kvh) * dim);
-            for (int64_t b = 0; b < 2 * dim; b += 64) PREFETCH(kp + b);
+        /* the next block's keys and values (the first block's too): scattered rows; the values are read after the
+           softmax, by when they have arrived */
+        for (int64_t j = jb ? jb + 16 : 0; j < jb + 32 && j < n; j++) {
+            const int64_t at = (slots[start + j] * kv_heads + kvh) * dim;
+            for (int64_t b = 0; b < 2 * dim; b += 64) {
+                PREFETCH((const char*)(k + at) + b);
+                PREFETCH((const char*)(v + at) + b);
+            }
         }
         V acc[4][16];
         for (int jj = 0; jj < 16; jj++) {
@@ -96,10 +101,6 @@ FP_INLINE void attend_vec(const float* qv, const uint16_t* k, const uint16_t* v,
         for (int g = 0; g < G; g++)
             for (int i = 0; i < 4; i++) o[g][i] = v_zero();
         for (int64_t j = 0; j < n; j++) {
-            if (i0 == 0 && j + 8 < n) {
-                const char* vn = (const char*)(v + (slots[start + j + 8] * kv_heads + kvh) * dim);
-                for (int64_t b = 0; b < 2 * dim; b += 64) PREFETCH(vn + b);
-            }
             const uint16_t* vp = v + (slots[start + j] * kv_heads + kvh) * dim + 16 * i0;
             for (int i = 0; i < 4; i++) {
                 const V vv = v_load_bf16(vp + 16 * i);
