@@ -6,6 +6,9 @@ min_tokens masking, the grammar mask of constrained rows (structured output); th
 and the others go through temperature, top-k, top-p, min-p and a draw from their own ``torch.Generator``. A row's
 token therefore depends only on its logits, its params and its generator, never on what else is in the batch.
 
+Rows with a temperature and no top-k, top-p or min-p may draw through `sample_plain` instead (the native
+kernels' `sample_rows` on CPU): the same draw from the same uniform numbers, computed in one pass per row.
+
 The same code runs on CPU and CUDA tensors. On CUDA the only device -> host sync is the single ``.tolist()`` at
 the end; small parameter tensors go host -> device through pinned memory so that they do not sync either. (On
 CPU, top-p also reads one flag back to avoid a full sort, which costs nothing there.)
@@ -195,9 +198,11 @@ class Sampler:
         self,
         argmax: Callable[[torch.Tensor], torch.Tensor] = torch_argmax,
         mask_rows: Callable[[torch.Tensor, list[int], np.ndarray], np.ndarray] | None = None,
+        sample_plain: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.argmax = argmax
         self.mask_rows = mask_rows
+        self.sample_plain = sample_plain
 
     def sample(self, logits: torch.Tensor, rows: Sequence[SamplingState]) -> SamplerOutput:
         """Pick one token per row of ``logits`` (B, V), append it to that row's state, and return them.
@@ -205,7 +210,7 @@ class Sampler:
         ``logits`` is not modified. Raises ``ValueError`` on a shape mismatch or an out-of-vocabulary id.
         """
         raw = self.apply_logits_processors(logits, rows)  # binds rows, validates the shape
-        tokens = _choose_tokens(raw, rows, self.argmax)  # (B,) int64
+        tokens = _choose_tokens(raw, rows, self.argmax, self.sample_plain)  # (B,) int64
         logprobs = log_softmax_if_needed(logits, rows)
         out = gather_output(tokens, logprobs, rows)
         for state, token in zip(rows, out.token_ids):
@@ -350,9 +355,39 @@ def target_probs(x: torch.Tensor, rows: Sequence[SamplingState]) -> torch.Tensor
     return x.softmax(dim=-1)
 
 
-def _sample_random(x: torch.Tensor, rows: Sequence[SamplingState]) -> torch.Tensor:
-    """`target_probs`, then one draw per row from its own generator. x (R, V) -> (R,)."""
-    return draw(target_probs(x, rows), rows)
+def _sample_random(
+    x: torch.Tensor, rows: Sequence[SamplingState], sample_plain: Callable[..., torch.Tensor] | None = None
+) -> torch.Tensor:
+    """`target_probs`, then one draw per row from its own generator. x (R, V) -> (R,). Rows with a temperature
+    only go through `sample_plain` (CPU float32 logits), which draws the same way from the same numbers."""
+    if sample_plain is None or x.device.type != "cpu" or x.dtype != torch.float32:
+        return draw(target_probs(x, rows), rows)
+    plain = [_plain(s.params, x.shape[1]) for s in rows]
+    if not any(plain):
+        return draw(target_probs(x, rows), rows)
+    temps = torch.tensor([s.params.temperature for s in rows], dtype=torch.float32)
+    if all(plain):
+        return sample_plain(x, temps, _uniforms(rows, x.device))
+    tokens = torch.empty(len(rows), dtype=torch.int64)
+    easy = [i for i, p in enumerate(plain) if p]
+    rest = [i for i, p in enumerate(plain) if not p]
+    tokens[easy] = sample_plain(x[easy], temps[easy], _uniforms([rows[i] for i in easy], x.device))
+    others = [rows[i] for i in rest]
+    tokens[rest] = draw(target_probs(x[rest], others), others)
+    return tokens
+
+
+def _plain(params: SamplingParams, vocab: int) -> bool:
+    """A row whose distribution is softmax(x / temperature) alone: no top-k, top-p or min-p."""
+    return (params.top_k <= 0 or params.top_k >= vocab) and params.top_p >= 1.0 and params.min_p == 0.0
+
+
+def _uniforms(rows: Sequence[SamplingState], device: torch.device) -> torch.Tensor:
+    """(R, 2) float32: each row's next two uniform numbers in [0, 1), from its own generator."""
+    u = torch.empty(len(rows), 2, dtype=torch.float32, device=device)
+    for i, state in enumerate(rows):
+        u[i].uniform_(generator=state.generator)
+    return u
 
 
 def draw(probs: torch.Tensor, rows: Sequence[SamplingState]) -> torch.Tensor:
@@ -365,9 +400,7 @@ def draw(probs: torch.Tensor, rows: Sequence[SamplingState]) -> torch.Tensor:
     block's mass. (A float64 CDF would do too, but float64 cumsum is about 8x slower on CPU.)
     """
     n_rows, vocab = probs.shape
-    u = torch.empty(n_rows, 2, dtype=torch.float32, device=probs.device)  # (R, 2)
-    for i, state in enumerate(rows):
-        u[i].uniform_(generator=state.generator)
+    u = _uniforms(rows, probs.device)  # (R, 2)
     if vocab % _DRAW_BLOCK:  # zero-probability padding (vocabularies are usually multiples of 256 already)
         probs = F.pad(probs, (0, -vocab % _DRAW_BLOCK))
     blocks = probs.view(n_rows, -1, _DRAW_BLOCK)  # (R, nb, 256)
@@ -387,17 +420,20 @@ def _inverse_cdf(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 
 def _choose_tokens(
-    x: torch.Tensor, rows: Sequence[SamplingState], argmax: Callable[[torch.Tensor], torch.Tensor]
+    x: torch.Tensor,
+    rows: Sequence[SamplingState],
+    argmax: Callable[[torch.Tensor], torch.Tensor],
+    sample_plain: Callable[..., torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Greedy rows take the argmax (ties -> lowest id); the others are sampled. x (B, V) -> (B,) int64."""
     greedy = [s.params.greedy for s in rows]
     if all(greedy):
         return argmax(x)
     if not any(greedy):
-        return _sample_random(x, rows)
+        return _sample_random(x, rows, sample_plain)
     tokens = argmax(x)
     random_idx = _row_indices([not g for g in greedy], x.device)
-    sampled = _sample_random(x.index_select(0, random_idx), [s for s, g in zip(rows, greedy) if not g])
+    sampled = _sample_random(x.index_select(0, random_idx), [s for s, g in zip(rows, greedy) if not g], sample_plain)
     return tokens.index_copy_(0, random_idx, sampled)
 
 

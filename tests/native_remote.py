@@ -284,6 +284,14 @@ class RemoteLibrary(native.NativeLibrary):
         call.add(out, 8 * rows, output=True)
         self._run(call, "argmax_rows", [(1, x), (0, rows), (0, n), (1, out), (0, nthreads)])
 
+    def sample_rows(self, x, rows, n, temp, u, out, nthreads) -> None:
+        call = Call()
+        call.add(x, 4 * rows * n)
+        call.add(temp, 4 * rows)
+        call.add(u, 8 * rows)
+        call.add(out, 8 * rows, output=True)
+        self._run(call, "sample_rows", [(1, x), (0, rows), (0, n), (1, temp), (1, u), (1, out), (0, nthreads)])
+
     def _model(self, call: Call, m_addr: int, caches: dict[int, int]) -> native.DModel:
         m = native.DModel.from_address(m_addr)
         call.add(m_addr, ctypes.sizeof(native.DModel), native.DModel)

@@ -45,6 +45,8 @@ from forwardpass.kernels.repack import (
 from forwardpass.kernels.tiles import TILE_TYPES
 from forwardpass.models.base import LoadOptions
 from forwardpass.models.registry import load_model
+from forwardpass.sampler import SamplingState, _uniforms, draw, target_probs
+from forwardpass.sampling import SamplingParams
 
 ALL_TYPES = [
     T.F32,
@@ -383,6 +385,48 @@ def test_argmax_rows_special_values(native_lib):
     assert argmax_rows(x)[2] == 70 and argmax_rows(x)[3] == 5
     assert torch.equal(argmax_rows(x[:, ::2]), x[:, ::2].argmax(-1))  # not contiguous
     assert torch.equal(argmax_rows(x.double()), x.double().argmax(-1))  # falls back to torch
+
+
+def _seeded_rows(params: list[SamplingParams], vocab: int) -> list[SamplingState]:
+    rows = [SamplingState(p) for p in params]
+    for row in rows:
+        row.bind(vocab, torch.device("cpu"))
+    return rows
+
+
+@pytest.mark.parametrize("rows, vocab", [(16, 49152), (64, 1000), (64, 300), (64, 17)])
+def test_sample_rows_draws_as_the_sampler_does(native_lib, rows, vocab):
+    """The native draw from softmax(x / T), against the sampler's PyTorch path with the same uniform numbers:
+    the same tokens (up to float rounding at a boundary, which these rows never meet), never a masked one."""
+    gen = torch.Generator().manual_seed(vocab)
+    x = torch.randn(rows, vocab, generator=gen) * 4
+    x[:, 3::7] = float("-inf")  # masked out: must never be drawn
+    params = [SamplingParams(temperature=0.2 + 0.05 * i, seed=i) for i in range(rows)]
+    a = _seeded_rows(params, vocab)
+    reference = draw(target_probs(x, a), a)
+    temps = torch.tensor([p.temperature for p in params])
+    u = _uniforms(_seeded_rows(params, vocab), x.device)
+    got = native_lib.sample(x, temps, u)
+    assert torch.equal(got, reference)
+    assert not bool(((got % 7 == 3) & (got >= 3)).any())
+    for r in (0, rows // 2, rows - 1):  # a row alone draws what it draws in the batch
+        assert native_lib.sample(x[r : r + 1], temps[r : r + 1], u[r : r + 1]).item() == got[r].item()
+
+
+def test_sample_rows_frequencies_and_special_rows(native_lib):
+    logits = torch.tensor([0.0, 1.0, 2.0, -1.0, float("-inf"), 0.5] * 3)  # 18 tokens: a vector and a tail
+    n = 20000
+    u = torch.rand(n, 2, generator=torch.Generator().manual_seed(5))
+    tokens = native_lib.sample(logits.repeat(n, 1), torch.full((n,), 0.8), u)
+    freq = torch.bincount(tokens, minlength=18).double() / n
+    assert (freq - (logits / 0.8).softmax(-1).double()).abs().max().item() < 0.01
+    assert freq[4::6].sum().item() == 0.0  # the -inf tokens
+    special = torch.full((3, 40), float("-inf"))
+    special[1, 33] = 2.0  # one allowed token
+    special[2] = torch.arange(40.0)
+    special[2, 39] = float("inf")
+    got = native_lib.sample(special, torch.ones(3), torch.full((3, 2), 0.5)).tolist()
+    assert 0 <= got[0] < 40 and got[1] == 33 and 0 <= got[2] < 40
 
 
 @pytest.mark.parametrize("qtype", sorted(TILE_TYPES), ids=lambda t: T(t).name)

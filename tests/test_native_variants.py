@@ -87,6 +87,18 @@ def test_argmax_with_special_values(remote):
     assert torch.equal(remote.argmax(x), x.argmax(-1))
 
 
+def test_sample_rows_equals_the_host_build(remote):
+    """The draw from softmax(x / T): the same tokens as the host's build (their exponentials differ in rounding
+    only), never a masked one, within bounds on a row whose tail is not a whole vector."""
+    gen = torch.Generator().manual_seed(14)
+    x = torch.randn(8, 1000, generator=gen) * 3
+    x[:, ::5] = float("-inf")
+    temps, u = torch.rand(8, generator=gen) + 0.3, torch.rand(8, 2, generator=gen)
+    there = remote.sample(x, temps, u)
+    assert torch.equal(there, HOST.sample(x, temps, u))
+    assert not bool((there % 5 == 0).any())
+
+
 @pytest.mark.parametrize("dim,heads,kv_heads,window", [(64, 9, 3, 0), (128, 4, 4, 0), (256, 4, 1, 20), (48, 2, 1, 0)])
 def test_paged_attention_matches_the_host_build(remote, dim, heads, kv_heads, window):
     gen = torch.Generator().manual_seed(dim)

@@ -21,6 +21,23 @@ from forwardpass.sampling import SamplingParams
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+def _native_sampler() -> Sampler | None:
+    from forwardpass.kernels import native, select
+
+    lib = select.select_kernels("auto") if select.resolve_cpu() != "torch" else None
+    return None if lib is None else Sampler(native.argmax_fn(lib), native.mask_fn(lib), native.sample_fn(lib))
+
+
+@pytest.fixture(params=["torch", "native"])
+def make_sampler(request):
+    """The sampler with its PyTorch draw, and with the native kernels' draw for temperature-only rows."""
+    if request.param == "torch":
+        return Sampler
+    if _native_sampler() is None:
+        pytest.skip("no native kernels here")
+    return _native_sampler
+
+
 def states(*params: SamplingParams, prompt: tuple[int, ...] = (), eos: tuple[int, ...] = ()) -> list[SamplingState]:
     return [SamplingState(p, prompt, eos_token_ids=eos) for p in params]
 
@@ -284,9 +301,9 @@ def test_logit_bias_bans_and_forces() -> None:
     assert sampler.sample(logits[:1], states(SamplingParams(temperature=0, logit_bias={0: -100}))).token_ids == [2]
 
 
-def _run(rows: list[SamplingState], row_of_interest: int, steps: int, seed: int) -> list[int]:
+def _run(rows: list[SamplingState], row_of_interest: int, steps: int, seed: int, make_sampler=Sampler) -> list[int]:
     """Sample ``steps`` tokens; the logits of ``row_of_interest`` depend only on ``seed`` and the step."""
-    sampler = Sampler()
+    sampler = make_sampler()
     ours = torch.Generator().manual_seed(seed)
     others = torch.Generator().manual_seed(seed + 1000)
     tokens = []
@@ -305,25 +322,26 @@ def _run(rows: list[SamplingState], row_of_interest: int, steps: int, seed: int)
         SamplingParams(seed=7, top_k=5, min_p=0.05, frequency_penalty=0.3, logit_bias={3: 2.0}),
     ],
 )
-def test_seeded_row_is_independent_of_batch(ours: SamplingParams) -> None:
-    alone = _run([SamplingState(ours, (1, 2, 3))], 0, steps=50, seed=0)
+def test_seeded_row_is_independent_of_batch(ours: SamplingParams, make_sampler) -> None:
+    alone = _run([SamplingState(ours, (1, 2, 3))], 0, steps=50, seed=0, make_sampler=make_sampler)
     neighbours = [
         SamplingParams(temperature=0.0),
+        SamplingParams(temperature=0.9),  # temperature only: the native draw where there is one
         SamplingParams(top_k=3, temperature=1.3),
         SamplingParams(top_p=0.5, min_p=0.1, repetition_penalty=1.5, logprobs=3),
         SamplingParams(presence_penalty=1.0, frequency_penalty=-0.5, logit_bias={0: 50.0}, min_tokens=10),
     ]
-    batch = [SamplingState(p, (4, 5)) for p in neighbours[:2]]
+    batch = [SamplingState(p, (4, 5)) for p in neighbours[:3]]
     batch.append(SamplingState(ours, (1, 2, 3)))
-    batch += [SamplingState(p, (6,), eos_token_ids=(0,)) for p in neighbours[2:]]
-    in_batch = _run(batch, 2, steps=50, seed=0)
+    batch += [SamplingState(p, (6,), eos_token_ids=(0,)) for p in neighbours[3:]]
+    in_batch = _run(batch, 3, steps=50, seed=0, make_sampler=make_sampler)
     assert in_batch == alone
     assert len(set(alone)) > 5  # really sampled, not stuck on one token
 
 
-def test_different_seeds_differ_and_same_seed_repeats() -> None:
+def test_different_seeds_differ_and_same_seed_repeats(make_sampler) -> None:
     def run(seed: int) -> list[int]:
-        return _run([SamplingState(SamplingParams(seed=seed), ())], 0, steps=30, seed=0)
+        return _run([SamplingState(SamplingParams(seed=seed), ())], 0, steps=30, seed=0, make_sampler=make_sampler)
 
     assert run(1) == run(1)
     assert run(1) != run(2)
@@ -334,12 +352,12 @@ def test_different_seeds_differ_and_same_seed_repeats() -> None:
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.5])
-def test_empirical_distribution_matches_softmax(temperature: float) -> None:
+def test_empirical_distribution_matches_softmax(temperature: float, make_sampler) -> None:
     logits_row = torch.tensor([1.0, 0.5, 0.0, -0.5, 2.0])
     expected = torch.softmax(logits_row / temperature, -1)
     rows = states(*(SamplingParams(temperature=temperature, seed=s) for s in range(1000)))
     logits = logits_row.expand(len(rows), 5).contiguous()
-    sampler = Sampler()
+    sampler = make_sampler()
     counts = torch.zeros(5)
     for _ in range(20):  # 20k draws
         counts += torch.bincount(torch.tensor(sampler.sample(logits, rows).token_ids), minlength=5)
@@ -348,7 +366,7 @@ def test_empirical_distribution_matches_softmax(temperature: float) -> None:
     assert chi2 < 18.47, (chi2, counts / n, expected)  # 4 degrees of freedom, p = 0.001
 
 
-def test_empirical_distribution_across_draw_blocks() -> None:
+def test_empirical_distribution_across_draw_blocks(make_sampler) -> None:
     """Tokens in different 256-token blocks of the two-level draw, and one tiny-probability token, keep their
     probabilities; masked tokens never come out."""
     vocab = 1000
@@ -358,7 +376,7 @@ def test_empirical_distribution_across_draw_blocks() -> None:
     expected = torch.softmax(row[tokens], -1)
     rows = states(*(SamplingParams(seed=s) for s in range(1000)))
     logits = row.expand(len(rows), vocab).contiguous()
-    sampler = Sampler()
+    sampler = make_sampler()
     drawn = torch.cat([torch.tensor(sampler.sample(logits, rows).token_ids) for _ in range(20)])
     assert set(drawn.tolist()) <= set(tokens.tolist())
     counts = torch.stack([(drawn == t).sum() for t in tokens]).float()
@@ -426,3 +444,19 @@ def test_large_vocab_smoke() -> None:
         out = sampler.sample(logits, rows)
     assert all(0 <= t < vocab for t in out.token_ids)
     assert all(len(s.output_token_ids) == 2 for s in rows)
+
+
+def test_native_draw_gives_the_pytorch_draw_for_temperature_rows() -> None:
+    """The native draw is the PyTorch draw computed another way: same seeds, same tokens, and rows with top-p or
+    greedy beside them are untouched."""
+    native = _native_sampler()
+    if native is None:
+        pytest.skip("no native kernels here")
+    params = [SamplingParams(temperature=0.3 + 0.1 * (i % 8), seed=i) for i in range(24)]
+    params[5] = SamplingParams(temperature=0.8, top_p=0.9, seed=5)
+    params[9] = SamplingParams(temperature=0.0)
+    gen = torch.Generator().manual_seed(3)
+    ours, theirs = states(*params), states(*params)
+    for _ in range(10):
+        logits = torch.randn(len(params), 2000, generator=gen) * 3
+        assert native.sample(logits, ours).token_ids == Sampler().sample(logits, theirs).token_ids

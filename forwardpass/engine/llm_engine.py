@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..kernels.native import argmax_fn, mask_fn
+from ..kernels.native import argmax_fn, mask_fn, sample_fn
 from ..outputs import EmbeddingOutput, RequestOutput
 from ..rejection import RejectionSampler, Verdict
 from ..sampler import Sampler, SamplerOutput
@@ -88,7 +88,7 @@ class LLMEngine:
                 )
         self.scheduler = Scheduler(scheduler_config, self.block_manager)
         lib = runner.model.options.cpu_native
-        self.sampler = Sampler(argmax_fn(lib), mask_fn(lib))
+        self.sampler = Sampler(argmax_fn(lib), mask_fn(lib), sample_fn(lib))
         self.speculator = speculator  # speculative decoding: proposals verified in the step (None: off)
         self.rejection = RejectionSampler(self.sampler)
         self.requests: dict[str, Request | EmbedRequest] = {}

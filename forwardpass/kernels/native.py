@@ -262,6 +262,7 @@ _SIGNATURES = {  # name -> (restype, argtypes)
         [_PTR, _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _I64, _F32, _I64, _PTR, _I64],
     ),
     "argmax_rows": (None, [_PTR, _I64, _I64, _PTR, _I64]),
+    "sample_rows": (None, [_PTR, _I64, _I64, _PTR, _PTR, _PTR, _I64]),
     "mask_rows": (None, [_PTR, _I64, _PTR, _I64, _PTR, _I64, _PTR, _I64]),
     "decoder_workspace": (_I64, [_PTR, _I64, _I64, _I64]),
     "decoder_step": (_I64, [_PTR, _PTR, _I64, _PTR, _PTR, _PTR, _I64, _I64, _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _I64]),
@@ -340,6 +341,24 @@ class NativeLibrary:
         self.argmax_rows(x.data_ptr(), x.shape[0], x.shape[1], out.data_ptr(), torch.get_num_threads())
         return out
 
+    def sample(self, x: torch.Tensor, temperature: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Row r of x (R, V) float32: a token drawn from softmax(x[r] / temperature[r]) with u[r] (two uniform
+        numbers in [0, 1)), as `sampler.draw` draws. (R,) int64."""
+        assert x.dtype == torch.float32 and x.dim() == 2 and x.shape[1] > 0
+        x, temperature, u = x.contiguous(), temperature.float().contiguous(), u.float().contiguous()
+        assert temperature.shape == (x.shape[0],) and u.shape == (x.shape[0], 2)
+        out = torch.empty(x.shape[0], dtype=torch.int64)
+        self.sample_rows(
+            x.data_ptr(),
+            x.shape[0],
+            x.shape[1],
+            temperature.data_ptr(),
+            u.data_ptr(),
+            out.data_ptr(),
+            torch.get_num_threads(),
+        )
+        return out
+
     def mask(self, x: torch.Tensor, rows: list[int], words: np.ndarray) -> np.ndarray:
         """In place on x (B, V) float32, contiguous: row rows[k] keeps the logits whose bit is set in words[k]
         (int32, bit j of word w = token 32 w + j) and gets -inf elsewhere. Returns, per listed row, whether
@@ -373,6 +392,12 @@ def torch_argmax(x: torch.Tensor) -> torch.Tensor:
 def mask_fn(lib: NativeLibrary | None):
     """The grammar-mask writer for `structured.guide.apply_masks`: `lib.mask`, or None (numpy) without a library."""
     return None if lib is None else lib.mask
+
+
+def sample_fn(lib: NativeLibrary | None):
+    """The sampler's draw for rows with a temperature only (`Sampler`'s `sample_plain`): `lib.sample` for CPU
+    float32 logits, or None without a library (the sampler's PyTorch path then)."""
+    return None if lib is None else lib.sample
 
 
 def argmax_fn(lib: NativeLibrary | None):
