@@ -415,12 +415,13 @@ def test_sample_rows_draws_as_the_sampler_does(native_lib, rows, vocab):
 
 def test_sample_rows_frequencies_and_special_rows(native_lib):
     logits = torch.tensor([0.0, 1.0, 2.0, -1.0, float("-inf"), 0.5] * 3)  # 18 tokens: a vector and a tail
+    logits[10] = -3e38  # how a grammar mask forbids a token
     n = 20000
     u = torch.rand(n, 2, generator=torch.Generator().manual_seed(5))
     tokens = native_lib.sample(logits.repeat(n, 1), torch.full((n,), 0.8), u)
     freq = torch.bincount(tokens, minlength=18).double() / n
     assert (freq - (logits / 0.8).softmax(-1).double()).abs().max().item() < 0.01
-    assert freq[4::6].sum().item() == 0.0  # the -inf tokens
+    assert freq[4::6].sum().item() == 0.0 and freq[10].item() == 0.0  # the masked tokens
     special = torch.full((3, 40), float("-inf"))
     special[1, 33] = 2.0  # one allowed token
     special[2] = torch.arange(40.0)
