@@ -47,7 +47,9 @@ def long_server(tmp_path_factory) -> Iterator[ServerProcess]:
         "16",
         "--max-queue",
         "256",
-        env={"FORWARDPASS_TEST_FAULT": "slow_steps:0.005"},
+        # 20 ms a step: a ~1,200-token prefill (38 chunks) lasts ~0.8 s, longer than a /slots round trip on a
+        # loaded 2-core machine (with 5 ms, a full CI run once saw the whole prefill finish before its first poll)
+        env={"FORWARDPASS_TEST_FAULT": "slow_steps:0.02"},
     )
     yield s
     s.stop()
