@@ -6,8 +6,9 @@ min_tokens masking, the grammar mask of constrained rows (structured output); th
 and the others go through temperature, top-k, top-p, min-p and a draw from their own ``torch.Generator``. A row's
 token therefore depends only on its logits, its params and its generator, never on what else is in the batch.
 
-Rows with a temperature and no top-k, top-p or min-p may draw through `sample_plain` instead (the native
-kernels' `sample_rows` on CPU): the same draw from the same uniform numbers, computed in one pass per row.
+Rows without top-k may draw through `sample_plain` instead (the native kernels' `sample_rows` on CPU):
+temperature, top-p, min-p and the same draw from the same uniform numbers, computed a row at a time in a few
+vector passes.
 
 The same code runs on CPU and CUDA tensors. On CUDA the only device -> host sync is the single ``.tolist()`` at
 the end; small parameter tensors go host -> device through pinned memory so that they do not sync either. (On
@@ -358,28 +359,35 @@ def target_probs(x: torch.Tensor, rows: Sequence[SamplingState]) -> torch.Tensor
 def _sample_random(
     x: torch.Tensor, rows: Sequence[SamplingState], sample_plain: Callable[..., torch.Tensor] | None = None
 ) -> torch.Tensor:
-    """`target_probs`, then one draw per row from its own generator. x (R, V) -> (R,). Rows with a temperature
-    only go through `sample_plain` (CPU float32 logits), which draws the same way from the same numbers."""
+    """`target_probs`, then one draw per row from its own generator. x (R, V) -> (R,). Rows without top-k go
+    through `sample_plain` (CPU float32 logits), which filters and draws the same way from the same numbers."""
     if sample_plain is None or x.device.type != "cpu" or x.dtype != torch.float32:
         return draw(target_probs(x, rows), rows)
     plain = [_plain(s.params, x.shape[1]) for s in rows]
     if not any(plain):
         return draw(target_probs(x, rows), rows)
-    temps = torch.tensor([s.params.temperature for s in rows], dtype=torch.float32)
     if all(plain):
-        return sample_plain(x, temps, _uniforms(rows, x.device))
+        return _native_draw(sample_plain, x, rows)
     tokens = torch.empty(len(rows), dtype=torch.int64)
     easy = [i for i, p in enumerate(plain) if p]
     rest = [i for i, p in enumerate(plain) if not p]
-    tokens[easy] = sample_plain(x[easy], temps[easy], _uniforms([rows[i] for i in easy], x.device))
+    tokens[easy] = _native_draw(sample_plain, x[easy], [rows[i] for i in easy])
     others = [rows[i] for i in rest]
     tokens[rest] = draw(target_probs(x[rest], others), others)
     return tokens
 
 
 def _plain(params: SamplingParams, vocab: int) -> bool:
-    """A row whose distribution is softmax(x / temperature) alone: no top-k, top-p or min-p."""
-    return (params.top_k <= 0 or params.top_k >= vocab) and params.top_p >= 1.0 and params.min_p == 0.0
+    """A row the native draw takes: no top-k (temperature, top-p and min-p it applies itself)."""
+    return params.top_k <= 0 or params.top_k >= vocab
+
+
+def _native_draw(sample_plain: Callable[..., torch.Tensor], x: torch.Tensor, rows: Sequence[SamplingState]):
+    params = [s.params for s in rows]
+    temps = torch.tensor([p.temperature for p in params], dtype=torch.float32)
+    top_p = torch.tensor([p.top_p for p in params], dtype=torch.float32) if any(p.top_p < 1.0 for p in params) else None
+    min_p = torch.tensor([p.min_p for p in params], dtype=torch.float32) if any(p.min_p > 0.0 for p in params) else None
+    return sample_plain(x, temps, _uniforms(rows, x.device), top_p, min_p)
 
 
 def _uniforms(rows: Sequence[SamplingState], device: torch.device) -> torch.Tensor:

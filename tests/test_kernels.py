@@ -396,21 +396,33 @@ def _seeded_rows(params: list[SamplingParams], vocab: int) -> list[SamplingState
 
 @pytest.mark.parametrize("rows, vocab", [(16, 49152), (64, 1000), (64, 300), (64, 17)])
 def test_sample_rows_draws_as_the_sampler_does(native_lib, rows, vocab):
-    """The native draw from softmax(x / T), against the sampler's PyTorch path with the same uniform numbers:
-    the same tokens (up to float rounding at a boundary, which these rows never meet), never a masked one."""
+    """The native draw from softmax(x / T) after top-p and min-p, against the sampler's PyTorch path with the same
+    uniform numbers: the same tokens (up to float rounding at a boundary, which these rows never meet), never a
+    masked one."""
     gen = torch.Generator().manual_seed(vocab)
     x = torch.randn(rows, vocab, generator=gen) * 4
     x[:, 3::7] = float("-inf")  # masked out: must never be drawn
-    params = [SamplingParams(temperature=0.2 + 0.05 * i, seed=i) for i in range(rows)]
+    params = [
+        SamplingParams(
+            temperature=0.2 + 0.05 * i,
+            top_p=(1.0, 0.9, 0.5, 0.95)[i % 4],
+            min_p=(0.0, 0.0, 0.05, 0.1)[i // 4 % 4],
+            seed=i,
+        )
+        for i in range(rows)
+    ]
     a = _seeded_rows(params, vocab)
     reference = draw(target_probs(x, a), a)
-    temps = torch.tensor([p.temperature for p in params])
+    temps, top_p, min_p = (torch.tensor([getattr(p, f) for p in params]) for f in ("temperature", "top_p", "min_p"))
     u = _uniforms(_seeded_rows(params, vocab), x.device)
-    got = native_lib.sample(x, temps, u)
+    got = native_lib.sample(x, temps, u, top_p, min_p)
     assert torch.equal(got, reference)
     assert not bool(((got % 7 == 3) & (got >= 3)).any())
-    for r in (0, rows // 2, rows - 1):  # a row alone draws what it draws in the batch
-        assert native_lib.sample(x[r : r + 1], temps[r : r + 1], u[r : r + 1]).item() == got[r].item()
+    for r in (0, rows // 2 + 1, rows - 1):  # a row alone draws what it draws in the batch
+        alone = native_lib.sample(x[r : r + 1], temps[r : r + 1], u[r : r + 1], top_p[r : r + 1], min_p[r : r + 1])
+        assert alone.item() == got[r].item()
+    plain = [i for i, p in enumerate(params) if p.top_p == 1.0 and p.min_p == 0.0]  # without the filters' arrays
+    assert torch.equal(native_lib.sample(x[plain], temps[plain], u[plain]), got[plain])
 
 
 def test_sample_rows_frequencies_and_special_rows(native_lib):

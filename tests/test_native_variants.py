@@ -97,6 +97,9 @@ def test_sample_rows_equals_the_host_build(remote):
     there = remote.sample(x, temps, u)
     assert torch.equal(there, HOST.sample(x, temps, u))
     assert not bool((there % 5 == 0).any())
+    top_p, min_p = torch.tensor([1.0, 0.9, 0.5, 0.3] * 2), torch.tensor([0.0] * 4 + [0.05, 0.1, 0.0, 0.2])
+    there = remote.sample(x, temps, u, top_p, min_p)  # with top-p and min-p
+    assert torch.equal(there, HOST.sample(x, temps, u, top_p, min_p))
 
 
 @pytest.mark.parametrize("dim,heads,kv_heads,window", [(64, 9, 3, 0), (128, 4, 4, 0), (256, 4, 1, 20), (48, 2, 1, 0)])

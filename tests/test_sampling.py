@@ -446,14 +446,17 @@ def test_large_vocab_smoke() -> None:
     assert all(len(s.output_token_ids) == 2 for s in rows)
 
 
-def test_native_draw_gives_the_pytorch_draw_for_temperature_rows() -> None:
-    """The native draw is the PyTorch draw computed another way: same seeds, same tokens, and rows with top-p or
-    greedy beside them are untouched."""
+def test_native_draw_gives_the_pytorch_draw() -> None:
+    """The native draw (temperature, top-p, min-p) is the PyTorch draw computed another way: same seeds, same
+    tokens; rows with top-k (the PyTorch path) or greedy beside them are untouched."""
     native = _native_sampler()
     if native is None:
         pytest.skip("no native kernels here")
-    params = [SamplingParams(temperature=0.3 + 0.1 * (i % 8), seed=i) for i in range(24)]
-    params[5] = SamplingParams(temperature=0.8, top_p=0.9, seed=5)
+    params = [
+        SamplingParams(temperature=0.3 + 0.1 * (i % 8), top_p=(1.0, 0.9, 0.6)[i % 3], min_p=(0.0, 0.05)[i % 2], seed=i)
+        for i in range(24)
+    ]
+    params[5] = SamplingParams(temperature=0.8, top_k=20, top_p=0.9, seed=5)
     params[9] = SamplingParams(temperature=0.0)
     gen = torch.Generator().manual_seed(3)
     ours, theirs = states(*params), states(*params)

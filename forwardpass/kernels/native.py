@@ -262,7 +262,7 @@ _SIGNATURES = {  # name -> (restype, argtypes)
         [_PTR, _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _I64, _F32, _I64, _PTR, _I64],
     ),
     "argmax_rows": (None, [_PTR, _I64, _I64, _PTR, _I64]),
-    "sample_rows": (None, [_PTR, _I64, _I64, _PTR, _PTR, _PTR, _I64]),
+    "sample_rows": (None, [_PTR, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _I64]),
     "mask_rows": (None, [_PTR, _I64, _PTR, _I64, _PTR, _I64, _PTR, _I64]),
     "decoder_workspace": (_I64, [_PTR, _I64, _I64, _I64]),
     "decoder_step": (_I64, [_PTR, _PTR, _I64, _PTR, _PTR, _PTR, _I64, _I64, _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _I64]),
@@ -341,18 +341,30 @@ class NativeLibrary:
         self.argmax_rows(x.data_ptr(), x.shape[0], x.shape[1], out.data_ptr(), torch.get_num_threads())
         return out
 
-    def sample(self, x: torch.Tensor, temperature: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """Row r of x (R, V) float32: a token drawn from softmax(x[r] / temperature[r]) with u[r] (two uniform
-        numbers in [0, 1)), as `sampler.draw` draws. (R,) int64."""
+    def sample(
+        self,
+        x: torch.Tensor,
+        temperature: torch.Tensor,
+        u: torch.Tensor,
+        top_p: torch.Tensor | None = None,
+        min_p: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Row r of x (R, V) float32: a token drawn from softmax(x[r] / temperature[r]), after top-p and min-p
+        where given (per row; 1 and 0 are off), with u[r] (two uniform numbers in [0, 1)), as `sampler.draw`
+        draws. (R,) int64."""
         assert x.dtype == torch.float32 and x.dim() == 2 and x.shape[1] > 0
+        rows = x.shape[0]
         x, temperature, u = x.contiguous(), temperature.float().contiguous(), u.float().contiguous()
-        assert temperature.shape == (x.shape[0],) and u.shape == (x.shape[0], 2)
-        out = torch.empty(x.shape[0], dtype=torch.int64)
+        assert temperature.shape == (rows,) and u.shape == (rows, 2)
+        filters = [None if f is None else f.float().contiguous() for f in (top_p, min_p)]
+        assert all(f is None or f.shape == (rows,) for f in filters)
+        out = torch.empty(rows, dtype=torch.int64)
         self.sample_rows(
             x.data_ptr(),
-            x.shape[0],
+            rows,
             x.shape[1],
             temperature.data_ptr(),
+            *[0 if f is None else f.data_ptr() for f in filters],
             u.data_ptr(),
             out.data_ptr(),
             torch.get_num_threads(),
@@ -395,8 +407,8 @@ def mask_fn(lib: NativeLibrary | None):
 
 
 def sample_fn(lib: NativeLibrary | None):
-    """The sampler's draw for rows with a temperature only (`Sampler`'s `sample_plain`): `lib.sample` for CPU
-    float32 logits, or None without a library (the sampler's PyTorch path then)."""
+    """The sampler's draw for rows without top-k (`Sampler`'s `sample_plain`): `lib.sample` for CPU float32
+    logits, or None without a library (the sampler's PyTorch path then)."""
     return None if lib is None else lib.sample
 
 

@@ -69,17 +69,104 @@ static int64_t draw_row(const float* x, int64_t n, float temp, float u0, float u
     return lo + j;
 }
 
-/* out[r] = a token drawn from softmax(x[r] / temp[r]) with the uniform numbers u[2 r], u[2 r + 1] in [0, 1) */
-void sample_rows(const float* x, int64_t rows, int64_t n, const float* temp, const float* u, int64_t* out,
-                 int64_t nthreads) {
+/* sum of the e[i] >= t (e: n values in [0, 1], n % 16 == 0, zero-padded) */
+static float mass_from(const float* e, int64_t n, float t) {
+    V acc = v_zero();
+    const V vt = v_set1(t);
+    for (int64_t i = 0; i < n; i += 16) {
+        const V v = v_load(e + i);
+        /* v where v >= t, else 0: v * step(v - t), step exactly 0 or 1 as in exp_lanes */
+        acc = v_add(acc, v_mul(v, v_min(v_max(v_mul(v_add(v_sub(v, vt), v_set1(1e-38f)), v_set1(1e38f)), v_zero()),
+                                         v_set1(1.0f))));
+    }
+    return v_hsum(acc);
+}
+
+/* The same draw after top-p and min-p, as the sampler applies them (top-p first, over softmax(x / T); then min-p):
+   e = exp((x - max) / T) in [0, 1] stored in `e` (n rounded up to 16, zero-padded); top-p keeps the tokens with
+   e >= the largest value t whose kept mass reaches top_p times the total (ties with it kept: the sampler's rule),
+   found by bisection over the float bit patterns (its mass only changes at an e value, so the answer is one);
+   min-p keeps e >= min_p (e is the probability over the largest one). */
+static int64_t draw_row_filtered(const float* x, int64_t n, float temp, float top_p, float min_p, float u0, float u1,
+                                 float* e, float* block_sums) {
+    V m = v_set1(-INFINITY);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) m = v_max(m, v_load(x + i));
+    float mx = v_hmax(m);
+    for (; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    if (!(mx > -INFINITY) || mx != mx) {
+        int64_t at = 0;
+        while (at + 1 < n && !(x[at] >= mx)) at++;
+        return at;
+    }
+    const int64_t n16 = (n + 15) / 16 * 16;
+    const V vmx = v_set1(mx), it = v_set1(1.0f / temp);
+    for (int64_t j = 0; j < n16; j += 16) v_store(e + j, exp_lanes(x + j, n - j, vmx, it));
+    float cut = min_p;
+    if (top_p < 1.0f) {
+        const float target = top_p * mass_from(e, n16, 0.0f);
+        uint32_t lo = 0, hi = 0x3f800000u;  /* the bit patterns of 0 and 1: e's range, ordered as integers */
+        while (lo < hi) {                  /* the largest t with mass_from(t) >= target */
+            const uint32_t mid = lo + (hi - lo + 1) / 2;
+            float t;
+            memcpy(&t, &mid, 4);
+            if (mass_from(e, n16, t) >= target) lo = mid;
+            else hi = mid - 1;
+        }
+        float t;
+        memcpy(&t, &lo, 4);
+        if (t > cut) cut = t;
+    }
+    if (cut > 0.0f)
+        for (int64_t j = 0; j < n; j++) e[j] = e[j] >= cut ? e[j] : 0.0f;
     const int64_t nb = (n + DRAW_BLOCK - 1) / DRAW_BLOCK;
+    float total = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        const int64_t lo = b * DRAW_BLOCK, hi = lo + DRAW_BLOCK < n16 ? lo + DRAW_BLOCK : n16;
+        V acc = v_zero();
+        for (int64_t j = lo; j < hi; j += 16) acc = v_add(acc, v_load(e + j));
+        block_sums[b] = v_hsum(acc);
+        total += block_sums[b];
+    }
+    const float target = (1.0f - u0) * total;
+    int64_t b = 0;
+    float run = block_sums[0];
+    while (b + 1 < nb && run < target) run += block_sums[++b];
+    const int64_t lo = b * DRAW_BLOCK, hi = lo + DRAW_BLOCK < n ? lo + DRAW_BLOCK : n;
+    float in = 0.0f;
+    for (int64_t j = lo; j < hi; j++) in += e[j];
+    const float t2 = (1.0f - u1) * in;
+    float c = 0.0f;
+    int64_t j = lo;
+    for (; j + 1 < hi; j++) {
+        c += e[j];
+        if (c >= t2) break;
+    }
+    return j;
+}
+
+/* out[r] = a token drawn from softmax(x[r] / temp[r]) with the uniform numbers u[2 r], u[2 r + 1] in [0, 1),
+   after top-p (top_p[r] < 1) and min-p (min_p[r] > 0) where given (top_p, min_p may be NULL) */
+void sample_rows(const float* x, int64_t rows, int64_t n, const float* temp, const float* top_p, const float* min_p,
+                 const float* u, int64_t* out, int64_t nthreads) {
+    const int64_t nb = (n + DRAW_BLOCK - 1) / DRAW_BLOCK;
+    int filtered = 0;
+    for (int64_t r = 0; r < rows; r++)
+        if ((top_p && top_p[r] < 1.0f) || (min_p && min_p[r] > 0.0f)) filtered = 1;
 #pragma omp parallel num_threads((int)nthreads) if (rows > 1)
     {
         float stack[STACK_BLOCKS];
         float* sums = nb <= STACK_BLOCKS ? stack : malloc(sizeof(float) * (size_t)nb);
+        float* e = filtered ? malloc(sizeof(float) * (size_t)((n + 15) / 16 * 16)) : NULL;
 #pragma omp for schedule(static)
-        for (int64_t r = 0; r < rows; r++)
-            out[r] = sums ? draw_row(x + r * n, n, temp[r], u[2 * r], u[2 * r + 1], sums) : 0;
+        for (int64_t r = 0; r < rows; r++) {
+            const float p = top_p ? top_p[r] : 1.0f, mp = min_p ? min_p[r] : 0.0f;
+            const float* xr = x + r * n;
+            if (!sums || (filtered && !e)) out[r] = 0;
+            else if (p < 1.0f || mp > 0.0f) out[r] = draw_row_filtered(xr, n, temp[r], p, mp, u[2 * r], u[2 * r + 1], e, sums);
+            else out[r] = draw_row(xr, n, temp[r], u[2 * r], u[2 * r + 1], sums);
+        }
+        free(e);
         if (sums != stack) free(sums);
     }
 }
