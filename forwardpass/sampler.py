@@ -6,7 +6,7 @@ min_tokens masking, the grammar mask of constrained rows (structured output); th
 and the others go through temperature, top-k, top-p, min-p and a draw from their own ``torch.Generator``. A row's
 token therefore depends only on its logits, its params and its generator, never on what else is in the batch.
 
-Rows without top-k may draw through `sample_plain` instead (the native kernels' `sample_rows` on CPU):
+Rows without top-k may draw through `native_draw` instead (the native kernels' `sample_rows` on CPU):
 temperature, top-p, min-p and the same draw from the same uniform numbers, computed a row at a time in a few
 vector passes.
 
@@ -199,11 +199,11 @@ class Sampler:
         self,
         argmax: Callable[[torch.Tensor], torch.Tensor] = torch_argmax,
         mask_rows: Callable[[torch.Tensor, list[int], np.ndarray], np.ndarray] | None = None,
-        sample_plain: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        native_draw: Callable[..., torch.Tensor] | None = None,
     ) -> None:
         self.argmax = argmax
         self.mask_rows = mask_rows
-        self.sample_plain = sample_plain
+        self.native_draw = native_draw
 
     def sample(self, logits: torch.Tensor, rows: Sequence[SamplingState]) -> SamplerOutput:
         """Pick one token per row of ``logits`` (B, V), append it to that row's state, and return them.
@@ -211,7 +211,7 @@ class Sampler:
         ``logits`` is not modified. Raises ``ValueError`` on a shape mismatch or an out-of-vocabulary id.
         """
         raw = self.apply_logits_processors(logits, rows)  # binds rows, validates the shape
-        tokens = _choose_tokens(raw, rows, self.argmax, self.sample_plain)  # (B,) int64
+        tokens = _choose_tokens(raw, rows, self.argmax, self.native_draw)  # (B,) int64
         logprobs = log_softmax_if_needed(logits, rows)
         out = gather_output(tokens, logprobs, rows)
         for state, token in zip(rows, out.token_ids):
@@ -357,37 +357,39 @@ def target_probs(x: torch.Tensor, rows: Sequence[SamplingState]) -> torch.Tensor
 
 
 def _sample_random(
-    x: torch.Tensor, rows: Sequence[SamplingState], sample_plain: Callable[..., torch.Tensor] | None = None
+    x: torch.Tensor, rows: Sequence[SamplingState], native_draw: Callable[..., torch.Tensor] | None = None
 ) -> torch.Tensor:
     """`target_probs`, then one draw per row from its own generator. x (R, V) -> (R,). Rows without top-k go
-    through `sample_plain` (CPU float32 logits), which filters and draws the same way from the same numbers."""
-    if sample_plain is None or x.device.type != "cpu" or x.dtype != torch.float32:
+    through `native_draw` (CPU float32 logits), which filters and draws the same way from the same numbers."""
+    usable = native_draw is not None and x.device.type == "cpu" and x.dtype == torch.float32
+    native = [usable and _drawn_natively(s.params, x.shape[1]) for s in rows]
+    if not any(native):
         return draw(target_probs(x, rows), rows)
-    plain = [_plain(s.params, x.shape[1]) for s in rows]
-    if not any(plain):
-        return draw(target_probs(x, rows), rows)
-    if all(plain):
-        return _native_draw(sample_plain, x, rows)
+    if all(native):
+        return _native_draw(native_draw, x, rows)
     tokens = torch.empty(len(rows), dtype=torch.int64)
-    easy = [i for i, p in enumerate(plain) if p]
-    rest = [i for i, p in enumerate(plain) if not p]
-    tokens[easy] = _native_draw(sample_plain, x[easy], [rows[i] for i in easy])
+    easy = [i for i, p in enumerate(native) if p]
+    rest = [i for i, p in enumerate(native) if not p]
+    tokens[easy] = _native_draw(native_draw, x[easy], [rows[i] for i in easy])
     others = [rows[i] for i in rest]
     tokens[rest] = draw(target_probs(x[rest], others), others)
     return tokens
 
 
-def _plain(params: SamplingParams, vocab: int) -> bool:
+def _drawn_natively(params: SamplingParams, vocab: int) -> bool:
     """A row the native draw takes: no top-k (temperature, top-p and min-p it applies itself)."""
     return params.top_k <= 0 or params.top_k >= vocab
 
 
-def _native_draw(sample_plain: Callable[..., torch.Tensor], x: torch.Tensor, rows: Sequence[SamplingState]):
+def _native_draw(
+    native_draw: Callable[..., torch.Tensor], x: torch.Tensor, rows: Sequence[SamplingState]
+) -> torch.Tensor:
+    """`native_draw` over rows without top-k: their temperatures, their top-p and min-p where any row has them."""
     params = [s.params for s in rows]
     temps = torch.tensor([p.temperature for p in params], dtype=torch.float32)
     top_p = torch.tensor([p.top_p for p in params], dtype=torch.float32) if any(p.top_p < 1.0 for p in params) else None
     min_p = torch.tensor([p.min_p for p in params], dtype=torch.float32) if any(p.min_p > 0.0 for p in params) else None
-    return sample_plain(x, temps, _uniforms(rows, x.device), top_p, min_p)
+    return native_draw(x, temps, _uniforms(rows, x.device), top_p, min_p)
 
 
 def _uniforms(rows: Sequence[SamplingState], device: torch.device) -> torch.Tensor:
@@ -431,17 +433,17 @@ def _choose_tokens(
     x: torch.Tensor,
     rows: Sequence[SamplingState],
     argmax: Callable[[torch.Tensor], torch.Tensor],
-    sample_plain: Callable[..., torch.Tensor] | None = None,
+    native_draw: Callable[..., torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Greedy rows take the argmax (ties -> lowest id); the others are sampled. x (B, V) -> (B,) int64."""
     greedy = [s.params.greedy for s in rows]
     if all(greedy):
         return argmax(x)
     if not any(greedy):
-        return _sample_random(x, rows, sample_plain)
+        return _sample_random(x, rows, native_draw)
     tokens = argmax(x)
     random_idx = _row_indices([not g for g in greedy], x.device)
-    sampled = _sample_random(x.index_select(0, random_idx), [s for s, g in zip(rows, greedy) if not g], sample_plain)
+    sampled = _sample_random(x.index_select(0, random_idx), [s for s, g in zip(rows, greedy) if not g], native_draw)
     return tokens.index_copy_(0, random_idx, sampled)
 
 

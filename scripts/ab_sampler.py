@@ -29,13 +29,13 @@ def main() -> int:
     args = ap.parse_args()
     llm = LLM(args.model, threads=args.threads)
     sampler = llm.engine.sampler
-    if sampler.sample_plain is None:
+    if sampler.native_draw is None:
         print("no native kernels here: nothing to compare", file=sys.stderr)
         return 1
     llm.engine.block_manager.enable_prefix_caching = False
     prompt = bench_prompt(llm, 128)
     prompts = [prompt[i:] + prompt[:i] for i in range(args.seqs)]
-    draws = {"native": sampler.sample_plain, "torch": None}
+    draws = {"native": sampler.native_draw, "torch": None}
     times: dict[str, list[float]] = {name: [] for name in draws}
 
     def run(max_tokens: int) -> float:
@@ -46,7 +46,7 @@ def main() -> int:
 
     for r in range(args.rounds):
         for name in ("native", "torch") if r % 2 == 0 else ("torch", "native"):
-            sampler.sample_plain = draws[name]
+            sampler.native_draw = draws[name]
             one = run(1)
             times[name].append((run(65) - one) / 64)
     a, b = statistics.median(times["torch"]), statistics.median(times["native"])

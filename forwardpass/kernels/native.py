@@ -407,7 +407,7 @@ def mask_fn(lib: NativeLibrary | None):
 
 
 def sample_fn(lib: NativeLibrary | None):
-    """The sampler's draw for rows without top-k (`Sampler`'s `sample_plain`): `lib.sample` for CPU float32
+    """The sampler's draw for rows without top-k (`Sampler`'s `native_draw`): `lib.sample` for CPU float32
     logits, or None without a library (the sampler's PyTorch path then)."""
     return None if lib is None else lib.sample
 

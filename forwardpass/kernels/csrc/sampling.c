@@ -23,52 +23,6 @@ FP_INLINE V exp_lanes(const float* x, int64_t cnt, V mx, V it) {
     return v_mul(v_exp(z), keep);
 }
 
-static int64_t draw_row(const float* x, int64_t n, float temp, float u0, float u1, float* block_sums) {
-    V m = v_set1(-INFINITY);
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) m = v_max(m, v_load(x + i));
-    float mx = v_hmax(m);
-    for (; i < n; i++) mx = x[i] > mx ? x[i] : mx;
-    if (!(mx > -INFINITY) || mx != mx) {  /* every logit -inf (or NaN): the first largest, as argmax */
-        int64_t at = 0;
-        while (at + 1 < n && !(x[at] >= mx)) at++;
-        return at;
-    }
-    const V vmx = v_set1(mx), it = v_set1(1.0f / temp);
-    const int64_t nb = (n + DRAW_BLOCK - 1) / DRAW_BLOCK;
-    float total = 0.0f;
-    for (int64_t b = 0; b < nb; b++) {
-        const int64_t lo = b * DRAW_BLOCK, hi = lo + DRAW_BLOCK < n ? lo + DRAW_BLOCK : n;
-        V acc = v_zero();
-        for (int64_t j = lo; j < hi; j += 16) acc = v_add(acc, exp_lanes(x + j, hi - j, vmx, it));
-        const float s = v_hsum(acc);
-        block_sums[b] = s;
-        total += s;
-    }
-    /* the block: the first whose running sum reaches (1 - u0) * total (a block of zero mass never does) */
-    const float target = (1.0f - u0) * total;
-    int64_t b = 0;
-    float run = block_sums[0];
-    while (b + 1 < nb && run < target) run += block_sums[++b];
-    /* the token: the same in the block, over its running sum */
-    const int64_t lo = b * DRAW_BLOCK, hi = lo + DRAW_BLOCK < n ? lo + DRAW_BLOCK : n;
-    float e[DRAW_BLOCK];
-    for (int64_t j = lo; j < hi; j += 16) {
-        const int64_t cnt = hi - j < 16 ? hi - j : 16;
-        v_store_n(e + (j - lo), exp_lanes(x + j, cnt, vmx, it), (int)cnt);
-    }
-    float in = 0.0f;
-    for (int64_t j = 0; j < hi - lo; j++) in += e[j];
-    const float t2 = (1.0f - u1) * in;
-    float c = 0.0f;
-    int64_t j = 0;  /* the running sum ends at `in` >= t2, reached at a token of non-zero mass */
-    for (; j + 1 < hi - lo; j++) {
-        c += e[j];
-        if (c >= t2) break;
-    }
-    return lo + j;
-}
-
 /* sum of the e[i] >= t (e: n values in [0, 1], n % 16 == 0, zero-padded) */
 static float mass_from(const float* e, int64_t n, float t) {
     V acc = v_zero();
@@ -82,67 +36,81 @@ static float mass_from(const float* e, int64_t n, float t) {
     return v_hsum(acc);
 }
 
-/* The same draw after top-p and min-p, as the sampler applies them (top-p first, over softmax(x / T); then min-p):
-   e = exp((x - max) / T) in [0, 1] stored in `e` (n rounded up to 16, zero-padded); top-p keeps the tokens with
-   e >= the largest value t whose kept mass reaches top_p times the total (ties with it kept: the sampler's rule),
-   found by bisection over the float bit patterns (its mass only changes at an e value, so the answer is one);
-   min-p keeps e >= min_p (e is the probability over the largest one). */
-static int64_t draw_row_filtered(const float* x, int64_t n, float temp, float top_p, float min_p, float u0, float u1,
-                                 float* e, float* block_sums) {
+/* Row x's token: e = exp((x - max) / T) in [0, 1]; with top-p or min-p, stored in `e` (n rounded up to 16,
+   zero-padded) and filtered as the sampler filters (top-p first, over softmax(x / T); then min-p): top-p keeps the
+   tokens with e >= the largest value t whose kept mass reaches top_p times the total (ties with it kept: the
+   sampler's rule), found by bisection over the float bit patterns (the mass only changes at an e value, so the
+   answer is one); min-p keeps e >= min_p (e is the probability over the largest one). Without them nothing is
+   stored: the block sums come from one pass of exponentials, and the chosen block's are computed again. */
+static int64_t draw_row(const float* x, int64_t n, float temp, float top_p, float min_p, float u0, float u1,
+                        float* e, float* block_sums) {
     V m = v_set1(-INFINITY);
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) m = v_max(m, v_load(x + i));
     float mx = v_hmax(m);
     for (; i < n; i++) mx = x[i] > mx ? x[i] : mx;
-    if (!(mx > -INFINITY) || mx != mx) {
+    if (!(mx > -INFINITY) || mx != mx) {  /* every logit -inf (or NaN): the first largest, as argmax */
         int64_t at = 0;
         while (at + 1 < n && !(x[at] >= mx)) at++;
         return at;
     }
-    const int64_t n16 = (n + 15) / 16 * 16;
     const V vmx = v_set1(mx), it = v_set1(1.0f / temp);
-    for (int64_t j = 0; j < n16; j += 16) v_store(e + j, exp_lanes(x + j, n - j, vmx, it));
-    float cut = min_p;
-    if (top_p < 1.0f) {
-        const float target = top_p * mass_from(e, n16, 0.0f);
-        uint32_t lo = 0, hi = 0x3f800000u;  /* the bit patterns of 0 and 1: e's range, ordered as integers */
-        while (lo < hi) {                  /* the largest t with mass_from(t) >= target */
-            const uint32_t mid = lo + (hi - lo + 1) / 2;
+    const int stored = top_p < 1.0f || min_p > 0.0f;
+    if (stored) {
+        const int64_t n16 = (n + 15) / 16 * 16;
+        for (int64_t j = 0; j < n16; j += 16) v_store(e + j, exp_lanes(x + j, n - j, vmx, it));
+        float cut = min_p;
+        if (top_p < 1.0f) {
+            const float target = top_p * mass_from(e, n16, 0.0f);
+            uint32_t lo = 0, hi = 0x3f800000u;  /* the bit patterns of 0 and 1: e's range, ordered as integers */
+            while (lo < hi) {                  /* the largest t with mass_from(t) >= target */
+                const uint32_t mid = lo + (hi - lo + 1) / 2;
+                float t;
+                memcpy(&t, &mid, 4);
+                if (mass_from(e, n16, t) >= target) lo = mid;
+                else hi = mid - 1;
+            }
             float t;
-            memcpy(&t, &mid, 4);
-            if (mass_from(e, n16, t) >= target) lo = mid;
-            else hi = mid - 1;
+            memcpy(&t, &lo, 4);
+            if (t > cut) cut = t;
         }
-        float t;
-        memcpy(&t, &lo, 4);
-        if (t > cut) cut = t;
+        if (cut > 0.0f)
+            for (int64_t j = 0; j < n; j++) e[j] = e[j] >= cut ? e[j] : 0.0f;
     }
-    if (cut > 0.0f)
-        for (int64_t j = 0; j < n; j++) e[j] = e[j] >= cut ? e[j] : 0.0f;
     const int64_t nb = (n + DRAW_BLOCK - 1) / DRAW_BLOCK;
     float total = 0.0f;
     for (int64_t b = 0; b < nb; b++) {
-        const int64_t lo = b * DRAW_BLOCK, hi = lo + DRAW_BLOCK < n16 ? lo + DRAW_BLOCK : n16;
+        const int64_t lo = b * DRAW_BLOCK, hi = lo + DRAW_BLOCK < n ? lo + DRAW_BLOCK : n;
         V acc = v_zero();
-        for (int64_t j = lo; j < hi; j += 16) acc = v_add(acc, v_load(e + j));
+        for (int64_t j = lo; j < hi; j += 16)
+            acc = v_add(acc, stored ? v_load(e + j) : exp_lanes(x + j, hi - j, vmx, it));
         block_sums[b] = v_hsum(acc);
         total += block_sums[b];
     }
+    /* the block: the first whose running sum reaches (1 - u0) * total (a block of zero mass never does) */
     const float target = (1.0f - u0) * total;
     int64_t b = 0;
     float run = block_sums[0];
     while (b + 1 < nb && run < target) run += block_sums[++b];
-    const int64_t lo = b * DRAW_BLOCK, hi = lo + DRAW_BLOCK < n ? lo + DRAW_BLOCK : n;
+    /* the token: the same in the block, over its running sum */
+    const int64_t lo = b * DRAW_BLOCK, len = (lo + DRAW_BLOCK < n ? lo + DRAW_BLOCK : n) - lo;
+    float again[DRAW_BLOCK];
+    const float* eb = e + lo;
+    if (!stored) {
+        for (int64_t j = 0; j < len; j += 16)
+            v_store_n(again + j, exp_lanes(x + lo + j, len - j, vmx, it), len - j < 16 ? (int)(len - j) : 16);
+        eb = again;
+    }
     float in = 0.0f;
-    for (int64_t j = lo; j < hi; j++) in += e[j];
+    for (int64_t j = 0; j < len; j++) in += eb[j];
     const float t2 = (1.0f - u1) * in;
     float c = 0.0f;
-    int64_t j = lo;
-    for (; j + 1 < hi; j++) {
-        c += e[j];
+    int64_t j = 0;  /* the running sum ends at `in` >= t2, reached at a token of non-zero mass */
+    for (; j + 1 < len; j++) {
+        c += eb[j];
         if (c >= t2) break;
     }
-    return j;
+    return lo + j;
 }
 
 /* out[r] = a token drawn from softmax(x[r] / temp[r]) with the uniform numbers u[2 r], u[2 r + 1] in [0, 1),
@@ -162,9 +130,7 @@ void sample_rows(const float* x, int64_t rows, int64_t n, const float* temp, con
         for (int64_t r = 0; r < rows; r++) {
             const float p = top_p ? top_p[r] : 1.0f, mp = min_p ? min_p[r] : 0.0f;
             const float* xr = x + r * n;
-            if (!sums || (filtered && !e)) out[r] = 0;
-            else if (p < 1.0f || mp > 0.0f) out[r] = draw_row_filtered(xr, n, temp[r], p, mp, u[2 * r], u[2 * r + 1], e, sums);
-            else out[r] = draw_row(xr, n, temp[r], u[2 * r], u[2 * r + 1], sums);
+            out[r] = !sums || (filtered && !e) ? 0 : draw_row(xr, n, temp[r], p, mp, u[2 * r], u[2 * r + 1], e, sums);
         }
         free(e);
         if (sums != stack) free(sums);
