@@ -206,6 +206,14 @@ static void attend_unit(const step_t* S, const dlayer_t* L, int64_t r, int64_t k
                  L->window, s, S->att + r * QO + kvh * G * HD);
 }
 
+/* token r's query heads of KV head kvh and the KV head itself, then their attention */
+static void heads_and_attention(const step_t* S, const dlayer_t* L, int64_t r, int64_t kvh, float* s) {
+    const int64_t H = S->M->n_heads, G = H / S->M->n_kv;
+    for (int64_t g = 0; g < G; g++) qkv_head(S, L, r, kvh * G + g);
+    qkv_head(S, L, r, H + kvh);
+    attend_unit(S, L, r, kvh, s);
+}
+
 /* x += post ? rmsnorm(f) * post : f; then, if next_norm, h = rmsnorm(x) * next_norm quantized (the next block's
    input): one pass over the rows, one barrier */
 static void residual_and_norm(const step_t* S, const float* post, const float* next_norm) {
@@ -226,37 +234,25 @@ static void residual_and_norm(const step_t* S, const float* post, const float* n
 static void attention_block(const step_t* S, const dlayer_t* L, float* s, team_t* team) {
     const dmodel_t* M = S->M;
     const int64_t B = S->B, H = M->n_heads, KV = M->n_kv, HD = M->head_dim;
-    const int64_t QO = H * HD, NQKV = QO + 2 * KV * HD, G = H / KV;
+    const int64_t QO = H * HD, NQKV = QO + 2 * KV * HD;
     const int tp = M->gather != NULL;
     tile_matmul_multi(L->qkv, (int)L->n_qkv, &S->qD, B, S->qkv, NQKV, team);
     step_barrier(S->bar);
-    if (S->distinct && !tp && B >= 2 * omp_get_num_threads()) {
-        /* tokens enough to share out whole: a token's heads, its attention and its row of attn_output's input
-           quantized in one unit (the same arithmetic; its KV rows read in one pass, one barrier fewer) */
+    /* tokens enough to share out whole (decoding, one process): a token's heads, its attention and its row of
+       attn_output's input quantized in one unit (the same arithmetic; its KV rows read in one pass, a barrier fewer) */
+    const int whole_tokens = S->distinct && !tp && B >= 2 * omp_get_num_threads();
+    if (whole_tokens) {
         #pragma omp for schedule(dynamic, 1) nowait
         for (int64_t r = 0; r < B; r++) {
-            for (int64_t kvh = 0; kvh < KV; kvh++) {
-                for (int64_t g = 0; g < G; g++) qkv_head(S, L, r, kvh * G + g);
-                qkv_head(S, L, r, H + kvh);
-                attend_unit(S, L, r, kvh, s);
-            }
+            for (int64_t kvh = 0; kvh < KV; kvh++) heads_and_attention(S, L, r, kvh, s);
             quantize_row(S->att + r * QO, r, &S->qQ);
         }
         step_barrier(S->bar);
-        tile_matmul_multi(&L->o, 1, &S->qQ, B, S->y, S->W.DL, team);
-        step_barrier(S->bar);
-        return;
-    }
-    if (S->distinct) {
+    } else if (S->distinct) {
         /* every token of a different sequence (decoding): a unit's own k and v are all its attention needs, so
            the heads' work and the attention share one pass (the same arithmetic, one barrier fewer) */
         #pragma omp for schedule(dynamic, 1) nowait
-        for (int64_t u = 0; u < B * KV; u++) {
-            const int64_t r = u / KV, kvh = u % KV;
-            for (int64_t g = 0; g < G; g++) qkv_head(S, L, r, kvh * G + g);
-            qkv_head(S, L, r, H + kvh);
-            attend_unit(S, L, r, kvh, s);
-        }
+        for (int64_t u = 0; u < B * KV; u++) heads_and_attention(S, L, u / KV, u % KV, s);
         step_barrier(S->bar);
     } else {
         #pragma omp for schedule(static) nowait
@@ -266,10 +262,12 @@ static void attention_block(const step_t* S, const dlayer_t* L, float* s, team_t
         for (int64_t u = 0; u < B * KV; u++) attend_unit(S, L, u / KV, u % KV, s);  /* a token's heads of a KV head */
         step_barrier(S->bar);
     }
-    if (tp) gather_phase(S, FP_GATHER_ATT, S->att, S->att_full);
-    #pragma omp for schedule(static) nowait
-    for (int64_t r = 0; r < B; r++) quantize_row(S->att_full + r * S->W.QOF, r, &S->qQ);
-    step_barrier(S->bar);
+    if (!whole_tokens) {
+        if (tp) gather_phase(S, FP_GATHER_ATT, S->att, S->att_full);
+        #pragma omp for schedule(static) nowait
+        for (int64_t r = 0; r < B; r++) quantize_row(S->att_full + r * S->W.QOF, r, &S->qQ);
+        step_barrier(S->bar);
+    }
     tile_matmul_multi(&L->o, 1, &S->qQ, B, S->y, S->W.DL, team);
     step_barrier(S->bar);
     if (tp) gather_phase(S, FP_GATHER_O, S->y, S->f);
