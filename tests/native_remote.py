@@ -284,7 +284,7 @@ class RemoteLibrary(native.NativeLibrary):
         call.add(out, 8 * rows, output=True)
         self._run(call, "argmax_rows", [(1, x), (0, rows), (0, n), (1, out), (0, nthreads)])
 
-    def sample_rows(self, x, rows, n, temp, top_p, min_p, u, out, nthreads) -> None:
+    def sample_rows(self, x, rows, n, temp, top_p, min_p, u, out, nthreads) -> int:
         call = Call()
         call.add(x, 4 * rows * n)
         for p in (temp, top_p, min_p):
@@ -293,7 +293,7 @@ class RemoteLibrary(native.NativeLibrary):
         call.add(u, 8 * rows)
         call.add(out, 8 * rows, output=True)
         args = [(1, x), (0, rows), (0, n), (1, temp), (1 if top_p else 0, top_p), (1 if min_p else 0, min_p)]
-        self._run(call, "sample_rows", [*args, (1, u), (1, out), (0, nthreads)])
+        return self._run(call, "sample_rows", [*args, (1, u), (1, out), (0, nthreads)])
 
     def _model(self, call: Call, m_addr: int, caches: dict[int, int]) -> native.DModel:
         m = native.DModel.from_address(m_addr)

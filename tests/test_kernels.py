@@ -425,6 +425,32 @@ def test_sample_rows_draws_as_the_sampler_does(native_lib, rows, vocab):
     assert torch.equal(native_lib.sample(x[plain], temps[plain], u[plain]), got[plain])
 
 
+def test_sample_rows_top_p_threshold_in_crowded_rows(native_lib):
+    """Top-p's threshold is found ten bits of the float at a time: rows whose probabilities share their top bits
+    (near-equal logits), exact ties at the threshold, one dominant token and a flat row draw what the sampler's
+    sort-and-cumsum path draws, for many uniform numbers."""
+    vocab, reps = 3000, 40
+    gen = torch.Generator().manual_seed(21)
+    near = 1e-4 * torch.randn(vocab, generator=gen)  # e within ~1e-3 of 1: one bucket of the top ten bits
+    ties = torch.randn(vocab, generator=gen).round()  # few distinct values, each shared by many tokens
+    dominant = torch.full((vocab,), -5.0)
+    dominant[17] = 5.0
+    flat = torch.zeros(vocab)
+    rows, params = [], []
+    for i, (row, top_p) in enumerate([(near, 0.5), (near, 0.93), (ties, 0.6), (ties, 0.9), (dominant, 0.5), (flat, 0.3)]):
+        for j in range(reps):
+            rows.append(row)
+            params.append(SamplingParams(temperature=0.9, top_p=top_p, seed=1000 * i + j))
+    x = torch.stack(rows)
+    a = _seeded_rows(params, vocab)
+    reference = draw(target_probs(x, a), a)
+    u = _uniforms(_seeded_rows(params, vocab), x.device)
+    temps, top_p = torch.full((len(rows),), 0.9), torch.tensor([p.top_p for p in params])
+    got = native_lib.sample(x, temps, u, top_p)
+    assert torch.equal(got, reference)
+    assert bool((got[4 * reps : 5 * reps] == 17).all())
+
+
 def test_sample_rows_frequencies_and_special_rows(native_lib):
     logits = torch.tensor([0.0, 1.0, 2.0, -1.0, float("-inf"), 0.5] * 3)  # 18 tokens: a vector and a tail
     logits[10] = -3e38  # how a grammar mask forbids a token

@@ -262,7 +262,7 @@ _SIGNATURES = {  # name -> (restype, argtypes)
         [_PTR, _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _I64, _F32, _I64, _PTR, _I64],
     ),
     "argmax_rows": (None, [_PTR, _I64, _I64, _PTR, _I64]),
-    "sample_rows": (None, [_PTR, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _I64]),
+    "sample_rows": (_I64, [_PTR, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _I64]),
     "mask_rows": (None, [_PTR, _I64, _PTR, _I64, _PTR, _I64, _PTR, _I64]),
     "decoder_workspace": (_I64, [_PTR, _I64, _I64, _I64]),
     "decoder_step": (_I64, [_PTR, _PTR, _I64, _PTR, _PTR, _PTR, _I64, _I64, _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _I64]),
@@ -359,7 +359,7 @@ class NativeLibrary:
         filters = [None if f is None else f.float().contiguous() for f in (top_p, min_p)]
         assert all(f is None or f.shape == (rows,) for f in filters)
         out = torch.empty(rows, dtype=torch.int64)
-        self.sample_rows(
+        status = self.sample_rows(
             x.data_ptr(),
             rows,
             x.shape[1],
@@ -369,6 +369,8 @@ class NativeLibrary:
             out.data_ptr(),
             torch.get_num_threads(),
         )
+        if status != 0:
+            raise MemoryError(f"sample_rows: no memory for the scratch of {rows} rows of {x.shape[1]} logits")
         return out
 
     def mask(self, x: torch.Tensor, rows: list[int], words: np.ndarray) -> np.ndarray:

@@ -84,7 +84,7 @@ int main(int argc, char** argv) {
     } else if (!strcmp(name, "argmax_rows")) {
         argmax_rows(P(0), I(1), I(2), P(3), I(4));
     } else if (!strcmp(name, "sample_rows")) {
-        sample_rows(P(0), I(1), I(2), P(3), P(4), P(5), P(6), P(7), I(8));
+        ret = sample_rows(P(0), I(1), I(2), P(3), P(4), P(5), P(6), P(7), I(8));
     } else if (!strcmp(name, "decoder_workspace")) {
         ret = decoder_workspace(P(0), I(1), I(2), I(3));
     } else if (!strcmp(name, "decoder_step")) {

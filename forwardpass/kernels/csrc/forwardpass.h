@@ -92,7 +92,7 @@ FP_EXPORT void paged_attention(const float* q, const uint16_t* k, const uint16_t
                                int64_t heads, int64_t kv_heads, int64_t dim, float scale, int64_t window, float* out,
                                int64_t n_threads);
 FP_EXPORT void argmax_rows(const float* x, int64_t rows, int64_t n, int64_t* out, int64_t nthreads);
-FP_EXPORT void sample_rows(const float* x, int64_t rows, int64_t n, const float* temp, const float* top_p,
+FP_EXPORT int64_t sample_rows(const float* x, int64_t rows, int64_t n, const float* temp, const float* top_p,
                            const float* min_p, const float* u, int64_t* out, int64_t nthreads);
 FP_EXPORT void mask_rows(float* x, int64_t n, const int64_t* idx, int64_t nrows, const uint32_t* bits, int64_t words,
                          uint8_t* empty, int64_t nthreads);

@@ -23,24 +23,77 @@ FP_INLINE V exp_lanes(const float* x, int64_t cnt, V mx, V it) {
     return v_mul(v_exp(z), keep);
 }
 
-/* sum of the e[i] >= t (e: n values in [0, 1], n % 16 == 0, zero-padded) */
-static float mass_from(const float* e, int64_t n, float t) {
-    V acc = v_zero();
-    const V vt = v_set1(t);
-    for (int64_t i = 0; i < n; i += 16) {
-        const V v = v_load(e + i);
-        /* v where v >= t, else 0: v * step(v - t), step exactly 0 or 1 as in exp_lanes */
-        acc = v_add(acc, v_mul(v, v_min(v_max(v_mul(v_add(v_sub(v, vt), v_set1(1e-38f)), v_set1(1e38f)), v_zero()),
-                                         v_set1(1.0f))));
+/* Top-p's threshold: the largest t with sum(e >= t) >= top_p * sum(e), e's n values in [0, 1]. Their float bit
+   patterns order them as integers, so t is found ten bits at a time: a histogram of the mass per value of the top
+   bits (0 .. 0x3f8), the highest bucket where the running sum from the top reaches the target, then the same over
+   that bucket's values (gathered into `cand`, up to n floats) with the next ten bits and the last ten. Two passes
+   over the row and a few over the values sharing t's top bits, instead of a bisection's 31. The sums run in a
+   fixed order: the threshold is a function of the row alone. Where rounding leaves a lower level short of its
+   target (its sums run in another order than the level above), that level keeps all of its values. */
+#define HIST 1024
+static float top_p_cut(const float* e, int64_t n, float top_p, float* cand) {
+    float h[4][HIST], target = 0.0f, above = 0.0f;
+    uint32_t prefix = 0;
+    const float* vals = e;
+    int64_t count = n;
+    for (int shift = 20; shift >= 0; shift -= 10) {
+        memset(h, 0, sizeof h);
+        const uint32_t mask = HIST - 1;  /* e <= 1: its top bits are at most 0x3f8 */
+        int64_t i = 0;
+        for (; i + 4 <= count; i += 4)  /* four histograms: no chain of adds through one bucket's memory */
+            for (int l = 0; l < 4; l++) {
+                uint32_t b;
+                memcpy(&b, &vals[i + l], 4);
+                h[l][(b >> shift) & mask] += vals[i + l];
+            }
+        for (; i < count; i++) {
+            uint32_t b;
+            memcpy(&b, &vals[i], 4);
+            h[0][(b >> shift) & mask] += vals[i];
+        }
+        float mass[HIST];
+        for (int k = 0; k < HIST; k++) mass[k] = (h[0][k] + h[1][k]) + (h[2][k] + h[3][k]);
+        if (shift == 20) {
+            float total = 0.0f;
+            for (int k = HIST - 1; k >= 0; k--) total += mass[k];
+            target = top_p * total;
+        }
+        int chosen = -1, lowest = -1;
+        float run = above;
+        for (int k = HIST - 1; k >= 0 && chosen < 0; k--) {
+            if (!(mass[k] > 0.0f)) continue;
+            lowest = k;
+            if (run + mass[k] >= target) chosen = k;
+            else run += mass[k];
+        }
+        if (chosen < 0) {  /* rounding (or no mass at all): this level keeps all of its values */
+            chosen = lowest >= 0 ? lowest : 0;
+            run = above;
+            for (int k = HIST - 1; k > chosen; k--) run += mass[k] > 0.0f ? mass[k] : 0.0f;
+        }
+        above = run;
+        prefix |= (uint32_t)chosen << shift;
+        if (shift == 0) break;
+        /* the values sharing the chosen bits above `shift` */
+        const uint32_t want = prefix >> shift, high = 0xffffffffu >> shift;
+        int64_t c = 0;
+        for (int64_t j = 0; j < count; j++) {
+            uint32_t b;
+            memcpy(&b, &vals[j], 4);
+            if (((b >> shift) & high) == want) cand[c++] = vals[j];
+        }
+        vals = cand;
+        count = c;
     }
-    return v_hsum(acc);
+    float t;
+    memcpy(&t, &prefix, 4);
+    return t;
 }
 
 /* Row x's token: e = exp((x - max) / T) in [0, 1]; with top-p or min-p, stored in `e` (n rounded up to 16,
    zero-padded) and filtered as the sampler filters (top-p first, over softmax(x / T); then min-p): top-p keeps the
    tokens with e >= the largest value t whose kept mass reaches top_p times the total (ties with it kept: the
-   sampler's rule), found by bisection over the float bit patterns (the mass only changes at an e value, so the
-   answer is one); min-p keeps e >= min_p (e is the probability over the largest one). Without them nothing is
+   sampler's rule; `top_p_cut`); min-p keeps e >= min_p (e is the probability over the largest one). Without them nothing is
    stored: the block sums come from one pass of exponentials, and the chosen block's are computed again. */
 static int64_t draw_row(const float* x, int64_t n, float temp, float top_p, float min_p, float u0, float u1,
                         float* e, float* block_sums) {
@@ -61,17 +114,7 @@ static int64_t draw_row(const float* x, int64_t n, float temp, float top_p, floa
         for (int64_t j = 0; j < n16; j += 16) v_store(e + j, exp_lanes(x + j, n - j, vmx, it));
         float cut = min_p;
         if (top_p < 1.0f) {
-            const float target = top_p * mass_from(e, n16, 0.0f);
-            uint32_t lo = 0, hi = 0x3f800000u;  /* the bit patterns of 0 and 1: e's range, ordered as integers */
-            while (lo < hi) {                  /* the largest t with mass_from(t) >= target */
-                const uint32_t mid = lo + (hi - lo + 1) / 2;
-                float t;
-                memcpy(&t, &mid, 4);
-                if (mass_from(e, n16, t) >= target) lo = mid;
-                else hi = mid - 1;
-            }
-            float t;
-            memcpy(&t, &lo, 4);
+            const float t = top_p_cut(e, n, top_p, e + n16);
             if (t > cut) cut = t;
         }
         if (cut > 0.0f)
@@ -114,25 +157,28 @@ static int64_t draw_row(const float* x, int64_t n, float temp, float top_p, floa
 }
 
 /* out[r] = a token drawn from softmax(x[r] / temp[r]) with the uniform numbers u[2 r], u[2 r + 1] in [0, 1),
-   after top-p (top_p[r] < 1) and min-p (min_p[r] > 0) where given (top_p, min_p may be NULL) */
-void sample_rows(const float* x, int64_t rows, int64_t n, const float* temp, const float* top_p, const float* min_p,
-                 const float* u, int64_t* out, int64_t nthreads) {
-    const int64_t nb = (n + DRAW_BLOCK - 1) / DRAW_BLOCK;
-    int filtered = 0;
+   after top-p (top_p[r] < 1) and min-p (min_p[r] > 0) where given (top_p, min_p may be NULL). Returns 0, or -1
+   when a thread's scratch could not be allocated (out is then not to be used). */
+int64_t sample_rows(const float* x, int64_t rows, int64_t n, const float* temp, const float* top_p,
+                    const float* min_p, const float* u, int64_t* out, int64_t nthreads) {
+    const int64_t nb = (n + DRAW_BLOCK - 1) / DRAW_BLOCK, n16 = (n + 15) / 16 * 16;
+    int filtered = 0, failed = 0;
     for (int64_t r = 0; r < rows; r++)
         if ((top_p && top_p[r] < 1.0f) || (min_p && min_p[r] > 0.0f)) filtered = 1;
 #pragma omp parallel num_threads((int)nthreads) if (rows > 1)
     {
         float stack[STACK_BLOCKS];
         float* sums = nb <= STACK_BLOCKS ? stack : malloc(sizeof(float) * (size_t)nb);
-        float* e = filtered ? malloc(sizeof(float) * (size_t)((n + 15) / 16 * 16)) : NULL;
+        float* e = filtered ? malloc(sizeof(float) * (size_t)(2 * n16)) : NULL;  /* the row, top-p's candidates */
+        const int ok = sums && (e || !filtered);
+        if (!ok) __atomic_store_n(&failed, 1, __ATOMIC_RELAXED);
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < rows; r++) {
             const float p = top_p ? top_p[r] : 1.0f, mp = min_p ? min_p[r] : 0.0f;
-            const float* xr = x + r * n;
-            out[r] = !sums || (filtered && !e) ? 0 : draw_row(xr, n, temp[r], p, mp, u[2 * r], u[2 * r + 1], e, sums);
+            out[r] = ok ? draw_row(x + r * n, n, temp[r], p, mp, u[2 * r], u[2 * r + 1], e, sums) : -1;
         }
         free(e);
         if (sums != stack) free(sums);
     }
+    return failed ? -1 : 0;
 }
