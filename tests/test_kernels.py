@@ -437,7 +437,9 @@ def test_sample_rows_top_p_threshold_in_crowded_rows(native_lib):
     dominant[17] = 5.0
     flat = torch.zeros(vocab)
     rows, params = [], []
-    for i, (row, top_p) in enumerate([(near, 0.5), (near, 0.93), (ties, 0.6), (ties, 0.9), (dominant, 0.5), (flat, 0.3)]):
+    for i, (row, top_p) in enumerate(
+        [(near, 0.5), (near, 0.93), (ties, 0.6), (ties, 0.9), (dominant, 0.5), (flat, 0.3)]
+    ):
         for j in range(reps):
             rows.append(row)
             params.append(SamplingParams(temperature=0.9, top_p=top_p, seed=1000 * i + j))
@@ -481,6 +483,24 @@ def test_tile_matmul_is_bit_identical_in_every_build(native_lib, qtype):
     y = tile_matmul([TileMatrix([weight], native_lib)], x)
     assert torch.equal(y, tile_matmul([TileMatrix([weight], best)], x))
     assert rel_err(y, x @ weight.dequantize().t()) <= 1e-2
+
+
+@pytest.mark.parametrize("qtype", [T.Q4_0, T.Q5_0, T.Q8_0], ids=lambda t: T(t).name)
+def test_tile_matmul_offset_codes_are_exact_in_the_integers(native_lib, qtype):
+    """Q4_0 / Q5_0 / Q8_0 weights are d * (code + c): the c * sum(x) term is added in the integer dot product, not
+    as a second float product (which cancelled most of the first when the activations share an offset), so the
+    result is the exact product of the quantized operands up to float32 accumulation alone."""
+    from forwardpass.kernels.tiles import TileMatrix, tile_matmul
+
+    weight = random_weight(qtype, 256, 2048, seed=3)
+    x = torch.randn(16, 2048, generator=torch.Generator().manual_seed(4)) + 3.0
+    q = torch.empty(16, 2048, dtype=torch.int8)
+    dx, sx, s16 = torch.empty(16, 64), torch.empty(16, 64), torch.empty(16, 128, dtype=torch.int32)
+    native_lib.quantize_rows(x.data_ptr(), 16, 2048, 2048, q.data_ptr(), dx.data_ptr(), sx.data_ptr(), s16.data_ptr())
+    xq = q.double().view(64, 16, 32).permute(1, 0, 2) * dx.double().view(16, 64, 1)  # codes are group-major
+    exact = xq.reshape(16, 2048) @ weight.dequantize().double().t()
+    y = tile_matmul([TileMatrix([weight], native_lib)], x).double()
+    assert (y - exact).abs().max().item() <= 4.5e-7 * exact.abs().max().item()  # 6-7e-7 with the float offset
 
 
 @pytest.mark.parametrize("vocab", [1000, 49152])

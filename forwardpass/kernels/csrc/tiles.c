@@ -29,10 +29,10 @@ each other at every group, 12% of a 16-token step.) A row's output is
 
     y = sum over tiles of  float(dot(code, q)) * (d * dx)  +  m * sx
 
-(K6: d * dx * float(sum of the two halves' sc * (dot - 32 sum(q)))), accumulated over tiles in column order. The
-integer dot products are exact in every build, and the float operations per lane are the same, in the same order,
-in every build; each token's sum is computed alone in that fixed order, so a token's result never depends on the
-other tokens. */
+(D: float(dot(code, q) + c sum(q)) * (d * dx), the offset in the exact integer; K6: d * dx * float(sum of the two
+halves' sc * (dot - 32 sum(q)))), accumulated over tiles in column order. The integer dot products are exact in
+every build, and the float operations per lane are the same, in the same order, in every build; each token's sum
+is computed alone in that fixed order, so a token's result never depends on the other tokens. */
 #include <omp.h>
 
 #include "internal.h"
@@ -291,6 +291,7 @@ FP_INLINE void prefetch_ahead(const tmat_t* W, int64_t tg, const int BITS) {
 FP_INLINE void tile_block(const tmat_t* W, int64_t rt, const qact_t* X, int64_t t0, const int TN, float* y,
                           int64_t ldy, const int BITS, const int SM) {
     const int64_t G = W->k / 32, LD = X->ld;
+    const int32_t moff = (int32_t)W->mconst;  /* SM_D: the weight is d * (code + moff) */
     /* token i of column group g: codes at xq + 32 i, scales at dx[i G], sx[i G], sums at s16[2 i G] */
     const int8_t* xq = X->q + t0 * 32;
     const float *dx = X->dx + t0 * G, *sx = X->sx + t0 * G;
@@ -314,10 +315,12 @@ FP_INLINE void tile_block(const tmat_t* W, int64_t rt, const qact_t* X, int64_t 
                 a = vi_mullo(vi_sub(a, vi_set1(32 * s16[2 * i * G])), sca);
                 b = vi_mullo(vi_sub(b, vi_set1(32 * s16[2 * i * G + 1])), scb);
                 acc[i] = v_fma(vi_to_v(vi_add(a, b)), dxd, acc[i]);
-            } else {
+            } else if (SM == SM_D) {  /* the codes' offset in the integer: one float product fewer, and exact */
                 VI a = tile_dot(op, xi, 0, 8, BITS);
-                if (SIGNED_8BIT && BITS == 8) a = vi_add(a, vi_set1(128 * (s16[2 * i * G] + s16[2 * i * G + 1])));
+                if (!(SIGNED_8BIT && BITS == 8)) a = vi_add(a, vi_set1(moff * (s16[2 * i * G] + s16[2 * i * G + 1])));
                 acc[i] = v_fma(vi_to_v(a), dxd, acc[i]);
+            } else {
+                acc[i] = v_fma(vi_to_v(tile_dot(op, xi, 0, 8, BITS)), dxd, acc[i]);
                 acc[i] = v_fma(mw, v_set1(sx[i * G]), acc[i]);
             }
         }
@@ -387,6 +390,7 @@ FP_INLINE __m256i half_dot(const __m256i* op, const __m256i* mag, const int8_t* 
 FP_INLINE void tile_block_halves(const tmat_t* W, int64_t rt, const qact_t* X, int64_t t0, const int TN, float* y,
                                  int64_t ldy, const int BITS, const int SM) {
     const int64_t G = W->k / 32, LD = X->ld;
+    const int32_t moff = (int32_t)W->mconst;
     for (int h = 0; h < 2; h++) {
         const int8_t* xq = X->q + t0 * 32;
         const float *dx = X->dx + t0 * G, *sx = X->sx + t0 * G;
@@ -412,11 +416,13 @@ FP_INLINE void tile_block_halves(const tmat_t* W, int64_t rt, const qact_t* X, i
                     a = _mm256_mullo_epi32(_mm256_sub_epi32(a, _mm256_set1_epi32(32 * s16[2 * i * G])), sca);
                     b = _mm256_mullo_epi32(_mm256_sub_epi32(b, _mm256_set1_epi32(32 * s16[2 * i * G + 1])), scb);
                     acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(a, b)), dxd, acc[i]);
-                } else {
+                } else if (SM == SM_D) {
                     __m256i a = half_dot(op, mag, xi, 0, 8, BITS);
-                    if (BITS == 8)
-                        a = _mm256_add_epi32(a, _mm256_set1_epi32(128 * (s16[2 * i * G] + s16[2 * i * G + 1])));
+                    if (BITS != 8)
+                        a = _mm256_add_epi32(a, _mm256_set1_epi32(moff * (s16[2 * i * G] + s16[2 * i * G + 1])));
                     acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), dxd, acc[i]);
+                } else {
+                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(half_dot(op, mag, xi, 0, 8, BITS)), dxd, acc[i]);
                     acc[i] = _mm256_fmadd_ps(mw, _mm256_set1_ps(sx[i * G]), acc[i]);
                 }
             }
