@@ -453,6 +453,20 @@ def test_sample_rows_top_p_threshold_in_crowded_rows(native_lib):
     assert bool((got[4 * reps : 5 * reps] == 17).all())
 
 
+def test_sample_rows_top_p_threshold_in_the_tail(native_lib):
+    """When top-p reaches down among the tiny probabilities (below 2^-20, which the threshold search first sets
+    aside), the whole row is searched: here 99,999 tied tokens of e^-14.6 each hold 4.5% of the mass, top_p 0.99
+    keeps them all, and the low uniform numbers draw among them as without top-p."""
+    vocab, rows = 100_000, 16
+    x = torch.full((rows, vocab), -14.556)
+    x[:, 0] = 0.0
+    u = torch.stack([torch.arange(rows) / rows / 24, torch.full((rows,), 0.5)], dim=1)  # u0 < 0.045: the tail
+    temps = torch.ones(rows)
+    got = native_lib.sample(x, temps, u, torch.full((rows,), 0.99))
+    assert torch.equal(got, native_lib.sample(x, temps, u))
+    assert bool((got != 0).all())
+
+
 def test_sample_rows_frequencies_and_special_rows(native_lib):
     logits = torch.tensor([0.0, 1.0, 2.0, -1.0, float("-inf"), 0.5] * 3)  # 18 tokens: a vector and a tail
     logits[10] = -3e38  # how a grammar mask forbids a token

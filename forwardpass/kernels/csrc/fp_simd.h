@@ -84,9 +84,10 @@ FP_INLINE V v_abs(V a) { return _mm512_abs_ps(a); }
 FP_INLINE float v_hsum(V v) { return _mm512_reduce_add_ps(v); }
 FP_INLINE float v_hmax(V v) { return _mm512_reduce_max_ps(v); }
 FP_INLINE V v_round(V v) { return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-/* bit i: lane i is NaN / equals b */
+/* bit i: lane i is NaN / equals b / is >= b */
 FP_INLINE uint32_t v_nan_mask(V a) { return _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q); }
 FP_INLINE uint32_t v_eq_mask(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
+FP_INLINE uint32_t v_ge_mask(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
 /* lane i of a where bit i of m is set, else lane i of b */
 FP_INLINE V v_select_bits(uint32_t m, V a, V b) { return _mm512_mask_mov_ps(b, (__mmask16)m, a); }
 FP_INLINE V v_load_bf16(const uint16_t* p) {
@@ -181,6 +182,10 @@ FP_INLINE uint32_t v_nan_mask(V x) {
 FP_INLINE uint32_t v_eq_mask(V x, V y) {
     return (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(x.a, y.a, _CMP_EQ_OQ)) |
            (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(x.b, y.b, _CMP_EQ_OQ)) << 8;
+}
+FP_INLINE uint32_t v_ge_mask(V x, V y) {
+    return (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(x.a, y.a, _CMP_GE_OQ)) |
+           (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(x.b, y.b, _CMP_GE_OQ)) << 8;
 }
 FP_INLINE __m256 select8(uint32_t m, __m256 a, __m256 b) {
     const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
@@ -302,6 +307,15 @@ FP_INLINE uint32_t v_eq_mask(V x, V y) {
     for (int i = 0; i < 4; i++) {
         uint32_t l[4];
         vst1q_u32(l, vceqq_f32(x.v[i], y.v[i]));
+        for (int j = 0; j < 4; j++) m |= (l[j] & 1u) << (4 * i + j);
+    }
+    return m;
+}
+FP_INLINE uint32_t v_ge_mask(V x, V y) {
+    uint32_t m = 0;
+    for (int i = 0; i < 4; i++) {
+        uint32_t l[4];
+        vst1q_u32(l, vcgeq_f32(x.v[i], y.v[i]));
         for (int j = 0; j < 4; j++) m |= (l[j] & 1u) << (4 * i + j);
     }
     return m;

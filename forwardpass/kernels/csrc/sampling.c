@@ -24,39 +24,43 @@ FP_INLINE V exp_lanes(const float* x, int64_t cnt, V mx, V it) {
 }
 
 /* Top-p's threshold: the largest t with sum(e >= t) >= top_p * sum(e), e's n values in [0, 1]. Their float bit
-   patterns order them as integers, so t is found ten bits at a time: a histogram of the mass per value of the top
-   bits (0 .. 0x3f8), the highest bucket where the running sum from the top reaches the target, then the same over
-   that bucket's values (gathered into `cand`, up to n floats) with the next ten bits and the last ten. Two passes
-   over the row and a few over the values sharing t's top bits, instead of a bisection's 31. The sums run in a
-   fixed order: the threshold is a function of the row alone. Where rounding leaves a lower level short of its
-   target (its sums run in another order than the level above), that level keeps all of its values. */
+   patterns order them as integers, so t is found ten bits at a time (`cut_levels`): a histogram of the mass per
+   value of the top bits (0 .. 0x3f8), the highest bucket where the running sum from the top reaches the target,
+   then the same over that bucket's values with the next ten bits and the last ten. Most of a vocabulary is far
+   below the threshold: one vector pass sums the values under TAIL and gathers the others into `cand`, and the
+   levels run over those alone; only when the threshold falls among the tail do they run over the whole row. Every
+   sum runs in a fixed order: the threshold is a function of the row alone. Where rounding leaves a lower level
+   short of its target (its sums run in another order than the level above), that level keeps all of its values. */
 #define HIST 1024
-static float top_p_cut(const float* e, int64_t n, float top_p, float* cand) {
+#define TAIL 0x1p-20f
+
+/* the threshold over count values (moved, for the lower levels, into cand; vals may be cand) whose sum plus
+   `tail` (the mass of values below all of them) is the total; 0 in *reached when the top level never reaches
+   the target (the threshold is in the tail) */
+static float cut_levels(const float* vals, int64_t count, float tail, float top_p, float* cand, int* reached) {
     float h[4][HIST], target = 0.0f, above = 0.0f;
     uint32_t prefix = 0;
-    const float* vals = e;
-    int64_t count = n;
+    *reached = 1;
     for (int shift = 20; shift >= 0; shift -= 10) {
         memset(h, 0, sizeof h);
-        const uint32_t mask = HIST - 1;  /* e <= 1: its top bits are at most 0x3f8 */
         int64_t i = 0;
         for (; i + 4 <= count; i += 4)  /* four histograms: no chain of adds through one bucket's memory */
             for (int l = 0; l < 4; l++) {
                 uint32_t b;
                 memcpy(&b, &vals[i + l], 4);
-                h[l][(b >> shift) & mask] += vals[i + l];
+                h[l][(b >> shift) & (HIST - 1)] += vals[i + l];
             }
         for (; i < count; i++) {
             uint32_t b;
             memcpy(&b, &vals[i], 4);
-            h[0][(b >> shift) & mask] += vals[i];
+            h[0][(b >> shift) & (HIST - 1)] += vals[i];
         }
         float mass[HIST];
         for (int k = 0; k < HIST; k++) mass[k] = (h[0][k] + h[1][k]) + (h[2][k] + h[3][k]);
         if (shift == 20) {
             float total = 0.0f;
             for (int k = HIST - 1; k >= 0; k--) total += mass[k];
-            target = top_p * total;
+            target = top_p * (total + tail);
         }
         int chosen = -1, lowest = -1;
         float run = above;
@@ -67,6 +71,7 @@ static float top_p_cut(const float* e, int64_t n, float top_p, float* cand) {
             else run += mass[k];
         }
         if (chosen < 0) {  /* rounding (or no mass at all): this level keeps all of its values */
+            if (shift == 20) *reached = 0;
             chosen = lowest >= 0 ? lowest : 0;
             run = above;
             for (int k = HIST - 1; k > chosen; k--) run += mass[k] > 0.0f ? mass[k] : 0.0f;
@@ -88,6 +93,22 @@ static float top_p_cut(const float* e, int64_t n, float top_p, float* cand) {
     float t;
     memcpy(&t, &prefix, 4);
     return t;
+}
+
+/* e: n16 values (zero-padded); cand: room for n16 */
+static float top_p_cut(const float* e, int64_t n16, float top_p, float* cand) {
+    V tail = v_zero();
+    const V bound = v_set1(TAIL);
+    int64_t c = 0;
+    for (int64_t j = 0; j < n16; j += 16) {
+        const V v = v_load(e + j);
+        uint32_t keep = v_ge_mask(v, bound);
+        tail = v_add(tail, v_select_bits(keep, v_zero(), v));
+        for (; keep; keep &= keep - 1) cand[c++] = e[j + __builtin_ctz(keep)];
+    }
+    int reached;
+    const float t = cut_levels(cand, c, v_hsum(tail), top_p, cand, &reached);
+    return reached ? t : cut_levels(e, n16, 0.0f, top_p, cand, &reached);
 }
 
 /* Row x's token: e = exp((x - max) / T) in [0, 1]; with top-p or min-p, stored in `e` (n rounded up to 16,
@@ -114,7 +135,7 @@ static int64_t draw_row(const float* x, int64_t n, float temp, float top_p, floa
         for (int64_t j = 0; j < n16; j += 16) v_store(e + j, exp_lanes(x + j, n - j, vmx, it));
         float cut = min_p;
         if (top_p < 1.0f) {
-            const float t = top_p_cut(e, n, top_p, e + n16);
+            const float t = top_p_cut(e, n16, top_p, e + n16);
             if (t > cut) cut = t;
         }
         if (cut > 0.0f)
