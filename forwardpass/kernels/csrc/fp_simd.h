@@ -293,32 +293,30 @@ FP_INLINE V v_abs(V x) { V r; for (int i = 0; i < 4; i++) r.v[i] = vabsq_f32(x.v
 FP_INLINE float v_hsum(V x) { return vaddvq_f32(vaddq_f32(vaddq_f32(x.v[0], x.v[1]), vaddq_f32(x.v[2], x.v[3]))); }
 FP_INLINE float v_hmax(V x) { return vmaxvq_f32(vmaxq_f32(vmaxq_f32(x.v[0], x.v[1]), vmaxq_f32(x.v[2], x.v[3]))); }
 FP_INLINE V v_round(V x) { V r; for (int i = 0; i < 4; i++) r.v[i] = vrndnq_f32(x.v[i]); return r; }
-FP_INLINE uint32_t v_nan_mask(V x) {
+/* bit 4 i + j: lane j of c[i] is all ones */
+FP_INLINE uint32_t lane_bits(const uint32x4_t c[4]) {
     uint32_t m = 0;
     for (int i = 0; i < 4; i++) {
         uint32_t l[4];
-        vst1q_u32(l, vmvnq_u32(vceqq_f32(x.v[i], x.v[i])));
+        vst1q_u32(l, c[i]);
         for (int j = 0; j < 4; j++) m |= (l[j] & 1u) << (4 * i + j);
     }
     return m;
+}
+FP_INLINE uint32_t v_nan_mask(V x) {
+    uint32x4_t c[4];
+    for (int i = 0; i < 4; i++) c[i] = vmvnq_u32(vceqq_f32(x.v[i], x.v[i]));
+    return lane_bits(c);
 }
 FP_INLINE uint32_t v_eq_mask(V x, V y) {
-    uint32_t m = 0;
-    for (int i = 0; i < 4; i++) {
-        uint32_t l[4];
-        vst1q_u32(l, vceqq_f32(x.v[i], y.v[i]));
-        for (int j = 0; j < 4; j++) m |= (l[j] & 1u) << (4 * i + j);
-    }
-    return m;
+    uint32x4_t c[4];
+    for (int i = 0; i < 4; i++) c[i] = vceqq_f32(x.v[i], y.v[i]);
+    return lane_bits(c);
 }
 FP_INLINE uint32_t v_ge_mask(V x, V y) {
-    uint32_t m = 0;
-    for (int i = 0; i < 4; i++) {
-        uint32_t l[4];
-        vst1q_u32(l, vcgeq_f32(x.v[i], y.v[i]));
-        for (int j = 0; j < 4; j++) m |= (l[j] & 1u) << (4 * i + j);
-    }
-    return m;
+    uint32x4_t c[4];
+    for (int i = 0; i < 4; i++) c[i] = vcgeq_f32(x.v[i], y.v[i]);
+    return lane_bits(c);
 }
 FP_INLINE V v_select_bits(uint32_t m, V x, V y) {
     static const uint32_t bit[4] = {1, 2, 4, 8};
