@@ -114,8 +114,8 @@ static float top_p_cut(const float* e, int64_t n16, float top_p, float* cand) {
 /* Row x's token: e = exp((x - max) / T) in [0, 1]; with top-p or min-p, stored in `e` (n rounded up to 16,
    zero-padded) and filtered as the sampler filters (top-p first, over softmax(x / T); then min-p): top-p keeps the
    tokens with e >= the largest value t whose kept mass reaches top_p times the total (ties with it kept: the
-   sampler's rule; `top_p_cut`); min-p keeps e >= min_p (e is the probability over the largest one). Without them nothing is
-   stored: the block sums come from one pass of exponentials, and the chosen block's are computed again. */
+   sampler's rule; `top_p_cut`); min-p keeps e >= min_p (e is the probability over the largest one). Without them
+   nothing is stored: the block sums come from one pass of exponentials, and the chosen block's are computed again. */
 static int64_t draw_row(const float* x, int64_t n, float temp, float top_p, float min_p, float u0, float u1,
                         float* e, float* block_sums) {
     V m = v_set1(-INFINITY);
