@@ -100,6 +100,11 @@ def test_sample_rows_equals_the_host_build(remote):
     top_p, min_p = torch.tensor([1.0, 0.9, 0.5, 0.3] * 2), torch.tensor([0.0] * 4 + [0.05, 0.1, 0.0, 0.2])
     there = remote.sample(x, temps, u, top_p, min_p)  # with top-p and min-p
     assert torch.equal(there, HOST.sample(x, temps, u, top_p, min_p))
+    tail = torch.full((4, 1000), -14.556)  # top-p's threshold among the tiny probabilities: the whole-row search
+    tail[:, 0] = 0.0
+    u = torch.tensor([[0.0, 0.5], [0.0002, 0.1], [0.3, 0.9], [0.00001, 0.99]])
+    there = remote.sample(tail, torch.ones(4), u, torch.full((4,), 0.9999))
+    assert torch.equal(there, HOST.sample(tail, torch.ones(4), u, torch.full((4,), 0.9999)))
 
 
 @pytest.mark.parametrize("dim,heads,kv_heads,window", [(64, 9, 3, 0), (128, 4, 4, 0), (256, 4, 1, 20), (48, 2, 1, 0)])
