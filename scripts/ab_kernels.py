@@ -7,13 +7,12 @@ machine noise hits both alike; prints each build's median time, B/A, and whether
 
 `sample`: `NativeLibrary.sample` at temperature 0.7 on random logits (rows x vocabulary, top-p as given).
 `tiles`: `tile_matmul` on one thread over random Q8_0 (an 8192 x 576 head) and Q4_1 (1536 x 576) weights.
-Builds are compiled as `scripts/ab_native.py` compiles them (`FORWARDPASS_AVXVNNI=0` for plain AVX2).
+Builds are compiled by `ab_common.build_from` (`FORWARDPASS_AVXVNNI=0` for plain AVX2).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -23,7 +22,7 @@ from typing import Callable
 import gguf
 import numpy as np
 import torch
-from ab_native import build_from
+from ab_common import alternating, build_from
 from gguf import GGMLQuantizationType as T
 
 from forwardpass.gguf.weights import QuantWeight
@@ -34,15 +33,16 @@ from forwardpass.kernels.tiles import TileMatrix, tile_matmul
 
 def paired(calls: dict[str, Callable[[], torch.Tensor]], rounds: int) -> tuple[dict[str, float], bool]:
     """Median seconds per build over `rounds` alternating calls, and whether the builds' last outputs are equal."""
-    times: dict[str, list[float]] = {k: [] for k in calls}
     out: dict[str, torch.Tensor] = {}
-    for r in range(rounds):
-        for name in calls if r % 2 == 0 else reversed(list(calls)):
-            t0 = time.perf_counter()
-            out[name] = calls[name]()
-            times[name].append(time.perf_counter() - t0)
+
+    def call(name: str) -> float:
+        t0 = time.perf_counter()
+        out[name] = calls[name]()
+        return time.perf_counter() - t0
+
+    med = alternating(list(calls), rounds, call)
     first, second = out.values()
-    return {k: statistics.median(v) for k, v in times.items()}, torch.equal(first, second)
+    return med, torch.equal(first, second)
 
 
 def report(label: str, med: dict[str, float], same: bool) -> None:

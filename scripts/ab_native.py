@@ -11,30 +11,16 @@ median step time and B/A.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from ab_common import alternating, build_from
+
 from forwardpass import LLM
 from forwardpass.engine.model_runner import Logits, SeqChunk
 from forwardpass.kernels import native
-
-
-def build_from(csrc: Path, variant: str, out: Path) -> native.NativeLibrary:
-    import os
-
-    avxvnni = None if variant != "avx2" else os.environ.get("FORWARDPASS_AVXVNNI", "1") != "0"
-    flags = [*native.variant_flags(variant, avxvnni), "-mtune=native", "-I", str(csrc)]
-    cmd_sources = sorted(csrc.glob("*.c"))
-    old = native.sources
-    native.sources = lambda: cmd_sources  # compile that folder's files
-    try:
-        native.compile_library(out, flags)
-    finally:
-        native.sources = old
-    return native.NativeLibrary(out, variant)
 
 
 def main() -> int:
@@ -59,42 +45,43 @@ def main() -> int:
         }
         decoder = llm.model.native_decoder
         ids = llm.tokenizer.encode("The quick brown fox jumps over the lazy dog. " * 200)
-        times: dict[str, list[float]] = {"A": [], "B": [], "pA": [], "pB": []}
         n = args.context + args.steps + 2
         with llm.engine.scratch_blocks(n + 1, args.batch) as tables:
             for b, t in enumerate(tables):
                 llm.runner.run([SeqChunk(ids[b : b + args.context], 0, t, Logits.LAST)])
             pos = args.context
-            for r in range(args.rounds):
-                for name in "AB" if r % 2 == 0 else "BA":
-                    decoder.lib = libs[name]
-                    t0 = time.perf_counter()
-                    for _ in range(args.steps):
-                        llm.runner.run(
-                            [SeqChunk([ids[pos + b]], pos, t, Logits.LAST, prompt_len=1) for b, t in enumerate(tables)]
-                        )
-                        pos += 1
-                    times[name].append((time.perf_counter() - t0) / args.steps)
-                    pos -= args.steps  # overwrite the same positions: every round decodes the same context
+
+            def steps(name: str) -> float:  # the same positions every round: the same context
+                decoder.lib = libs[name]
+                t0 = time.perf_counter()
+                for i in range(args.steps):
+                    p = pos + i
+                    llm.runner.run(
+                        [SeqChunk([ids[p + b]], p, t, Logits.LAST, prompt_len=1) for b, t in enumerate(tables)]
+                    )
+                return (time.perf_counter() - t0) / args.steps
+
+            step = alternating(["A", "B"], args.rounds, steps)
+        a, b = step["A"], step["B"]
+        print(
+            f"{llm.system_info()}; batch {args.batch}: decode step A {1000 * a:.2f} ms, B {1000 * b:.2f} ms, "
+            f"B/A {b / a:.3f}"
+        )
         if args.prompt_tokens:
             with llm.engine.scratch_blocks(args.prompt_tokens) as (table,):
-                for r in range(max(4, args.rounds // 4)):
-                    for name in "AB" if r % 2 == 0 else "BA":
-                        decoder.lib = libs[name]
-                        t0 = time.perf_counter()
-                        llm.runner.run([SeqChunk(ids[: args.prompt_tokens], 0, table, Logits.LAST)])
-                        times["p" + name].append(time.perf_counter() - t0)
-    a, b = statistics.median(times["A"]), statistics.median(times["B"])
-    print(
-        f"{llm.system_info()}; batch {args.batch}: decode step A {1000 * a:.2f} ms, B {1000 * b:.2f} ms, "
-        f"B/A {b / a:.3f}"
-    )
-    if args.prompt_tokens:
-        pa, pb = statistics.median(times["pA"]), statistics.median(times["pB"])
-        print(
-            f"prompt {args.prompt_tokens}: A {args.prompt_tokens / pa:.1f} tok/s, B {args.prompt_tokens / pb:.1f} tok/s, "
-            f"B/A time {pb / pa:.3f}"
-        )
+
+                def prompt(name: str) -> float:
+                    decoder.lib = libs[name]
+                    t0 = time.perf_counter()
+                    llm.runner.run([SeqChunk(ids[: args.prompt_tokens], 0, table, Logits.LAST)])
+                    return time.perf_counter() - t0
+
+                pp = alternating(["A", "B"], max(4, args.rounds // 4), prompt)
+            pa, pb = pp["A"], pp["B"]
+            print(
+                f"prompt {args.prompt_tokens}: A {args.prompt_tokens / pa:.1f} tok/s, "
+                f"B {args.prompt_tokens / pb:.1f} tok/s, B/A time {pb / pa:.3f}"
+            )
     return 0
 
 

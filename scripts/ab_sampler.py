@@ -11,9 +11,10 @@ takes the difference over 64: one decode step of the engine, scheduling, samplin
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
+
+from ab_common import alternating
 
 from forwardpass import LLM, SamplingParams
 from forwardpass.bench import bench_prompt
@@ -36,7 +37,6 @@ def main() -> int:
     prompt = bench_prompt(llm, 128)
     prompts = [prompt[i:] + prompt[:i] for i in range(args.seqs)]
     draws = {"native": sampler.native_draw, "torch": None}
-    times: dict[str, list[float]] = {name: [] for name in draws}
 
     def run(max_tokens: int) -> float:
         params = SamplingParams(max_tokens=max_tokens, temperature=args.temperature, ignore_eos=True)
@@ -44,12 +44,13 @@ def main() -> int:
         llm.generate(prompts, params)
         return time.perf_counter() - t0
 
-    for r in range(args.rounds):
-        for name in ("native", "torch") if r % 2 == 0 else ("torch", "native"):
-            sampler.native_draw = draws[name]
-            one = run(1)
-            times[name].append((run(65) - one) / 64)
-    a, b = statistics.median(times["torch"]), statistics.median(times["native"])
+    def step(name: str) -> float:
+        sampler.native_draw = draws[name]
+        one = run(1)
+        return (run(65) - one) / 64
+
+    med = alternating(["native", "torch"], args.rounds, step)
+    a, b = med["torch"], med["native"]
     print(
         f"{llm.system_info()}; {args.seqs} sequences at temperature {args.temperature}: engine decode step, "
         f"PyTorch draw {1000 * a:.2f} ms, native draw {1000 * b:.2f} ms, native/PyTorch {b / a:.3f}"
