@@ -7,6 +7,7 @@ import os
 import shutil
 
 import pytest
+from server_helpers import ServerProcess
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # headless Chromium
 
@@ -43,12 +44,23 @@ def browser():
         b.close()
 
 
+@pytest.fixture(scope="module")
+def paced_server(tiny_chat_model):
+    """A server whose engine steps take 10 ms more (test fault ``slow_steps``): the tiny model's tokens arrive
+    over half a second, as a real model's do, instead of faster than the browser paints (which showed 5 updates
+    for a 48-token reply once on a busy machine)."""
+    s = ServerProcess(tiny_chat_model, env={"FORWARDPASS_TEST_FAULT": "slow_steps:0.01"})
+    yield s
+    s.stop()
+
+
 def _send(page, text: str) -> None:
     page.fill("#prompt", text)
     page.press("#prompt", "Enter")
 
 
-def test_chat_page_streams_a_reply(browser, server):
+def test_chat_page_streams_a_reply(browser, paced_server):
+    server = paced_server
     page = browser.new_page(bypass_csp=True)  # the page's CSP forbids the eval wait_for_function uses
     page.goto(server.url + "/")
     page.wait_for_function("document.getElementById('model').textContent === 'tiny-chat'")
