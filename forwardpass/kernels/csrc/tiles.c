@@ -194,14 +194,15 @@ FP_INLINE void top_store(uint8_t* p, TOP op, const int BITS) {
 #endif
 }
 
-/* Per row: the integer dot product of operands o0 .. o1 - 1 (columns 4 o0 .. 4 o1 - 1) with token xi's codes
-   (the 8-bit codes' offset not yet added back where SIGNED_8BIT). Exact: int32 sums of bounded products. */
-FP_INLINE VI tile_dot(const TOP* op, const int8_t* xi, const int o0, const int o1, const int BITS) {
+/* Per row: start + the integer dot product of operands o0 .. o1 - 1 (columns 4 o0 .. 4 o1 - 1) with token xi's
+   codes (the 8-bit codes' offset not yet added back where SIGNED_8BIT). Exact: int32 sums of bounded products. */
+FP_INLINE VI tile_dot(const TOP* op, const int8_t* xi, const int o0, const int o1, const int BITS,
+                        const int32_t start) {
 #if defined(FP_AVX512)
     (void)BITS;
     /* two chains (even and odd operands) summed at the end: a token's sum waits on half as many vpdpbusd
        latencies, and the integer is the same (16-token step 0.89x) */
-    __m512i a = _mm512_setzero_si512(), b = a;
+    __m512i a = _mm512_set1_epi32(start), b = _mm512_setzero_si512();
     int o = o0;
     for (; o + 1 < o1; o += 2) {
         a = _mm512_dpbusd_epi32(a, op[o], _mm512_set1_epi32(load_i32(xi + 4 * o)));
@@ -211,7 +212,7 @@ FP_INLINE VI tile_dot(const TOP* op, const int8_t* xi, const int o0, const int o
     return _mm512_add_epi32(a, b);
 #elif defined(FP_AVX2) && defined(FP_AVXVNNI)
     (void)BITS;
-    __m256i ra = _mm256_setzero_si256(), rb = _mm256_setzero_si256();
+    __m256i ra = _mm256_set1_epi32(start), rb = ra;
     for (int o = o0; o < o1; o++) {
         const __m256i xb = _mm256_set1_epi32(load_i32(xi + 4 * o));
         ra = _mm256_dpbusd_avx_epi32(ra, op[o].a, xb);
@@ -224,7 +225,7 @@ FP_INLINE VI tile_dot(const TOP* op, const int8_t* xi, const int o0, const int o
        vpmaddwd with ones widens pairs to int32. 8-bit codes are signed here: |q| x (x with q's sign). */
     const int per = BITS == 4 ? 8 : BITS == 5 ? 4 : BITS == 6 ? 2 : 1;
     const __m256i ones = _mm256_set1_epi16(1);
-    __m256i ra = _mm256_setzero_si256(), rb = _mm256_setzero_si256();
+    __m256i ra = _mm256_set1_epi32(start), rb = ra;
     for (int o = o0; o < o1; o += per) {
         __m256i sa = _mm256_setzero_si256(), sb = _mm256_setzero_si256();
         for (int j = o; j < o + per && j < o1; j++) {
@@ -244,7 +245,7 @@ FP_INLINE VI tile_dot(const TOP* op, const int8_t* xi, const int o0, const int o
 #else
     (void)BITS;
     const int8x16_t xa = vld1q_s8(xi), xb = vld1q_s8(xi + 16);
-    VI r = vi_zero();
+    VI r = vi_set1(start);
 #define DOT_OP(o, x, lane)                                                                  \
     if (o0 <= (o) && (o) < o1)                                                              \
         for (int i = 0; i < 4; i++) r.v[i] = vdotq_laneq_s32(r.v[i], op[o].v[i], x, lane);
@@ -254,6 +255,24 @@ FP_INLINE VI tile_dot(const TOP* op, const int8_t* xi, const int o0, const int o
     return r;
 #endif
 }
+
+/* A tile's dot products (start DOT_START) as floats. AVX-VNNI: vcvtdq2ps issues on the two ports that vpdpbusd and
+   the FMAs share, a float subtraction also on a third (Golden Cove's adders on port 5). So there the sums start
+   from the bits of 1.5 * 2^23 and one subtraction makes them floats: those bits + I, read as a float, are exactly
+   12582912 + I for |I| < 2^22 (a tile's sums stay under 1.6e6: 32 x 255 x 127 with 8-bit codes, plus the offset
+   128 x 32 x 127), and subtracting 12582912 leaves exactly I, the value vcvtdq2ps gives: bit-identical in every
+   build. `int8_peak`: 0.86x the time of the Q4_1 line with vcvtdq2ps. Plain AVX2 and AVX-512 keep the conversion
+   (its add costs them an operation more, or the ports are not the bound). */
+#if defined(FP_AVX2) && defined(FP_AVXVNNI)
+#define DOT_START 0x4B400000
+FP_INLINE V dot_to_v(VI a) {
+    const __m256 c = _mm256_set1_ps(12582912.0f);
+    return (V){_mm256_sub_ps(_mm256_castsi256_ps(a.a), c), _mm256_sub_ps(_mm256_castsi256_ps(a.b), c)};
+}
+#else
+#define DOT_START 0
+FP_INLINE V dot_to_v(VI a) { return vi_to_v(a); }
+#endif
 
 /* ---- scales ---- */
 
@@ -311,16 +330,16 @@ FP_INLINE void tile_block(const tmat_t* W, int64_t rt, const qact_t* X, int64_t 
             const int8_t* xi = xq + 32 * i;
             const V dxd = v_mul(dw, v_set1(dx[i * G]));
             if (SM == SM_K6) {  /* each half of the columns has its own integer scale */
-                VI a = tile_dot(op, xi, 0, 4, BITS), b = tile_dot(op, xi, 4, 8, BITS);
+                VI a = tile_dot(op, xi, 0, 4, BITS, 0), b = tile_dot(op, xi, 4, 8, BITS, 0);
                 a = vi_mullo(vi_sub(a, vi_set1(32 * s16[2 * i * G])), sca);
                 b = vi_mullo(vi_sub(b, vi_set1(32 * s16[2 * i * G + 1])), scb);
                 acc[i] = v_fma(vi_to_v(vi_add(a, b)), dxd, acc[i]);
             } else if (SM == SM_D) {  /* the codes' offset in the integer: one float product fewer, and exact */
-                VI a = tile_dot(op, xi, 0, 8, BITS);
+                VI a = tile_dot(op, xi, 0, 8, BITS, DOT_START);
                 if (!(SIGNED_8BIT && BITS == 8)) a = vi_add(a, vi_set1(moff * (s16[2 * i * G] + s16[2 * i * G + 1])));
-                acc[i] = v_fma(vi_to_v(a), dxd, acc[i]);
+                acc[i] = v_fma(dot_to_v(a), dxd, acc[i]);
             } else {
-                acc[i] = v_fma(vi_to_v(tile_dot(op, xi, 0, 8, BITS)), dxd, acc[i]);
+                acc[i] = v_fma(dot_to_v(tile_dot(op, xi, 0, 8, BITS, DOT_START)), dxd, acc[i]);
                 acc[i] = v_fma(mw, v_set1(sx[i * G]), acc[i]);
             }
         }
@@ -432,6 +451,62 @@ FP_INLINE void tile_block_halves(const tmat_t* W, int64_t rt, const qact_t* X, i
     }
 }
 #define TILE_BLOCK_MANY tile_block_halves
+#elif defined(FP_AVX2) && defined(FP_AVXVNNI)
+/* AVX-VNNI, several tokens: tile_block's loop runs a token's 16 vpdpbusd as two chains of 8 (40 cycles of latency
+   each), so keeping the two ports busy takes five tokens in flight, more than the scheduler holds. Here each
+   operand meets 4 tokens in turn: 8 independent chains, the operands reloaded from L1 once per 4 tokens. The same
+   integers, the same float operations per lane in the same order: bit-identical with tile_block. (Q6_K's two
+   integer scales per tile keep tile_block.) */
+#define VNNI_TOKENS 4
+FP_INLINE void tile_block_vnni(const tmat_t* W, int64_t rt, const qact_t* X, int64_t t0, const int TN, float* y,
+                               int64_t ldy, const int BITS, const int SM) {
+    if (SM == SM_K6) {
+        tile_block(W, rt, X, t0, TN, y, ldy, BITS, SM);
+        return;
+    }
+    const int64_t G = W->k / 32, LD = X->ld;
+    const int32_t moff = (int32_t)W->mconst;
+    const int8_t* xq = X->q + t0 * 32;
+    const float *dx = X->dx + t0 * G, *sx = X->sx + t0 * G;
+    const int32_t* s16 = X->s16 + 2 * t0 * G;
+    V acc[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < TN; i++) acc[i] = v_zero();
+    for (int64_t g = 0; g < G; g++, xq += 32 * LD, dx++, sx++, s16 += 2) {
+        prefetch_ahead(W, rt * G + g, BITS);
+        TOP op[8];
+        tile_ops(W, rt * G + g, BITS, op);
+        V dw, mw = v_zero();
+        VI sca, scb;
+        tile_scales(W, rt, g, G, SM, &dw, &mw, &sca, &scb);
+#pragma GCC unroll 2
+        for (int i0 = 0; i0 < TN; i0 += VNNI_TOKENS) {
+            __m256i ra[VNNI_TOKENS], rb[VNNI_TOKENS];
+#pragma GCC unroll 4
+            for (int i = 0; i < VNNI_TOKENS; i++) ra[i] = rb[i] = _mm256_set1_epi32(DOT_START);
+#pragma GCC unroll 8
+            for (int o = 0; o < 8; o++)
+#pragma GCC unroll 4
+                for (int i = 0; i < VNNI_TOKENS; i++) {
+                    const __m256i xb = _mm256_set1_epi32(load_i32(xq + 32 * (i0 + i) + 4 * o));
+                    ra[i] = _mm256_dpbusd_avx_epi32(ra[i], op[o].a, xb);
+                    rb[i] = _mm256_dpbusd_avx_epi32(rb[i], op[o].b, xb);
+                }
+#pragma GCC unroll 4
+            for (int j = 0; j < VNNI_TOKENS; j++) {
+                const int i = i0 + j;
+                VI a = {ra[j], rb[j]};
+                const V dxd = v_mul(dw, v_set1(dx[i * G]));
+                if (SM == SM_D) a = vi_add(a, vi_set1(moff * (s16[2 * i * G] + s16[2 * i * G + 1])));
+                acc[i] = v_fma(dot_to_v(a), dxd, acc[i]);
+                if (SM != SM_D) acc[i] = v_fma(mw, v_set1(sx[i * G]), acc[i]);
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < TN; i++) v_store(y + (t0 + i) * ldy + rt * 16, acc[i]);
+}
+#define TILE_BLOCK_MANY tile_block_vnni
 #else
 #define TILE_BLOCK_MANY tile_block
 #endif
