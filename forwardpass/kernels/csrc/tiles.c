@@ -451,16 +451,32 @@ FP_INLINE void tile_block_halves(const tmat_t* W, int64_t rt, const qact_t* X, i
     }
 }
 #define TILE_BLOCK_MANY tile_block_halves
-#elif defined(FP_AVX2) && defined(FP_AVXVNNI)
-/* AVX-VNNI, several tokens: tile_block's loop runs a token's 16 vpdpbusd as two chains of 8 (40 cycles of latency
-   each), so keeping the two ports busy takes five tokens in flight, more than the scheduler holds. Here each
-   operand meets 4 tokens in turn: 8 independent chains, the operands reloaded from L1 once per 4 tokens. The same
-   integers, the same float operations per lane in the same order: bit-identical with tile_block. (Q6_K's two
-   integer scales per tile keep tile_block.) */
-#define VNNI_TOKENS 4
-FP_INLINE void tile_block_vnni(const tmat_t* W, int64_t rt, const qact_t* X, int64_t t0, const int TN, float* y,
-                               int64_t ldy, const int BITS, const int SM) {
-    if (SM == SM_K6) {
+#elif defined(FP_AVX512) || defined(FP_AVXVNNI)
+/* vpdpbusd builds, several tokens: tile_block's loop runs a token's vpdpbusd as one or two chains (AVX-VNNI: two of
+   8, 40 cycles of latency each), so keeping the ports busy takes more tokens in flight than the scheduler holds.
+   Here each operand meets DOT_TOKENS tokens in turn: that many independent chains (AVX-VNNI: twice as many), the
+   operands held in registers or reloaded from L1 once per DOT_TOKENS tokens. The same integers, the same float
+   operations per lane in the same order: bit-identical with tile_block. (Q6_K's two integer scales per tile keep
+   tile_block.) */
+#if defined(FP_AVX512)
+#define DOT_TOKENS 8
+#else
+#define DOT_TOKENS 4
+#endif
+
+/* r + operand op's products with a token's 4 codes x, per row */
+FP_INLINE VI dot_op(VI r, TOP op, int32_t x) {
+#if defined(FP_AVX512)
+    return _mm512_dpbusd_epi32(r, op, _mm512_set1_epi32(x));
+#else
+    const __m256i xb = _mm256_set1_epi32(x);
+    return (VI){_mm256_dpbusd_avx_epi32(r.a, op.a, xb), _mm256_dpbusd_avx_epi32(r.b, op.b, xb)};
+#endif
+}
+
+FP_INLINE void tile_block_tokens(const tmat_t* W, int64_t rt, const qact_t* X, int64_t t0, const int TN, float* y,
+                                 int64_t ldy, const int BITS, const int SM) {
+    if (SM == SM_K6 || TN < DOT_TOKENS) {
         tile_block(W, rt, X, t0, TN, y, ldy, BITS, SM);
         return;
     }
@@ -469,8 +485,8 @@ FP_INLINE void tile_block_vnni(const tmat_t* W, int64_t rt, const qact_t* X, int
     const int8_t* xq = X->q + t0 * 32;
     const float *dx = X->dx + t0 * G, *sx = X->sx + t0 * G;
     const int32_t* s16 = X->s16 + 2 * t0 * G;
-    V acc[8];
-#pragma GCC unroll 8
+    V acc[16];
+#pragma GCC unroll 16
     for (int i = 0; i < TN; i++) acc[i] = v_zero();
     for (int64_t g = 0; g < G; g++, xq += 32 * LD, dx++, sx++, s16 += 2) {
         prefetch_ahead(W, rt * G + g, BITS);
@@ -479,34 +495,29 @@ FP_INLINE void tile_block_vnni(const tmat_t* W, int64_t rt, const qact_t* X, int
         V dw, mw = v_zero();
         VI sca, scb;
         tile_scales(W, rt, g, G, SM, &dw, &mw, &sca, &scb);
-#pragma GCC unroll 2
-        for (int i0 = 0; i0 < TN; i0 += VNNI_TOKENS) {
-            __m256i ra[VNNI_TOKENS], rb[VNNI_TOKENS];
 #pragma GCC unroll 4
-            for (int i = 0; i < VNNI_TOKENS; i++) ra[i] = rb[i] = _mm256_set1_epi32(DOT_START);
+        for (int i0 = 0; i0 < TN; i0 += DOT_TOKENS) {
+            VI r[DOT_TOKENS];
+#pragma GCC unroll 8
+            for (int i = 0; i < DOT_TOKENS; i++) r[i] = vi_set1(DOT_START);
 #pragma GCC unroll 8
             for (int o = 0; o < 8; o++)
-#pragma GCC unroll 4
-                for (int i = 0; i < VNNI_TOKENS; i++) {
-                    const __m256i xb = _mm256_set1_epi32(load_i32(xq + 32 * (i0 + i) + 4 * o));
-                    ra[i] = _mm256_dpbusd_avx_epi32(ra[i], op[o].a, xb);
-                    rb[i] = _mm256_dpbusd_avx_epi32(rb[i], op[o].b, xb);
-                }
-#pragma GCC unroll 4
-            for (int j = 0; j < VNNI_TOKENS; j++) {
+#pragma GCC unroll 8
+                for (int i = 0; i < DOT_TOKENS; i++) r[i] = dot_op(r[i], op[o], load_i32(xq + 32 * (i0 + i) + 4 * o));
+#pragma GCC unroll 8
+            for (int j = 0; j < DOT_TOKENS; j++) {
                 const int i = i0 + j;
-                VI a = {ra[j], rb[j]};
                 const V dxd = v_mul(dw, v_set1(dx[i * G]));
-                if (SM == SM_D) a = vi_add(a, vi_set1(moff * (s16[2 * i * G] + s16[2 * i * G + 1])));
-                acc[i] = v_fma(dot_to_v(a), dxd, acc[i]);
+                if (SM == SM_D) r[j] = vi_add(r[j], vi_set1(moff * (s16[2 * i * G] + s16[2 * i * G + 1])));
+                acc[i] = v_fma(dot_to_v(r[j]), dxd, acc[i]);
                 if (SM != SM_D) acc[i] = v_fma(mw, v_set1(sx[i * G]), acc[i]);
             }
         }
     }
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int i = 0; i < TN; i++) v_store(y + (t0 + i) * ldy + rt * 16, acc[i]);
 }
-#define TILE_BLOCK_MANY tile_block_vnni
+#define TILE_BLOCK_MANY tile_block_tokens
 #else
 #define TILE_BLOCK_MANY tile_block
 #endif
@@ -523,7 +534,7 @@ FP_INLINE void tile_block_vnni(const tmat_t* W, int64_t rt, const qact_t* X, int
     static void NAME(const tmat_t* W, int64_t rt, const qact_t* X, int64_t T, float* y, int64_t ldy) {      \
         int64_t t0 = 0;                                                                                     \
         if (TN_MAX == 16)                                                                                   \
-            for (; t0 + 16 <= T; t0 += 16) tile_block(W, rt, X, t0, 16, y, ldy, BITS, SM);                  \
+            for (; t0 + 16 <= T; t0 += 16) TILE_BLOCK_MANY(W, rt, X, t0, 16, y, ldy, BITS, SM);                  \
         for (; t0 + 8 <= T; t0 += 8) TILE_BLOCK_MANY(W, rt, X, t0, 8, y, ldy, BITS, SM);                    \
         if (t0 + 4 <= T) { TILE_BLOCK_MANY(W, rt, X, t0, 4, y, ldy, BITS, SM); t0 += 4; }                   \
         for (; t0 < T; t0++) tile_block(W, rt, X, t0, 1, y, ldy, BITS, SM);                                 \
