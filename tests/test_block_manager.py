@@ -21,7 +21,7 @@ def test_allocate_and_free_return_every_block():
     bm = BlockManager(8, 4)
     seqs = [seq_of(list(range(i, i + 10))) for i in range(2)]
     for s in seqs:
-        assert bm.allocate_prefix(s)
+        assert bm.allocate_prefix(s, [])
         compute_all(bm, s)
     assert bm.num_used == 6
     for s in seqs:
@@ -32,10 +32,10 @@ def test_allocate_and_free_return_every_block():
 def test_prefix_blocks_are_shared_and_reference_counted():
     bm = BlockManager(16, 4)
     a = seq_of(list(range(10)))
-    assert bm.allocate_prefix(a) and a.num_computed == 0
+    assert bm.allocate_prefix(a, []) and a.num_computed == 0
     compute_all(bm, a)  # blocks [0-3], [4-7] full and named; [8, 9] partial
     b = seq_of(list(range(9)) + [99])
-    assert bm.allocate_prefix(b)
+    assert bm.allocate_prefix(b, [])
     assert b.num_computed == 8 and b.block_table == a.block_table[:2]
     assert [bm.pools[0].ref_counts[x] for x in a.block_table[:2]] == [2, 2]
     bm.free_seq(a)
@@ -47,37 +47,81 @@ def test_prefix_blocks_are_shared_and_reference_counted():
 def test_freed_blocks_are_revived_by_a_later_prefix_hit():
     bm = BlockManager(16, 4)
     a = seq_of(list(range(12)))
-    bm.allocate_prefix(a)
+    bm.allocate_prefix(a, [])
     compute_all(bm, a)
     table = list(a.block_table)
     bm.free_seq(a)
     b = seq_of(list(range(13)))
-    assert bm.allocate_prefix(b)
+    assert bm.allocate_prefix(b, [])
     assert b.block_table == table and b.num_cached == 12
 
 
-def test_a_fully_cached_prompt_still_computes_its_last_block():
+def test_a_fully_cached_prompt_runs_its_last_token_in_a_copy_of_its_last_block():
     bm = BlockManager(16, 4)
     a = seq_of(list(range(8)))
-    bm.allocate_prefix(a)
+    bm.allocate_prefix(a, [])
     compute_all(bm, a)
     b = seq_of(list(range(8)))
-    assert bm.allocate_prefix(b)
-    assert b.num_computed == 4  # one token at least must run to produce logits
+    copies = []
+    assert bm.allocate_prefix(b, copies)
+    assert b.num_computed == b.num_cached == 7  # one token must run to produce logits; the other 7 are cached
+    assert b.block_table[0] == a.block_table[0] and b.block_table[1] != a.block_table[1]
+    assert copies == [(0, a.block_table[1], b.block_table[1])]  # a still reads its block: b writes to a copy
+    assert [bm.pools[0].ref_counts[x] for x in (*a.block_table, b.block_table[1])] == [2, 1, 1]
+    assert b.block_hashes == a.block_hashes[:1]
+    bm.check([a, b])
+    advance(bm, b, 1)
+    assert b.block_hashes == a.block_hashes  # named again: the cached block stays the canonical one
+    assert bm.pools[0].cached[a.block_hashes[1]] == a.block_table[1]
+    bm.check([a, b])
+    cached = a.block_table[1]
+    bm.free_seq(a)
+    c, copies = seq_of(list(range(8))), []
+    assert bm.allocate_prefix(c, copies) and c.num_computed == 7  # a's freed last block is revived as the source
+    assert copies == [(0, cached, c.block_table[1])] and bm.pools[0].ref_counts[cached] == 0
+    bm.check([b, c])
+
+
+def test_a_fully_cached_prompt_runs_its_last_block_when_no_block_is_free_for_the_copy():
+    bm = BlockManager(2, 4)
+    a = seq_of(list(range(8)))
+    bm.allocate_prefix(a, [])
+    compute_all(bm, a)
+    table = list(a.block_table)
+    bm.free_seq(a)
+    b, copies = seq_of(list(range(8))), []
+    assert bm.allocate_prefix(b, copies)  # both blocks revived leave none for a copy: block 1 is recomputed
+    assert b.num_computed == 4 and b.block_table[0] == table[0] and copies == []
+    bm.check([b])
+
+
+def test_a_fully_cached_prompt_in_a_sliding_group_copies_the_last_block_of_both_groups():
+    bm = sliding()
+    a = seq_of(list(range(24)))
+    assert bm.allocate_prefix(a, [])
+    advance(bm, a, 24)
+    bm.free_seq(a)
+    b, copies = seq_of(list(range(24))), []
+    assert bm.allocate_prefix(b, copies)
+    assert b.num_computed == 23
+    first = (23 - WINDOW + 1) // 4  # = 4: the query at 23 reads blocks 4 and 5
+    assert b.block_tables[1][:first] == [FREED] * first and len(live(b, 1)) == 2
+    assert [(g, dst) for g, _, dst in copies] == [(0, b.block_tables[0][5]), (1, b.block_tables[1][5])]
+    bm.check([b])
 
 
 def test_lru_reuse_forgets_old_hashes():
     bm = BlockManager(4, 4)
     a = seq_of(list(range(16)))
-    bm.allocate_prefix(a)
+    bm.allocate_prefix(a, [])
     compute_all(bm, a)
     bm.free_seq(a)
     c = seq_of([7] * 16)
-    assert bm.allocate_prefix(c) and c.num_computed == 0
+    assert bm.allocate_prefix(c, []) and c.num_computed == 0
     compute_all(bm, c)  # reuses all four blocks: a's prefix is gone
     d = seq_of(list(range(16)))
     bm.free_seq(c)
-    assert bm.allocate_prefix(d) and d.num_computed == 0
+    assert bm.allocate_prefix(d, []) and d.num_computed == 0
 
 
 def test_ensure_slots_fails_without_side_effects():
@@ -158,7 +202,7 @@ def advance(bm: BlockManager, seq: Sequence, n: int) -> None:
 def test_sliding_group_releases_blocks_out_of_the_window():
     bm = sliding()
     s = seq_of(list(range(40)))
-    assert bm.allocate_prefix(s)
+    assert bm.allocate_prefix(s, [])
     for p in range(40):
         advance(bm, s, 1)
         first = max(0, s.num_computed - WINDOW + 1) // 4  # the next query's first key's block
@@ -174,7 +218,7 @@ def test_sliding_group_releases_blocks_out_of_the_window():
 def test_a_prefill_chunk_holds_the_window_before_it_and_itself():
     bm = sliding()
     s = seq_of(list(range(60)))
-    assert bm.allocate_prefix(s)
+    assert bm.allocate_prefix(s, [])
     for n in (13, 8, 17, 5):
         start = s.num_computed
         assert bm.ensure_slots(s, start + n)
@@ -190,12 +234,12 @@ def test_a_prefill_chunk_holds_the_window_before_it_and_itself():
 def test_prefix_hit_needs_only_the_window_before_the_hit():
     bm = sliding()
     a = seq_of(list(range(30)))
-    assert bm.allocate_prefix(a)
+    assert bm.allocate_prefix(a, [])
     advance(bm, a, 30)  # one chunk: every block named in both groups, then all but the window released
     assert live(a, 1) == a.block_tables[1][6:]
     bm.free_seq(a)
     b = seq_of(list(range(28)) + [99, 98])
-    assert bm.allocate_prefix(b)
+    assert bm.allocate_prefix(b, [])
     assert b.num_computed == b.num_cached == 28  # seven full blocks hit
     first = (28 - WINDOW + 1) // 4  # = 5: the sliding group takes only blocks 5 and 6
     assert b.block_tables[1][:first] == [FREED] * first and FREED not in b.block_tables[1][first:]
@@ -209,18 +253,18 @@ def test_prefix_hit_needs_only_the_window_before_the_hit():
 def test_prefix_hit_shrinks_when_the_window_blocks_were_evicted():
     bm = sliding([16, 8])
     a = seq_of(list(range(30)))
-    assert bm.allocate_prefix(a)
+    assert bm.allocate_prefix(a, [])
     advance(bm, a, 30)
     window_blocks = live(a, 1)  # blocks 6 and 7 (positions 24..29)
     bm.free_seq(a)
     # another sequence takes the sliding pool's least recently freed blocks, then its freed blocks 0..5 too
     other = seq_of([7] * 20)
-    assert bm.allocate_prefix(other)
+    assert bm.allocate_prefix(other, [])
     assert bm.ensure_slots(other, 32)  # 8 blocks: the whole sliding pool, a's named blocks forgotten
     assert not set(window_blocks) & {b for b in bm.pools[1].free}
     bm.free_seq(other)
     b = seq_of(list(range(30)) + [5])
-    assert bm.allocate_prefix(b)
+    assert bm.allocate_prefix(b, [])
     # the global group still holds all of a's blocks, but no hit length has its window in the sliding group
     assert all(bm.pools[0].block_hash[x] is not None for x in range(7))
     assert b.num_computed == 0 and b.block_tables[1] == [] and bm.prefix_hits == 0
@@ -231,13 +275,13 @@ def test_prefix_hit_shrinks_when_the_window_blocks_were_evicted():
 def test_prefix_hit_stops_where_the_sliding_group_last_holds_a_window():
     bm = sliding([16, 8])
     a = seq_of(list(range(30)))
-    assert bm.allocate_prefix(a)
+    assert bm.allocate_prefix(a, [])
     advance(bm, a, 30)  # sliding blocks 0..7: 5, 4, .., 0 released (out of the window), then 7, 6 freed
     bm.free_seq(a)
     hog = seq_of([3] * 9)
-    assert bm.allocate_prefix(hog) and bm.ensure_slots(hog, 12)  # evicts sliding blocks 5, 4, 3 (LRU)
+    assert bm.allocate_prefix(hog, []) and bm.ensure_slots(hog, 12)  # evicts sliding blocks 5, 4, 3 (LRU)
     b = seq_of(list(range(30)) + [1])
-    assert bm.allocate_prefix(b)
+    assert bm.allocate_prefix(b, [])
     # the global group holds blocks 0..6, but only 3 blocks (12 tokens) end where the sliding group still has
     # the window: a query at 12 reads positions 7.. (blocks 1, 2); at 16 it would read block 3, evicted
     assert b.num_computed == 12 and bm.prefix_hits == 12
@@ -250,7 +294,7 @@ def test_prefix_hit_stops_where_the_sliding_group_last_holds_a_window():
 def test_fork_shares_the_window_and_copies_the_partial_block_in_every_group():
     bm = sliding()
     parent = seq_of(list(range(18)))
-    assert bm.allocate_prefix(parent)
+    assert bm.allocate_prefix(parent, [])
     advance(bm, parent, 18)  # blocks 0..4, the last partial; sliding keeps blocks 3 and 4
     children = [seq_of(list(range(18))) for _ in range(3)]
     copies = []
@@ -290,7 +334,7 @@ def test_sliding_preemption_and_abort_return_every_block():
 def test_sliding_groups_without_prefix_caching_still_release():
     bm = sliding(caching=False)
     s = seq_of(list(range(25)))
-    assert bm.allocate_prefix(s) and s.num_computed == 0
+    assert bm.allocate_prefix(s, []) and s.num_computed == 0
     advance(bm, s, 25)
     assert used(bm, 1) == 2 and s.block_hashes == []
     bm.free_seq(s)

@@ -63,6 +63,29 @@ def test_prefix_cache_hit_equals_miss(tiny_path, device):
     assert warm.engine.stats().prefix_cache_hit_rate > 0
 
 
+def test_a_whole_cached_prompt_runs_only_its_last_token(tiny_path, device):
+    """A block-aligned prompt found whole in the cache runs one token (its last, in a copy of the last block:
+    the cached block is still another request's) and continues as a cold run does."""
+    prompt = SHARED[:32]
+    cold = LLM(tiny_path, ctx=256, enable_prefix_caching=False, device=device)
+    expected = outputs(cold, [prompt], greedy())[0]
+    warm = LLM(tiny_path, ctx=256, device=device)
+    engine = warm.engine
+    first = engine.add_request(prompt, greedy(40))
+    engine.step()  # the prompt computed: both blocks named, and `first` keeps decoding beside the next ones
+    again = [engine.add_request(prompt, greedy()) for _ in range(2)]
+    engine.step()
+    seqs = [r.completions[0].seq for r in again]
+    assert all(s.num_cached == 31 for s in seqs)
+    assert all(s.block_table[0] == first.completions[0].seq.block_table[0] for s in seqs)
+    assert len({first.completions[0].seq.block_table[1], *(s.block_table[1] for s in seqs)}) == 3
+    while engine.has_unfinished():
+        engine.step()
+    assert [r.completions[0].output.token_ids for r in again] == [expected, expected]
+    assert first.completions[0].output.token_ids[:20] == expected
+    assert engine.block_manager.num_used == 0
+
+
 def test_n_samples_share_prompt_blocks(tiny_path, device):
     llm = LLM(tiny_path, ctx=256, device=device)
     engine = llm.engine

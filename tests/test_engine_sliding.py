@@ -171,6 +171,18 @@ def test_prefix_hit_on_a_sliding_model_equals_a_miss(model):
     assert engine.stats().prefix_cache_hit_rate > 0 and engine.block_manager.num_used == 0
 
 
+def test_a_whole_cached_prompt_on_a_sliding_model_runs_its_last_token(model):
+    prompt = SHARED[:64]
+    cold = model.llm(False, ctx=256, enable_prefix_caching=False)
+    expected = outputs(cold, [prompt], greedy(30))[0]
+    warm = model.llm(ctx=256)
+    outputs(warm, [prompt], greedy(2))
+    result = warm.generate([prompt, prompt], greedy(30))
+    assert [o.token_ids for o in result] == [expected, expected]
+    assert all(o.num_cached_tokens == 63 for o in result)  # the last token ran, in a copy of block 3
+    assert warm.engine.block_manager.num_used == 0
+
+
 def test_n_samples_fork_in_every_group(model):
     params = SamplingParams(n=4, temperature=1.0, seed=3, max_tokens=60, ignore_eos=True)
     llm = model.llm(ctx=256)

@@ -112,35 +112,58 @@ class BlockManager:
         return max(0, num_computed - pool.window + 1) // self.block_size if pool.window else 0
 
     # ---- admission ----
-    def allocate_prefix(self, seq: Sequence) -> bool:
-        """Give a waiting sequence its cached prefix blocks; sets `num_computed`. False if a pool is full."""
+    def allocate_prefix(self, seq: Sequence, copies: list[tuple[int, int, int]]) -> bool:
+        """Give a waiting sequence its cached prefix blocks; sets `num_computed`. False if a pool is full.
+
+        One token at least must run, for its logits: when every block of a block-aligned prompt is cached, its
+        last token runs again, in a copy of the last block (the cached one may be shared); the (group, source,
+        destination) blocks the runner must copy before the step runs are added to `copies`."""
         assert not seq.block_tables
-        hits, hashes, found = (
-            self._lookup_prefix(seq) if self.enable_prefix_caching and seq.reuse_prefix else (0, [], [])
-        )
-        start = hits * self.block_size
-        taken = [found[g][self.first_needed(pool, start) : hits] if hits else [] for g, pool in enumerate(self.pools)]
-        for pool, blocks in zip(self.pools, taken):  # the revived blocks and one new block for the first token
-            if 1 + sum(1 for b in blocks if pool.ref_counts[b] == 0) > len(pool.free):
-                return False
-        for pool, blocks in zip(self.pools, taken):
+        reuse = self.enable_prefix_caching and seq.reuse_prefix
+        hits, hashes, found = self._lookup_prefix(seq, whole=True) if reuse else (0, [], [])
+        start = min(hits * self.block_size, seq.num_tokens - 1)
+        taken = self._taken(found, hits, start)
+        if start < hits * self.block_size and not self._fits(taken):  # no block for the copy: run the last block
+            hits, hashes, found = self._lookup_prefix(seq, whole=False)
+            start = hits * self.block_size
+            taken = self._taken(found, hits, start)
+        if not self._fits(taken):
+            return False
+        for g, (pool, blocks) in enumerate(zip(self.pools, taken)):
             for b in blocks:
                 pool.take(b)
+            if start < hits * self.block_size:  # the last block's copy: the one new block
+                source, blocks[-1] = blocks[-1], pool.allocate()
+                pool.release(source)  # copied before anything writes to the cache again
+                copies.append((g, source, blocks[-1]))
         seq.block_tables = [[FREED] * (hits - len(blocks)) + blocks for blocks in taken]
-        seq.block_hashes = hashes[:hits]
+        seq.block_hashes = hashes[: start // self.block_size]
         seq.num_computed = seq.num_cached = start
         self.prefix_queries += seq.num_tokens
         self.prefix_hits += seq.num_cached
         return True
 
-    def _lookup_prefix(self, seq: Sequence) -> tuple[int, list[int], list[list[int | None]]]:
+    def _taken(self, found: list[list[int | None]], hits: int, start: int) -> list[list]:
+        """Each group's cached blocks a sequence takes when its first `hits` blocks are found and it runs from
+        token `start` on (a sliding group: only those its window still sees)."""
+        if not hits:
+            return [[] for _ in self.pools]
+        return [found[g][self.first_needed(pool, start) : hits] for g, pool in enumerate(self.pools)]
+
+    def _fits(self, taken: list[list]) -> bool:
+        """Whether every pool has the blocks `taken` revives and one new block (the first token's)."""
+        revived = [sum(1 for b in blocks if pool.ref_counts[b] == 0) for pool, blocks in zip(self.pools, taken)]
+        return all(1 + n <= len(pool.free) for pool, n in zip(self.pools, revived))
+
+    def _lookup_prefix(self, seq: Sequence, whole: bool) -> tuple[int, list[int], list[list[int | None]]]:
         """(blocks hit, the chain hashes, each group's cached block per hash or None): the longest block-aligned
-        prefix for which the global groups hold every block and the sliding groups the window before its end."""
+        prefix for which the global groups hold every block and the sliding groups the window before the first
+        token to run (its end, or the last token when the prefix is the whole sequence: only with `whole`)."""
         bs = self.block_size
         hashes: list[int] = []
         found: list[list[int | None]] = [[] for _ in self.pools]
         prev = 0
-        for i in range((seq.num_tokens - 1) // bs):  # one token at least must run to produce logits
+        for i in range((seq.num_tokens if whole else seq.num_tokens - 1) // bs):
             tokens = tuple(seq.token_ids[i * bs : (i + 1) * bs])
             prev = chain_hash(prev, tokens)
             row = [pool.lookup(prev, tokens) for pool in self.pools]
@@ -158,7 +181,10 @@ class BlockManager:
                     for b in found[g]:
                         run = run + 1 if b is not None else 0
                         runs[g].append(run)
-            while hits and any(runs[g][hits - 1] < hits - self.first_needed(self.pools[g], hits * bs) for g in runs):
+            while hits and any(
+                runs[g][hits - 1] < hits - self.first_needed(self.pools[g], min(hits * bs, seq.num_tokens - 1))
+                for g in runs
+            ):
                 hits -= 1
         return hits, hashes, found
 

@@ -261,6 +261,8 @@ class LLMEngine:
             if not done and self._compiling:  # nothing else to do: wait briefly for a grammar, not spin
                 self._admit_compiled(wait_s=0.01)
             return done
+        for group, src, dst in output.block_copies:
+            self.runner.copy_block(group, src, dst)
         generating = SchedulerOutput([s for s in output.scheduled if not isinstance(s.seq.owner, Pooler)])
         pooled = [s for s in output.scheduled if isinstance(s.seq.owner, Pooler)]
         logits = self._run(generating)

@@ -61,6 +61,8 @@ class SchedulerOutput:
     """What one step runs, oldest running sequence first, then the newly admitted ones."""
 
     scheduled: list[ScheduledSeq]
+    block_copies: list[tuple[int, int, int]] = field(default_factory=list)  # (group, source, destination) to
+    # copy before the run: the last block of a whole cached prompt whose last token runs again
 
     def __bool__(self) -> bool:
         return bool(self.scheduled)
@@ -96,6 +98,7 @@ class Scheduler:
         """Which sequences run this step, and how many of their next tokens each."""
         budget = self.config.max_num_batched_tokens
         scheduled: list[ScheduledSeq] = []
+        copies: list[tuple[int, int, int]] = []
         for seq in list(self.running):
             if seq.status is not Status.RUNNING or budget == 0:
                 continue  # preempted earlier in this loop
@@ -106,18 +109,20 @@ class Scheduler:
                 budget -= n + len(draft)
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
-            if not self.blocks.allocate_prefix(seq):
+            seq_copies: list[tuple[int, int, int]] = []
+            if not self.blocks.allocate_prefix(seq, seq_copies):
                 break
             n = min(seq.num_uncomputed, budget)
             if not self.blocks.ensure_slots(seq, seq.num_computed + n):
                 self.blocks.free_seq(seq)
                 break
+            copies += seq_copies
             self.waiting.popleft()
             seq.status = Status.RUNNING
             self.running.append(seq)
             scheduled.append(ScheduledSeq(seq, n, seq.num_computed))
             budget -= n
-        return SchedulerOutput(scheduled)
+        return SchedulerOutput(scheduled, copies)
 
     def update(self, output: SchedulerOutput) -> StepUpdate:
         """After the run: the scheduled tokens are in the cache; sequences whose prompt is now computed fork
