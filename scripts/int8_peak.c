@@ -52,7 +52,10 @@ static void avx2_8bit(void) {
 /* One tile half for one token as tiles.c's plain-AVX2 path runs it, scales included: the integer dot product
    above, then vcvtdq2ps, the scale (vbroadcastss dx, vmulps dw) and two vfmadd231ps (d dx dot + m sx): four units
    (tokens) per iteration, each into its own accumulator. */
-static const float scales[2] = {0.5f, 0.25f};
+/* the two scales, then 1.5 * 2^23 eight times (a ymm operand) */
+static const float scales[16] __attribute__((aligned(32))) = {0.5f, 0.25f, 0, 0, 0, 0, 0, 0, 12582912.0f,
+                                                              12582912.0f, 12582912.0f, 12582912.0f, 12582912.0f,
+                                                              12582912.0f, 12582912.0f, 12582912.0f};
 #define UNIT4(ACC)                                                                                         \
     "vpmaddubsw %%ymm8, %%ymm0, %%ymm1\n vpmaddubsw %%ymm8, %%ymm0, %%ymm2\n"                              \
     "vpmaddubsw %%ymm9, %%ymm0, %%ymm3\n vpmaddubsw %%ymm9, %%ymm0, %%ymm4\n"                              \
@@ -90,22 +93,32 @@ static void vnni_ymm(void) { /* the VEX (AVX-VNNI) encoding, as the avx2+vnni bu
     for (long i = 0; i < ITERS; i++) __asm__ volatile(DP10("%{vex%} ", "ymm")::: DP10_CLOBBERS);
 }
 
-/* vpdpbusd shares ports 0 and 1 with the float multiplies, adds and conversions: this is the ymm line above with
-   the scales of a Q4_1 tile in the same ratio as tiles.c runs them (16 vpdpbusd, then per 8-row half vcvtdq2ps,
-   vmulps d * dx, vfmadd231ps, vfmadd231ps m * sx: 8 float ops; here 10 and 5), the loop in the asm so that its
-   float registers are set first. 24 operations on two ports per tile and token, not 16: the AVX-VNNI kernels'
-   bound is this line, not the one above. */
-static void vnni_ymm_scaled(void) {
-    long n = ITERS;
-    __asm__ volatile(
-        "vbroadcastss (%1), %%ymm2\n vbroadcastss 4(%1), %%ymm3\n"
-        "1:\n" DP10("%{vex%} ", "ymm")
-        "vcvtdq2ps %%ymm4, %%ymm14\n vmulps %%ymm2, %%ymm3, %%ymm15\n vfmadd231ps %%ymm15, %%ymm3, %%ymm14\n"
-        "vcvtdq2ps %%ymm5, %%ymm15\n vfmadd231ps %%ymm2, %%ymm3, %%ymm15\n"
-        "dec %0\n jnz 1b\n"
-        : "+r"(n)
-        : "r"(scales)
-        : DP10_CLOBBERS, "xmm2", "xmm3", "xmm14", "xmm15", "cc");
+/* vpdpbusd shares ports 0 and 1 with the float multiplies, FMAs and conversions: this is the ymm line above with
+   the scales of a Q4_1 tile in the same ratio as tiles.c runs them (16 vpdpbusd, then per 8-row half the integer
+   sum to float, vmulps d * dx, vfmadd231ps, vfmadd231ps m * sx: 8 float ops; here 10 and 5), the loop in the asm so
+   that its registers are set first (zero codes: the sums stay at 1.5 * 2^23). The sum becomes a float by
+   vcvtdq2ps (ports 0 and 1; tiles.c before session 9) or by a subtraction from sums started at the bits of
+   1.5 * 2^23 (tiles.c now: a float add can also issue on port 5 of Golden Cove class cores). The AVX-VNNI kernels'
+   bound is one of these two lines, not the bare one above. */
+#define VNNI_YMM_SCALED(TO_FLOAT_A, TO_FLOAT_B)                                                             \
+    long n = ITERS;                                                                                         \
+    __asm__ volatile(                                                                                       \
+        "vbroadcastss (%1), %%ymm2\n vbroadcastss 4(%1), %%ymm3\n vpxor %%ymm0, %%ymm0, %%ymm0\n"             \
+        "vpxor %%ymm1, %%ymm1, %%ymm1\n vmovaps 32(%1), %%ymm4\n vmovaps 32(%1), %%ymm5\n"                     \
+        "1:\n" DP10("%{vex%} ", "ymm")                                                                      \
+        TO_FLOAT_A " vmulps %%ymm2, %%ymm3, %%ymm15\n vfmadd231ps %%ymm15, %%ymm3, %%ymm14\n"               \
+        TO_FLOAT_B " vfmadd231ps %%ymm2, %%ymm3, %%ymm15\n"                                                 \
+        "dec %0\n jnz 1b\n"                                                                                 \
+        : "+r"(n)                                                                                           \
+        : "r"(scales)                                                                                       \
+        : DP10_CLOBBERS, "xmm0", "xmm1", "xmm2", "xmm3", "xmm14", "xmm15", "cc")
+
+static void vnni_ymm_scaled_cvt(void) {
+    VNNI_YMM_SCALED("vcvtdq2ps %%ymm4, %%ymm14\n", "vcvtdq2ps %%ymm5, %%ymm15\n");
+}
+
+static void vnni_ymm_scaled_sub(void) {
+    VNNI_YMM_SCALED("vsubps 32(%1), %%ymm4, %%ymm14\n", "vsubps 32(%1), %%ymm5, %%ymm15\n");
 }
 
 static void vnni_zmm(void) {
@@ -131,8 +144,9 @@ int main(void) {
     printf("%-56s %7.1f GMAC/s\n", "avx2, 4-bit codes, with the scales (as tiles.c)", gmacs(avx2_4bit_scaled, 1024));
     printf("%-56s %7.1f GMAC/s\n", "avx2, 8-bit codes (vpsignb, vpmaddubsw, vpmaddwd)", gmacs(avx2_8bit, 128));
     printf("%-56s %7.1f GMAC/s\n", "avx2+vnni, ymm vpdpbusd", gmacs(vnni_ymm, 320));
-    printf("%-56s %7.1f GMAC/s\n", "avx2+vnni, ymm vpdpbusd, with Q4_1's scales (as tiles.c)",
-           gmacs(vnni_ymm_scaled, 320));
+    printf("%-56s %7.1f GMAC/s\n", "avx2+vnni, with Q4_1's scales, vcvtdq2ps", gmacs(vnni_ymm_scaled_cvt, 320));
+    printf("%-56s %7.1f GMAC/s\n", "avx2+vnni, with Q4_1's scales, vsubps (as tiles.c)",
+           gmacs(vnni_ymm_scaled_sub, 320));
     printf("%-56s %7.1f GMAC/s\n", "avx512, zmm vpdpbusd", gmacs(vnni_zmm, 640));
     return 0;
 }
