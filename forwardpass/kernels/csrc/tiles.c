@@ -305,6 +305,18 @@ FP_INLINE void prefetch_ahead(const tmat_t* W, int64_t tg, const int BITS) {
     for (int l = 0; l < (BITS == 8 ? 8 : 4); l++) PREFETCH(c + 64 * l);
 }
 
+/* acc + the tile's share of token i (Q6_K aside): its integer sums a (started at DOT_START) scaled. D: the codes'
+   offset added in the integer (one float product fewer, and exact); DM, K4: the offsets' product m * sx. */
+FP_INLINE V tile_acc(V acc, VI a, V dw, V mw, const float* dx, const float* sx, const int32_t* s16, int64_t i,
+                     int64_t G, int32_t moff, const int BITS, const int SM) {
+    const V dxd = v_mul(dw, v_set1(dx[i * G]));
+    if (SM == SM_D) {
+        if (!(SIGNED_8BIT && BITS == 8)) a = vi_add(a, vi_set1(moff * (s16[2 * i * G] + s16[2 * i * G + 1])));
+        return v_fma(dot_to_v(a), dxd, acc);
+    }
+    return v_fma(mw, v_set1(sx[i * G]), v_fma(dot_to_v(a), dxd, acc));
+}
+
 /* rows of tile rt for tokens t0 .. t0 + TN - 1: y[t, 16 rt + r]. The tile's codes are decoded once for the TN
    tokens; each token's sums run in the same order whatever TN (the result of a token never depends on TN). */
 FP_INLINE void tile_block(const tmat_t* W, int64_t rt, const qact_t* X, int64_t t0, const int TN, float* y,
@@ -328,19 +340,15 @@ FP_INLINE void tile_block(const tmat_t* W, int64_t rt, const qact_t* X, int64_t 
 #pragma GCC unroll 16
         for (int i = 0; i < TN; i++) {
             const int8_t* xi = xq + 32 * i;
-            const V dxd = v_mul(dw, v_set1(dx[i * G]));
             if (SM == SM_K6) {  /* each half of the columns has its own integer scale */
+                const V dxd = v_mul(dw, v_set1(dx[i * G]));
                 VI a = tile_dot(op, xi, 0, 4, BITS, 0), b = tile_dot(op, xi, 4, 8, BITS, 0);
                 a = vi_mullo(vi_sub(a, vi_set1(32 * s16[2 * i * G])), sca);
                 b = vi_mullo(vi_sub(b, vi_set1(32 * s16[2 * i * G + 1])), scb);
                 acc[i] = v_fma(vi_to_v(vi_add(a, b)), dxd, acc[i]);
-            } else if (SM == SM_D) {  /* the codes' offset in the integer: one float product fewer, and exact */
-                VI a = tile_dot(op, xi, 0, 8, BITS, DOT_START);
-                if (!(SIGNED_8BIT && BITS == 8)) a = vi_add(a, vi_set1(moff * (s16[2 * i * G] + s16[2 * i * G + 1])));
-                acc[i] = v_fma(dot_to_v(a), dxd, acc[i]);
             } else {
-                acc[i] = v_fma(dot_to_v(tile_dot(op, xi, 0, 8, BITS, DOT_START)), dxd, acc[i]);
-                acc[i] = v_fma(mw, v_set1(sx[i * G]), acc[i]);
+                acc[i] = tile_acc(acc[i], tile_dot(op, xi, 0, 8, BITS, DOT_START), dw, mw, dx, sx, s16, i, G, moff,
+                                  BITS, SM);
             }
         }
     }
@@ -457,7 +465,7 @@ FP_INLINE void tile_block_halves(const tmat_t* W, int64_t rt, const qact_t* X, i
    Here each operand meets DOT_TOKENS tokens in turn: that many independent chains (AVX-VNNI: twice as many), the
    operands held in registers or reloaded from L1 once per DOT_TOKENS tokens. The same integers, the same float
    operations per lane in the same order: bit-identical with tile_block. (Q6_K's two integer scales per tile keep
-   tile_block.) */
+   tile_block. Both orders in one function measured 1.17x slower with AVX-VNNI: GCC spilled the sums.) */
 #if defined(FP_AVX512)
 #define DOT_TOKENS 8
 #else
@@ -505,13 +513,8 @@ FP_INLINE void tile_block_tokens(const tmat_t* W, int64_t rt, const qact_t* X, i
 #pragma GCC unroll 8
                 for (int i = 0; i < DOT_TOKENS; i++) r[i] = dot_op(r[i], op[o], load_i32(xq + 32 * (i0 + i) + 4 * o));
 #pragma GCC unroll 8
-            for (int j = 0; j < DOT_TOKENS; j++) {
-                const int i = i0 + j;
-                const V dxd = v_mul(dw, v_set1(dx[i * G]));
-                if (SM == SM_D) r[j] = vi_add(r[j], vi_set1(moff * (s16[2 * i * G] + s16[2 * i * G + 1])));
-                acc[i] = v_fma(dot_to_v(r[j]), dxd, acc[i]);
-                if (SM != SM_D) acc[i] = v_fma(mw, v_set1(sx[i * G]), acc[i]);
-            }
+            for (int j = 0; j < DOT_TOKENS; j++)
+                acc[i0 + j] = tile_acc(acc[i0 + j], r[j], dw, mw, dx, sx, s16, i0 + j, G, moff, BITS, SM);
         }
     }
 #pragma GCC unroll 16
