@@ -362,17 +362,32 @@ def _sample_random(
     """`target_probs`, then one draw per row from its own generator. x (R, V) -> (R,). Rows without top-k go
     through `native_draw` (CPU float32 logits), which filters and draws the same way from the same numbers."""
     usable = native_draw is not None and x.device.type == "cpu" and x.dtype == torch.float32
-    native = [usable and _drawn_natively(s.params, x.shape[1]) for s in rows]
-    if not any(native):
-        return draw(target_probs(x, rows), rows)
-    if all(native):
-        return _native_draw(native_draw, x, rows)
-    tokens = torch.empty(len(rows), dtype=torch.int64)
-    easy = [i for i, p in enumerate(native) if p]
-    rest = [i for i, p in enumerate(native) if not p]
-    tokens[easy] = _native_draw(native_draw, x[easy], [rows[i] for i in easy])
-    others = [rows[i] for i in rest]
-    tokens[rest] = draw(target_probs(x[rest], others), others)
+    return _split_rows(
+        x,
+        rows,
+        [usable and _drawn_natively(s.params, x.shape[1]) for s in rows],
+        lambda xs, rs: _native_draw(native_draw, xs, rs),  # type: ignore[arg-type]
+        lambda xs, rs: draw(target_probs(xs, rs), rs),
+    )
+
+
+def _split_rows(
+    x: torch.Tensor,
+    rows: Sequence[SamplingState],
+    which: list[bool],
+    when_true: Callable[[torch.Tensor, Sequence[SamplingState]], torch.Tensor],
+    when_false: Callable[[torch.Tensor, Sequence[SamplingState]], torch.Tensor],
+) -> torch.Tensor:
+    """One token per row, (R,) int64 in row order: the rows where `which` holds from `when_true`, the others from
+    `when_false` (each given its rows of x and their states; a row's token depends on that row alone)."""
+    if all(which):
+        return when_true(x, rows)
+    if not any(which):
+        return when_false(x, rows)
+    tokens = torch.empty(len(rows), dtype=torch.int64, device=x.device)
+    for pick, choose in ((True, when_true), (False, when_false)):
+        idx = _row_indices([w == pick for w in which], x.device)
+        tokens.index_copy_(0, idx, choose(x.index_select(0, idx), [r for r, w in zip(rows, which) if w == pick]))
     return tokens
 
 
@@ -436,15 +451,13 @@ def _choose_tokens(
     native_draw: Callable[..., torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Greedy rows take the argmax (ties -> lowest id); the others are sampled. x (B, V) -> (B,) int64."""
-    greedy = [s.params.greedy for s in rows]
-    if all(greedy):
-        return argmax(x)
-    if not any(greedy):
-        return _sample_random(x, rows, native_draw)
-    tokens = argmax(x)
-    random_idx = _row_indices([not g for g in greedy], x.device)
-    sampled = _sample_random(x.index_select(0, random_idx), [s for s, g in zip(rows, greedy) if not g], native_draw)
-    return tokens.index_copy_(0, random_idx, sampled)
+    return _split_rows(
+        x,
+        rows,
+        [s.params.greedy for s in rows],
+        lambda xs, _: argmax(xs),
+        lambda xs, rs: _sample_random(xs, rs, native_draw),
+    )
 
 
 def log_softmax_if_needed(logits: torch.Tensor, rows: Sequence[SamplingState]) -> torch.Tensor | None:
