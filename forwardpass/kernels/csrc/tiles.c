@@ -537,7 +537,7 @@ FP_INLINE void tile_block_tokens(const tmat_t* W, int64_t rt, const qact_t* X, i
     static void NAME(const tmat_t* W, int64_t rt, const qact_t* X, int64_t T, float* y, int64_t ldy) {      \
         int64_t t0 = 0;                                                                                     \
         if (TN_MAX == 16)                                                                                   \
-            for (; t0 + 16 <= T; t0 += 16) TILE_BLOCK_MANY(W, rt, X, t0, 16, y, ldy, BITS, SM);                  \
+            for (; t0 + 16 <= T; t0 += 16) TILE_BLOCK_MANY(W, rt, X, t0, 16, y, ldy, BITS, SM);             \
         for (; t0 + 8 <= T; t0 += 8) TILE_BLOCK_MANY(W, rt, X, t0, 8, y, ldy, BITS, SM);                    \
         if (t0 + 4 <= T) { TILE_BLOCK_MANY(W, rt, X, t0, 4, y, ldy, BITS, SM); t0 += 4; }                   \
         for (; t0 < T; t0++) tile_block(W, rt, X, t0, 1, y, ldy, BITS, SM);                                 \
