@@ -226,3 +226,21 @@ def test_adaptive_threads_follow_the_faster_count(monkeypatch, one_is_faster):
     assert picks[:3] == [2, 2, 1]  # two warm-up steps on the full count, then one thread is tried
     assert picks[-200:].count(best) >= 190 and picks[-200:].count(3 - best) >= 2  # exploits, still explores
     assert chooser.pick(64) == 2  # another size class starts over
+
+
+def test_adaptive_threads_ride_out_a_slow_step_and_follow_a_lasting_change(monkeypatch):
+    """One step slowed 10x by the host (not a busy neighbour) keeps two threads; when one thread becomes the faster
+    and later two again, the choice follows within a few tries (the count not in use is timed afresh)."""
+    from forwardpass.kernels.native_decoder import AdaptiveThreads
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    chooser, picks = AdaptiveThreads(), []
+    for step in range(900):
+        n = chooser.pick(1)
+        picks.append(n)
+        loaded = 300 <= step < 600  # a busy neighbour: two threads slower than one
+        seconds = (1.6 if n == 1 else 3.0) if loaded else (1.6 if n == 1 else 1.0)
+        chooser.record(1, n, 12.0 if step == 100 and n == 2 else seconds)
+    assert picks[100:300].count(1) <= 8  # the slow step moved nothing: explorations only
+    assert picks[300:600].count(2) <= 30 and picks[380:600].count(2) <= 10
+    assert picks[600:900].count(1) <= 80 and picks[700:900].count(1) <= 8

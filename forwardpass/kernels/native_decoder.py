@@ -354,10 +354,16 @@ class AdaptiveThreads:
     every phase and one thread decodes faster than two. Steps are timed per size class (tokens rounded up to a
     power of two) for the full count and for one thread: the faster by its running average is used, the other
     tried again every `explore` steps (more often while the two are close), so the choice follows the load.
-    A token's result never depends on the thread count (each is computed alone, in a fixed order)."""
+    A token's result never depends on the thread count (each is computed alone, in a fixed order).
+
+    Noise only slows a step: a host that takes a core for a moment makes one step of the count in use 10x slower
+    (seen: 113 ms among steps of 12), which must not look like a busy neighbour. So a timing enters the average of
+    the count in use at no more than `cap` times that average (a lasting slowdown still raises it by a quarter per
+    step), and the count tried for a step replaces its average with that timing: its old average is stale."""
 
     explore = 64
     alpha = 0.25  # weight of a new timing in the running average
+    cap = 2.0  # a timing counts at no more than this times the average
 
     def __init__(self) -> None:
         self._avg: dict[tuple[int, int], float] = {}  # (size class, threads) -> seconds per step
@@ -383,6 +389,10 @@ class AdaptiveThreads:
         return other if n % (self.explore // 8 if close else self.explore) == 0 else best
 
     def record(self, tokens: int, threads: int, seconds: float) -> None:
-        key = (self._size(tokens), threads)
-        old = self._avg.get(key)
-        self._avg[key] = seconds if old is None else (1 - self.alpha) * old + self.alpha * seconds
+        size = self._size(tokens)
+        old = self._avg.get((size, threads))
+        others = [avg for (s, n), avg in self._avg.items() if s == size and n != threads]
+        if old is None or (others and old > min(others)):  # first timing, or the count tried while another leads
+            self._avg[(size, threads)] = seconds
+        else:
+            self._avg[(size, threads)] = (1 - self.alpha) * old + self.alpha * min(seconds, self.cap * old)
