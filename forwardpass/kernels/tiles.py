@@ -112,12 +112,12 @@ def _pack(codes: torch.Tensor, fields: dict[str, torch.Tensor], bits: int) -> di
     else:
         out["codes"] = ((ops[:, :, 0::2] & 15) | ((ops[:, :, 1::2] & 15) << 4)).contiguous()
         if bits > 4:
-            weights = (1 << torch.arange(8, dtype=torch.uint8)).view(1, 1, 1, 1, 8)
+            weights = (1 << torch.arange(8, dtype=torch.uint8)).view(1, 1, 8, 1)
             planes = []
             for bit in range(4, bits):
-                b = ((ops >> bit) & 1).view(nt, g, 8, 8, 8)  # (.., op, byte of mask, bit of byte)
-                planes.append((b * weights).sum(-1, dtype=torch.uint8))  # little-endian 64-bit masks
-            out["planes"] = torch.stack(planes, dim=2).contiguous()  # (NT, G, planes, 8, 8)
+                b = (ops >> bit) & 1  # (NT, G, 8 operands, 64 bytes)
+                planes.append((b * weights).sum(2, dtype=torch.uint8))  # byte j, bit o: operand o's byte j
+            out["planes"] = torch.stack(planes, dim=2).contiguous()  # (NT, G, planes, 64)
     if "d" in fields:
         out["d16"] = _tiled(fields["d"].to(torch.float16), 1).contiguous()
         if "m" in fields:

@@ -9,8 +9,9 @@ four NEON `sdot`s (rows 4 i .. 4 i + 3). So lane r of an accumulator is row r's 
 tile's scales apply lane by lane: per row, never a horizontal sum inside the loop.
 
 - codes: 4-bit codes packed two operands per 64 bytes (low nibbles: operand 2p, high nibbles: 2p + 1), 256 bytes
-  a tile; 8-bit codes stored whole, 512 bytes. 5- and 6-bit codes add *planes*: per operand a 64-bit mask of the
-  codes' bit 4 (then bit 5), 64 or 128 bytes a tile.
+  a tile; 8-bit codes stored whole, 512 bytes. 5- and 6-bit codes add *planes* of 64 bytes a tile, one per bit
+  above the nibble: bit o of byte j is that bit (4, then 5) of operand o's byte j. One load serves the eight
+  operands, each taking its bit by a shift and a mask (AVX2), a byte test (AVX-512, NEON).
 - scales, by mode:
   D   (Q4_0, Q5_0, Q8_0): fp16 scale d per row and tile; the weight is d * code + c * d (c = -8, -16, -128);
   DM  (Q4_1, Q5_1):       fp16 d and m per row and tile: d * code + m;
@@ -89,36 +90,35 @@ typedef struct { int8x16_t v[4]; } TOP; /* rows 4 i .. 4 i + 3 */
 #endif
 
 #if defined(FP_AVX2)
-/* byte i = 0xFF where bit i of m is set */
-FP_INLINE __m256i bits_to_bytes(uint32_t m) {
-    const __m256i spread = _mm256_shuffle_epi8(
-        _mm256_set1_epi32((int)m),
-        _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
-    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
-    return _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
-}
-#elif defined(FP_NEON)
-FP_INLINE uint8x16_t bits_to_bytes(uint32_t m) {
-    static const uint8_t bit[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
-    const uint8x16_t v = vcombine_u8(vdup_n_u8((uint8_t)(m & 0xff)), vdup_n_u8((uint8_t)((m >> 8) & 0xff)));
-    return vtstq_u8(v, vld1q_u8(bit));
+/* `add` (16 << plane) in the bytes of the 32 plane bytes p whose bit o is set: the bit shifted to add's place (16-bit
+   shifts move bits within each byte here, 3 places at most) and masked */
+FP_INLINE __m256i plane_bits(__m256i p, const int o, const int add) {
+    const int at = add == 16 ? 4 : 5;
+    const __m256i b = at > o ? _mm256_slli_epi16(p, at - o) : at < o ? _mm256_srli_epi16(p, o - at) : p;
+    return _mm256_and_si256(b, _mm256_set1_epi8((char)add));
 }
 #endif
 
-/* adds `add` to the codes of operand op whose bit is set in the 64-bit mask at pl */
-FP_INLINE void add_plane(TOP* op, const uint8_t* pl, const int add) {
-    uint64_t m;
-    memcpy(&m, pl, 8);
+/* adds `add` (16, then 32) to the codes whose bit is set in plane pl: bit o of its byte j is that bit of operand o's
+   byte j, so one load serves the eight operands */
+FP_INLINE void add_planes(TOP op[8], const uint8_t* pl, const int add) {
 #if defined(FP_AVX512)
-    *op = _mm512_mask_add_epi8(*op, (__mmask64)m, *op, _mm512_set1_epi8((char)add));
+    const __m512i p = _mm512_loadu_si512((const void*)pl), a = _mm512_set1_epi8((char)add);
+    for (int o = 0; o < 8; o++)
+        op[o] = _mm512_mask_add_epi8(op[o], _mm512_test_epi8_mask(p, _mm512_set1_epi8((char)(1 << o))), op[o], a);
 #elif defined(FP_AVX2)
-    const __m256i a = _mm256_set1_epi8((char)add);
-    op->a = _mm256_add_epi8(op->a, _mm256_and_si256(bits_to_bytes((uint32_t)m), a));
-    op->b = _mm256_add_epi8(op->b, _mm256_and_si256(bits_to_bytes((uint32_t)(m >> 32)), a));
+    const __m256i pa = _mm256_loadu_si256((const __m256i*)pl), pb = _mm256_loadu_si256((const __m256i*)(pl + 32));
+    for (int o = 0; o < 8; o++) {
+        op[o].a = _mm256_add_epi8(op[o].a, plane_bits(pa, o, add));
+        op[o].b = _mm256_add_epi8(op[o].b, plane_bits(pb, o, add));
+    }
 #else
-    const int8x16_t a = vdupq_n_s8((int8_t)add);
-    for (int i = 0; i < 4; i++)
-        op->v[i] = vaddq_s8(op->v[i], vandq_s8(vreinterpretq_s8_u8(bits_to_bytes((uint32_t)(m >> (16 * i)))), a));
+    for (int i = 0; i < 4; i++) {
+        const uint8x16_t p = vld1q_u8(pl + 16 * i), a = vdupq_n_u8((uint8_t)add);
+        for (int o = 0; o < 8; o++)
+            op[o].v[i] = vaddq_s8(op[o].v[i],
+                                  vreinterpretq_s8_u8(vandq_u8(vtstq_u8(p, vdupq_n_u8((uint8_t)(1 << o))), a)));
+    }
 #endif
 }
 
@@ -167,9 +167,8 @@ FP_INLINE void tile_ops(const tmat_t* W, int64_t tg, const int BITS, TOP op[8]) 
     }
     if (BITS >= 5) {
         const uint8_t* pl = W->planes + tg * 64 * (BITS - 4);
-        for (int o = 0; o < 8; o++) add_plane(&op[o], pl + 8 * o, 16);
-        if (BITS == 6)
-            for (int o = 0; o < 8; o++) add_plane(&op[o], pl + 64 + 8 * o, 32);
+        add_planes(op, pl, 16);
+        if (BITS == 6) add_planes(op, pl + 64, 32);
     }
 }
 
@@ -382,14 +381,10 @@ FP_INLINE void half_ops(const tmat_t* W, int64_t tg, const int BITS, const int h
         op[2 * p + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
     }
     if (BITS >= 5) {
-        const uint8_t* pl = W->planes + tg * 64 * (BITS - 4) + 4 * h;
+        const uint8_t* pl = W->planes + tg * 64 * (BITS - 4) + 32 * h;
         for (int plane = 0; plane < BITS - 4; plane++) {
-            const __m256i add = _mm256_set1_epi8((char)(16 << plane));
-            for (int o = 0; o < 8; o++) {
-                uint32_t m;
-                memcpy(&m, pl + 64 * plane + 8 * o, 4);
-                op[o] = _mm256_add_epi8(op[o], _mm256_and_si256(bits_to_bytes(m), add));
-            }
+            const __m256i p = _mm256_loadu_si256((const __m256i*)(pl + 64 * plane));
+            for (int o = 0; o < 8; o++) op[o] = _mm256_add_epi8(op[o], plane_bits(p, o, 16 << plane));
         }
     }
 }
