@@ -23,7 +23,7 @@ from .config import EngineConfig
 from .engine.model_runner import Logits, SeqChunk
 from .engine.spec_decode import SpecStats
 from .kernels.native import argmax_fn
-from .llm import LLM
+from .llm import LLM, freeze_heap
 from .sampling import SamplingParams
 
 TEXT = "The quick brown fox jumps over the lazy dog. "
@@ -136,6 +136,7 @@ def run_bench(
     if config.kv_tokens is None and config.kv_memory is None:
         config = config.replace(kv_tokens=max(batch * (gen_tokens + 16), prompt_tokens + 16))
     llm = LLM(config=config)
+    freeze_heap()
     print(llm.system_info(), file=sys.stderr, flush=True)
     load_s = time.perf_counter() - t0
     rss_loaded = psutil.Process().memory_info().rss / 2**20

@@ -81,9 +81,10 @@ def _parse_logit_bias(items: list[str] | None) -> dict[int, float] | None:
 
 
 def _load(args: argparse.Namespace, model: str | None):
-    from .llm import LLM
+    from .llm import LLM, freeze_heap
 
     llm = LLM(config=EngineConfig.from_args(args, model=model))
+    freeze_heap()
     print(llm.system_info(), file=sys.stderr, flush=True)
     return llm
 

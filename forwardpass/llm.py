@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import time
@@ -45,6 +46,17 @@ Prompt = Union[str, list[int]]
 
 def default_threads() -> int:
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def freeze_heap() -> None:
+    """For a process that lives with one model (the CLI's commands, the server), called once it is loaded: every
+    object alive leaves the cyclic garbage collector's reach (`gc.freeze`). Its full passes walk every object it
+    tracks, the tokenizer's and the model's included: 72-90 ms a pass with Gemma 3's 262k-token vocabulary (three
+    run while it loads), a stall of every stream whenever a long-lived server's surviving objects have grown by a
+    quarter. Not done by `LLM()` itself: a library must not take its caller's objects out of the collector (the
+    tokenizer's, in reference cycles, are freed by it alone)."""
+    gc.collect()
+    gc.freeze()
 
 
 class LLM:

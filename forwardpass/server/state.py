@@ -58,11 +58,12 @@ class ServerState:
         threading.Thread(target=self._load, args=(loop,), name="forwardpass-load", daemon=True).start()
 
     def _load(self, loop: asyncio.AbstractEventLoop) -> None:
-        from ..llm import LLM
+        from ..llm import LLM, freeze_heap
 
         try:
             faults.delay_load(self.fault)
             llm = LLM(config=self.config.engine)
+            freeze_heap()
             print(llm.system_info(), file=sys.stderr, flush=True)
             engine = llm.start_async()
             engine.step_hook = self._step_hook(faults.step_hook(self.fault) if self.fault is not None else None)
