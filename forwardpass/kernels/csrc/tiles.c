@@ -90,8 +90,8 @@ typedef struct { int8x16_t v[4]; } TOP; /* rows 4 i .. 4 i + 3 */
 #endif
 
 #if defined(FP_AVX2)
-/* `add` (16 << plane) in the bytes of the 32 plane bytes p whose bit o is set: the bit shifted to add's place (16-bit
-   shifts move bits within each byte here, 3 places at most) and masked */
+/* `add` (16 << plane) in the bytes of the 32 plane bytes p whose bit o is set: bit o shifted to add's place and
+   masked (a 16-bit shift; the bit the mask keeps comes from the same byte, both places being 0 .. 7) */
 FP_INLINE __m256i plane_bits(__m256i p, const int o, const int add) {
     const int at = add == 16 ? 4 : 5;
     const __m256i b = at > o ? _mm256_slli_epi16(p, at - o) : at < o ? _mm256_srli_epi16(p, o - at) : p;
