@@ -188,12 +188,19 @@ def test_prefix_cache_after_rollbacks_names_only_accepted_tokens(model, solo):
     llm = oracle_llm(path, cpu, refs)
     run_checked(llm, PROMPTS, greedy())
     # a prompt extending a finished one: its blocks (prompt and accepted outputs) are prefix hits, and the
-    # continuation equals a cold plain run
+    # continuation equals a plain engine's with the same history (whose cache holds the same blocks, had a
+    # rejected token's keys been named by an accepted one's hash, they would differ)
     follow = [p + s[:30] for p, s in zip(PROMPTS, solo)]
-    cold = LLM(path, ctx=256, cpu=cpu, enable_prefix_caching=False)
-    expected = [outputs(cold, [f], greedy(10))[0] for f in follow]
+    plain = LLM(path, ctx=256, cpu=cpu)
+    outputs(plain, PROMPTS, greedy())
+    expected = [outputs(plain, [f], greedy(10))[0] for f in follow]
     requests = run_checked(llm, follow, greedy(10))
     assert [r.completions[0].output.token_ids for r in requests] == expected
+    if cpu != "torch":  # and a cold run's: the native paths compute a token's keys alike as prompt or output;
+        # the PyTorch fallback's output tokens read a requantized int8 copy of 8-bit-group weights (int8.py), so
+        # their cached keys differ from a prompt's by that rounding and a near tie can turn (seen on a Zen 4)
+        cold = LLM(path, ctx=256, cpu=cpu, enable_prefix_caching=False)
+        assert [outputs(cold, [f], greedy(10))[0] for f in follow] == expected
     assert all(r.completions[0].seq.num_cached >= 16 * ((len(f) - 1) // 16 - 1) for r, f in zip(requests, follow))
 
 
