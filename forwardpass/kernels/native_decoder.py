@@ -391,8 +391,8 @@ class AdaptiveThreads:
     def record(self, tokens: int, threads: int, seconds: float) -> None:
         size = self._size(tokens)
         old = self._avg.get((size, threads))
-        others = [avg for (s, n), avg in self._avg.items() if s == size and n != threads]
-        if old is None or (others and old > min(others)):  # first timing, or the count tried while another leads
+        other = self._avg.get((size, 1 if threads != 1 else torch.get_num_threads()))  # the count not timed here
+        if old is None or (other is not None and old > other):  # first timing, or the count tried while the other leads
             self._avg[(size, threads)] = seconds
         else:
             self._avg[(size, threads)] = (1 - self.alpha) * old + self.alpha * min(seconds, self.cap * old)
