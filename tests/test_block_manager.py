@@ -17,6 +17,16 @@ def compute_all(bm: BlockManager, seq: Sequence) -> None:
     bm.on_computed(seq)
 
 
+def cached_and_freed(bm: BlockManager, tokens: list[int]) -> list[int]:
+    """A sequence of `tokens` admitted, computed and freed: its block table (the blocks stay cached)."""
+    seq = seq_of(tokens)
+    bm.allocate_prefix(seq, [])
+    compute_all(bm, seq)
+    table = list(seq.block_table)
+    bm.free_seq(seq)
+    return table
+
+
 def test_allocate_and_free_return_every_block():
     bm = BlockManager(8, 4)
     seqs = [seq_of(list(range(i, i + 10))) for i in range(2)]
@@ -46,11 +56,7 @@ def test_prefix_blocks_are_shared_and_reference_counted():
 
 def test_freed_blocks_are_revived_by_a_later_prefix_hit():
     bm = BlockManager(16, 4)
-    a = seq_of(list(range(12)))
-    bm.allocate_prefix(a, [])
-    compute_all(bm, a)
-    table = list(a.block_table)
-    bm.free_seq(a)
+    table = cached_and_freed(bm, list(range(12)))
     b = seq_of(list(range(13)))
     assert bm.allocate_prefix(b, [])
     assert b.block_table == table and b.num_cached == 12
@@ -84,11 +90,7 @@ def test_a_fully_cached_prompt_runs_its_last_token_in_a_copy_of_its_last_block()
 
 def test_a_fully_cached_prompt_runs_its_last_block_when_no_block_is_free_for_the_copy():
     bm = BlockManager(2, 4)
-    a = seq_of(list(range(8)))
-    bm.allocate_prefix(a, [])
-    compute_all(bm, a)
-    table = list(a.block_table)
-    bm.free_seq(a)
+    table = cached_and_freed(bm, list(range(8)))
     b, copies = seq_of(list(range(8))), []
     assert bm.allocate_prefix(b, copies)  # both blocks revived leave none for a copy: block 1 is recomputed
     assert b.num_computed == 4 and b.block_table[0] == table[0] and copies == []
