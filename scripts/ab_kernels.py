@@ -4,9 +4,13 @@ machine noise hits both alike; prints each build's median time, B/A, and whether
 
     python scripts/ab_kernels.py sample --a OLD_CSRC [--b NEW_CSRC] [--variant avx512]   # the top-p draw
     python scripts/ab_kernels.py tiles --a OLD_CSRC [--variant avx2] [--tokens 16]        # tile matmuls, 1 thread
+    python scripts/ab_kernels.py attention --a OLD_CSRC [--variant avx2] [--tokens 8]     # paged attention, 1 thread
 
 `sample`: `NativeLibrary.sample` at temperature 0.7 on random logits (rows x vocabulary, top-p as given).
 `tiles`: `tile_matmul` on one thread over random Q8_0 (an 8192 x 576 head) and Q4_1 (1536 x 576) weights.
+`attention`: `paged_attention_into` on one thread, each token of its own sequence (as decoding), over bf16 caches of
+random keys and values in scattered slots: SmolLM2's heads (9 of dim 64 over 3 KV heads) and Qwen2.5's (14 of
+dim 64 over 2), contexts of 160 and 1000 tokens.
 Builds are compiled by `ab_common.build_from` (`FORWARDPASS_AVXVNNI=0` for plain AVX2).
 """
 
@@ -81,9 +85,27 @@ def ab_tiles(libs: dict[str, NativeLibrary], tokens: int, rounds: int) -> None:
         print(f"  {tokens * rows * cols / med['B'] / 1e9:.1f} GMAC/s (B)")
 
 
+def ab_attention(libs: dict[str, NativeLibrary], tokens: int, rounds: int) -> None:
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(3)
+    for heads, kv_heads, dim in ((9, 3, 64), (14, 2, 64)):
+        for context in (160, 1000):
+            slots = tokens * context
+            k = (torch.randn(slots, kv_heads, dim, generator=gen)).to(torch.bfloat16)
+            v = (torch.randn(slots, kv_heads, dim, generator=gen)).to(torch.bfloat16)
+            ctx = torch.randperm(slots, generator=gen).reshape(tokens, context)  # scattered, as pages are
+            q = torch.randn(tokens, heads, dim, generator=gen)
+            seq, lens = torch.arange(tokens), torch.full((tokens,), context)
+            calls = {
+                name: (lambda lib=lib: lib.paged_attention_into(q, k, v, ctx, seq, lens, dim**-0.5, 0))
+                for name, lib in libs.items()
+            }
+            report(f"attention {heads} heads / {kv_heads} KV x {dim}, {tokens} tokens of {context}", *paired(calls, rounds))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("kernel", choices=["sample", "tiles"])
+    ap.add_argument("kernel", choices=["sample", "tiles", "attention"])
     ap.add_argument("--a", required=True, type=Path, help="csrc folder of build A")
     ap.add_argument("--b", type=Path, default=native.CSRC, help="csrc folder of build B (default: this checkout)")
     ap.add_argument("--variant", default=None, help="avx512, avx2 or neon (default: the best this CPU runs)")
@@ -98,6 +120,8 @@ def main() -> int:
         print(f"build: {libs['B'].name}")
         if args.kernel == "sample":
             ab_sample(libs, args.rounds)
+        elif args.kernel == "attention":
+            ab_attention(libs, args.tokens, args.rounds)
         else:
             ab_tiles(libs, args.tokens, args.rounds)
     return 0

@@ -9,7 +9,8 @@ For each model: llama.cpp built for the same instruction set (a venv with llama-
         --llama avx2=/work/llama/avx2/bin/python [--models smollm2-135m-instruct gemma3-270m] [--busy]
 
 Build names: avx512, avx2 (plain AVX2: FORWARDPASS_AVXVNNI=0, as llama.cpp built without GGML_AVX_VNNI),
-avx2+vnni. Prints every raw JSON line, then a markdown table.
+avx2+vnni (against `--llama avx2+vnni=...`, llama.cpp built with GGML_AVX_VNNI, where given; else the avx2 one).
+Prints every raw JSON line, then a markdown table.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def main() -> int:
         action="append",
         default=[],
         metavar="BUILD=PYTHON",
-        help="the python of a venv whose llama-cpp-python is built for BUILD (avx512 or avx2)",
+        help="the python of a venv whose llama-cpp-python is built for BUILD (avx512, avx2 or avx2+vnni)",
     )
     ap.add_argument(
         "--models", nargs="+", default=["smollm2-135m-instruct", "gemma3-270m", "qwen2.5-coder-0.5b-instruct"]
@@ -77,9 +78,10 @@ def main() -> int:
             path = resolve_model(model)
             anchors: dict[str, dict] = {}
             for build in args.builds:
-                anchor_build = "avx2" if build.startswith("avx2") else build
-                if anchor_build in llama and anchor_build not in anchors:  # llama.cpp once per build and model
-                    anchors[anchor_build] = run_json([llama[anchor_build], str(ANCHOR), path, *flags])
+                anchor_build = "avx2" if build.startswith("avx2") else build  # the kernel build --cpu names
+                llama_build = build if build in llama else anchor_build  # avx2+vnni: its own llama.cpp if given
+                if llama_build in llama and llama_build not in anchors:  # llama.cpp once per build and model
+                    anchors[llama_build] = run_json([llama[llama_build], str(ANCHOR), path, *flags])
                 env = {"FORWARDPASS_AVXVNNI": "0" if build == "avx2" else "1"}
                 ours = run_json(
                     [sys.executable, "-m", "forwardpass.cli", "bench", path, "--json", "--cpu", anchor_build, *flags],
@@ -105,7 +107,7 @@ def main() -> int:
                     if model in args.batch
                     else None
                 )
-                rows.append((model, build, ours, anchors.get(anchor_build), b16))
+                rows.append((model, build, ours, anchors.get(llama_build), b16))
     finally:
         if busy is not None:
             busy.kill()

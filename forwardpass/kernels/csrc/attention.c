@@ -29,14 +29,129 @@ static inline void axpy_bf16(float* o, float p, const uint16_t* v, int64_t dim) 
     for (int64_t d = 0; d < dim; d++) o[d] += p * bf16_to_f32(v[d]);
 }
 
-/* One query row of G heads sharing a KV head, over keys start .. len - 1 of its context (`slots`): scores 16
-   keys at a time, softmax with a vector exp, then the weighted sum of values. Each key and value is converted
-   from bf16 once for the G heads; every head's sums run in exactly the order they would alone, so the result of
-   a head never depends on G. qv, out: (G, 16 ND); s: scratch of G * (len + 16) floats. */
-FP_INLINE void attend_vec(const float* qv, const uint16_t* k, const uint16_t* v, const int64_t* slots, int64_t start,
-                          int64_t len, int64_t kv_heads, int64_t kvh, const int G, const int ND, float scale, float* s,
-                          float* out) {
-    const int64_t dim = 16 * ND, n = len - start, stride = n + 16;
+/* prefetch the keys and values of keys jb + 16 .. jb + 31 (at jb == 0, of keys 0 .. 31 too): scattered rows; the
+   values are read after the softmax, by when they have arrived */
+FP_INLINE void prefetch_keys(const uint16_t* k, const uint16_t* v, const int64_t* slots, int64_t jb, int64_t n,
+                             int64_t kv_heads, int64_t kvh, int64_t dim) {
+    for (int64_t j = jb ? jb + 16 : 0; j < jb + 32 && j < n; j++) {
+        const int64_t at = (slots[j] * kv_heads + kvh) * dim;
+        for (int64_t b = 0; b < 2 * dim; b += 64) {
+            PREFETCH((const char*)(k + at) + b);
+            PREFETCH((const char*)(v + at) + b);
+        }
+    }
+}
+
+#if defined(FP_AVX2)
+/* Plain 8-lane registers, 16 of them: the 16-lane form's queries (G x 2 ND registers) and sums spill. Here a bf16
+   row is read as 32-bit pairs: the even features are the pairs shifted up 16 bits, the odd ones the pairs with the
+   low half masked (one shift and one AND per 16 features, where widening takes two shuffles and two shifts), so the
+   queries are held split the same way and the weighted sums come out split, interleaved once at the end. */
+FP_INLINE void bf16_pairs(const uint16_t* p, __m256* even, __m256* odd) {
+    const __m256i x = _mm256_loadu_si256((const __m256i*)p);
+    *even = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
+    *odd = _mm256_castsi256_ps(_mm256_and_si256(x, _mm256_set1_epi32((int)0xffff0000u)));
+}
+
+/* s[g stride + j] = scaled q_g . k_j for the n keys, 8 at a time (an 8 x 8 transpose sums them); the maxima in
+   mx[g]. (v: only prefetched here.) */
+FP_INLINE void attend_scores(const float* qv, const uint16_t* k, const uint16_t* v, const int64_t* slots, int64_t n,
+                             int64_t kv_heads, int64_t kvh, const int G, const int ND, float scale, float* s,
+                             int64_t stride, float* mx) {
+    const int64_t dim = 16 * ND;
+    /* queries split: qs[g][2 c] = even features of chunk c (16 features), qs[g][2 c + 1] the odd ones */
+    __m256 qs[4][32];
+    for (int g = 0; g < G; g++)
+        for (int c = 0; c < ND; c++) {
+            float e[8], o[8];
+            for (int m = 0; m < 8; m++) {
+                e[m] = qv[g * dim + 16 * c + 2 * m] * scale;
+                o[m] = qv[g * dim + 16 * c + 2 * m + 1] * scale;
+            }
+            qs[g][2 * c] = _mm256_loadu_ps(e);
+            qs[g][2 * c + 1] = _mm256_loadu_ps(o);
+        }
+    __m256 mxv[4];
+    for (int g = 0; g < G; g++) mxv[g] = _mm256_set1_ps(-INFINITY);
+    const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int64_t jb = 0; jb < n; jb += 8) {
+        if (jb % 16 == 0) prefetch_keys(k, v, slots, jb, n, kv_heads, kvh, dim);
+        const int cnt = n - jb < 8 ? (int)(n - jb) : 8;
+        __m256 acc[4][8];
+        for (int jj = 0; jj < 8; jj++) {
+            __m256 a[4];
+            for (int g = 0; g < G; g++) a[g] = _mm256_setzero_ps();
+            if (jj < cnt) {
+                const uint16_t* kp = k + (slots[jb + jj] * kv_heads + kvh) * dim;
+                for (int c = 0; c < ND; c++) {
+                    __m256 e, o;
+                    bf16_pairs(kp + 16 * c, &e, &o);
+                    for (int g = 0; g < G; g++)
+                        a[g] = _mm256_fmadd_ps(qs[g][2 * c + 1], o, _mm256_fmadd_ps(qs[g][2 * c], e, a[g]));
+                }
+            }
+            for (int g = 0; g < G; g++) acc[g][jj] = a[g];
+        }
+        /* the lanes past the context stay out of the maximum */
+        const __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(cnt), iota));
+        for (int g = 0; g < G; g++) {
+            const __m256 sc = sum8x8(acc[g]);
+            _mm256_storeu_ps(s + g * stride + jb, sc);
+            mxv[g] = _mm256_max_ps(mxv[g], _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), sc, live));
+        }
+    }
+    for (int g = 0; g < G; g++) {
+        float m[8];
+        _mm256_storeu_ps(m, mxv[g]);
+        mx[g] = m[0];
+        for (int i = 1; i < 8; i++) mx[g] = m[i] > mx[g] ? m[i] : mx[g];
+    }
+}
+
+/* out[g] = inv[g] * sum over the n keys of s[g stride + j] v_j. Features in passes of P chunks (16 each), the
+   sums of a pass held in registers: G x 2 P of them, beside a value's two halves and G weights (3 heads x 2 chunks
+   would spill a sum, whose chain through memory then bounds the loop). */
+FP_INLINE void attend_values(const uint16_t* v, const int64_t* slots, int64_t n, int64_t kv_heads, int64_t kvh,
+                             const int G, const int ND, const float* s, int64_t stride, const float* inv,
+                             float* out) {
+    const int64_t dim = 16 * ND;
+    const int P = G == 1 ? 4 : G == 2 ? 2 : 1;
+    for (int c0 = 0; c0 < ND; c0 += P) {
+        __m256 o[4][8];
+        for (int g = 0; g < G; g++)
+            for (int i = 0; i < 2 * P; i++) o[g][i] = _mm256_setzero_ps();
+        for (int64_t j = 0; j < n; j++) {
+            const uint16_t* vp = v + (slots[j] * kv_heads + kvh) * dim + 16 * c0;
+            __m256 p[4];
+            for (int g = 0; g < G; g++) p[g] = _mm256_broadcast_ss(s + g * stride + j);
+            for (int c = 0; c < P; c++) {
+                __m256 e, od;
+                bf16_pairs(vp + 16 * c, &e, &od);
+                for (int g = 0; g < G; g++) {
+                    o[g][2 * c] = _mm256_fmadd_ps(p[g], e, o[g][2 * c]);
+                    o[g][2 * c + 1] = _mm256_fmadd_ps(p[g], od, o[g][2 * c + 1]);
+                }
+            }
+        }
+        for (int g = 0; g < G; g++) {
+            const __m256 r = _mm256_set1_ps(inv[g]);
+            for (int c = 0; c < P; c++) {  /* even and odd features interleaved back */
+                const __m256 e = _mm256_mul_ps(o[g][2 * c], r), od = _mm256_mul_ps(o[g][2 * c + 1], r);
+                const __m256 lo = _mm256_unpacklo_ps(e, od), hi = _mm256_unpackhi_ps(e, od);
+                float* dst = out + g * dim + 16 * (c0 + c);
+                _mm256_storeu_ps(dst, _mm256_permute2f128_ps(lo, hi, 0x20));
+                _mm256_storeu_ps(dst + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+            }
+        }
+    }
+}
+#else
+/* s[g stride + j] = scaled q_g . k_j for the n keys, 16 at a time (a 16 x 16 transpose sums them); the maxima in
+   mx[g] */
+FP_INLINE void attend_scores(const float* qv, const uint16_t* k, const uint16_t* v, const int64_t* slots, int64_t n,
+                             int64_t kv_heads, int64_t kvh, const int G, const int ND, float scale, float* s,
+                             int64_t stride, float* mx) {
+    const int64_t dim = 16 * ND;
     V q[4][16];
     for (int g = 0; g < G; g++)
         for (int i = 0; i < ND; i++) q[g][i] = v_mul(v_load(qv + g * dim + 16 * i), v_set1(scale));
@@ -44,21 +159,13 @@ FP_INLINE void attend_vec(const float* qv, const uint16_t* k, const uint16_t* v,
     for (int g = 0; g < G; g++) mxv[g] = v_set1(-INFINITY);
     for (int64_t jb = 0; jb < n; jb += 16) {
         const int cnt = n - jb < 16 ? (int)(n - jb) : 16;
-        /* the next block's keys and values (the first block's too): scattered rows; the values are read after the
-           softmax, by when they have arrived */
-        for (int64_t j = jb ? jb + 16 : 0; j < jb + 32 && j < n; j++) {
-            const int64_t at = (slots[start + j] * kv_heads + kvh) * dim;
-            for (int64_t b = 0; b < 2 * dim; b += 64) {
-                PREFETCH((const char*)(k + at) + b);
-                PREFETCH((const char*)(v + at) + b);
-            }
-        }
+        prefetch_keys(k, v, slots, jb, n, kv_heads, kvh, dim);
         V acc[4][16];
         for (int jj = 0; jj < 16; jj++) {
             V a[4];
             for (int g = 0; g < G; g++) a[g] = v_zero();
             if (jj < cnt) {
-                const uint16_t* kp = k + (slots[start + jb + jj] * kv_heads + kvh) * dim;
+                const uint16_t* kp = k + (slots[jb + jj] * kv_heads + kvh) * dim;
                 for (int i = 0; i < ND; i++) {
                     const V kv = v_load_bf16(kp + 16 * i);
                     for (int g = 0; g < G; g++) a[g] = v_fma(q[g][i], kv, a[g]);
@@ -77,31 +184,21 @@ FP_INLINE void attend_vec(const float* qv, const uint16_t* k, const uint16_t* v,
             }
         }
     }
-    float inv[4];
-    for (int g = 0; g < G; g++) {
-        float* sg = s + g * stride;
-        const V mx = v_set1(v_hmax(mxv[g]));
-        V sumv = v_zero();
-        for (int64_t jb = 0; jb < n; jb += 16) {
-            const int cnt = n - jb < 16 ? (int)(n - jb) : 16;
-            if (cnt == 16) {
-                const V e = v_exp(v_sub(v_load(sg + jb), mx));
-                v_store(sg + jb, e);
-                sumv = v_add(sumv, e);
-            } else {  /* lanes past the context add exactly 0 */
-                const V e = v_exp(v_sub(v_load_n(sg + jb, cnt, 0.0f), mx));
-                v_store_n(sg + jb, e, cnt);
-                sumv = v_add(sumv, v_load_n(sg + jb, cnt, 0.0f));
-            }
-        }
-        inv[g] = 1.0f / v_hsum(sumv);
-    }
-    for (int i0 = 0; i0 < ND; i0 += 4) {  /* 64 features at a time: G x 4 independent sums in registers */
+    for (int g = 0; g < G; g++) mx[g] = v_hmax(mxv[g]);
+}
+
+/* out[g] = inv[g] * sum over the n keys of s[g stride + j] v_j, 64 features at a time: G x 4 independent sums in
+   registers */
+FP_INLINE void attend_values(const uint16_t* v, const int64_t* slots, int64_t n, int64_t kv_heads, int64_t kvh,
+                             const int G, const int ND, const float* s, int64_t stride, const float* inv,
+                             float* out) {
+    const int64_t dim = 16 * ND;
+    for (int i0 = 0; i0 < ND; i0 += 4) {
         V o[4][4];
         for (int g = 0; g < G; g++)
             for (int i = 0; i < 4; i++) o[g][i] = v_zero();
         for (int64_t j = 0; j < n; j++) {
-            const uint16_t* vp = v + (slots[start + j] * kv_heads + kvh) * dim + 16 * i0;
+            const uint16_t* vp = v + (slots[j] * kv_heads + kvh) * dim + 16 * i0;
             for (int i = 0; i < 4; i++) {
                 const V vv = v_load_bf16(vp + 16 * i);
                 for (int g = 0; g < G; g++) o[g][i] = v_fma(v_set1(s[g * stride + j]), vv, o[g][i]);
@@ -110,6 +207,38 @@ FP_INLINE void attend_vec(const float* qv, const uint16_t* k, const uint16_t* v,
         for (int g = 0; g < G; g++)
             for (int i = 0; i < 4; i++) v_store(out + g * dim + 16 * (i0 + i), v_mul(o[g][i], v_set1(inv[g])));
     }
+}
+#endif
+
+/* One query row of G heads sharing a KV head, over keys start .. len - 1 of its context (`slots`), in three passes:
+   the scores (`attend_scores`), a softmax with a vector exp, the weighted sum of values (`attend_values`). Each
+   key and value is converted from bf16 once for the G heads; every head's sums run in exactly the order they would
+   alone, so the result of a head never depends on G. qv, out: (G, 16 ND); s: scratch of G * (len + 16) floats. */
+FP_INLINE void attend_vec(const float* qv, const uint16_t* k, const uint16_t* v, const int64_t* slots, int64_t start,
+                          int64_t len, int64_t kv_heads, int64_t kvh, const int G, const int ND, float scale, float* s,
+                          float* out) {
+    const int64_t n = len - start, stride = n + 16;
+    float mx[4], inv[4];
+    attend_scores(qv, k, v, slots + start, n, kv_heads, kvh, G, ND, scale, s, stride, mx);
+    for (int g = 0; g < G; g++) {
+        float* sg = s + g * stride;
+        const V m = v_set1(mx[g]);
+        V sumv = v_zero();
+        for (int64_t jb = 0; jb < n; jb += 16) {
+            const int cnt = n - jb < 16 ? (int)(n - jb) : 16;
+            if (cnt == 16) {
+                const V e = v_exp(v_sub(v_load(sg + jb), m));
+                v_store(sg + jb, e);
+                sumv = v_add(sumv, e);
+            } else {  /* lanes past the context add exactly 0 */
+                const V e = v_exp(v_sub(v_load_n(sg + jb, cnt, 0.0f), m));
+                v_store_n(sg + jb, e, cnt);
+                sumv = v_add(sumv, v_load_n(sg + jb, cnt, 0.0f));
+            }
+        }
+        inv[g] = 1.0f / v_hsum(sumv);
+    }
+    attend_values(v, slots + start, n, kv_heads, kvh, G, ND, s, stride, inv, out);
 }
 
 /* Any head size: the scalar-reduction version. */
