@@ -44,7 +44,7 @@ def main() -> int:
             "B": build_from(args.b, variant, Path(tmp) / "b.so"),
         }
         decoder = llm.model.native_decoder
-        ids = llm.tokenizer.encode("The quick brown fox jumps over the lazy dog. " * 200)
+        ids = llm.tokenizer.encode("The quick brown fox jumps over the lazy dog. " * max(200, args.context // 5 + 50))
         n = args.context + args.steps + 2
         with llm.engine.scratch_blocks(n + 1, args.batch) as tables:
             for b, t in enumerate(tables):

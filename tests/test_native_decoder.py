@@ -104,13 +104,54 @@ def test_native_step_is_batch_invariant(tiny, native_kernels, n_seqs):
 
 def decode_step_together_and_alone(llm: LLM, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """The prompts in the cache, then one decode step's logits for all of them together and for each alone."""
-    with llm.engine.scratch_blocks(32, len(prompts)) as tables:
+    with llm.engine.scratch_blocks(max(32, max(map(len, prompts)) + 1), len(prompts)) as tables:
         for ids, table in zip(prompts, tables):
             llm.runner.run([SeqChunk(ids, 0, table, Logits.NONE)])
         step = [SeqChunk([9], len(ids), t, Logits.LAST, prompt_len=0) for ids, t in zip(prompts, tables)]
         together = llm.runner.run(step)
         alone = torch.cat([llm.runner.run([chunk]) for chunk in step])
     return together, alone
+
+
+@pytest.mark.parametrize("dim,heads,kv_heads,window", [(64, 9, 3, 0), (256, 4, 1, 0), (256, 4, 1, 300), (48, 2, 1, 0)])
+def test_long_contexts_attend_in_parts_as_the_definition(native_lib, dim, heads, kv_heads, window):
+    """Past 256 keys a row attends in parts of 256 keys, each softmaxed on its own maximum, merged in order: still
+    softmax(q k^T / sqrt(d)) v over the row's (windowed) context."""
+    gen = torch.Generator().manual_seed(dim + window)
+    slots, lens = 1024, torch.tensor([700, 256, 257, 513], dtype=torch.int64)
+    k = (torch.randn(slots, kv_heads, dim, generator=gen) * 2).to(torch.bfloat16)
+    v = torch.randn(slots, kv_heads, dim, generator=gen).to(torch.bfloat16)
+    ctx = torch.stack([torch.randperm(slots, generator=gen)[:800] for _ in range(4)])
+    seq = torch.arange(4)
+    q = torch.randn(4, heads, dim, generator=gen)
+    out = native_lib.paged_attention_into(q, k, v, ctx, seq, lens, dim**-0.5, window)
+    for r in range(4):
+        first = max(0, int(lens[r]) - window) if window else 0
+        keys = ctx[r, first : lens[r]]
+        kk = k[keys].float().repeat_interleave(heads // kv_heads, 1)  # (L, H, D)
+        vv = v[keys].float().repeat_interleave(heads // kv_heads, 1)
+        p = torch.softmax(torch.einsum("hd,lhd->hl", q[r], kk) * dim**-0.5, -1)
+        assert (out[r] - torch.einsum("hl,lhd->hd", p, vv)).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])  # GQA, SiLU; one KV head, windows of 300 (two parts)
+def test_long_contexts_give_the_same_logits_on_any_thread(arch, native_kernels, tmp_path):
+    """One or two streams leave the step's threads too few (token, KV head) units, so it shares out the parts of
+    their long contexts instead and merges them; six run each row whole on one thread. From the same cache, the same
+    logits either way, and close to the exact PyTorch model's."""
+    path = str(write_tiny_model(tmp_path / "m.gguf", arch, tile_types=True, context_length=1024, sliding_window=300))
+    llm = LLM(path, kernels=native_kernels, threads=2, kv_tokens=8192)
+    long = [(7 * i + 3) % 380 + 4 for i in range(700)]
+    prompts = [long, long[100:400], IDS[:12], IDS[5:20], IDS[3:7], IDS[1:9]]
+    with llm.engine.scratch_blocks(len(long) + 1, len(prompts)) as tables:
+        for ids, table in zip(prompts, tables):
+            llm.runner.run([SeqChunk(ids, 0, table, Logits.NONE)])
+        step = [SeqChunk([9], len(ids), t, Logits.LAST, prompt_len=0) for ids, t in zip(prompts, tables)]
+        six, two = llm.runner.run(step), llm.runner.run(step[:2])
+        alone = torch.cat([llm.runner.run([chunk]) for chunk in step])
+    assert torch.equal(six, alone) and torch.equal(two, alone[:2])
+    exact = LLM(path, reference=True).logits(long + [9], first=len(long))
+    assert compare_logits(exact, alone[:1]).mean_kl <= 1e-2
 
 
 def test_every_variant_builds_where_the_cpu_runs_it():

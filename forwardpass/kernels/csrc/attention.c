@@ -4,6 +4,7 @@
    never on the other rows or the batch's padding, which is what deterministic batching needs (torch's batched
    matmuls pick kernels by shape, so their rounding varies). */
 #include <stdlib.h>
+#include <string.h>
 
 #include "internal.h"
 
@@ -210,16 +211,18 @@ FP_INLINE void attend_values(const uint16_t* v, const int64_t* slots, int64_t n,
 }
 #endif
 
-/* One query row of G heads sharing a KV head, over keys start .. len - 1 of its context (`slots`), in three passes:
-   the scores (`attend_scores`), a softmax with a vector exp, the weighted sum of values (`attend_values`). Each
-   key and value is converted from bf16 once for the G heads; every head's sums run in exactly the order they would
-   alone, so the result of a head never depends on G. qv, out: (G, 16 ND); s: scratch of G * (len + 16) floats. */
-FP_INLINE void attend_vec(const float* qv, const uint16_t* k, const uint16_t* v, const int64_t* slots, int64_t start,
-                          int64_t len, int64_t kv_heads, int64_t kvh, const int G, const int ND, float scale, float* s,
-                          float* out) {
-    const int64_t n = len - start, stride = n + 16;
+/* One query row of G heads sharing a KV head, over the n keys of `slots`, in three passes: the scores
+   (`attend_scores`), a softmax with a vector exp, the weighted sum of values (`attend_values`). Each key and value
+   is converted from bf16 once for the G heads; every head's sums run in exactly the order they would alone, so the
+   result of a head never depends on G. qv, out: (G, 16 ND); s: scratch of G * (n + 16) floats. ml NULL: out is
+   the attention; else out is the sum weighted by exp(score - max), unnormalized, and ml[2 g], ml[2 g + 1] head
+   g's maximum and sum of weights (a part, for `attend_merge`). */
+FP_INLINE void attend_vec(const float* qv, const uint16_t* k, const uint16_t* v, const int64_t* slots, int64_t n,
+                          int64_t kv_heads, int64_t kvh, const int G, const int ND, float scale, float* s,
+                          float* out, float* ml) {
+    const int64_t stride = n + 16;
     float mx[4], inv[4];
-    attend_scores(qv, k, v, slots + start, n, kv_heads, kvh, G, ND, scale, s, stride, mx);
+    attend_scores(qv, k, v, slots, n, kv_heads, kvh, G, ND, scale, s, stride, mx);
     for (int g = 0; g < G; g++) {
         float* sg = s + g * stride;
         const V m = v_set1(mx[g]);
@@ -236,44 +239,47 @@ FP_INLINE void attend_vec(const float* qv, const uint16_t* k, const uint16_t* v,
                 sumv = v_add(sumv, v_load_n(sg + jb, cnt, 0.0f));
             }
         }
-        inv[g] = 1.0f / v_hsum(sumv);
+        const float sum = v_hsum(sumv);
+        inv[g] = ml ? 1.0f : 1.0f / sum;
+        if (ml) { ml[2 * g] = mx[g]; ml[2 * g + 1] = sum; }
     }
-    attend_values(v, slots + start, n, kv_heads, kvh, G, ND, s, stride, inv, out);
+    attend_values(v, slots, n, kv_heads, kvh, G, ND, s, stride, inv, out);
 }
 
-/* Any head size: the scalar-reduction version. */
-static void attend_generic(const float* qv, const uint16_t* k, const uint16_t* v, const int64_t* slots, int64_t start,
-                           int64_t len, int64_t kv_heads, int64_t kvh, int64_t dim, float scale, float* s, float* o) {
+/* Any head size: the scalar-reduction version (out and ml as attend_vec's, one head). */
+static void attend_generic(const float* qv, const uint16_t* k, const uint16_t* v, const int64_t* slots, int64_t n,
+                           int64_t kv_heads, int64_t kvh, int64_t dim, float scale, float* s, float* o, float* ml) {
     float mx = -INFINITY;
-    for (int64_t j = start; j < len; j++) {
+    for (int64_t j = 0; j < n; j++) {
         const float x = dot_bf16(qv, k + (slots[j] * kv_heads + kvh) * dim, dim) * scale;
-        s[j - start] = x;
+        s[j] = x;
         if (x > mx) mx = x;
     }
     float sum = 0.f;
-    for (int64_t j = 0; j < len - start; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
+    for (int64_t j = 0; j < n; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
     for (int64_t d = 0; d < dim; d++) o[d] = 0.f;
-    for (int64_t j = start; j < len; j++) axpy_bf16(o, s[j - start], v + (slots[j] * kv_heads + kvh) * dim, dim);
+    for (int64_t j = 0; j < n; j++) axpy_bf16(o, s[j], v + (slots[j] * kv_heads + kvh) * dim, dim);
+    if (ml) { ml[0] = mx; ml[1] = sum; return; }
     const float inv = 1.f / sum;
     for (int64_t d = 0; d < dim; d++) o[d] *= inv;
 }
 
 #define ATTEND_G(G)                                                                                          \
     switch (dim) {                                                                                          \
-        case 64: attend_vec(qv, k, v, slots, start, len, kv_heads, kvh, G, 4, scale, s, o); break;          \
-        case 128: attend_vec(qv, k, v, slots, start, len, kv_heads, kvh, G, 8, scale, s, o); break;         \
-        default: attend_vec(qv, k, v, slots, start, len, kv_heads, kvh, G, 16, scale, s, o); break;         \
+        case 64: attend_vec(qv, k, v, slots, n, kv_heads, kvh, G, 4, scale, s, o, ml); break;               \
+        case 128: attend_vec(qv, k, v, slots, n, kv_heads, kvh, G, 8, scale, s, o, ml); break;              \
+        default: attend_vec(qv, k, v, slots, n, kv_heads, kvh, G, 16, scale, s, o, ml); break;              \
     }
 
-/* One query row of `heads` consecutive heads sharing KV head kvh (qv, o: (heads, dim)): each attends the first
-   `len` slots of its context, the last `window` of them if window > 0. s: scratch of 4 * (len + 16) floats. */
-void attend_heads(const float* qv, const uint16_t* k, const uint16_t* v, const int64_t* slots, int64_t len,
-                  int64_t kv_heads, int64_t kvh, int64_t heads, int64_t dim, float scale, int64_t window, float* s,
-                  float* o) {
-    const int64_t start = (window > 0 && len > window) ? len - window : 0;
+/* `heads` consecutive heads sharing KV head kvh over the n keys of `slots` (out and ml as attend_vec's, for every
+   head: ml (heads, 2)) */
+static void attend_keys(const float* qv, const uint16_t* k, const uint16_t* v, const int64_t* slots, int64_t n,
+                        int64_t kv_heads, int64_t kvh, int64_t heads, int64_t dim, float scale, float* s, float* o,
+                        float* ml) {
     if (dim != 64 && dim != 128 && dim != 256) {
         for (int64_t h = 0; h < heads; h++)
-            attend_generic(qv + h * dim, k, v, slots, start, len, kv_heads, kvh, dim, scale, s, o + h * dim);
+            attend_generic(qv + h * dim, k, v, slots, n, kv_heads, kvh, dim, scale, s, o + h * dim,
+                           ml ? ml + 2 * h : NULL);
         return;
     }
     while (heads > 0) {  /* at most 4 heads per pass (registers); grouping never changes a head's result */
@@ -285,7 +291,84 @@ void attend_heads(const float* qv, const uint16_t* k, const uint16_t* v, const i
             default: ATTEND_G(1) break;
         }
         qv += g * dim; o += g * dim; heads -= g;
+        if (ml) ml += 2 * g;
     }
+}
+
+/* Long contexts in parts. A row attending to more than ATTEND_PART keys takes them in parts of ATTEND_PART from
+   the first (the window's first, with a sliding window), each part softmaxed on its own maximum, and merges the
+   parts in order. The split depends only on the row's own context, whoever computes it: the native step may run a
+   row's parts on different threads (one stream's few KV heads leave a thread idle otherwise), and the result is
+   the same as attend_heads' here, in any batch. A part's record (heads, dim + 2): per head its unnormalized sum,
+   then its maximum and sum of weights. */
+int64_t attend_parts(int64_t len, int64_t window) {
+    const int64_t n = (window > 0 && len > window) ? window : len;
+    return n > ATTEND_PART ? (n + ATTEND_PART - 1) / ATTEND_PART : 1;
+}
+
+int64_t attend_scratch(int64_t lmax, int64_t heads, int64_t dim) {
+    const int64_t parts = attend_parts(lmax, 0);
+    return 4 * (lmax + 16) + (parts > 1 ? parts * heads * (dim + 2) : 0);
+}
+
+/* part p of the row (see attend_parts) into rec: (heads, dim + 2) floats; s: scratch of 4 * (ATTEND_PART + 16) */
+void attend_part(const float* qv, const uint16_t* k, const uint16_t* v, const int64_t* slots, int64_t len,
+                 int64_t kv_heads, int64_t kvh, int64_t heads, int64_t dim, float scale, int64_t window, int64_t p,
+                 float* s, float* rec) {
+    const int64_t start = ((window > 0 && len > window) ? len - window : 0) + p * ATTEND_PART;
+    const int64_t n = len - start < ATTEND_PART ? len - start : ATTEND_PART;
+    float ml[2 * 64];
+    for (int64_t h0 = 0; h0 < heads; h0 += 64) {  /* ml's room: 64 heads a pass */
+        const int64_t hn = heads - h0 < 64 ? heads - h0 : 64;
+        float* o = rec + h0 * (dim + 2);
+        /* the sums land packed (hn, dim) at o, then move to their records from the last (no overlap) */
+        attend_keys(qv + h0 * dim, k, v, slots + start, n, kv_heads, kvh, hn, dim, scale, s, o, ml);
+        for (int64_t h = hn - 1; h >= 0; h--) {
+            memmove(o + h * (dim + 2), o + h * dim, sizeof(float) * (size_t)dim);
+            o[h * (dim + 2) + dim] = ml[2 * h];
+            o[h * (dim + 2) + dim + 1] = ml[2 * h + 1];
+        }
+    }
+}
+
+/* out (heads, dim) = the attention from the row's `parts` records (parts, heads, dim + 2): each part's sums and
+   weights rescaled from its maximum to the largest, added in part order */
+void attend_merge(const float* recs, int64_t parts, int64_t heads, int64_t dim, float* out) {
+    const int64_t R = heads * (dim + 2);
+    for (int64_t h = 0; h < heads; h++) {
+        const float* r = recs + h * (dim + 2);
+        float mx = -INFINITY;
+        for (int64_t p = 0; p < parts; p++) mx = r[p * R + dim] > mx ? r[p * R + dim] : mx;
+        float* o = out + h * dim;
+        float sum = 0.f;
+        for (int64_t d = 0; d < dim; d++) o[d] = 0.f;
+        for (int64_t p = 0; p < parts; p++) {
+            const float w = expf(r[p * R + dim] - mx);
+            sum += w * r[p * R + dim + 1];
+            for (int64_t d = 0; d < dim; d++) o[d] += w * r[p * R + d];
+        }
+        const float inv = 1.f / sum;
+        for (int64_t d = 0; d < dim; d++) o[d] *= inv;
+    }
+}
+
+/* One query row of `heads` consecutive heads sharing KV head kvh (qv, o: (heads, dim)): each attends the first
+   `len` slots of its context, the last `window` of them if window > 0, in parts past ATTEND_PART keys. s: scratch
+   of attend_scratch(len, heads, dim) floats. */
+void attend_heads(const float* qv, const uint16_t* k, const uint16_t* v, const int64_t* slots, int64_t len,
+                  int64_t kv_heads, int64_t kvh, int64_t heads, int64_t dim, float scale, int64_t window, float* s,
+                  float* o) {
+    const int64_t parts = attend_parts(len, window);
+    if (parts == 1) {
+        const int64_t start = (window > 0 && len > window) ? len - window : 0;
+        attend_keys(qv, k, v, slots + start, len - start, kv_heads, kvh, heads, dim, scale, s, o, NULL);
+        return;
+    }
+    float* recs = s + 4 * (ATTEND_PART + 16);
+    for (int64_t p = 0; p < parts; p++)
+        attend_part(qv, k, v, slots, len, kv_heads, kvh, heads, dim, scale, window, p, s,
+                    recs + p * heads * (dim + 2));
+    attend_merge(recs, parts, heads, dim, o);
 }
 
 /* Each of R query rows attends over its own context: the first lens[r] slots of row seq[r] of ctx (S, ctx_stride),
@@ -298,7 +381,7 @@ void paged_attention(const float* q, const uint16_t* k, const uint16_t* v, const
     for (int64_t r = 0; r < rows; r++) if (lens[r] > lmax) lmax = lens[r];
 #pragma omp parallel num_threads((int)n_threads)
     {
-        float* s = (float*)malloc(sizeof(float) * 4 * (size_t)(lmax + 16));
+        float* s = (float*)malloc(sizeof(float) * (size_t)attend_scratch(lmax, group, dim));
 #pragma omp for schedule(dynamic, 4)
         for (int64_t rk = 0; rk < rows * kv_heads; rk++) {  /* a row's heads of one KV head together */
             const int64_t r = rk / kv_heads, kvh = rk % kv_heads, at = (r * heads + kvh * group) * dim;

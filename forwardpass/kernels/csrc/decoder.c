@@ -6,7 +6,8 @@
 
      h = rmsnorm(x) * attn_norm                      quantized to int8 once, shared by q, k and v
      q, k, v = tiles(h) (+ bias)                     per head: rmsnorm (q_norm, k_norm), RoPE; k, v -> bf16 cache
-     o = attention(q, paged cache)                   each (token, head) alone, in a fixed order
+     o = attention(q, paged cache)                   each (token, head) alone, in a fixed order (a long context
+                                                     in fixed parts, which one or two streams share out)
      f = tiles(o);  x += post_attn_norm ? rmsnorm(f) * post_attn_norm : f
      h = rmsnorm(x) * ffn_norm;  g, u = tiles(h);  a = act(g) * u
      f = tiles(a);  x += post_ffn_norm ? rmsnorm(f) * post_ffn_norm : f
@@ -124,18 +125,27 @@ static widths_t step_widths(const dmodel_t* M) {
     return (widths_t){QO, F, M->q_out_full, M->n_ff_full, M->d_local};
 }
 
+/* floats of the records of long contexts' attention parts that a step's threads share (attention_block): only for
+   batches too small to share out whole tokens, which are what leave threads idle */
+static int64_t part_records(const dmodel_t* M, int64_t B, int64_t lmax, int64_t nthreads) {
+    const int64_t parts = attend_parts(lmax, 0);
+    if (parts == 1 || B >= 2 * nthreads) return 0;
+    return B * parts * M->n_heads * (M->head_dim + 2);
+}
+
 /* bytes of scratch `decoder_step` needs for B tokens whose contexts hold at most lmax tokens */
 int64_t decoder_workspace(const dmodel_t* M, int64_t B, int64_t lmax, int64_t nthreads) {
     const int64_t D = M->d_model;
     const widths_t W = step_widths(M);
     const int64_t NQKV = W.QO + 2 * M->n_kv * M->head_dim, KMAX = max3(W.FF, W.QOF, D);
     const int64_t tp = M->gather != NULL;  /* the gathered buffers and the local output rows */
-    const int64_t sizes[14] = {4 * B * D, 4 * B * D, 4 * B * NQKV, 4 * B * W.QO, 4 * B * 2 * W.F, 4 * B * W.F,
+    const int64_t sizes[15] = {4 * B * D, 4 * B * D, 4 * B * NQKV, 4 * B * W.QO, 4 * B * 2 * W.F, 4 * B * W.F,
                                B * KMAX, 4 * B * KMAX / 32, 4 * B * KMAX / 32, 4 * B * KMAX / 16,
-                               4 * nthreads * 4 * (lmax + 16), tp * 4 * B * W.QOF, tp * 4 * B * W.FF,
-                               tp * 4 * B * W.DL};
+                               4 * nthreads * attend_scratch(lmax, M->n_heads / M->n_kv, M->head_dim),
+                               tp * 4 * B * W.QOF, tp * 4 * B * W.FF, tp * 4 * B * W.DL,
+                               4 * part_records(M, B, lmax, nthreads)};
     int64_t total = 0;
-    for (int i = 0; i < 14; i++) total += (sizes[i] + 63) / 64 * 64;
+    for (int i = 0; i < 15; i++) total += (sizes[i] + 63) / 64 * 64;
     return total;
 }
 
@@ -153,6 +163,8 @@ typedef struct {
     const int64_t *slots, *ctx, *seq, *lens;
     int64_t B, ctx_stride, ctx_group_stride;
     spin_barrier_t* bar;  /* ends each phase (the work-sharing loops run with nowait) */
+    float* recs;    /* (B, KV, parts, G, head_dim + 2): the parts of long contexts' attention; NULL: none */
+    int64_t parts;  /* the most parts a row's attention has (attend_parts) */
     int distinct;   /* every token belongs to a different sequence */
     int f_ready;    /* f holds a block's output to add to x */
     int* failed;    /* a gather failed: the later ones are skipped (thread 0 only) */
@@ -229,6 +241,13 @@ static void residual_and_norm(const step_t* S, const float* post, const float* n
     step_barrier(S->bar);
 }
 
+/* whether a row of the step attends in more than one part at layer L */
+static int long_rows(const step_t* S, const dlayer_t* L) {
+    for (int64_t r = 0; r < S->B; r++)
+        if (attend_parts(S->lens[r], L->window) > 1) return 1;
+    return 0;
+}
+
 /* the attention block of layer L up to its output projection in f (its input h already normalized and quantized);
    with tensor parallelism, this rank's heads, then every rank's gathered before and after attn_output */
 static void attention_block(const step_t* S, const dlayer_t* L, float* s, team_t* team) {
@@ -246,6 +265,30 @@ static void attention_block(const step_t* S, const dlayer_t* L, float* s, team_t
         for (int64_t r = 0; r < B; r++) {
             for (int64_t kvh = 0; kvh < KV; kvh++) heads_and_attention(S, L, r, kvh, s);
             quantize_row(S->att + r * QO, r, &S->qQ);
+        }
+        step_barrier(S->bar);
+    } else if (S->distinct && S->recs && long_rows(S, L)) {
+        /* one stream or a few, some with long contexts: too few (token, KV head) units to keep every thread busy,
+           so their parts (attend_parts) are shared out instead, then merged: the same result as attend_heads */
+        #pragma omp for schedule(static) nowait
+        for (int64_t u = 0; u < B * (H + KV); u++) qkv_head(S, L, u / (H + KV), u % (H + KV));
+        step_barrier(S->bar);
+        const int64_t P = S->parts, G = H / KV, R = G * (HD + 2);
+        #pragma omp for schedule(dynamic, 1) nowait
+        for (int64_t u = 0; u < B * KV * P; u++) {
+            const int64_t r = u / (KV * P), kvh = u / P % KV, p = u % P, window = L->window;
+            const int64_t parts = attend_parts(S->lens[r], window);
+            if (p >= parts) continue;
+            if (parts == 1) { attend_unit(S, L, r, kvh, s); continue; }
+            const int64_t* ctx = S->ctx + L->group * S->ctx_group_stride + S->seq[r] * S->ctx_stride;
+            attend_part(S->qkv + r * NQKV + kvh * G * HD, L->kc, L->vc, ctx, S->lens[r], KV, kvh, G, HD, M->scale,
+                        window, p, s, S->recs + ((r * KV + kvh) * P + p) * R);
+        }
+        step_barrier(S->bar);
+        #pragma omp for schedule(static) nowait
+        for (int64_t u = 0; u < B * KV; u++) {
+            const int64_t r = u / KV, kvh = u % KV, parts = attend_parts(S->lens[r], L->window);
+            if (parts > 1) attend_merge(S->recs + u * P * R, parts, G, HD, S->att + r * QO + kvh * G * HD);
         }
         step_barrier(S->bar);
     } else if (S->distinct) {
@@ -324,13 +367,17 @@ int64_t decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, 
                     TAKE(int32_t, B * KMAX / 16), D, B};
     S.qQ = S.qD; S.qQ.k = W.QOF;  /* the int8 rows of attn_output's and ffn_down's full input */
     S.qF = S.qD; S.qF.k = W.FF;
-    float* scores = TAKE(float, nthreads * 4 * (lmax + 16));
+    const int64_t scratch = attend_scratch(lmax, M->n_heads / M->n_kv, M->head_dim);
+    float* scores = TAKE(float, nthreads * scratch);
     S.W = W;
     if (M->gather) {
         S.att_full = TAKE(float, B * W.QOF); S.a_full = TAKE(float, B * W.FF); S.y = TAKE(float, B * W.DL);
     } else {
         S.att_full = S.att; S.a_full = S.a; S.y = S.f;
     }
+    const int64_t records = part_records(M, B, lmax, nthreads);
+    S.recs = records ? TAKE(float, records) : NULL;
+    S.parts = attend_parts(lmax, 0);
     int failed = 0;
     S.failed = &failed;
     #undef TAKE
@@ -348,7 +395,7 @@ int64_t decoder_step(const dmodel_t* M, float* x, int64_t B, const float* rope, 
     {
         #pragma omp single
         bar.n = omp_get_num_threads();  /* the team we got (its implicit barrier publishes it) */
-        float* s = scores + (int64_t)omp_get_thread_num() * 4 * (lmax + 16);
+        float* s = scores + (int64_t)omp_get_thread_num() * scratch;
         team_t team = {&work, 0};
         residual_and_norm(&S0, NULL, M->layers[0].attn_norm);
         for (int64_t l = 0; l < M->n_layers; l++) {

@@ -26,6 +26,13 @@ void tile_matmul_multi(const tmat_t* const* mats, int nm, const qact_t* X, int64
                        team_t* team);
 
 /* attention.c */
+#define ATTEND_PART 256  /* keys per part of a long context (attend_parts) */
+int64_t attend_parts(int64_t len, int64_t window);
+int64_t attend_scratch(int64_t lmax, int64_t heads, int64_t dim);
+void attend_part(const float* qv, const uint16_t* k, const uint16_t* v, const int64_t* slots, int64_t len,
+                 int64_t kv_heads, int64_t kvh, int64_t heads, int64_t dim, float scale, int64_t window, int64_t p,
+                 float* s, float* rec);
+void attend_merge(const float* recs, int64_t parts, int64_t heads, int64_t dim, float* out);
 void attend_heads(const float* qv, const uint16_t* k, const uint16_t* v, const int64_t* slots, int64_t len,
                   int64_t kv_heads, int64_t kvh, int64_t heads, int64_t dim, float scale, int64_t window, float* s,
                   float* o);
