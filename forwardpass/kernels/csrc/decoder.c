@@ -241,11 +241,18 @@ static void residual_and_norm(const step_t* S, const float* post, const float* n
     step_barrier(S->bar);
 }
 
-/* whether a row of the step attends in more than one part at layer L */
-static int long_rows(const step_t* S, const dlayer_t* L) {
-    for (int64_t r = 0; r < S->B; r++)
-        if (attend_parts(S->lens[r], L->window) > 1) return 1;
-    return 0;
+/* whether sharing out the parts of long contexts beats whole (token, KV head) units at layer L: some row attends
+   in more than one part, and the units cannot be shared evenly (their count is not a multiple of the threads', or
+   their rows take different numbers of parts) */
+static int parts_balance_better(const step_t* S, const dlayer_t* L) {
+    const int64_t first = attend_parts(S->lens[0], L->window);
+    int64_t most = first, uneven = 0;
+    for (int64_t r = 1; r < S->B; r++) {
+        const int64_t p = attend_parts(S->lens[r], L->window);
+        uneven |= p != first;
+        most = p > most ? p : most;
+    }
+    return most > 1 && (uneven || S->B * S->M->n_kv % omp_get_num_threads() != 0);
 }
 
 /* the attention block of layer L up to its output projection in f (its input h already normalized and quantized);
@@ -267,7 +274,7 @@ static void attention_block(const step_t* S, const dlayer_t* L, float* s, team_t
             quantize_row(S->att + r * QO, r, &S->qQ);
         }
         step_barrier(S->bar);
-    } else if (S->distinct && S->recs && long_rows(S, L)) {
+    } else if (S->distinct && S->recs && parts_balance_better(S, L)) {
         /* one stream or a few, some with long contexts: too few (token, KV head) units to keep every thread busy,
            so their parts (attend_parts) are shared out instead, then merged: the same result as attend_heads */
         #pragma omp for schedule(static) nowait
