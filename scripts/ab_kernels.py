@@ -100,7 +100,9 @@ def ab_attention(libs: dict[str, NativeLibrary], tokens: int, rounds: int) -> No
                 name: (lambda lib=lib: lib.paged_attention_into(q, k, v, ctx, seq, lens, dim**-0.5, 0))
                 for name, lib in libs.items()
             }
-            report(f"attention {heads} heads / {kv_heads} KV x {dim}, {tokens} tokens of {context}", *paired(calls, rounds))
+            report(
+                f"attention {heads} heads / {kv_heads} KV x {dim}, {tokens} tokens of {context}", *paired(calls, rounds)
+            )
 
 
 def main() -> int:
