@@ -154,6 +154,26 @@ def test_long_contexts_give_the_same_logits_on_any_thread(arch, native_kernels, 
     assert compare_logits(exact, alone[:1]).mean_kl <= 1e-2
 
 
+def test_a_prompt_prefilled_again_after_a_longer_one_gives_the_same_logits(tmp_path):
+    """The RoPE tables grow to the longest position seen (a decode step past the prompt regrows them); a prompt's
+    keys must not depend on that history. (With torch's cos, about one process in eight built the tables of the same
+    positions differently in the last bit: the prompt's second prefill then gave other logits.)"""
+    path = str(write_tiny_model(tmp_path / "m.gguf", "llama", tile_types=True, context_length=1024))
+    llm = LLM(path, threads=2, kv_tokens=8192)
+    long = [(7 * i + 3) % 380 + 4 for i in range(700)]
+    logits = []
+    for _ in range(3):
+        with llm.engine.scratch_blocks(len(long) + 1) as (table,):
+            llm.runner.run([SeqChunk(long, 0, table, Logits.NONE)])
+            logits.append(llm.runner.run([SeqChunk([9], len(long), table, Logits.LAST, prompt_len=0)]))
+    assert torch.equal(logits[0], logits[1]) and torch.equal(logits[0], logits[2])
+    rotary = llm.model._rotaries[0]
+    grown = rotary.factors(torch.arange(700))
+    rotary._cos = torch.empty(0)  # rebuilt at another length
+    rotary.factors(torch.arange(3000))
+    assert all(torch.equal(a, b) for a, b in zip(grown, rotary.factors(torch.arange(700))))
+
+
 def test_every_variant_builds_where_the_cpu_runs_it():
     """Where this CPU executes a variant and a C compiler exists, its library must build, match the ctypes
     mirror of the structs and pass its self-test: a source that stops compiling would otherwise only show up as

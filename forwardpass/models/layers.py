@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -49,8 +50,13 @@ class Rotary:
             angles = torch.cat((angles, angles), dim=-1)
         else:  # adjacent pairs: GGUF llama weights are permuted for this form
             angles = angles.repeat_interleave(2, dim=-1)
-        self._cos = angles.cos().float().to(positions.device)
-        self._sin = angles.sin().float().to(positions.device)
+        # cos and sin by NumPy, one thread and one code path per element. With torch's, about one process in eight
+        # built the same positions' tables differently in the last bit of ~1400 entries (the 700-position table
+        # against the one regrown to 1400): a token's RoPE, and so its keys, depended on how long an earlier
+        # request had been, and a prompt prefilled twice gave two results
+        a = angles.numpy()
+        self._cos = torch.from_numpy(np.cos(a)).float().to(positions.device)
+        self._sin = torch.from_numpy(np.sin(a)).float().to(positions.device)
         # turn(x) below is (x[pair], ...) unsigned: the first of each pair takes -sin
         sign = torch.ones(self.dims, dtype=torch.float32, device=positions.device)
         if self.neox:
