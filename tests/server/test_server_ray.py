@@ -61,7 +61,10 @@ def ray_server(smollm2_path):
     s = ServerProcess(smollm2_path, "--replicas", "2", "--threads", "1", "--ctx", "2048", wait=False)
     try:
         s.wait_healthy(timeout=300)
-        wait_for(lambda: all(r["pid"] for r in s.get("/health").json()["replicas"]), 60, "replica pids")
+        # a loaded machine can answer 503 (no replicas in the body) for a while after the first 200: keep waiting
+        wait_for(
+            lambda: all(r["pid"] for r in s.get("/health").json().get("replicas") or [{"pid": 0}]), 60, "replica pids"
+        )
         yield s
     finally:
         s.proc.send_signal(signal.SIGINT)  # tears the application and Ray down
