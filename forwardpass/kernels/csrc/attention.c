@@ -4,7 +4,6 @@
    never on the other rows or the batch's padding, which is what deterministic batching needs (torch's batched
    matmuls pick kernels by shape, so their rounding varies). */
 #include <stdlib.h>
-#include <string.h>
 
 #include "internal.h"
 
@@ -299,10 +298,16 @@ static void attend_keys(const float* qv, const uint16_t* k, const uint16_t* v, c
    the first (the window's first, with a sliding window), each part softmaxed on its own maximum, and merges the
    parts in order. The split depends only on the row's own context, whoever computes it: the native step may run a
    row's parts on different threads (one stream's few KV heads leave a thread idle otherwise), and the result is
-   the same as attend_heads' here, in any batch. A part's record (heads, dim + 2): per head its unnormalized sum,
-   then its maximum and sum of weights. */
+   the same as attend_heads' here, in any batch. A part's record (heads * (dim + 2) floats): the heads'
+   unnormalized sums (heads, dim), then each head's maximum and sum of weights (heads, 2). */
+
+/* the first key a row of `len` keys attends to */
+static inline int64_t window_start(int64_t len, int64_t window) {
+    return window > 0 && len > window ? len - window : 0;
+}
+
 int64_t attend_parts(int64_t len, int64_t window) {
-    const int64_t n = (window > 0 && len > window) ? window : len;
+    const int64_t n = len - window_start(len, window);
     return n > ATTEND_PART ? (n + ATTEND_PART - 1) / ATTEND_PART : 1;
 }
 
@@ -311,41 +316,30 @@ int64_t attend_scratch(int64_t lmax, int64_t heads, int64_t dim) {
     return 4 * (lmax + 16) + (parts > 1 ? parts * heads * (dim + 2) : 0);
 }
 
-/* part p of the row (see attend_parts) into rec: (heads, dim + 2) floats; s: scratch of 4 * (ATTEND_PART + 16) */
+/* part p of the row (see attend_parts) into rec; s: scratch of 4 * (ATTEND_PART + 16) floats */
 void attend_part(const float* qv, const uint16_t* k, const uint16_t* v, const int64_t* slots, int64_t len,
                  int64_t kv_heads, int64_t kvh, int64_t heads, int64_t dim, float scale, int64_t window, int64_t p,
                  float* s, float* rec) {
-    const int64_t start = ((window > 0 && len > window) ? len - window : 0) + p * ATTEND_PART;
+    const int64_t start = window_start(len, window) + p * ATTEND_PART;
     const int64_t n = len - start < ATTEND_PART ? len - start : ATTEND_PART;
-    float ml[2 * 64];
-    for (int64_t h0 = 0; h0 < heads; h0 += 64) {  /* ml's room: 64 heads a pass */
-        const int64_t hn = heads - h0 < 64 ? heads - h0 : 64;
-        float* o = rec + h0 * (dim + 2);
-        /* the sums land packed (hn, dim) at o, then move to their records from the last (no overlap) */
-        attend_keys(qv + h0 * dim, k, v, slots + start, n, kv_heads, kvh, hn, dim, scale, s, o, ml);
-        for (int64_t h = hn - 1; h >= 0; h--) {
-            memmove(o + h * (dim + 2), o + h * dim, sizeof(float) * (size_t)dim);
-            o[h * (dim + 2) + dim] = ml[2 * h];
-            o[h * (dim + 2) + dim + 1] = ml[2 * h + 1];
-        }
-    }
+    attend_keys(qv, k, v, slots + start, n, kv_heads, kvh, heads, dim, scale, s, rec, rec + heads * dim);
 }
 
-/* out (heads, dim) = the attention from the row's `parts` records (parts, heads, dim + 2): each part's sums and
-   weights rescaled from its maximum to the largest, added in part order */
+/* out (heads, dim) = the attention from the row's `parts` records: each part's sums and weights rescaled from its
+   maximum to the largest, added in part order */
 void attend_merge(const float* recs, int64_t parts, int64_t heads, int64_t dim, float* out) {
     const int64_t R = heads * (dim + 2);
     for (int64_t h = 0; h < heads; h++) {
-        const float* r = recs + h * (dim + 2);
+        const float* ml = recs + heads * dim + 2 * h;  /* part p's: ml[p R], ml[p R + 1] */
         float mx = -INFINITY;
-        for (int64_t p = 0; p < parts; p++) mx = r[p * R + dim] > mx ? r[p * R + dim] : mx;
+        for (int64_t p = 0; p < parts; p++) mx = ml[p * R] > mx ? ml[p * R] : mx;
         float* o = out + h * dim;
         float sum = 0.f;
         for (int64_t d = 0; d < dim; d++) o[d] = 0.f;
         for (int64_t p = 0; p < parts; p++) {
-            const float w = expf(r[p * R + dim] - mx);
-            sum += w * r[p * R + dim + 1];
-            for (int64_t d = 0; d < dim; d++) o[d] += w * r[p * R + d];
+            const float w = expf(ml[p * R] - mx), *r = recs + p * R + h * dim;
+            sum += w * ml[p * R + 1];
+            for (int64_t d = 0; d < dim; d++) o[d] += w * r[d];
         }
         const float inv = 1.f / sum;
         for (int64_t d = 0; d < dim; d++) o[d] *= inv;
@@ -360,7 +354,7 @@ void attend_heads(const float* qv, const uint16_t* k, const uint16_t* v, const i
                   float* o) {
     const int64_t parts = attend_parts(len, window);
     if (parts == 1) {
-        const int64_t start = (window > 0 && len > window) ? len - window : 0;
+        const int64_t start = window_start(len, window);
         attend_keys(qv, k, v, slots + start, len - start, kv_heads, kvh, heads, dim, scale, s, o, NULL);
         return;
     }
