@@ -389,6 +389,13 @@ FP_INLINE void half_ops(const tmat_t* W, int64_t tg, const int BITS, const int h
     }
 }
 
+/* An empty asm that "changes" v: the sum stays one chain in source order. Otherwise GCC's reassociation turns a
+   token's eight products into a tree and, with the block's tokens unrolled, hoists the broadcasts and products of
+   several tokens at once; with the eight operands already in registers the partial sums spill (two stores and two
+   reloads a token). As one chain each token needs three registers. The integer is the same either way (exact int16 /
+   int32 sums); 16-token tiles, one thread: Q4_1 1.14x, Q8_0 1.14x faster. */
+#define SUM_IN_ORDER(v) __asm__("" : "+x"(v))
+
 /* one half's integer dot products of operands o0 .. o1 - 1 with token xi's codes (as tile_dot's lanes) */
 FP_INLINE __m256i half_dot(const __m256i* op, const __m256i* mag, const int8_t* xi, const int o0, const int o1,
                            const int BITS) {
@@ -403,8 +410,10 @@ FP_INLINE __m256i half_dot(const __m256i* op, const __m256i* mag, const int8_t* 
                 s = _mm256_maddubs_epi16(mag[j], _mm256_sign_epi8(xb, op[j]));
             else
                 s = _mm256_add_epi16(s, _mm256_maddubs_epi16(op[j], xb));
+            if (BITS != 8) SUM_IN_ORDER(s);
         }
         r = _mm256_add_epi32(r, _mm256_madd_epi16(s, ones));
+        if (BITS == 8) SUM_IN_ORDER(r);
     }
     return r;
 }
@@ -417,8 +426,8 @@ FP_INLINE void tile_block_halves(const tmat_t* W, int64_t rt, const qact_t* X, i
         const int8_t* xq = X->q + t0 * 32;
         const float *dx = X->dx + t0 * G, *sx = X->sx + t0 * G;
         const int32_t* s16 = X->s16 + 2 * t0 * G;
-        __m256 acc[8];
-#pragma GCC unroll 8
+        __m256 acc[16];
+#pragma GCC unroll 16
         for (int i = 0; i < TN; i++) acc[i] = _mm256_setzero_ps();
         for (int64_t g = 0; g < G; g++, xq += 32 * LD, dx++, sx++, s16 += 2) {
             if (h == 0) prefetch_ahead(W, rt * G + g, BITS);
@@ -520,9 +529,11 @@ FP_INLINE void tile_block_tokens(const tmat_t* W, int64_t rt, const qact_t* X, i
 #define TILE_BLOCK_MANY tile_block
 #endif
 
-/* Tokens per pass over a tile: as many as the registers hold (AVX-512: 32 of 16 lanes; AVX2 and NEON: 16 of 8
-   and 32 of 4 lanes, so fewer accumulators before they spill). */
-#if defined(FP_AVX512)
+/* Tokens per pass over a tile: as many as the registers hold (AVX-512: 32 of 16 lanes; AVX-VNNI and NEON: 16 of 8
+   and 32 of 4 lanes, so fewer accumulators before they spill). Plain AVX2's halves keep their accumulators in L1
+   (one load and one store a token and column group, beside its 20 vector operations), so there 16 tokens share
+   each decoding of a tile's codes: a 16-token step 0.85x (SmolLM2) to 0.82x (Gemma 3) with the chains above. */
+#if defined(FP_AVX512) || (defined(FP_AVX2) && !defined(FP_AVXVNNI))
 #define TN_MAX 16
 #else
 #define TN_MAX 8
