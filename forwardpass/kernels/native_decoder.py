@@ -353,7 +353,10 @@ class AdaptiveThreads:
     the right count; with another process busy on one of two cores, the thread sharing a core with it holds up
     every phase and one thread decodes faster than two. Steps are timed per size class (tokens rounded up to a
     power of two) for the full count and for one thread: the faster by its running average is used, the other
-    tried again every `explore` steps (more often while the two are close), so the choice follows the load.
+    tried again every `explore` steps (more often while the two are close), so the choice follows the load. While
+    the full count leads by 1.5x or more (16 tokens on two free cores: one thread takes 2x), one thread is tried
+    every 4 * `explore` steps only: each try costs a whole slow step (1.5% of 16-token decoding at every 64th), and
+    a neighbour that arrives needs no try to be seen, as it slows the full count's own timings past one thread's.
     A token's result never depends on the thread count (each is computed alone, in a fixed order).
 
     Noise only slows a step: a host that takes a core for a moment makes one step of the count in use 10x slower
@@ -385,8 +388,9 @@ class AdaptiveThreads:
         if one is None:
             return 1
         best, other = (1, full) if one < many else (full, 1)
-        close = max(one, many) < 1.25 * min(one, many)
-        return other if n % (self.explore // 8 if close else self.explore) == 0 else best
+        gap = max(one, many) / min(one, many)
+        every = self.explore // 8 if gap < 1.25 else self.explore * 4 if best == full and gap >= 1.5 else self.explore
+        return other if n % every == 0 else best
 
     def record(self, tokens: int, threads: int, seconds: float) -> None:
         size = self._size(tokens)
