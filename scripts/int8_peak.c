@@ -80,6 +80,40 @@ static void avx2_4bit_scaled(void) { /* the loop in the asm: its float registers
         : "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm12", "xmm13", "xmm14", "xmm15", "cc");
 }
 
+/* The same, with each 4 activation bytes broadcast from memory (vpbroadcastd m32) as tiles.c's halves read them:
+   8 more loads per unit, the weights in registers. */
+static const int8_t xbytes[32] __attribute__((aligned(32)));
+#define UNIT4_BCAST(ACC)                                                                                   \
+    "vpbroadcastd (%2), %%ymm0\n vpmaddubsw %%ymm0, %%ymm8, %%ymm1\n"                                       \
+    "vpbroadcastd 4(%2), %%ymm0\n vpmaddubsw %%ymm0, %%ymm8, %%ymm2\n"                                      \
+    "vpbroadcastd 8(%2), %%ymm0\n vpmaddubsw %%ymm0, %%ymm9, %%ymm3\n"                                      \
+    "vpbroadcastd 12(%2), %%ymm0\n vpmaddubsw %%ymm0, %%ymm9, %%ymm4\n"                                     \
+    "vpaddw %%ymm3, %%ymm1, %%ymm1\n vpaddw %%ymm4, %%ymm2, %%ymm2\n"                                      \
+    "vpbroadcastd 16(%2), %%ymm0\n vpmaddubsw %%ymm0, %%ymm10, %%ymm3\n"                                    \
+    "vpbroadcastd 20(%2), %%ymm0\n vpmaddubsw %%ymm0, %%ymm10, %%ymm4\n"                                    \
+    "vpaddw %%ymm3, %%ymm1, %%ymm1\n vpaddw %%ymm4, %%ymm2, %%ymm2\n"                                      \
+    "vpbroadcastd 24(%2), %%ymm0\n vpmaddubsw %%ymm0, %%ymm11, %%ymm3\n"                                    \
+    "vpbroadcastd 28(%2), %%ymm0\n vpmaddubsw %%ymm0, %%ymm11, %%ymm4\n"                                    \
+    "vpaddw %%ymm3, %%ymm1, %%ymm1\n vpaddw %%ymm4, %%ymm2, %%ymm2\n"                                      \
+    "vpaddw %%ymm2, %%ymm1, %%ymm1\n vpmaddwd %%ymm7, %%ymm1, %%ymm1\n vcvtdq2ps %%ymm1, %%ymm1\n"         \
+    "vbroadcastss (%1), %%ymm2\n vmulps %%ymm6, %%ymm2, %%ymm2\n vfmadd231ps %%ymm2, %%ymm1, %%ymm" ACC "\n" \
+    "vbroadcastss 4(%1), %%ymm3\n vfmadd231ps %%ymm3, %%ymm5, %%ymm" ACC "\n"
+static void avx2_4bit_scaled_bcast(void) {
+    long n = ITERS;
+    __asm__ volatile(
+        "vbroadcastss (%1), %%ymm5\n vbroadcastss 4(%1), %%ymm6\n"
+        "vpcmpeqw %%ymm7, %%ymm7, %%ymm7\n vpsrlw $15, %%ymm7, %%ymm7\n"
+        "vxorps %%ymm12, %%ymm12, %%ymm12\n vxorps %%ymm13, %%ymm13, %%ymm13\n"
+        "vxorps %%ymm14, %%ymm14, %%ymm14\n vxorps %%ymm15, %%ymm15, %%ymm15\n"
+        "vpxor %%ymm8, %%ymm8, %%ymm8\n vpxor %%ymm9, %%ymm9, %%ymm9\n"
+        "vpxor %%ymm10, %%ymm10, %%ymm10\n vpxor %%ymm11, %%ymm11, %%ymm11\n"
+        "1:\n" UNIT4_BCAST("12") UNIT4_BCAST("13") UNIT4_BCAST("14") UNIT4_BCAST("15") "dec %0\n jnz 1b\n"
+        : "+r"(n)
+        : "r"(scales), "r"(xbytes)
+        : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11",
+          "xmm12", "xmm13", "xmm14", "xmm15", "cc");
+}
+
 /* ten independent accumulators: vpdpbusd's latency (5) times its throughput (2 a cycle) */
 #define DP10(P, R)                                                                                         \
     P "vpdpbusd %%" R "0, %%" R "1, %%" R "4\n" P "vpdpbusd %%" R "0, %%" R "1, %%" R "5\n"               \
@@ -142,6 +176,8 @@ int main(void) {
     printf("threads: %d\n", omp_get_max_threads());
     printf("%-56s %7.1f GMAC/s\n", "avx2, 4-bit codes (vpmaddubsw x8 in int16, vpmaddwd)", gmacs(avx2_4bit, 256));
     printf("%-56s %7.1f GMAC/s\n", "avx2, 4-bit codes, with the scales (as tiles.c)", gmacs(avx2_4bit_scaled, 1024));
+    printf("%-56s %7.1f GMAC/s\n", "avx2, 4-bit codes, scales, x broadcast from memory",
+           gmacs(avx2_4bit_scaled_bcast, 1024));
     printf("%-56s %7.1f GMAC/s\n", "avx2, 8-bit codes (vpsignb, vpmaddubsw, vpmaddwd)", gmacs(avx2_8bit, 128));
     printf("%-56s %7.1f GMAC/s\n", "avx2+vnni, ymm vpdpbusd", gmacs(vnni_ymm, 320));
     printf("%-56s %7.1f GMAC/s\n", "avx2+vnni, with Q4_1's scales, vcvtdq2ps", gmacs(vnni_ymm_scaled_cvt, 320));
