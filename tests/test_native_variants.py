@@ -74,6 +74,8 @@ def test_tiles_equal_the_host_build(remote, qtype):
     assert torch.equal(y, tile_matmul([here], x))
     assert rel_err(y, x @ weight.dequantize().t()) <= 1e-2
     assert torch.equal(tile_matmul([there], x[36:]), y[36:])  # a token alone == among others
+    assert torch.equal(tile_matmul([there], x[:3]), y[:3])  # a block of 3 == the same tokens in a block of 16
+    assert torch.equal(tile_matmul([there], x[:18]), y[:18])  # 16 + a block of 2
 
 
 def test_argmax_with_special_values(remote):

@@ -539,16 +539,10 @@ FP_INLINE void tile_block_tokens(const tmat_t* W, int64_t rt, const qact_t* X, i
 #define TN_MAX 8
 #endif
 
-/* Plain AVX2 also runs a last 2 or 3 tokens as one block of halves: token by token, tile_block decodes the tile
-   once a token (one thread, 16-row tiles of 576 to 1536 columns: 2 tokens 0.75-0.93x the time, 3 tokens
-   0.66-0.83x). One token keeps tile_block, whose single pass over the codes is the memory-bound path (as halves:
-   1.1-1.2x slower). */
-#if defined(FP_AVX2) && !defined(FP_AVXVNNI)
-#define SMALL_BLOCKS 1
-#else
-#define SMALL_BLOCKS 0
-#endif
-
+/* A last 2 or 3 tokens run as one block too (plain AVX2: of halves; the vpdpbusd and NEON builds: tile_block), not
+   token by token, which decoded each tile once a token (one thread, 16-row tiles of 576 to 1536 columns: 2 tokens
+   0.71-0.93x the time, 3 tokens 0.64-0.90x, by build and type). One token keeps tile_block, whose single pass over
+   the codes is the memory-bound path (plain AVX2's halves there: 1.1-1.2x slower). */
 #define DEFINE_TILE_ROWS(NAME, BITS, SM)                                                                     \
     static void NAME(const tmat_t* W, int64_t rt, const qact_t* X, int64_t T, float* y, int64_t ldy) {      \
         int64_t t0 = 0;                                                                                     \
@@ -556,9 +550,9 @@ FP_INLINE void tile_block_tokens(const tmat_t* W, int64_t rt, const qact_t* X, i
             for (; t0 + 16 <= T; t0 += 16) TILE_BLOCK_MANY(W, rt, X, t0, 16, y, ldy, BITS, SM);             \
         for (; t0 + 8 <= T; t0 += 8) TILE_BLOCK_MANY(W, rt, X, t0, 8, y, ldy, BITS, SM);                    \
         if (t0 + 4 <= T) { TILE_BLOCK_MANY(W, rt, X, t0, 4, y, ldy, BITS, SM); t0 += 4; }                   \
-        if (SMALL_BLOCKS && T - t0 == 3) { TILE_BLOCK_MANY(W, rt, X, t0, 3, y, ldy, BITS, SM); t0 += 3; }   \
-        if (SMALL_BLOCKS && T - t0 == 2) { TILE_BLOCK_MANY(W, rt, X, t0, 2, y, ldy, BITS, SM); t0 += 2; }   \
-        for (; t0 < T; t0++) tile_block(W, rt, X, t0, 1, y, ldy, BITS, SM);                                 \
+        if (T - t0 == 3) TILE_BLOCK_MANY(W, rt, X, t0, 3, y, ldy, BITS, SM);                                \
+        if (T - t0 == 2) TILE_BLOCK_MANY(W, rt, X, t0, 2, y, ldy, BITS, SM);                                \
+        if (T - t0 == 1) tile_block(W, rt, X, t0, 1, y, ldy, BITS, SM);                                     \
     }
 DEFINE_TILE_ROWS(tile_rows_4d, 4, SM_D)
 DEFINE_TILE_ROWS(tile_rows_4dm, 4, SM_DM)
