@@ -56,6 +56,17 @@ static void avx2_8bit(void) {
 static const float scales[16] __attribute__((aligned(32))) = {0.5f, 0.25f, 0, 0, 0, 0, 0, 0, 12582912.0f,
                                                               12582912.0f, 12582912.0f, 12582912.0f, 12582912.0f,
                                                               12582912.0f, 12582912.0f, 12582912.0f};
+/* a unit's end: its int16 sums to int32, to float, times d * dx into ACC, plus m * sx */
+#define UNIT_SCALES(ACC)                                                                                   \
+    "vpaddw %%ymm2, %%ymm1, %%ymm1\n vpmaddwd %%ymm7, %%ymm1, %%ymm1\n vcvtdq2ps %%ymm1, %%ymm1\n"         \
+    "vbroadcastss (%1), %%ymm2\n vmulps %%ymm6, %%ymm2, %%ymm2\n vfmadd231ps %%ymm2, %%ymm1, %%ymm" ACC "\n" \
+    "vbroadcastss 4(%1), %%ymm3\n vfmadd231ps %%ymm3, %%ymm5, %%ymm" ACC "\n"
+/* the scales, the ones of vpmaddwd and the four accumulators set before the loop */
+#define SCALED_SETUP                                                                                       \
+    "vbroadcastss (%1), %%ymm5\n vbroadcastss 4(%1), %%ymm6\n"                                             \
+    "vpcmpeqw %%ymm7, %%ymm7, %%ymm7\n vpsrlw $15, %%ymm7, %%ymm7\n"                                       \
+    "vxorps %%ymm12, %%ymm12, %%ymm12\n vxorps %%ymm13, %%ymm13, %%ymm13\n"                                \
+    "vxorps %%ymm14, %%ymm14, %%ymm14\n vxorps %%ymm15, %%ymm15, %%ymm15\n"
 #define UNIT4(ACC)                                                                                         \
     "vpmaddubsw %%ymm8, %%ymm0, %%ymm1\n vpmaddubsw %%ymm8, %%ymm0, %%ymm2\n"                              \
     "vpmaddubsw %%ymm9, %%ymm0, %%ymm3\n vpmaddubsw %%ymm9, %%ymm0, %%ymm4\n"                              \
@@ -64,16 +75,11 @@ static const float scales[16] __attribute__((aligned(32))) = {0.5f, 0.25f, 0, 0,
     "vpaddw %%ymm3, %%ymm1, %%ymm1\n vpaddw %%ymm4, %%ymm2, %%ymm2\n"                                      \
     "vpmaddubsw %%ymm11, %%ymm0, %%ymm3\n vpmaddubsw %%ymm11, %%ymm0, %%ymm4\n"                            \
     "vpaddw %%ymm3, %%ymm1, %%ymm1\n vpaddw %%ymm4, %%ymm2, %%ymm2\n"                                      \
-    "vpaddw %%ymm2, %%ymm1, %%ymm1\n vpmaddwd %%ymm7, %%ymm1, %%ymm1\n vcvtdq2ps %%ymm1, %%ymm1\n"         \
-    "vbroadcastss (%1), %%ymm2\n vmulps %%ymm6, %%ymm2, %%ymm2\n vfmadd231ps %%ymm2, %%ymm1, %%ymm" ACC "\n" \
-    "vbroadcastss 4(%1), %%ymm3\n vfmadd231ps %%ymm3, %%ymm5, %%ymm" ACC "\n"
+    UNIT_SCALES(ACC)
 static void avx2_4bit_scaled(void) { /* the loop in the asm: its float registers set first (no denormals) */
     long n = ITERS;
     __asm__ volatile(
-        "vbroadcastss (%1), %%ymm5\n vbroadcastss 4(%1), %%ymm6\n"
-        "vpcmpeqw %%ymm7, %%ymm7, %%ymm7\n vpsrlw $15, %%ymm7, %%ymm7\n"
-        "vxorps %%ymm12, %%ymm12, %%ymm12\n vxorps %%ymm13, %%ymm13, %%ymm13\n"
-        "vxorps %%ymm14, %%ymm14, %%ymm14\n vxorps %%ymm15, %%ymm15, %%ymm15\n"
+        SCALED_SETUP
         "1:\n" UNIT4("12") UNIT4("13") UNIT4("14") UNIT4("15") "dec %0\n jnz 1b\n"
         : "+r"(n)
         : "r"(scales)
@@ -95,16 +101,11 @@ static const int8_t xbytes[32] __attribute__((aligned(32)));
     "vpbroadcastd 24(%2), %%ymm0\n vpmaddubsw %%ymm0, %%ymm11, %%ymm3\n"                                    \
     "vpbroadcastd 28(%2), %%ymm0\n vpmaddubsw %%ymm0, %%ymm11, %%ymm4\n"                                    \
     "vpaddw %%ymm3, %%ymm1, %%ymm1\n vpaddw %%ymm4, %%ymm2, %%ymm2\n"                                      \
-    "vpaddw %%ymm2, %%ymm1, %%ymm1\n vpmaddwd %%ymm7, %%ymm1, %%ymm1\n vcvtdq2ps %%ymm1, %%ymm1\n"         \
-    "vbroadcastss (%1), %%ymm2\n vmulps %%ymm6, %%ymm2, %%ymm2\n vfmadd231ps %%ymm2, %%ymm1, %%ymm" ACC "\n" \
-    "vbroadcastss 4(%1), %%ymm3\n vfmadd231ps %%ymm3, %%ymm5, %%ymm" ACC "\n"
+    UNIT_SCALES(ACC)
 static void avx2_4bit_scaled_bcast(void) {
     long n = ITERS;
     __asm__ volatile(
-        "vbroadcastss (%1), %%ymm5\n vbroadcastss 4(%1), %%ymm6\n"
-        "vpcmpeqw %%ymm7, %%ymm7, %%ymm7\n vpsrlw $15, %%ymm7, %%ymm7\n"
-        "vxorps %%ymm12, %%ymm12, %%ymm12\n vxorps %%ymm13, %%ymm13, %%ymm13\n"
-        "vxorps %%ymm14, %%ymm14, %%ymm14\n vxorps %%ymm15, %%ymm15, %%ymm15\n"
+        SCALED_SETUP
         "vpxor %%ymm8, %%ymm8, %%ymm8\n vpxor %%ymm9, %%ymm9, %%ymm9\n"
         "vpxor %%ymm10, %%ymm10, %%ymm10\n vpxor %%ymm11, %%ymm11, %%ymm11\n"
         "1:\n" UNIT4_BCAST("12") UNIT4_BCAST("13") UNIT4_BCAST("14") UNIT4_BCAST("15") "dec %0\n jnz 1b\n"
